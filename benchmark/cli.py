@@ -1,0 +1,49 @@
+"""``fedvid`` command line. Each subcommand lives in its own module and is imported lazily.
+
+Commands that take a configuration (``run``, ``evaluate``, ``splits make``,
+``check-method``, ``reproduce``) compose it with Hydra from ``conf/``; overrides are
+Hydra-style (``key=value``, ``group=option``, ``-m`` for multirun).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, function, one-line help). Each function takes the remaining argv.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("benchmark.runner", "main", "federated pretraining + evaluation (Hydra overrides; -m for multirun)"),
+    "evaluate": ("benchmark.evaluation.cli", "main", "evaluate a saved checkpoint: fedvid evaluate checkpoint=PATH"),
+    "splits": ("benchmark.splits.cli", "main", "make | stats | verify federated split manifests"),
+    "data": ("benchmark.data.cli", "main", "generate the synthetic datasets, check a dataset root"),
+    "methods": ("benchmark.commands", "methods_main", "list registered methods, aggregators and backbones"),
+    "check-method": ("benchmark.commands", "check_method_main", "2-round, 2-client smoke run of a method"),
+    "leaderboard": ("leaderboard.cli", "main", "validate | build | export result records"),
+    "reproduce": ("benchmark.reproduce", "main", "re-run a published table and compare (--list for tables)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: fedvid COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "Run `fedvid COMMAND --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"fedvid: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    result = getattr(importlib.import_module(module), func)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Atomic, canonical file I/O shared by results, checkpoints and split manifests.
+
+Everything the benchmark writes goes through here so that a crash never leaves a
+half-written file where a complete one used to be (write to a temp file in the same
+directory, fsync, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (same-directory temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _reject_non_finite(obj: Any, where: str = "$") -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"non-finite number {obj!r} at {where}: JSON results must be finite")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _reject_non_finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _reject_non_finite(v, f"{where}[{i}]")
+
+
+def dumps_json(obj: Any, *, indent: int | None = 2) -> str:
+    """Deterministic JSON (sorted keys, no NaN/Infinity, trailing newline)."""
+    _reject_non_finite(obj)
+    return json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def canonical_json_bytes(obj: Any) -> bytes:
+    """Canonical serialization used for content hashes: sorted keys, no whitespace, UTF-8."""
+    _reject_non_finite(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically; ``.json.gz`` paths are gzip-compressed reproducibly (mtime 0)."""
+    path = Path(path)
+    data = dumps_json(obj).encode("utf-8")
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    return atomic_write_bytes(path, data)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON or ``.json.gz`` file; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{path}: not a valid gzip file ({e})") from e
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: invalid JSON ({e})") from e
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-finite number {name} is not allowed in benchmark JSON")

@@ -1,0 +1,94 @@
+"""The client-side half of a method: a small class around an SSL loss (solo-learn style).
+
+A method wraps a backbone (``self.backbone``), builds its own heads, and turns a batch
+into a loss. The runner does everything else (data, optimisation, federation,
+evaluation), so a new method is one file plus one config::
+
+    @register_method("my_method")
+    class MyMethod(SSLMethod):
+        pretext = "my_pretext"
+        num_views = 2
+
+        def __init__(self, backbone, dim=128, **params):
+            super().__init__(backbone, **params)
+            self.head = nn.Linear(backbone.out_channels, dim)
+
+        def training_loss(self, batch):
+            v = batch["video"]                   # (B, 2, C, T, H, W)
+            ...
+            return loss, {"align": float(a)}
+
+Data contract (pytorchvideo convention, channels first):
+- The loader decodes ``num_views`` clips of the same video, applies the spatial
+  augmentation and hands them, as floats in [0, 1] with shape (C, T, H, W), to
+  :meth:`sample_transform` inside the DataLoader workers.
+- :meth:`sample_transform` returns a dict of tensors; the loader then normalises the
+  ``"video"`` entry (mean/std) and collates. Default: ``{"video": clip}`` for one view,
+  ``{"video": stack(views)}`` of shape (V, C, T, H, W) for several.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+EXCHANGE_CHOICES = ("full", "backbone")
+
+
+class SSLMethod(nn.Module):
+    #: Name of the pretext task written into result records (e.g. "ctp").
+    pretext: ClassVar[str] = ""
+    #: Clips per video in one training sample.
+    num_views: ClassVar[int] = 1
+    #: Default exchanged part; overridable per run with ``method.exchange=...``.
+    default_exchange: ClassVar[str] = "full"
+
+    def __init__(self, backbone: nn.Module, exchange: str | None = None, **unused):
+        super().__init__()
+        if unused:
+            raise TypeError(
+                f"{type(self).__name__} got unknown parameters {sorted(unused)}; "
+                "check the keys under `method:` in your config"
+            )
+        exchange = exchange or self.default_exchange
+        if exchange not in EXCHANGE_CHOICES:
+            raise ValueError(f"method.exchange={exchange!r}: expected one of {EXCHANGE_CHOICES}")
+        self.exchange = exchange
+        self.backbone = backbone
+
+    # --- data side (runs in DataLoader workers) -------------------------------------
+    def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Per-sample work on the augmented views, each (C, T, H, W) float in [0, 1]."""
+        if len(views) == 1:
+            return {"video": views[0]}
+        return {"video": torch.stack(views)}
+
+    # --- model side ------------------------------------------------------------------
+    def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the scalar loss to minimise and a dict of float logs for this batch."""
+        raise NotImplementedError
+
+    # --- federation -------------------------------------------------------------------
+    def is_exchanged(self, name: str) -> bool:
+        return self.exchange == "full" or name.startswith("backbone.")
+
+    def exchanged_state(self) -> dict[str, torch.Tensor]:
+        """The tensors sent to the server (state_dict entries, buffers included)."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if self.is_exchanged(k)}
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        """The tensors that stay on the client (heads when ``exchange == "backbone"``)."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if not self.is_exchanged(k)}
+
+    def load_partial_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a subset of the state dict; unknown names are an error, absent names are kept."""
+        own = self.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise KeyError(f"{type(self).__name__}: received tensors it does not have: {unknown[:5]}")
+        for k, v in state.items():
+            if own[k].shape != v.shape:
+                raise ValueError(f"{k}: received shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+        self.load_state_dict({**own, **state})

@@ -1,0 +1,1 @@
+"""Video backbones (registered by name). Filled in by the models work."""

@@ -1,0 +1,101 @@
+"""Registries by name for methods, aggregators and backbones (timm / lm-eval-harness style).
+
+Built-in components register with a decorator when their module is imported; external
+packages register through the entry-point groups ``fedvid.methods``,
+``fedvid.aggregators`` and ``fedvid.backbones`` (the entry point's object is imported,
+which runs its decorator, or is registered under the entry point's name if it is a class).
+
+    @register_aggregator("fedavg")
+    class FedAvg(Aggregator): ...
+
+    agg = build_aggregator("fedavg")
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from importlib.metadata import entry_points
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+_BUILTIN_MODULES = (
+    "benchmark.federation.aggregators",
+    "benchmark.models.backbones",
+    "baselines",
+)
+
+
+class Registry:
+    def __init__(self, kind: str, group: str):
+        self.kind = kind
+        self.group = group
+        self._items: dict[str, Any] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            existing = self._items.get(name)
+            if existing is not None and existing is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {existing!r}")
+            self._items[name] = obj
+            try:
+                obj.registry_name = name  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):
+                pass
+            return obj
+
+        return deco
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+        for ep in entry_points(group=self.group):
+            obj = ep.load()
+            if ep.name not in self._items and isinstance(obj, type):
+                self.register(ep.name)(obj)
+
+    def get(self, name: str) -> Any:
+        self._load()
+        if name not in self._items:
+            close = difflib.get_close_matches(name, self._items, n=3)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise KeyError(
+                f"unknown {self.kind} {name!r}. Registered {self.kind}s: {', '.join(sorted(self._items))}.{hint}"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items
+
+
+METHODS = Registry("method", "fedvid.methods")
+AGGREGATORS = Registry("aggregator", "fedvid.aggregators")
+BACKBONES = Registry("backbone", "fedvid.backbones")
+
+register_method = METHODS.register
+register_aggregator = AGGREGATORS.register
+register_backbone = BACKBONES.register
+
+
+def build_aggregator(name: str, **params: Any):
+    """Instantiate a registered aggregator: ``build_aggregator("fvssl", alpha=0.9, beta=1)``."""
+    return AGGREGATORS.get(name)(**params)
+
+
+def build_backbone(name: str, **params: Any):
+    return BACKBONES.get(name)(**params)
+
+
+def build_method(name: str, backbone, **params: Any):
+    """Instantiate a registered SSL method around ``backbone``."""
+    return METHODS.get(name)(backbone, **params)
