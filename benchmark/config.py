@@ -7,8 +7,12 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark import CONF_DIR
+from benchmark import CONF_DIR, PROJECT_ROOT
 from benchmark.io import canonical_json_bytes, sha256_bytes
+
+# `${project_root:}` in configs points at the repository (datasets/ annotation lists live there).
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
 def hydra_entry(prog: str, config_name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> int:
