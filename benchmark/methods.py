@@ -58,6 +58,12 @@ class SSLMethod(nn.Module):
         self.exchange = exchange
         self.backbone = backbone
 
+    # --- federation context ------------------------------------------------------------
+    def set_client_context(self, client_id: int, num_clients: int) -> None:
+        """Called by the runner before local training with the client's partition id in the
+        split manifest (0 ≤ client_id < num_clients). Default: nothing; methods whose loss
+        depends on the client (e.g. SSD's per-client scaled dimensions) override it."""
+
     # --- data side (runs in DataLoader workers) -------------------------------------
     def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Per-sample work on the augmented views, each (C, T, H, W) float in [0, 1]."""

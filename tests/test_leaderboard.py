@@ -162,3 +162,63 @@ def test_exports():
     assert names["retrieval.ucf101.top1"] == pytest.approx(0.30)
     for r in eee["evaluation_results"]:
         assert {"evaluation_name", "source_data", "metric_config", "score_details"} <= set(r)
+
+
+# --- committed artefacts ----------------------------------------------------------------
+from benchmark import PROJECT_ROOT  # noqa: E402
+from benchmark.cli import main as fedvid  # noqa: E402
+from leaderboard.records import find_record_files  # noqa: E402
+
+
+def test_reported_fedvssl_entries_are_exact_and_valid():
+    files = find_record_files([PROJECT_ROOT / "leaderboard" / "reported"])
+    good, problems = validate_records(files)
+    assert problems == []
+    by_id = {r["record_id"]: flatten_metrics(r["evaluations"]) for _, r in good}
+    expected = {  # (alpha, beta): UCF R@1, HMDB R@1, UCF fine-tune top-1 — README figures
+        "a0-b0": (34.34, 15.82, 79.91), "a1-b0": (34.23, 16.73, 79.14), "a0-b1": (35.61, 16.93, 79.43),
+        "a1-b1": (35.66, 16.41, 78.99), "a0p9-b0": (35.50, 16.27, 80.62), "a0p9-b1": (35.34, 16.93, 79.41),
+    }
+    for key, (ucf, hmdb, ft) in expected.items():
+        m = by_id[f"fedvssl-k400-noniid-{key}"]
+        assert round(100 * m["retrieval.ucf101.top1"], 2) == ucf
+        assert round(100 * m["retrieval.hmdb51.top1"], 2) == hmdb
+        assert round(100 * m["finetune.ucf101.video_top1"], 2) == ft
+        assert "retrieval.ucf101.top5" not in m  # not published -> absent, never zero
+    cross = by_id["fedvssl-ucf101-crosssilo-a0p9-b1"]
+    assert (round(100 * cross["finetune.ucf101.video_top1"], 2), round(100 * cross["finetune.ucf101.video_top5"], 2)) == (66.32, 86.57)
+
+
+def test_committed_leaderboard_is_up_to_date(tmp_path):
+    """`fedvid leaderboard build` from the committed records reproduces the committed files byte for byte."""
+    assert fedvid(["leaderboard", "build", f"out={tmp_path}"]) == 0
+    for name in ("leaderboard.json", "leaderboard.md"):
+        committed = PROJECT_ROOT / "leaderboard" / name
+        assert (tmp_path / name).read_bytes() == committed.read_bytes(), (
+            f"{committed} is out of date: run `fedvid leaderboard build`"
+        )
+
+
+def test_cli_validate_exit_codes(tmp_path, capsys):
+    good = write(tmp_path, "good.json", make_record(nonstandard=True))
+    bad = write(tmp_path, "bad.json", json.dumps(make_record("x2"))[:50])
+    assert fedvid(["leaderboard", "validate", str(good)]) == 0
+    assert fedvid(["leaderboard", "validate", str(good), str(bad)]) == 1
+    assert "bad.json: $: invalid JSON" in capsys.readouterr().err
+
+
+def test_cli_build_refuses_invalid_input_and_writes_nothing(tmp_path):
+    bad = write(tmp_path / "in", "r.json", make_record()) if (tmp_path / "in").mkdir() is None else None
+    out = tmp_path / "out"
+    assert fedvid(["leaderboard", "build", str(bad), f"out={out}"]) == 1  # unknown split hash
+    assert not out.exists()
+
+
+def test_cli_export_formats(tmp_path):
+    for fmt in ("pwc", "model-index", "eee"):
+        out = tmp_path / f"{fmt}.json"
+        assert fedvid(["leaderboard", "export", "--format", fmt, f"out={out}"]) == 0
+        data = json.loads(out.read_text())
+        assert data, fmt
+    rows = json.loads((tmp_path / "pwc.json").read_text())
+    assert any(r["dataset"] == "UCF101" and r["metrics"].get("Top-1") == 35.66 for r in rows)
