@@ -1,0 +1,1 @@
+"""Video data: annotation readers, file resolution, decoding, clip sampling, transforms, synthetic data."""
