@@ -1,0 +1,304 @@
+"""Training and evaluation clip datasets and their DataLoaders.
+
+Map-style datasets over ``(path, label)`` pairs. Each item opens its video once and
+decodes the union of the frame indices of all its clips in one ``get_frames`` call, so
+a video is decoded once per sample and only the needed frames are ever in memory.
+
+Randomness of item ``i`` comes from a ``torch.Generator`` seeded from
+``(seed, epoch, i)`` alone, so a sample is the same whatever the worker count or the
+order in which items are fetched. Draw order per item: the clip start of every view,
+then the augmentation of every view, then the method's ``sample_transform``.
+
+Resizing, cropping and flipping run on the decoded uint8 frames, and the clips are
+converted to float [0, 1] afterwards (same result up to uint8 rounding of the resize, and
+several times faster; see perf/RESULTS.md). ``sample_transform`` sees float views.
+
+Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
+time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
+count and cannot be seeded per item; the decoding itself is pytorchvideo's (see
+:mod:`benchmark.data.decoding`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .clips import train_clip_indices, uniform_clip_indices
+from .decoding import open_video
+from .transforms import VIDEO_MEAN, VIDEO_STD, Normalize, eval_transform, train_transform
+
+SampleTransform = Callable[[list[Tensor], torch.Generator], dict[str, Tensor]]
+
+
+def default_sample_transform(views: list[Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    """``{"video": (C, T, H, W)}`` for one view, ``{"video": (V, C, T, H, W)}`` for several.
+
+    The same as :meth:`benchmark.methods.SSLMethod.sample_transform`.
+    """
+    if len(views) == 1:
+        return {"video": views[0]}
+    return {"video": torch.stack(views)}
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed mixing ``(seed, epoch, index)`` (numpy SeedSequence; no ``hash()``)."""
+    for name, value in (("seed", seed), ("epoch", epoch), ("index", index)):
+        if value < 0:
+            raise ValueError(f"{name}={value}: expected a non-negative integer")
+    high, low = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    return ((int(high) << 32) | int(low)) & ((1 << 63) - 1)
+
+
+def _check_clip(frames: int, stride: int, short_side: int, crop_size: int) -> None:
+    # Config mistakes surface when the dataset is built, not inside a loader worker.
+    for name, value in (("frames", frames), ("stride", stride), ("short_side", short_side), ("crop_size", crop_size)):
+        if int(value) <= 0:
+            raise ValueError(f"{name}={value}: expected a positive integer")
+    if crop_size > short_side:
+        raise ValueError(f"crop_size={crop_size} is larger than short_side={short_side}: the crop would not fit")
+
+
+def _as_videos(videos: Sequence[tuple[str | Path, int]]) -> list[tuple[str, int]]:
+    out = []
+    for k, entry in enumerate(videos):
+        try:
+            path, label = entry
+        except (TypeError, ValueError):
+            raise TypeError(f"videos[{k}] = {entry!r}: expected a (path, label) pair") from None
+        out.append((str(path), int(label)))
+    return out
+
+
+def _frame_lookup(frames_thwc: Tensor, union: list[int]) -> Callable[[list[int]], Tensor]:
+    """Select clips out of the decoded frames (F, H, W, C): clip indices -> uint8 (C, T, H, W)."""
+    position = {frame: k for k, frame in enumerate(union)}
+
+    def clip(indices: list[int]) -> Tensor:
+        if indices == union:  # one view without repeats: no copy needed
+            chosen = frames_thwc
+        else:
+            chosen = frames_thwc.index_select(0, torch.tensor([position[i] for i in indices]))
+        # (T, H, W, C) -> (C, T, H, W) as a permuted view: the memory stays channels-last,
+        # which the uint8 resize in transforms.ShortSideResize is fastest on.
+        return chosen.permute(3, 0, 1, 2)
+
+    return clip
+
+
+def _to_unit_float(clip_uint8: Tensor) -> Tensor:
+    """uint8 (C, T, H, W) -> contiguous float32 in [0, 1].
+
+    Contiguous on purpose: the clips arrive with channels-last strides, on which the
+    broadcast in Normalize is ~4x slower (measured, see perf/RESULTS.md).
+    """
+    return clip_uint8.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
+class TrainClipDataset(Dataset):
+    """Random training clips, ``num_views`` per video.
+
+    Item ``i`` -> dict with
+      ``"video"``: normalised float, (C, T, crop, crop) for one view with the default
+          ``sample_transform``, (V, C, T, crop, crop) for several;
+      any other entries ``sample_transform`` returns;
+      ``"label"``: int64 scalar; ``"index"``: int64 scalar (= i).
+
+    ``sample_transform(views, generator)`` receives the augmented views, each float
+    (C, T, crop, crop) in [0, 1], and must return a dict with a ``"video"`` tensor whose
+    channel axis is dim -4 (it is normalised with :data:`VIDEO_MEAN` / :data:`VIDEO_STD`).
+    Raises :class:`benchmark.data.decoding.VideoDecodeError` for an undecodable file.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[tuple[str | Path, int]],
+        *,
+        frames: int,
+        stride: int,
+        short_side: int,
+        crop_size: int,
+        num_views: int = 1,
+        sample_transform: SampleTransform | None = None,
+        backend: str = "decord",
+        seed: int = 0,
+    ):
+        if num_views <= 0:
+            raise ValueError(f"num_views={num_views}: expected at least one view per sample")
+        _check_clip(frames, stride, short_side, crop_size)
+        self.videos = _as_videos(videos)
+        self.frames, self.stride = frames, stride
+        self.num_views = num_views
+        self.sample_transform = sample_transform or default_sample_transform
+        self.backend = backend
+        self.seed = seed
+        self.epoch = 0
+        self.spatial = train_transform(short_side, crop_size)
+        self.normalize = Normalize(VIDEO_MEAN, VIDEO_STD)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose clips and augmentations items are drawn from."""
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch}: expected a non-negative integer")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def generator_for(self, index: int) -> torch.Generator:
+        """The generator item ``index`` draws from in the current epoch (first draws: clip starts)."""
+        return torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        path, label = self.videos[index]
+        generator = self.generator_for(index)
+        with open_video(path, self.backend) as video:
+            clips = [
+                train_clip_indices(video.num_frames, self.frames, self.stride, generator)
+                for _ in range(self.num_views)
+            ]
+            union = sorted({i for clip in clips for i in clip})
+            decoded = video.get_frames(union)  # (F, H, W, C) uint8, the only decode of this item
+        select = _frame_lookup(decoded, union)
+        # Resize/crop/flip on uint8 (several times faster), then to [0, 1] floats.
+        views = [_to_unit_float(self.spatial(select(clip), generator)) for clip in clips]
+        sample = self.sample_transform(views, generator)
+        if not isinstance(sample, dict) or not isinstance(sample.get("video"), Tensor):
+            raise TypeError(
+                f"sample_transform {self.sample_transform!r} must return a dict with a 'video' tensor, "
+                f"got {type(sample).__name__}"
+            )
+        sample = dict(sample)
+        sample["video"] = self.normalize(sample["video"])
+        sample["label"] = torch.tensor(label, dtype=torch.int64)
+        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        return sample
+
+
+class EvalClipDataset(Dataset):
+    """``num_clips`` uniformly spaced, centre-cropped clips per video.
+
+    Item ``i`` -> ``{"video": (N, C, T, crop, crop) normalised float, "label": int64,
+    "index": int64}``; all N clips come from one open and one decode of the file.
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[tuple[str | Path, int]],
+        *,
+        num_clips: int,
+        frames: int,
+        stride: int,
+        short_side: int,
+        crop_size: int,
+        backend: str = "decord",
+    ):
+        if num_clips <= 0:
+            raise ValueError(f"num_clips={num_clips}: expected at least one clip per video")
+        _check_clip(frames, stride, short_side, crop_size)
+        self.videos = _as_videos(videos)
+        self.num_clips, self.frames, self.stride = num_clips, frames, stride
+        self.backend = backend
+        self.spatial = eval_transform(short_side, crop_size)
+        self.normalize = Normalize(VIDEO_MEAN, VIDEO_STD)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        path, label = self.videos[index]
+        with open_video(path, self.backend) as video:
+            clips = uniform_clip_indices(video.num_frames, self.num_clips, self.frames, self.stride)
+            union = sorted({i for clip in clips for i in clip})
+            decoded = video.get_frames(union)
+        select = _frame_lookup(decoded, union)
+        views = [_to_unit_float(self.spatial(select(clip))) for clip in clips]
+        return {
+            "video": self.normalize(torch.stack(views)),
+            "label": torch.tensor(label, dtype=torch.int64),
+            "index": torch.tensor(index, dtype=torch.int64),
+        }
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of the dataset seeded from ``(seed, dataset.epoch)``.
+
+    The order depends on the epoch set with ``dataset.set_epoch`` (0 for datasets
+    without one), not on how many times the loader was iterated before, so a resumed
+    run sees the same order as an uninterrupted one.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = getattr(self.dataset, "epoch", 0)
+        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, 0))
+        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+
+
+def _recycle_freed_memory() -> None:
+    """Let glibc keep freed blocks of up to 32 MiB instead of unmapping them.
+
+    Every sample allocates a few MiB-sized tensors (decoded frames, float clip); with
+    glibc's defaults each is a fresh mmap whose pages fault in again, which measured
+    ~1.5 ms of CPU per 16-frame clip on the 2-core CI VM (perf/RESULTS.md). Workers
+    are short-lived processes, so holding on to that memory is harmless.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): keep the allocator's defaults
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 32 << 20)  # 32 MiB is glibc's maximum on 64-bit
+    libc.mallopt(m_trim_threshold, 64 << 20)
+
+
+def _init_worker(worker_id: int) -> None:
+    # Each worker is one decode pipeline; torch's intra-op threads would only fight the
+    # other workers (and the training process) for the same cores.
+    torch.set_num_threads(1)
+    _recycle_freed_memory()
+
+
+def _loader_kwargs(num_workers: int) -> dict:
+    if num_workers < 0:
+        raise ValueError(f"num_workers={num_workers}: expected 0 or more")
+    return {
+        "num_workers": num_workers,
+        "persistent_workers": False,
+        "pin_memory": torch.cuda.is_available(),
+        "worker_init_fn": _init_worker if num_workers > 0 else None,
+    }
+
+
+def make_train_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, seed: int, drop_last: bool = False
+) -> DataLoader:
+    """Shuffled loader; the order is a function of ``(seed, dataset.epoch)``.
+
+    Call ``dataset.set_epoch(e)`` before iterating epoch ``e``. Batches are dicts of
+    stacked tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W).
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(dataset, seed),
+        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(seed),
+        **_loader_kwargs(num_workers),
+    )
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """In-order loader over every item (no shuffling, no dropped batch)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **_loader_kwargs(num_workers))

@@ -1,0 +1,142 @@
+"""Training loader throughput against raw decord decoding of the same frames.
+
+Encodes its own 320x240 test videos (MPEG-4 Part 2 in AVI, like UCF101/HMDB51), then in
+one run and alternating repetition by repetition measures clips/s of
+  (a) raw ``decord.VideoReader(path).get_batch(indices)`` (open + decode, nothing else),
+  (b) ``TrainClipDataset`` through ``make_train_loader`` with 1 worker (decode, 16
+      frames at stride 2, short side 128, random 112x112 crop, flip, normalise, collate),
+on exactly the same frame indices: (a) takes them from the dataset's per-item generator
+the way the dataset draws them. Worker start-up counts (persistent_workers=False is how
+training uses the loader). The first repetition is a warm-up and is not counted.
+
+    .venv/bin/python perf/bench_loader.py [--items 384] [--repeats 5]    (about 2 minutes)
+
+Target: loader / raw >= 0.85.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+
+from benchmark.data.clips import train_clip_indices
+from benchmark.data.loaders import EpochShuffleSampler, TrainClipDataset, make_train_loader
+
+FRAMES, STRIDE, SHORT_SIDE, CROP = 16, 2, 128, 112
+WIDTH, HEIGHT, NUM_FRAMES, NUM_VIDEOS, FPS = 320, 240, 90, 16, 25
+TARGET = 0.85
+
+
+def encode_video(path: Path, seed: int) -> None:
+    """A moving, slightly noisy block texture (so the codec has real work), MPEG-4 in AVI."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, size=(HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
+    texture = np.tile(np.kron(blocks, np.ones((8, 8, 1), np.uint8)), (2, 2, 1)).astype(np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.bit_rate = 1_000_000
+        for k in range(NUM_FRAMES):
+            y, x = (3 * k) % HEIGHT, (5 * k) % WIDTH
+            noise = rng.integers(-10, 11, size=(HEIGHT, WIDTH, 3))
+            image = np.clip(texture[y : y + HEIGHT, x : x + WIDTH] + noise, 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of finished child processes (the DataLoader worker, once joined)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def raw_decode(jobs: list[tuple[str, list[int]]]) -> tuple[float, float]:
+    """-> (clips/s, CPU ms per clip)."""
+    cpu, start = time.process_time(), time.perf_counter()
+    for path, indices in jobs:
+        decord.VideoReader(path).get_batch(indices)
+    elapsed = time.perf_counter() - start
+    return len(jobs) / elapsed, (time.process_time() - cpu) / len(jobs) * 1000
+
+
+def run_loader(dataset: TrainClipDataset, batch_size: int) -> tuple[float, float]:
+    """-> (clips/s, CPU ms per clip of worker + main process)."""
+    cpu, worker_cpu, start = time.process_time(), children_cpu_s(), time.perf_counter()
+    clips = 0
+    for batch in make_train_loader(dataset, batch_size=batch_size, num_workers=1, seed=0):
+        clips += batch["video"].shape[0]
+    elapsed = time.perf_counter() - start
+    assert clips == len(dataset), (clips, len(dataset))
+    used = (time.process_time() - cpu) + (children_cpu_s() - worker_cpu)
+    return clips / elapsed, used / clips * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=384, help="training items per epoch (videos reused)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (after one warm-up)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fedvid-bench-loader-") as tmp:
+        paths = [Path(tmp) / f"video_{k:02d}.avi" for k in range(NUM_VIDEOS)]
+        for k, path in enumerate(paths):
+            encode_video(path, seed=k)
+        num_frames = {str(p): len(decord.VideoReader(str(p))) for p in paths}
+        videos = [(str(paths[i % NUM_VIDEOS]), i % 7) for i in range(args.items)]
+        dataset = TrainClipDataset(
+            videos, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0
+        )
+        print(
+            f"{NUM_VIDEOS} videos {WIDTH}x{HEIGHT}, {NUM_FRAMES} frames (mpeg4/avi); {args.items} clips per pass "
+            f"of {FRAMES} frames, stride {STRIDE}, short side {SHORT_SIDE}, crop {CROP}; batch {args.batch_size}, "
+            f"1 worker; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+        )
+        raw_runs: list[tuple[float, float]] = []
+        loader_runs: list[tuple[float, float]] = []
+        for repetition in range(args.repeats + 1):
+            dataset.set_epoch(repetition)
+            # The same items in the same order as the loader, with the clip indices drawn
+            # from the dataset's own per-item generator (its first draws are the starts).
+            order = list(EpochShuffleSampler(dataset, seed=0))
+            jobs = []
+            for i in order:
+                path = dataset.videos[i][0]
+                jobs.append((path, train_clip_indices(num_frames[path], FRAMES, STRIDE, dataset.generator_for(i))))
+            # Alternate which one runs first so slow drifts in machine load hit both alike.
+            if repetition % 2 == 0:
+                raw, loader = raw_decode(jobs), run_loader(dataset, args.batch_size)
+            else:
+                loader, raw = run_loader(dataset, args.batch_size), raw_decode(jobs)
+            label = "warm-up" if repetition == 0 else f"rep {repetition}"
+            print(
+                f"{label:>8}: raw decord {raw[0]:6.1f} clips/s ({raw[1]:5.2f} CPU ms/clip)   "
+                f"loader {loader[0]:6.1f} clips/s ({loader[1]:5.2f} CPU ms/clip)   ratio {loader[0] / raw[0]:.3f}"
+            )
+            if repetition > 0:
+                raw_runs.append(raw)
+                loader_runs.append(loader)
+
+    raw_rate, raw_cpu = (statistics.median(r[k] for r in raw_runs) for k in (0, 1))
+    loader_rate, loader_cpu = (statistics.median(r[k] for r in loader_runs) for k in (0, 1))
+    ratio = loader_rate / raw_rate
+    print(f"median raw decord: {raw_rate:.1f} clips/s, {raw_cpu:.2f} CPU ms/clip")
+    print(f"median loader:     {loader_rate:.1f} clips/s, {loader_cpu:.2f} CPU ms/clip (worker + main)")
+    print(f"CPU-time ratio raw/loader: {raw_cpu / loader_cpu:.3f} (less sensitive to other processes' load)")
+    print(f"ratio loader/raw clips/s: {ratio:.3f} (target >= {TARGET}) -> {'PASS' if ratio >= TARGET else 'BELOW TARGET'}")
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

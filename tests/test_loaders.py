@@ -1,0 +1,278 @@
+"""Video transforms, clip datasets and DataLoaders on real (tiny) encoded videos."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import benchmark.data.loaders as loaders
+from benchmark.data.clips import train_clip_indices, uniform_clip_indices
+from benchmark.data.decoding import VideoDecodeError, open_video
+from benchmark.data.loaders import (
+    EvalClipDataset,
+    TrainClipDataset,
+    default_sample_transform,
+    make_eval_loader,
+    make_train_loader,
+)
+from benchmark.data.transforms import (
+    VIDEO_MEAN,
+    VIDEO_STD,
+    CenterCrop,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    ShortSideResize,
+    eval_transform,
+    train_transform,
+)
+from benchmark.methods import SSLMethod
+
+from _decoding_helpers import LEVEL_OFFSET, LEVEL_STEP, encode_numbered_video
+
+FRAMES, STRIDE, SHORT_SIDE, CROP = 4, 3, 40, 32  # 64x48 videos -> 53x40 -> 32x32
+LENGTHS = [40, 36, 30, 8]  # the last one is shorter than a clip (span 10): looped
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loaders")
+    return [
+        (encode_numbered_video(root / f"v_{k}.avi", n, codec="mpeg4"), 10 + k) for k, n in enumerate(LENGTHS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def corrupt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corrupt") / "v_Corrupt_g02_c03.avi"
+    path.write_bytes(b"RIFF" + bytes(range(256)) * 20)
+    return path
+
+
+def unnormalize(video: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(VIDEO_MEAN).view(-1, 1, 1, 1)
+    std = torch.tensor(VIDEO_STD).view(-1, 1, 1, 1)
+    return video * std + mean
+
+
+def frame_numbers(clip_cthw: torch.Tensor) -> list[int]:
+    """Frame numbers of a [0, 1] clip (C, T, H, W): grey level of the bottom half (no square)."""
+    height = clip_cthw.shape[-2]
+    levels = clip_cthw[..., height // 2 :, :].mean(dim=(0, 2, 3)) * 255
+    return [round((float(v) - LEVEL_OFFSET) / LEVEL_STEP) for v in levels]
+
+
+def train_dataset(videos, **overrides):
+    params = dict(frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=3)
+    params.update(overrides)
+    return TrainClipDataset(videos, **params)
+
+
+# --- transforms ------------------------------------------------------------------------
+
+
+def test_short_side_resize_sizes():
+    assert ShortSideResize(128).output_size(240, 320) == (128, 170)
+    assert ShortSideResize(128).output_size(320, 240) == (170, 128)
+    assert ShortSideResize(40)(torch.rand(3, 2, 48, 64)).shape == (3, 2, 40, 53)
+
+
+def test_uint8_and_float_paths_agree():
+    frames = torch.randint(0, 256, (3, 4, 48, 64), dtype=torch.uint8)
+    as_float = ShortSideResize(40)(frames.float() / 255)
+    from_uint8 = ShortSideResize(40)(frames).float() / 255
+    # torch's uint8 kernel uses fixed-point weights and rounds: at most one grey level off.
+    assert (as_float - from_uint8).abs().max() <= 1.0 / 255 + 1e-6
+
+
+def test_random_transforms_reproducible_from_the_generator():
+    clip = torch.rand(3, 4, 48, 64)
+    transform = train_transform(SHORT_SIDE, CROP)
+    a = transform(clip, torch.Generator().manual_seed(5))
+    b = transform(clip, torch.Generator().manual_seed(5))
+    assert a.shape == (3, 4, CROP, CROP)
+    assert torch.equal(a, b)
+    others = [transform(clip, torch.Generator().manual_seed(s)) for s in range(6, 12)]
+    assert any(not torch.equal(a, o) for o in others)
+    with pytest.raises(ValueError, match="RandomCrop is random.*torch.Generator"):
+        RandomCrop(CROP)(clip)
+
+
+def test_crops_flip_and_normalize_hand_checked():
+    clip = torch.arange(2 * 5 * 6, dtype=torch.float32).view(1, 2, 5, 6)  # C=1, T=2, H=5, W=6
+    assert torch.equal(CenterCrop(3)(clip), clip[..., 1:4, 2:5])  # top round(1.0), left round(1.5)=2
+    reference = torch.Generator().manual_seed(0)
+    top = int(torch.randint(0, 5 - 3 + 1, (1,), generator=reference))  # draws: top, then left
+    left = int(torch.randint(0, 6 - 3 + 1, (1,), generator=reference))
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(RandomCrop(3)(clip, generator), clip[..., top : top + 3, left : left + 3])
+    assert torch.equal(RandomHorizontalFlip(1.0)(clip, generator), clip.flip(-1))
+    assert torch.equal(RandomHorizontalFlip(0.0)(clip, generator), clip)
+    normalized = Normalize((0.5, 0.25), (0.5, 0.25))(torch.ones(2, 1, 1, 1))
+    assert normalized.flatten().tolist() == [1.0, 3.0]
+    stacked = Normalize()(torch.full((2, 3, 1, 1, 1), 0.5))  # (V, C, T, H, W)
+    assert torch.allclose(stacked[1, :, 0, 0, 0], (0.5 - torch.tensor(VIDEO_MEAN)) / torch.tensor(VIDEO_STD))
+    with pytest.raises(ValueError, match=r"RandomCrop\(64\).*48x64"):
+        RandomCrop(64)(torch.rand(3, 2, 48, 64), generator)
+
+
+def test_eval_transform_is_deterministic():
+    clip = torch.rand(3, 4, 48, 64)
+    out = eval_transform(SHORT_SIDE, CROP)(clip)
+    assert out.shape == (3, 4, CROP, CROP)
+    assert torch.equal(out, eval_transform(SHORT_SIDE, CROP)(clip))
+
+
+# --- datasets --------------------------------------------------------------------------
+
+
+def test_train_sample_decodes_the_drawn_frames(videos):
+    dataset = train_dataset(videos)
+    for index, (path, label) in enumerate(videos):
+        sample = dataset[index]
+        assert sample["video"].shape == (3, FRAMES, CROP, CROP)
+        assert sample["video"].dtype == torch.float32
+        assert sample["label"].dtype == torch.int64 and int(sample["label"]) == label
+        assert int(sample["index"]) == index
+        clip = unnormalize(sample["video"])
+        assert clip.min() > -0.02 and clip.max() < 1.02
+        # The first draws of the item's generator are the clip starts.
+        expected = train_clip_indices(LENGTHS[index], FRAMES, STRIDE, dataset.generator_for(index))
+        assert frame_numbers(clip) == expected
+    assert frame_numbers(unnormalize(dataset[3]["video"])) == [0, 3, 6, 1]  # 8 frames, looped
+
+
+def test_set_epoch_changes_clips_and_same_epoch_repeats(videos):
+    dataset = train_dataset(videos)
+    first = dataset[0]["video"]
+    assert torch.equal(first, dataset[0]["video"])
+    dataset.set_epoch(1)
+    assert not torch.equal(first, dataset[0]["video"])
+    dataset.set_epoch(0)
+    assert torch.equal(first, dataset[0]["video"])
+
+
+def count_decoding(monkeypatch) -> dict[str, int]:
+    """Wrap the loaders' open_video to count opens and get_frames calls (real decoding)."""
+    counts = {"open": 0, "get_frames": 0}
+
+    def counting_open(path, backend="decord"):
+        counts["open"] += 1
+        reader = open_video(path, backend)
+        real_get_frames = reader.get_frames
+
+        def get_frames(indices):
+            counts["get_frames"] += 1
+            return real_get_frames(indices)
+
+        reader.get_frames = get_frames
+        return reader
+
+    monkeypatch.setattr(loaders, "open_video", counting_open)
+    return counts
+
+
+def test_several_views_decode_the_video_once(videos, monkeypatch):
+    counts = count_decoding(monkeypatch)
+    dataset = train_dataset(videos, num_views=3)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        assert sample["video"].shape == (3, 3, FRAMES, CROP, CROP)  # (V, C, T, H, W)
+    assert counts == {"open": len(videos), "get_frames": len(videos)}
+    generator = dataset.generator_for(0)
+    expected = [train_clip_indices(LENGTHS[0], FRAMES, STRIDE, generator) for _ in range(3)]
+    assert [frame_numbers(unnormalize(v)) for v in dataset[0]["video"]] == expected
+
+
+def test_sample_transform_sees_unit_range_views(videos):
+    seen = []
+
+    def sample_transform(views, generator):
+        seen.append([(tuple(v.shape), float(v.min()), float(v.max())) for v in views])
+        order = torch.randperm(len(views), generator=generator)
+        return {"video": torch.stack([views[int(i)] for i in order]), "order": order}
+
+    dataset = train_dataset(videos, num_views=2, sample_transform=sample_transform)
+    sample = dataset[1]
+    assert set(sample) == {"video", "order", "label", "index"}
+    assert sample["video"].shape == (2, 3, FRAMES, CROP, CROP)
+    assert [shape for shape, _, _ in seen[0]] == [(3, FRAMES, CROP, CROP)] * 2
+    assert all(0.0 <= low and high <= 1.0 for _, low, high in seen[0])
+    assert torch.equal(sample["order"], train_dataset(videos, num_views=2, sample_transform=sample_transform)[1]["order"])
+
+
+def test_default_sample_transform_matches_the_method_contract():
+    views = [torch.rand(3, 2, 4, 4), torch.rand(3, 2, 4, 4)]
+    generator = torch.Generator()
+    for n in (1, 2):
+        ours = default_sample_transform(views[:n], generator)["video"]
+        assert torch.equal(ours, SSLMethod.sample_transform(None, views[:n], generator)["video"])
+
+
+def test_eval_dataset_uniform_clips_from_one_decode(videos, monkeypatch):
+    counts = count_decoding(monkeypatch)
+    dataset = EvalClipDataset(videos, num_clips=3, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP)
+    sample = dataset[0]
+    assert sample["video"].shape == (3, 3, FRAMES, CROP, CROP)  # (N, C, T, H, W)
+    assert counts == {"open": 1, "get_frames": 1}
+    expected = uniform_clip_indices(LENGTHS[0], 3, FRAMES, STRIDE)
+    assert [frame_numbers(unnormalize(clip)) for clip in sample["video"]] == expected
+    assert torch.equal(sample["video"], dataset[0]["video"])
+
+
+def test_bad_parameters_fail_at_construction(videos):
+    with pytest.raises(ValueError, match="crop_size=48 is larger than short_side=40"):
+        train_dataset(videos, crop_size=48)
+    with pytest.raises(ValueError, match="stride=0"):
+        train_dataset(videos, stride=0)
+    with pytest.raises(ValueError, match="num_views=0"):
+        train_dataset(videos, num_views=0)
+    with pytest.raises(TypeError, match=r"videos\[1\].*\(path, label\) pair"):
+        train_dataset([videos[0], "v_1.avi"])
+    with pytest.raises(ValueError, match="num_clips=0"):
+        EvalClipDataset(videos, num_clips=0, frames=4, stride=1, short_side=40, crop_size=32)
+
+
+def test_corrupt_file_raises_naming_it(videos, corrupt_file):
+    dataset = train_dataset([videos[0], (corrupt_file, 1)])
+    with pytest.raises(VideoDecodeError, match="v_Corrupt_g02_c03.avi") as caught:
+        dataset[1]
+    assert caught.value.path == str(corrupt_file)
+
+
+# --- loaders ---------------------------------------------------------------------------
+
+
+def collect(loader) -> list[dict[str, torch.Tensor]]:
+    return [batch for batch in loader]
+
+
+def test_two_workers_give_the_same_batches_as_none(videos):
+    dataset = train_dataset(videos * 2, num_views=2)
+    dataset.set_epoch(4)
+    in_process = collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=11))
+    with_workers = collect(make_train_loader(dataset, batch_size=3, num_workers=2, seed=11))
+    assert [b["video"].shape for b in in_process] == [(3, 2, 3, FRAMES, CROP, CROP)] * 2 + [(2, 2, 3, FRAMES, CROP, CROP)]
+    for a, b in zip(in_process, with_workers, strict=True):
+        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["video"], b["video"])
+        assert torch.equal(a["label"], b["label"])
+    order = torch.cat([b["index"] for b in in_process]).tolist()
+    assert sorted(order) == list(range(8))
+    dataset.set_epoch(5)
+    assert torch.cat([b["index"] for b in collect(make_train_loader(dataset, 3, 0, seed=11))]).tolist() != order
+
+
+def test_undecodable_file_in_a_worker_raises_video_decode_error(videos, corrupt_file):
+    dataset = train_dataset([(corrupt_file, 0)])
+    with pytest.raises(VideoDecodeError, match="v_Corrupt_g02_c03.avi") as caught:
+        collect(make_train_loader(dataset, batch_size=1, num_workers=1, seed=0))
+    assert caught.value.path == str(corrupt_file)
+
+
+def test_eval_loader_in_order(videos):
+    dataset = EvalClipDataset(videos, num_clips=2, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP)
+    batches = collect(make_eval_loader(dataset, batch_size=3, num_workers=0))
+    assert [b["video"].shape for b in batches] == [(3, 2, 3, FRAMES, CROP, CROP), (1, 2, 3, FRAMES, CROP, CROP)]
+    assert torch.cat([b["index"] for b in batches]).tolist() == [0, 1, 2, 3]
+    assert torch.cat([b["label"] for b in batches]).tolist() == [10, 11, 12, 13]
