@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 from benchmark.data.clips import clip_span, train_clip_indices, uniform_clip_indices
 from benchmark.data.decoding import VideoDecodeError, open_video
@@ -55,6 +56,41 @@ def test_decord_and_pyav_decode_the_same_pixels(videos, codec):
         difference = (a.get_frames(every).int() - b.get_frames(every).int()).abs()
     # Same decoder library underneath; allow a little for colour-conversion rounding.
     assert difference.max() <= 2
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "h264"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+def test_short_side_decodes_resized_frames(videos, codec, backend):
+    # 64x48 -> short side 40: 40 x floor(64 * 40 / 48) = 40 x 53 (ShortSideResize's rule).
+    with open_video(videos[codec], backend, short_side=40) as video:
+        assert (video.height, video.width) == (40, 53)
+        assert video.num_frames == NUM_FRAMES
+        frames = video.get_frames(INDICES)
+    assert frames.dtype == torch.uint8 and frames.shape == (len(INDICES), 40, 53, 3)
+    assert [frame_number(f) for f in frames] == INDICES
+    with open_video(videos[codec], backend) as video:
+        assert (video.height, video.width) == (48, 64)
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "h264"])
+def test_decoded_resize_matches_decord_pyav_and_a_bilinear_resize(videos, codec):
+    every = list(range(NUM_FRAMES))
+    with open_video(videos[codec], "decord", short_side=40) as a, open_video(videos[codec], "pyav", short_side=40) as b:
+        by_decord, by_pyav = a.get_frames(every).float(), b.get_frames(every).float()
+    with open_video(videos[codec], "decord") as full:
+        frames = full.get_frames(every).permute(0, 3, 1, 2)
+    resized = TF.resize(frames, [40, 53], antialias=True).permute(0, 2, 3, 1).float()
+    # Both use swscale's bilinear; decord bundles an older ffmpeg, so allow a few levels.
+    assert (by_decord - by_pyav).abs().mean() < 1.0
+    # Away from the white square's edge (the only detail), a plain bilinear resize agrees.
+    flat = (slice(None), slice(20, None), slice(30, None))
+    assert (by_decord[flat] - resized[flat]).abs().max() <= 3
+    assert (by_decord - resized).abs().mean() < 2.0
+
+
+def test_short_side_must_be_positive(videos):
+    with pytest.raises(ValueError, match="short_side=0"):
+        open_video(videos["mpeg4"], "decord", short_side=0)
 
 
 def test_requested_frames_only_and_bad_indices_name_the_file(videos):

@@ -156,9 +156,9 @@ def count_decoding(monkeypatch) -> dict[str, int]:
     """Wrap the loaders' open_video to count opens and get_frames calls (real decoding)."""
     counts = {"open": 0, "get_frames": 0}
 
-    def counting_open(path, backend="decord"):
+    def counting_open(path, backend="decord", **options):
         counts["open"] += 1
-        reader = open_video(path, backend)
+        reader = open_video(path, backend, **options)
         real_get_frames = reader.get_frames
 
         def get_frames(indices):
@@ -261,6 +261,35 @@ def test_two_workers_give_the_same_batches_as_none(videos):
     assert sorted(order) == list(range(8))
     dataset.set_epoch(5)
     assert torch.cat([b["index"] for b in collect(make_train_loader(dataset, 3, 0, seed=11))]).tolist() != order
+
+
+def test_batches_equal_the_stacked_items_without_a_collate_copy(videos):
+    train = train_dataset(videos, num_views=2)
+    evaluation = EvalClipDataset(videos, num_clips=2, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP)
+    for dataset in (train, evaluation):
+        indices = [2, 0, 3]
+        samples = dataset.__getitems__(indices)
+        for index, sample in zip(indices, samples, strict=True):
+            expected = dataset[index]
+            assert set(sample) == set(expected)
+            assert all(torch.equal(sample[key], expected[key]) for key in expected)
+        batch = loaders.collate_batch(samples)
+        # The videos were normalised into one batch tensor: collating them copies nothing.
+        assert batch["video"].data_ptr() == samples[0]["video"].data_ptr()
+        reference = torch.utils.data.default_collate([dataset[i] for i in indices])
+        assert set(batch) == set(reference)
+        assert all(torch.equal(batch[key], reference[key]) for key in reference)
+        # Separate items (not slots of one tensor) are stacked as default_collate does.
+        separate = loaders.collate_batch([dataset[i] for i in indices])
+        assert torch.equal(separate["video"], reference["video"])
+
+
+def test_worker_batches_equal_the_stacked_items(videos):
+    dataset = train_dataset(videos)
+    batches = collect(make_train_loader(dataset, batch_size=2, num_workers=1, seed=5))
+    for batch in batches:
+        expected = torch.stack([dataset[int(i)]["video"] for i in batch["index"]])
+        assert torch.equal(batch["video"], expected)
 
 
 def test_undecodable_file_in_a_worker_raises_video_decode_error(videos, corrupt_file):

@@ -1,9 +1,21 @@
 """Frame-accurate video decoding by frame index (decord by default, PyAV as fallback).
 
-``open_video(path, backend)`` returns a small :class:`VideoReader`: ``num_frames``,
-``fps`` and ``get_frames(indices) -> uint8 (T, H, W, C)``. Only the requested frames are
-returned (and, for PyAV, only those are converted to RGB); a whole video is never held
-decoded in memory.
+``open_video(path, backend, short_side=None)`` returns a small :class:`VideoReader`:
+``num_frames``, ``fps``, ``height``/``width`` (of the returned frames) and
+``get_frames(indices) -> uint8 (T, H, W, C)``. Only the requested frames are returned
+(and, for PyAV, only those are converted to RGB); a whole video is never held decoded in
+memory.
+
+With ``short_side`` the frames come out already resized so that their shorter side is
+``short_side`` (aspect kept, longer side ``floor(long * short_side / short)`` like
+:class:`benchmark.data.transforms.ShortSideResize`): ffmpeg's swscale scales while it
+converts YUV to RGB, which costs less than converting at full size (the loaders' resize
+step then has nothing left to do; perf/RESULTS.md). Both backends use swscale's bilinear
+filter (ffmpeg's ``scale`` filter default, which widens its kernel when downscaling, so
+it antialiases); they agree to a few grey levels, not bit for bit (decord bundles an
+older ffmpeg). The source size comes from a header probe with PyAV. Display-rotation
+metadata is not applied by the PyAV reader, so rotated (phone) videos are not supported
+with ``short_side``; the benchmark's datasets carry none.
 
 Frame index ``i`` is the ``i``-th frame in presentation order, as decord defines it
 (decord sorts the video packets' timestamps when it opens a file). The PyAV reader builds
@@ -29,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .transforms import ShortSideResize
 
 BACKENDS = ("decord", "pyav", "auto")
 
@@ -60,7 +74,8 @@ class VideoDecodeError(RuntimeError):
 class VideoReader:
     """Index-based access to one opened video file.
 
-    Attributes: ``path`` (str), ``num_frames`` (int), ``fps`` (float), ``backend`` (str).
+    Attributes: ``path`` (str), ``num_frames`` (int), ``fps`` (float), ``backend`` (str),
+    ``height`` and ``width`` (int) of the frames ``get_frames`` returns.
     Use as a context manager or call :meth:`close`.
     """
 
@@ -68,6 +83,8 @@ class VideoReader:
     num_frames: int
     fps: float
     backend: str
+    height: int
+    width: int
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Decode the frames at ``indices`` (any order, repeats allowed).
@@ -99,21 +116,62 @@ class VideoReader:
         return indices
 
 
+def scaled_frame_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) of frames resized to ``short_side`` (``None``: unchanged)."""
+    if short_side is None:
+        return height, width
+    return ShortSideResize(short_side).output_size(height, width)
+
+
+def probe_frame_size(path: str) -> tuple[int, int]:
+    """(height, width) of the first video stream, from the container header (PyAV, no RGB
+    conversion; ~0.2 ms for a UCF101-sized AVI). Raises :class:`VideoDecodeError`."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(path, "the file has no video stream")
+            context = container.streams.video[0].codec_context
+            height, width = int(context.height), int(context.width)
+    except VideoDecodeError:
+        raise
+    except Exception as e:
+        raise VideoDecodeError(path, f"could not read its frame size ({type(e).__name__}: {e})") from e
+    if height <= 0 or width <= 0:
+        raise VideoDecodeError(path, f"the header gives a frame size of {width}x{height}")
+    return height, width
+
+
+def _check_short_side(short_side: int | None) -> int | None:
+    if short_side is not None and int(short_side) <= 0:
+        raise ValueError(f"short_side={short_side}: expected a positive number of pixels (or None)")
+    return None if short_side is None else int(short_side)
+
+
 class _DecordReader(VideoReader):
     backend = "decord"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, short_side: int | None = None):
         # Imported here so that PyAV-only use does not need decord; importing it also
         # sets decord's bridge to torch (pytorchvideo does that globally).
-        from pytorchvideo.data.encoded_video import EncodedVideo
+        from pytorchvideo.data.encoded_video_decord import EncodedVideoDecord
 
         self.path = path
         if not Path(path).is_file():
             raise VideoDecodeError(path, "no such file")
+        if short_side is None:
+            size = (-1, -1)  # decord's "unchanged"
+        else:
+            size = scaled_frame_size(*probe_frame_size(path), short_side)
         try:
-            video = EncodedVideo.from_path(path, decode_audio=False, decoder="decord")
-            # The decord.VideoReader inside pytorchvideo's EncodedVideoDecord: we read it
-            # by frame index (get_batch) instead of by time (see the module docstring).
+            # pytorchvideo's decord decoder, given the path itself: EncodedVideo.from_path
+            # would first copy the whole file into a BytesIO, and it cannot pass the output
+            # size on. We read its decord.VideoReader by frame index (get_batch) instead of
+            # by time (see the module docstring).
+            video = EncodedVideoDecord(
+                file=path, video_name=Path(path).name, decode_audio=False, width=size[1], height=size[0]
+            )
             self._reader = video._av_reader
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
@@ -121,6 +179,13 @@ class _DecordReader(VideoReader):
             raise VideoDecodeError(path, f"decord could not open it ({type(e).__name__}: {e})") from e
         if self.num_frames <= 0:
             raise VideoDecodeError(path, "decord found no video frames")
+        if short_side is not None:
+            self.height, self.width = size
+        else:
+            try:
+                self.height, self.width = probe_frame_size(path)
+            except VideoDecodeError:  # a header PyAV cannot read: ask decord (decodes frame 0)
+                self.height, self.width = (int(n) for n in self._reader[0].shape[:2])
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         indices = self._check_indices(indices)
@@ -141,7 +206,7 @@ class _DecordReader(VideoReader):
 class _PyAVReader(VideoReader):
     backend = "pyav"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, short_side: int | None = None):
         import av
 
         self.path = path
@@ -156,6 +221,8 @@ class _PyAVReader(VideoReader):
                 raise VideoDecodeError(path, "the file has no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.thread_type = "AUTO"
+            context = self._stream.codec_context
+            self.height, self.width = scaled_frame_size(int(context.height), int(context.width), short_side)
             # Frame index -> presentation timestamp, from the packets (no decoding),
             # sorted like decord's index so that both backends agree on frame numbers.
             stamps = []
@@ -192,7 +259,10 @@ class _PyAVReader(VideoReader):
             for frame in self._container.decode(self._stream):
                 stamp = frame.pts
                 if stamp in wanted:
-                    frames[wanted[stamp]] = frame.to_ndarray(format="rgb24")
+                    # swscale's bilinear, like decord's scale filter (a no-op scale at full size).
+                    frames[wanted[stamp]] = frame.to_ndarray(
+                        width=self.width, height=self.height, format="rgb24", interpolation="BILINEAR"
+                    )
                 if stamp is not None and stamp >= last:
                     break
         except Exception as e:
@@ -213,20 +283,22 @@ class _AutoReader(VideoReader):
 
     backend = "auto"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, short_side: int | None = None):
         self.path = path
+        self._short_side = short_side
         self._fallback: VideoReader | None = None
         try:
-            self._primary: VideoReader | None = _DecordReader(path)
+            self._primary: VideoReader | None = _DecordReader(path, short_side)
         except VideoDecodeError as decord_error:
             self._primary = None
             self._fallback = self._open_fallback(decord_error)
         active = self._primary or self._fallback
         self.num_frames, self.fps = active.num_frames, active.fps
+        self.height, self.width = active.height, active.width
 
     def _open_fallback(self, decord_error: VideoDecodeError) -> VideoReader:
         try:
-            return _PyAVReader(self.path)
+            return _PyAVReader(self.path, self._short_side)
         except VideoDecodeError as pyav_error:
             raise VideoDecodeError(
                 self.path, f"both backends failed; decord: {decord_error.reason}; pyav: {pyav_error.reason}"
@@ -257,13 +329,15 @@ class _AutoReader(VideoReader):
 _READERS = {"decord": _DecordReader, "pyav": _PyAVReader, "auto": _AutoReader}
 
 
-def open_video(path: str | Path, backend: str = "decord") -> VideoReader:
+def open_video(path: str | Path, backend: str = "decord", *, short_side: int | None = None) -> VideoReader:
     """Open ``path`` for index-based frame access.
 
     backend: ``"decord"`` (default, fastest for random clip access), ``"pyav"``, or
     ``"auto"`` (decord, falling back to PyAV when decord fails).
+    short_side: if given, frames are decoded already resized so that their shorter side
+    is ``short_side`` pixels (see the module docstring); ``None`` keeps the stored size.
     Raises :class:`VideoDecodeError` naming the file when it cannot be opened.
     """
     if backend not in _READERS:
         raise ValueError(f"video backend {backend!r}: expected one of {BACKENDS}")
-    return _READERS[backend](str(path))
+    return _READERS[backend](str(path), _check_short_side(short_side))

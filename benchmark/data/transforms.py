@@ -2,13 +2,18 @@
 
 Every transform is called as ``transform(video, generator)``; random ones draw only from
 the explicit ``torch.Generator`` (so a sample is reproducible from its seed), the others
-ignore it. They accept float clips in [0, 1] and also uint8 clips: the loaders resize
-and crop while the frames are still uint8, because torch's uint8 bilinear kernel is
-several times faster than the float one on the (T, C, H, W) channels-last layout that
-decoded frames have (see perf/RESULTS.md); :class:`Normalize` needs floats.
+ignore it. They accept float clips in [0, 1] and also uint8 clips: the loaders crop
+while the frames are still uint8 and convert only the crop to float; :class:`Normalize`
+needs floats. The loaders decode frames already at the short-side size
+(``open_video(..., short_side=...)``, swscale's bilinear), so their
+:class:`ShortSideResize` finds nothing to do; used on its own it resizes with torch
+(on uint8 frames in their decoded channels-last layout the fast uint8 kernel applies).
 
-Resizing is bilinear *without* antialiasing, as in pytorchvideo's ``ShortSideScale``
-and mmcv's ``imresize`` (cv2 INTER_LINEAR), which the reference video SSL pipelines use.
+:class:`ShortSideResize` is bilinear *without* antialiasing, as in pytorchvideo's
+``ShortSideScale`` and mmcv's ``imresize`` (cv2 INTER_LINEAR). The loaders' decode-time
+resize is swscale's bilinear instead, which widens its kernel when downscaling (it
+antialiases, like ``antialias=True``): a deliberate difference, taken for speed (the
+scaling is done in the YUV to RGB conversion; perf/RESULTS.md).
 
 ``train_transform`` / ``eval_transform`` are the *spatial* part (resize, crop, flip);
 normalisation is applied separately by the loaders, after the method's
@@ -141,14 +146,20 @@ class Normalize:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
 
-    def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, video: torch.Tensor, generator: torch.Generator | None = None, *, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``out``: optional tensor of ``video``'s shape and dtype to write the result into."""
         if not video.is_floating_point():
             raise TypeError(f"Normalize: expected a float clip in [0, 1], got dtype {video.dtype}")
         if video.ndim < 4 or video.shape[-4] != self.mean.shape[0]:
             raise ValueError(
                 f"Normalize: expected (..., C={self.mean.shape[0]}, T, H, W), got shape {tuple(video.shape)}"
             )
-        return (video - self.mean.to(video.dtype)).div_(self.std.to(video.dtype))
+        mean, std = self.mean.to(video.dtype), self.std.to(video.dtype)
+        if out is None:
+            return (video - mean).div_(std)
+        return torch.sub(video, mean, out=out).div_(std)
 
 
 class Compose:

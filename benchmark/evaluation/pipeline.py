@@ -1,0 +1,538 @@
+"""The one evaluation code path every method goes through (``evaluate_backbone``).
+
+For each downstream dataset of ``cfg.eval.datasets`` (split 1 train/test):
+features (cached) -> retrieval Top-k (+ chance level) -> representation metrics ->
+linear probe -> fine-tuning (optional) -> perturbation robustness (optional); then the
+random-init baseline (optional), PNG plots and a summary table. The returned dict is what
+the runner stores under ``evaluations`` in result.json; docs/evaluation.md documents it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from benchmark import CONF_DIR
+from benchmark.evaluation.features import (
+    ClipSettings,
+    ClipSource,
+    SplitFeatures,
+    cached_features,
+    compute_features,
+    resolve_device,
+    state_dict_sha256,
+)
+from benchmark.evaluation.linear_probe import linear_probe
+from benchmark.evaluation.representation import representation_metrics
+from benchmark.evaluation.retrieval import chance_topk, retrieval_topk, topk_key
+from benchmark.evaluation.robustness import check_grid, perturbed_copy, summarize_curve
+
+#: Version of the structure returned by evaluate_backbone (documented in docs/evaluation.md).
+EVALUATION_FORMAT = "fedvid-eval/1"
+
+
+@dataclass
+class Downstream:
+    """One downstream dataset, resolved: its id (config name), classes and (path, label) lists."""
+
+    id: str
+    name: str
+    split: str
+    classes: list[str]
+    train: list
+    test: list
+    skipped: dict
+
+
+def load_dataset_config(name: str, cfg: DictConfig) -> DictConfig:
+    """conf/dataset/<name>.yaml with ``${data_root}`` (and other root keys) resolved against ``cfg``."""
+    import benchmark.config  # noqa: F401  (registers the ${project_root:} resolver)
+
+    path = CONF_DIR / "dataset" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+        raise FileNotFoundError(
+            f"eval.datasets: no dataset config {name!r} ({path} does not exist); available: {', '.join(available)}"
+        )
+    root = OmegaConf.create({"data_root": str(cfg.data_root)})
+    merged = OmegaConf.merge(root, {"dataset": OmegaConf.load(path)})
+    ds = merged.dataset
+    OmegaConf.resolve(merged)
+    return ds
+
+
+def load_downstream(name: str, cfg: DictConfig) -> Downstream:
+    """Annotations of split ``dataset.split`` of a downstream dataset, mapped to files.
+
+    Synthetic sets are generated on first use (``ensure_synthetic``); missing videos are an
+    error unless ``cfg.allow_missing_videos`` is true.
+    """
+    from benchmark.data.annotations import load_annotations
+    from benchmark.data.resolve import resolve_videos
+
+    ds = load_dataset_config(name, cfg)
+    if ds.get("synthetic") and not Path(str(ds.annotations)).exists():
+        # Generated on first use; an existing stamp (e.g. size=tiny in tests) is kept as is.
+        from benchmark.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg.data_root, size=str(cfg.get("synthetic_size") or "default"), seed=0)
+    split = load_annotations(ds)
+    allow_missing = bool(cfg.get("allow_missing_videos", False))
+    train = resolve_videos(split.train, ds.root, allow_missing=allow_missing)
+    test = resolve_videos(split.test, ds.root, allow_missing=allow_missing)
+    return Downstream(
+        id=name,
+        name=split.dataset,
+        split=str(split.split),
+        classes=list(split.classes),
+        train=[(path, record.label) for record, path in train.present],
+        test=[(path, record.label) for record, path in test.present],
+        skipped={"train": train.summary(), "test": test.summary()},
+    )
+
+
+def clip_settings(cfg: DictConfig) -> ClipSettings:
+    """eval.clip entries, each null entry inherited from the run's ``clip`` block."""
+    ev, run = cfg.eval.clip, cfg.get("clip", {}) or {}
+
+    def pick(key: str, run_key: str):
+        value = ev.get(key)
+        if value is None:
+            value = run.get(run_key)
+        if value is None:
+            raise ValueError(f"eval.clip.{key} is null and the run config has no clip.{run_key} to inherit")
+        return value
+
+    return ClipSettings(
+        num_clips=int(pick("num_clips", "num_clips")),
+        frames=int(pick("frames", "frames")),
+        stride=int(pick("stride", "stride")),
+        short_side=int(pick("short_side", "short_side")),
+        crop_size=int(pick("crop_size", "size")),
+        backend=str(ev.get("backend") or run.get("backend") or "decord"),
+    )
+
+
+def random_init_copy(backbone: nn.Module, seed: int) -> nn.Module:
+    """Same architecture, weights re-initialised by each module's ``reset_parameters``.
+
+    The global RNG is forked (and restored afterwards) and seeded with ``seed``, so the
+    baseline is reproducible without touching the caller's random state.
+    """
+    model = copy.deepcopy(backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for m in model.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+        # honour the backbone's own init scheme (e.g. CtP's Kaiming fan_out) when it has one
+        if hasattr(model, "_init_weights"):
+            model._init_weights()
+    return model
+
+
+def _retrieval_entry(train: SplitFeatures, test: SplitFeatures, ks: list[int]) -> dict:
+    hits = retrieval_topk(test.video_features, test.labels, train.video_features, train.labels, ks)
+    chance = chance_topk(test.labels, train.labels, ks)
+    return {
+        "ks": ks,
+        **{topk_key(k): v for k, v in hits.items()},
+        "chance": {topk_key(k): v for k, v in chance.items()},
+        "chance_top1": chance[ks[0]] if ks[0] == 1 else chance_topk(test.labels, train.labels, (1,))[1],
+        "num_queries": int(test.labels.numel()),
+        "num_gallery": int(train.labels.numel()),
+    }
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
+
+
+def evaluate_backbone(
+    backbone: nn.Module,
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    checkpoint_sha256: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a pretrained backbone with the settings under ``cfg.eval``.
+
+    backbone: forward (B, 3, T, H, W) -> (B, C, T', H', W'); it is not modified (its
+    train/eval mode is restored). cfg: the full run config (``eval``, ``data_root``,
+    ``clip``, ``synthetic_size``). run_dir: where plots go. checkpoint_sha256: recorded
+    in the report (feature cache entries are keyed by the hash of the backbone's weights).
+
+    Returns the ``evaluations`` block of a ``fedvid-result/1`` record (retrieval,
+    linear_probe, finetune, robustness, representation, random_init; each entry with the
+    ``protocol`` that produced it). See docs/evaluation.md.
+    """
+    return evaluate_backbone_report(
+        backbone, cfg, run_dir, checkpoint_sha256=checkpoint_sha256, progress=progress
+    )["evaluations"]
+
+
+def evaluate_backbone_report(
+    backbone: nn.Module,
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    checkpoint_sha256: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """As :func:`evaluate_backbone`, plus what does not belong in a result record.
+
+    Returns {"format", "evaluations", "settings", "backbone_sha256", "checkpoint_sha256",
+    "datasets" (per-dataset facts and timings), "plots", "wall_time_s"}.
+    """
+    started = time.perf_counter()
+    ev = cfg.eval
+    run_dir = Path(run_dir)
+    clip = clip_settings(cfg)
+    device = resolve_device(str(ev.get("device", "auto")))
+    ks = [int(k) for k in ev.retrieval.ks]
+    pooling = str(ev.pooling)
+    # Features are keyed by the backbone's weights themselves, so `fedvid run` and a later
+    # `fedvid evaluate` of its checkpoint share cache entries.
+    model_sha = state_dict_sha256(backbone)
+    cache_dir = None
+    if ev.feature_cache:
+        cache_dir = Path(ev.feature_cache_dir) if ev.get("feature_cache_dir") else Path(cfg.data_root) / ".feature_cache"
+    robust_cfg = ev.robustness
+    if robust_cfg.enabled:
+        check_grid(list(robust_cfg.ks), list(robust_cfg.seeds))
+
+    settings = OmegaConf.to_container(ev, resolve=True)
+    settings["clip_resolved"] = asdict(clip)
+    out: dict = {
+        "format": EVALUATION_FORMAT,
+        "settings": settings,
+        "backbone_sha256": model_sha,
+        "checkpoint_sha256": checkpoint_sha256,
+        "datasets": {},
+        "retrieval": {},
+        "representation": {},
+        "linear_probe": {},
+    }
+    if ev.finetune.enabled:
+        out["finetune"] = {}
+    if robust_cfg.enabled:
+        out["robustness"] = {}
+    random_model = random_init_copy(backbone, int(ev.random_init_seed)).to(device) if ev.random_init_baseline else None
+    if random_model is not None:
+        out["random_init"] = {"seed": int(ev.random_init_seed), "retrieval": {}, "linear_probe": {}}
+
+    original_device = next(backbone.parameters()).device
+    backbone.to(device)
+    saved_threads = torch.get_num_threads()
+    if ev.get("num_threads"):
+        # Small 3-D convolutions on a busy CPU run many times faster on one thread.
+        torch.set_num_threads(int(ev.num_threads))
+    try:
+        with _progress(progress) as bar:
+            for name in ev.datasets:
+                ds = load_downstream(str(name), cfg)
+                _evaluate_dataset(backbone, random_model, ds, cfg, clip, pooling, ks, device, model_sha, cache_dir,
+                                  bar, out)
+    finally:
+        backbone.to(original_device)
+        torch.set_num_threads(saved_threads)
+
+    from benchmark.evaluation.plots import plot_confusion_matrix, plot_perturbation_curves, plot_retrieval_bars
+
+    plots = {}
+    if ev.plots:
+        baseline = out["random_init"]["retrieval"] if random_model is not None else None
+        plots["retrieval"] = plot_retrieval_bars(out["retrieval"], run_dir / "retrieval_topk.png", baseline)
+        if out.get("robustness"):
+            plots["perturbation"] = plot_perturbation_curves(out["robustness"], run_dir / "perturbation_curves.png")
+        for name, lp in out["linear_probe"].items():
+            plots[f"confusion_{name}"] = plot_confusion_matrix(
+                lp["confusion_matrix"], out["datasets"][name]["classes"], f"{name} linear probe (video level)",
+                run_dir / f"confusion_linear_probe_{name}.png",
+            )
+    out["plots"] = {k: str(Path(p).relative_to(run_dir)) for k, p in plots.items()}
+    out["wall_time_s"] = round(time.perf_counter() - started, 3)
+    if progress:
+        print_summary(out)
+    report = {k: out[k] for k in ("format", "settings", "backbone_sha256", "checkpoint_sha256", "datasets", "plots",
+                                  "wall_time_s")}
+    report["evaluations"] = record_block(out)
+    return report
+
+
+def record_block(out: dict) -> dict:
+    """The internal results -> the ``evaluations`` structure of the result schema.
+
+    Numbers that are metrics stay at the entry's top level (the leaderboard flattens
+    numeric leaves); everything describing how they were produced goes under ``protocol``.
+    """
+    settings = out["settings"]
+    clip = settings["clip_resolved"]
+
+    def protocol(ds_id: str, **extra) -> dict:
+        meta = out["datasets"][ds_id]
+        return {
+            "dataset": meta["name"], "split": meta["split"], "num_train": meta["num_train"],
+            "num_test": meta["num_test"], "num_classes": meta["num_classes"], "pooling": settings["pooling"],
+            "feature_dim": meta["feature_dim"], "backbone_sha256": out["backbone_sha256"], **clip, **extra,
+        }
+
+    def retrieval(ds_id: str, r: dict) -> dict:
+        return {
+            "split": out["datasets"][ds_id]["split"],
+            "topk": {str(k): r[topk_key(k)] for k in r["ks"]},
+            "chance_top1": r["chance_top1"],
+            "chance_topk": {str(k): r["chance"][topk_key(k)] for k in r["ks"]},
+            "protocol": protocol(ds_id, query="test", gallery="train", similarity="cosine", ties="gallery order",
+                                 num_queries=r["num_queries"], num_gallery=r["num_gallery"]),
+        }
+
+    accuracy_keys = ("clip_top1", "clip_top5", "clip_mean_class_accuracy", "video_top1", "video_top5",
+                     "video_mean_class_accuracy")
+    lp_cfg = settings["linear_probe"]
+
+    def probe(ds_id: str, lp: dict) -> dict:
+        entry = {"split": out["datasets"][ds_id]["split"], **{k: lp[k] for k in accuracy_keys}}
+        if "confusion_matrix" in lp:
+            entry["confusion_matrix"] = lp["confusion_matrix"]
+        entry["protocol"] = protocol(
+            ds_id, classifier="multinomial logistic regression, L-BFGS, standardised clip features",
+            weight_decay=lp["weight_decay"], val_top1_by_weight_decay=lp["val_top1_by_weight_decay"],
+            weight_decays=lp_cfg["weight_decays"], val_fraction=lp_cfg["val_fraction"], seed=lp_cfg["seed"],
+            max_iter=lp_cfg["max_iter"],
+        )
+        return entry
+
+    block: dict = {"retrieval": {}, "linear_probe": {}, "representation": {}}
+    for ds_id, r in out["retrieval"].items():
+        block["retrieval"][ds_id] = retrieval(ds_id, r)
+    for ds_id, lp in out["linear_probe"].items():
+        block["linear_probe"][ds_id] = probe(ds_id, lp)
+    for ds_id, rep in out["representation"].items():
+        metrics = {k: v for k, v in rep.items() if k not in ("feature_dim", "num_videos")}
+        block["representation"][ds_id] = {**metrics, "protocol": protocol(
+            ds_id, features="video features (mean over clips) of train + test", num_videos=rep["num_videos"],
+            alignment_pairs="clip 0 and clip N-1 of each video", uniformity_t=2)}
+    if "finetune" in out:
+        ft_cfg = settings["finetune"]
+        block["finetune"] = {
+            ds_id: {"split": out["datasets"][ds_id]["split"], **{k: ft[k] for k in accuracy_keys},
+                    "train_loss": ft["train_loss"],
+                    "protocol": protocol(ds_id, **{k: ft_cfg[k] for k in ("epochs", "batch_size", "lr", "momentum",
+                                                                           "weight_decay", "milestones", "gamma",
+                                                                           "dropout", "seed")},
+                                         lr_per_epoch=ft["lr"], train_clips_per_video_per_epoch=1)}
+            for ds_id, ft in out["finetune"].items()
+        }
+    if "robustness" in out:
+        block["robustness"] = {}
+        for ds_id, rb in out["robustness"].items():
+            curve = [
+                {"k": k, "top1_mean": rb["top1_mean"][i], "top1_std": rb["top1_std"][i],
+                 "top5_mean": rb["top5_mean"][i], "top5_std": rb["top5_std"][i],
+                 "top1_by_seed": [row[i] for row in rb["top1_by_seed"]],
+                 "top5_by_seed": [row[i] for row in rb["top5_by_seed"]]}
+                for i, k in enumerate(rb["ks"])
+            ]
+            entry = {"curve": curve, "k_half": rb["k_half"], "k_half_text": rb["k_half_text"],
+                     "clean_top1": rb["clean_top1"], "clean_top5": rb["clean_top5"]}
+            if rb["area_top1_normalized"] is not None:
+                entry["auc_norm"] = rb["area_top1_normalized"]
+            entry["protocol"] = protocol(ds_id, direction=rb["direction"], seeds=rb["seeds"], ks=rb["ks"],
+                                         perturbed="floating-point parameters (not buffers)",
+                                         clips_in_memory=rb["clips_in_memory"])
+            block["robustness"][ds_id] = entry
+    if "random_init" in out:
+        ri = out["random_init"]
+        block["random_init"] = {
+            "seed": ri["seed"],
+            "retrieval": {ds_id: retrieval(ds_id, r) for ds_id, r in ri["retrieval"].items()},
+            "linear_probe": {ds_id: probe(ds_id, lp) for ds_id, lp in ri["linear_probe"].items()},
+        }
+    return block
+
+
+def _evaluate_dataset(backbone, random_model, ds: Downstream, cfg, clip, pooling, ks, device, model_sha, cache_dir,
+                      bar, out) -> None:
+    ev = cfg.eval
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    num_classes = len(ds.classes)
+    sources = {
+        split: ClipSource(
+            videos,
+            clip,
+            batch_size=int(ev.batch_size),
+            num_workers=int(ev.num_workers),
+            max_bytes=int(ev.clip_cache_max_mib) << 20,
+            description=f"{ds.id}/{split}",
+        )
+        for split, videos in (("train", ds.train), ("test", ds.test))
+    }
+    feats = {}
+    cached = {}
+    for split, source in sources.items():
+        feats[split], cached[split] = cached_features(
+            backbone, source, model_sha256=model_sha, dataset_id=ds.id, split=split, pooling=pooling,
+            device=device, cache_dir=cache_dir, progress=bar,
+        )
+    timings["features"] = time.perf_counter() - t0
+    out["datasets"][ds.id] = {
+        "name": ds.name,
+        "split": ds.split,
+        "classes": ds.classes,
+        "num_classes": num_classes,
+        "num_train": len(ds.train),
+        "num_test": len(ds.test),
+        "videos": ds.skipped,
+        "feature_dim": int(feats["train"].features.shape[-1]),
+        "features_from_cache": cached,
+    }
+
+    t = time.perf_counter()
+    out["retrieval"][ds.id] = _retrieval_entry(feats["train"], feats["test"], ks)
+    timings["retrieval"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    both = torch.cat([feats["train"].features, feats["test"].features])
+    out["representation"][ds.id] = representation_metrics(both)
+    timings["representation"] = time.perf_counter() - t
+
+    lp_cfg = ev.linear_probe
+    lp_kwargs = dict(
+        weight_decays=[float(x) for x in lp_cfg.weight_decays],
+        val_fraction=float(lp_cfg.val_fraction),
+        seed=int(lp_cfg.seed),
+        max_iter=int(lp_cfg.max_iter),
+    )
+    if lp_cfg.enabled:
+        t = time.perf_counter()
+        out["linear_probe"][ds.id] = linear_probe(feats["train"], feats["test"], num_classes, **lp_kwargs)
+        timings["linear_probe"] = time.perf_counter() - t
+
+    if random_model is not None:
+        t = time.perf_counter()
+        rsha = state_dict_sha256(random_model)
+        rfeats = {
+            split: cached_features(random_model, source, model_sha256=rsha, dataset_id=ds.id, split=split,
+                                   pooling=pooling, device=device, cache_dir=cache_dir, progress=bar)[0]
+            for split, source in sources.items()
+        }
+        out["random_init"]["retrieval"][ds.id] = _retrieval_entry(rfeats["train"], rfeats["test"], ks)
+        if lp_cfg.enabled:
+            lp = linear_probe(rfeats["train"], rfeats["test"], num_classes, **lp_kwargs)
+            lp.pop("confusion_matrix")
+            out["random_init"]["linear_probe"][ds.id] = lp
+        timings["random_init"] = time.perf_counter() - t
+
+    if ev.finetune.enabled:
+        from benchmark.evaluation.finetune import finetune
+
+        t = time.perf_counter()
+        out["finetune"][ds.id] = finetune(backbone, ds, cfg, clip, device, progress=bar)
+        timings["finetune"] = time.perf_counter() - t
+
+    if ev.robustness.enabled:
+        t = time.perf_counter()
+        out["robustness"][ds.id] = robustness_curve(backbone, sources, feats, ks, pooling, device, ev.robustness, bar)
+        timings["robustness"] = time.perf_counter() - t
+    out["datasets"][ds.id]["seconds"] = {k: round(v, 3) for k, v in timings.items()}
+
+
+def robustness_curve(backbone, sources: dict[str, ClipSource], clean: dict[str, SplitFeatures], ks, pooling, device,
+                     rcfg, bar=None) -> dict:
+    """Retrieval Top-1/Top-5 of perturbed copies over the (k, seed) grid; see robustness.py.
+
+    k = 0 leaves the weights unchanged, so it is evaluated once (identical for every seed).
+    """
+    grid = [float(k) for k in rcfg.ks]
+    seeds = [int(s) for s in rcfg.seeds]
+    direction = str(rcfg.direction)
+    measure_ks = sorted({1, 5} | {k for k in ks if k <= 5})
+    clean_hits = retrieval_topk(clean["test"].video_features, clean["test"].labels,
+                                clean["train"].video_features, clean["train"].labels, measure_ks)
+    rows = {"top1": [[0.0] * len(grid) for _ in seeds], "top5": [[0.0] * len(grid) for _ in seeds]}
+    task = bar.add_task("perturbation", total=len(grid) * len(seeds)) if bar is not None else None
+    for j, k in enumerate(grid):
+        for i, seed in enumerate(seeds):
+            model = perturbed_copy(backbone, k, seed, direction)
+            f = {s: compute_features(model, src, pooling, device) for s, src in sources.items()}
+            hits = retrieval_topk(f["test"].video_features, f["test"].labels, f["train"].video_features,
+                                  f["train"].labels, (1, 5))
+            rows["top1"][i][j] = hits[1]
+            rows["top5"][i][j] = hits[5]
+            del model
+            if task is not None:
+                bar.advance(task)
+            if k == 0:  # identical weights for every seed
+                for i2 in range(i + 1, len(seeds)):
+                    rows["top1"][i2][j] = hits[1]
+                    rows["top5"][i2][j] = hits[5]
+                if task is not None:
+                    bar.advance(task, len(seeds) - 1 - i)
+                break
+    if task is not None:
+        bar.remove_task(task)
+    summary = summarize_curve(grid, rows, clean_hits[1])
+    summary.update(direction=direction, seeds=seeds, clean_top5=clean_hits[5],
+                   clips_in_memory={s: src.in_memory for s, src in sources.items()})
+    return summary
+
+
+def print_summary(out: dict) -> None:
+    """Rich table of the headline numbers (percentages)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="FedVid-Bench evaluation", show_lines=False)
+    table.add_column("metric")
+    names = list(out["datasets"])
+    for name in names:
+        table.add_column(name, justify="right")
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    def row(label, fn):
+        values = []
+        for n in names:
+            try:
+                values.append(fn(n))
+            except (KeyError, TypeError):
+                values.append("-")
+        table.add_row(label, *values)
+
+    for k in out["retrieval"][names[0]]["ks"] if names else []:
+        row(f"retrieval Top-{k} (%)", lambda n, k=k: pct(out["retrieval"][n][topk_key(k)]))
+    if "random_init" in out:
+        row("  random init Top-1 (%)", lambda n: pct(out["random_init"]["retrieval"][n]["top1"]))
+    row("  chance Top-1 (%)", lambda n: pct(out["retrieval"][n]["chance_top1"]))
+    row("linear probe video top-1 (%)", lambda n: pct(out["linear_probe"][n]["video_top1"]))
+    row("linear probe clip top-1 (%)", lambda n: pct(out["linear_probe"][n]["clip_top1"]))
+    if "random_init" in out:
+        row("  random init LP video top-1 (%)", lambda n: pct(out["random_init"]["linear_probe"][n]["video_top1"]))
+    if "finetune" in out:
+        row("fine-tune video top-1 (%)", lambda n: pct(out["finetune"][n]["video_top1"]))
+        row("fine-tune clip top-1 (%)", lambda n: pct(out["finetune"][n]["clip_top1"]))
+    if "robustness" in out:
+        row("perturbation area (Top-1)", lambda n: f"{out['robustness'][n]['area_top1_normalized']:.3f}")
+        row("perturbation k½", lambda n: out["robustness"][n]["k_half_text"])
+    row("alignment", lambda n: f"{out['representation'][n]['alignment']:.3f}")
+    row("uniformity", lambda n: f"{out['representation'][n]['uniformity']:.3f}")
+    row("effective rank (centred)", lambda n: f"{out['representation'][n]['effective_rank_centered']:.1f}")
+    row("mean dim std (l2) ×√d", lambda n: f"{out['representation'][n]['mean_dim_std_l2'] / out['representation'][n]['healthy_dim_std_l2']:.2f}")
+    Console().print(table)
