@@ -1,0 +1,236 @@
+"""The ``centralized`` engine: one model trained in-process on the pooled data of all clients.
+
+``engine=centralized`` is the upper-bound reference row of a comparison (and, with
+``federation.rounds=0``, the random-init lower bound). It needs no Flower process and
+writes what the federated engines write — ``checkpoints/round_XXXX.pt`` (+ ``latest.json``),
+``rounds.jsonl``, ``federation_status.json`` — so the runner evaluates it and builds its
+result record unchanged.
+
+Step budget. The model makes exactly as many optimizer steps as the federated run with
+the same config would make in total: for round r, Σ over the clients that
+``sample_clients(seed, r, ...)`` picks of that client's local steps
+(``federation.local_steps``, else ``local_epochs · ⌈n_k / client.batch_size⌉`` — the
+loader keeps the last partial batch). :func:`federated_step_budget` computes it from the
+manifest sizes without training.
+
+How it trains. Each federated round becomes one call of
+:func:`~benchmark.federation.training.run_local_training` on the pooled video list with
+``federation.local_steps`` set to that round's total, the round's learning rate
+(``round_learning_rate``, so a cosine schedule steps per round as in the federation) and
+the model's full state (exchanged + local tensors) carried from the previous round. The
+pooled pseudo-client has id ``federation.num_clients`` (an id no real client has) for its
+seed streams. What differs from a plain centralized training loop:
+
+- the optimizer (SGD momentum buffers) and the data loader are rebuilt every round, exactly
+  as on a federated client; the shuffling order restarts per round (seeded by the round);
+- a round's steps continue over epoch boundaries of the pooled set, so a video can be seen
+  a different number of times than in the federation, where each client has its own epochs;
+- injected client failures (``fault.client_failure_prob``) do not apply: the budget
+  counts every sampled client as if it had replied.
+
+Resume: the model's local tensors (e.g. CtP's head with ``exchange=backbone``) are stored
+in the checkpoint's ``aggregator_state["local_state"]``, so ``resume=true`` continues
+bit-identically from the last complete round.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
+from benchmark.federation.engine import FederationError, FederationOutcome, memory_bytes
+from benchmark.federation.training import (
+    MANIFEST_NAME,
+    as_config,
+    client_videos,
+    initial_global_state,
+    round_learning_rate,
+    run_local_training,
+    sample_clients,
+)
+from benchmark.io import atomic_write_text, dumps_json
+
+#: The pooled pseudo-client's id is ``num_clients``; this names it in logs.
+POOLED = "pooled"
+
+
+def client_steps(num_videos: int, batch_size: int, local_epochs: int, local_steps: int | None) -> int:
+    """Optimizer steps one federated client makes in one round.
+
+    ``local_steps`` when set; else ``local_epochs · ⌈num_videos / batch_size⌉`` (the train
+    loader keeps the last partial batch, ``drop_last=False``).
+    """
+    if local_steps:
+        return int(local_steps)
+    return int(local_epochs) * math.ceil(int(num_videos) / int(batch_size))
+
+
+@dataclass(frozen=True)
+class RoundBudget:
+    """The federated counterpart of one round: who would train and how many steps each makes."""
+
+    round: int
+    sampled_clients: list[int]
+    client_steps: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(self.client_steps.values())
+
+
+def federated_step_budget(cfg, client_sizes: Sequence[int]) -> list[RoundBudget]:
+    """Per round, the clients the federated run samples and the steps each would make.
+
+    client_sizes: number of (present) training videos of client 0..K-1 (K = len, must be
+    ``federation.num_clients``). Uses the federation's own seeded ``sample_clients`` with
+    ``federation.clients_per_round``; nothing is trained. Returns one entry per round
+    1..``federation.rounds`` (empty for 0 rounds).
+    """
+    cfg = as_config(cfg)
+    fed = cfg.federation
+    num_clients = int(fed.num_clients)
+    if len(client_sizes) != num_clients:
+        raise ValueError(
+            f"got the sizes of {len(client_sizes)} clients but federation.num_clients={num_clients}"
+        )
+    empty = [c for c, n in enumerate(client_sizes) if int(n) <= 0]
+    if empty:
+        raise ValueError(f"clients {empty} have no videos in the split manifest; every client needs at least one")
+    batch_size = int(cfg.client.batch_size)
+    if batch_size < 1:
+        raise ValueError(f"client.batch_size={batch_size}: expected a positive integer")
+    local_steps = fed.get("local_steps")
+    per_round = fed.clients_per_round
+    budget = []
+    for server_round in range(1, int(fed.rounds) + 1):
+        sampled = sample_clients(int(cfg.seed), server_round, list(range(num_clients)), per_round)
+        steps = {c: client_steps(client_sizes[c], batch_size, int(fed.local_epochs), local_steps) for c in sampled}
+        budget.append(RoundBudget(server_round, sampled, steps))
+    return budget
+
+
+def pooled_client_videos(cfg, run_dir: Path) -> list[list[tuple[str, int]]]:
+    """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp would see it."""
+    allow_missing = bool(cfg.get("allow_missing_videos", False))
+    manifest = str(Path(run_dir) / MANIFEST_NAME)
+    return [
+        client_videos(manifest, str(cfg.dataset.root), c, allow_missing)
+        for c in range(int(cfg.federation.num_clients))
+    ]
+
+
+def run_centralized(
+    cfg,
+    run_dir: Path,
+    config_path: Path,
+    on_line: Callable[[str], None] | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> FederationOutcome:
+    """Train one model on the pooled videos for the federated step budget (module docstring).
+
+    Same signature and outcome as :func:`benchmark.federation.engine.run_federation`
+    (``config_path`` is unused: the config is in-process). ``federation.rounds=0`` writes
+    the round-0 global model (``initial_global_state``) as checkpoint 0 and trains nothing.
+    """
+    from benchmark.federation.server_app import ROUNDS_LOG, read_round_log, write_status
+
+    del config_path
+    cfg = as_config(cfg)
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    num_rounds = int(cfg.federation.rounds)
+    num_clients = int(cfg.federation.num_clients)
+
+    def say(line: str) -> None:
+        if on_line is not None:
+            on_line(f"[centralized] {line}")
+
+    def write_log(records: list[dict]) -> None:
+        atomic_write_text(run_dir / ROUNDS_LOG, "".join(dumps_json(r, indent=None) for r in records))
+
+    # PSS of this process sampled at round ends (ru_maxrss would carry over earlier jobs of a multirun)
+    peak = memory_bytes([os.getpid()])
+    per_client = pooled_client_videos(cfg, run_dir)
+    budget = federated_step_budget(cfg, [len(v) for v in per_client])
+    pooled = [video for videos in per_client for video in videos]
+
+    ckpt = load_latest(run_dir)
+    if ckpt is not None and not cfg.get("resume", False):
+        raise FederationError(
+            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
+            "or start a new run directory"
+        )
+    if ckpt is not None:
+        first_round = ckpt.round + 1
+        global_state = ckpt.global_state
+        local_state = dict(ckpt.aggregator_state.get("local_state") or {}) or None
+        rounds_log = [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
+        say(f"resuming after round {ckpt.round}")
+    else:
+        first_round = 1
+        global_state = initial_global_state(cfg)
+        local_state = None
+        rounds_log = []
+        if num_rounds == 0:
+            save_checkpoint(run_dir, Checkpoint(0, global_state, {"local_state": {}}))
+            say("federation.rounds=0: saved the initial model (round 0), no training")
+    write_log(rounds_log)
+    write_status(run_dir, state="running", round=first_round - 1, rounds=num_rounds, first_round=first_round,
+                 engine="centralized")
+    if on_poll is not None:
+        on_poll()
+
+    # Only the step count and failures differ from a client's round; everything else
+    # (optimizer, clipping, clip sampling, method) is the run's config.
+    base = OmegaConf.to_container(cfg, resolve=True)
+    base.setdefault("fault", {})["client_failure_prob"] = 0.0
+    for plan in budget[first_round - 1:]:
+        r = plan.round
+        started = time.perf_counter()
+        lr = round_learning_rate(cfg, r)
+        round_cfg = OmegaConf.create(base)
+        round_cfg.federation.local_steps = plan.total_steps
+        result = run_local_training(round_cfg, num_clients, r, global_state, local_state, pooled, lr)
+        global_state, local_state = result.exchanged, result.local
+        save_checkpoint(run_dir, Checkpoint(r, global_state, {"local_state": local_state}))
+        compute_s = float(result.metrics["compute_s"])
+        rounds_log.append(
+            {
+                "round": r,
+                "engine": "centralized",
+                # The pooled data of every client trains; the federated run's sampled
+                # clients only set this round's step budget.
+                "sampled_clients": list(range(num_clients)),
+                "replied_clients": list(range(num_clients)),
+                "failed_clients": [],
+                "lr": lr,
+                "steps": int(result.metrics["steps"]),
+                "budget": {"federated_sampled_clients": plan.sampled_clients,
+                           "federated_client_steps": {str(c): s for c, s in plan.client_steps.items()}},
+                "clients": [],
+                "loss": float(result.metrics["loss"]),
+                "num_examples": int(result.num_examples),
+                "aggregate_s": 0.0,
+                "client_compute_s": compute_s,
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "l2_to_global": {"backbone": None, "heads": None},
+                "round_wall_s": time.perf_counter() - started,
+            }
+        )
+        write_log(rounds_log)
+        write_status(run_dir, round=r)
+        peak = max(peak, memory_bytes([os.getpid()]))
+        say(f"round {r}/{num_rounds}: loss {result.metrics['loss']:.4f}, {plan.total_steps} steps "
+            f"on {len(pooled)} pooled videos, {compute_s:.1f}s")
+        if on_poll is not None:
+            on_poll()
+    write_status(run_dir, state="completed", round=num_rounds)
+    return FederationOutcome(time.perf_counter() - t0, None, peak, run_dir / ROUNDS_LOG)

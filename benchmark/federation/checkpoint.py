@@ -1,0 +1,108 @@
+"""Per-round checkpoints of the global model, written atomically and loaded weights-only.
+
+Layout inside a run directory::
+
+    checkpoints/round_0003.pt     torch.save of a plain dict (tensors, numbers, strings)
+    checkpoints/latest.json       {"round": 3, "file": "round_0003.pt", "sha256": "..."}
+
+``latest.json`` is replaced only after its ``.pt`` file is complete, so after a crash it
+always names a complete checkpoint. Loading uses ``torch.load(weights_only=True)``: a
+checkpoint can never execute code when it is read.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.io import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
+
+CHECKPOINT_FORMAT = "fedvid-checkpoint/1"
+
+
+@dataclass
+class Checkpoint:
+    """The server's state after ``round`` complete rounds.
+
+    global_state: the global model's exchanged tensors (name -> tensor).
+    aggregator_state: whatever the aggregator's ``state_dict()`` returned (tensors/numbers), or {}.
+    history: small JSON-able per-round facts needed to continue (e.g. cumulative bytes).
+    """
+
+    round: int
+    global_state: dict[str, torch.Tensor]
+    aggregator_state: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``checkpoints/round_XXXX.pt`` then point ``latest.json`` at it (both atomic)."""
+    buf = io.BytesIO()
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "round": int(ckpt.round),
+            "global_state": {k: v.detach().cpu().contiguous() for k, v in ckpt.global_state.items()},
+            "aggregator_state": ckpt.aggregator_state,
+            "history": ckpt.history,
+        },
+        buf,
+    )
+    data = buf.getvalue()
+    name = f"round_{ckpt.round:04d}.pt"
+    path = atomic_write_bytes(checkpoint_dir(run_dir) / name, data)
+    atomic_write_json(
+        checkpoint_dir(run_dir) / "latest.json",
+        {"format": CHECKPOINT_FORMAT, "round": int(ckpt.round), "file": name, "sha256": sha256_bytes(data)},
+    )
+    return path
+
+
+def load_checkpoint_file(path: str | Path) -> Checkpoint:
+    """Load one ``round_XXXX.pt`` (weights-only: tensors, numbers, strings, containers)."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"{path}: not a readable FedVid-Bench checkpoint ({e})") from e
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: expected a {CHECKPOINT_FORMAT} checkpoint")
+    return Checkpoint(
+        round=int(obj["round"]),
+        global_state=dict(obj["global_state"]),
+        aggregator_state=dict(obj.get("aggregator_state") or {}),
+        history=dict(obj.get("history") or {}),
+    )
+
+
+def load_latest(run_dir: str | Path) -> Checkpoint | None:
+    """The last complete checkpoint of a run, or None when the run has none yet.
+
+    The file's sha256 is checked against ``latest.json``.
+    """
+    pointer = checkpoint_dir(run_dir) / "latest.json"
+    if not pointer.is_file():
+        return None
+    meta = read_json(pointer)
+    path = checkpoint_dir(run_dir) / meta["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{pointer} names {path}, which does not exist")
+    actual = sha256_file(path)
+    if actual != meta["sha256"]:
+        raise ValueError(f"{path}: sha256 {actual} does not match {pointer} ({meta['sha256']})")
+    return load_checkpoint_file(path)
+
+
+def final_global_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    ckpt = load_latest(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"{checkpoint_dir(run_dir)}: the run wrote no checkpoint")
+    return ckpt.global_state

@@ -1,0 +1,136 @@
+"""The Flower ClientApp: one client of the federation (Message API).
+
+Identity: a SuperNode's node config names its client. Deployment SuperNodes are started
+with ``--node-config "client-id=3 manifest='/path/split.json' dataset-root='/data/k400'"``;
+virtual SuperNodes of the simulation engine carry ``partition-id``, which is the client
+id (the simulation has exactly ``num_clients`` SuperNodes).
+
+Messages:
+- ``query``: reply with the client id, so the server samples clients by manifest id.
+- ``train``: load the global exchanged weights (+ this client's own heads from its
+  context state when ``exchange=backbone``), train locally, reply with the exchanged
+  weights, ``num-examples`` and metrics. A failure is logged with its traceback and
+  returned as an error reply carrying the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from benchmark.federation.training import MANIFEST_NAME, as_config, client_videos, run_local_training
+from benchmark.io import atomic_write_bytes, read_json
+
+# A child of Flower\'s logger: its lines reach the streamed run log.
+log = logging.getLogger("flwr").getChild("fedvid.client")
+
+#: Key of the client's own (never exchanged) tensors in its Flower context state.
+LOCAL_STATE_KEY = "fedvid.local"
+#: Error code of a ClientApp that raised (the reason carries the traceback).
+CLIENT_FAILED = 1001
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=2)
+def _load_run_config(path: str):
+    if not path:
+        raise ValueError("run config `config-path` is empty: start runs with `fedvid run`, which sets it")
+    return as_config(read_json(path))
+
+
+def client_identity(node_config: dict, num_clients: int) -> int:
+    if "client-id" in node_config:
+        cid = int(node_config["client-id"])
+    elif "partition-id" in node_config:
+        cid = int(node_config["partition-id"])
+    else:
+        raise ValueError(
+            "the SuperNode's node config names no client: start it with --node-config \"client-id=N manifest=PATH\""
+        )
+    if not 0 <= cid < num_clients:
+        raise ValueError(f"node config client-id={cid}: the run has clients 0..{num_clients - 1}")
+    return cid
+
+
+def _paths(cfg, context: Context) -> tuple[str, str, Path]:
+    """(manifest, dataset root, client state dir) — the node config overrides the run's paths."""
+    nc = context.node_config
+    run_dir = Path(str(context.run_config["config-path"])).parent
+    manifest = str(nc.get("manifest") or run_dir / MANIFEST_NAME)
+    dataset_root = str(nc.get("dataset-root") or cfg.dataset.root)
+    state_dir = Path(str(nc.get("state-dir") or run_dir / "client_state"))
+    return manifest, dataset_root, state_dir
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    cfg = _load_run_config(str(context.run_config["config-path"]))
+    cid = client_identity(dict(context.node_config), int(cfg.federation.num_clients))
+    return Message(RecordDict({"identity": ConfigRecord({"client-id": cid})}), reply_to=msg)
+
+
+def _local_state_file(state_dir: Path, cid: int, server_round: int) -> Path:
+    return state_dir / f"client_{cid:04d}" / f"round_{server_round:04d}.pt"
+
+
+def _restore_local_state(context: Context, state_dir: Path, cid: int, server_round: int):
+    """This client's own tensors: from its Flower context state, or (after a resume, when the
+    context is new) from the newest file it wrote in a round before ``server_round``."""
+    if LOCAL_STATE_KEY in context.state:
+        return context.state[LOCAL_STATE_KEY].to_torch_state_dict()
+    client_dir = state_dir / f"client_{cid:04d}"
+    if not client_dir.is_dir():
+        return None
+    earlier = sorted(p for p in client_dir.glob("round_*.pt") if int(p.stem.split("_")[1]) < server_round)
+    if not earlier:
+        return None
+    return torch.load(earlier[-1], map_location="cpu", weights_only=True)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    try:
+        return _train(msg, context)
+    except Exception as exc:  # noqa: BLE001 - every failure is reported to the server
+        tb = traceback.format_exc()
+        log.error("client training failed:\n%s", tb)
+        return Message(Error(code=CLIENT_FAILED, reason=f"{type(exc).__name__}: {exc}\n{tb}"), reply_to=msg)
+
+
+def _train(msg: Message, context: Context) -> Message:
+    cfg = _load_run_config(str(context.run_config["config-path"]))
+    cid = client_identity(dict(context.node_config), int(cfg.federation.num_clients))
+    conf = msg.content["config"]
+    server_round = int(conf["server-round"])
+    manifest, dataset_root, state_dir = _paths(cfg, context)
+
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    local_state = _restore_local_state(context, state_dir, cid, server_round)
+    result = run_local_training(
+        cfg,
+        client_id=cid,
+        server_round=server_round,
+        global_state=global_state,
+        local_state=local_state,
+        videos=client_videos(manifest, dataset_root, cid, bool(cfg.get("allow_missing_videos", False))),
+        lr=float(conf["lr"]),
+    )
+    if result.local:
+        # Per-node state keeps the heads between rounds (FedVSSL's exchange=backbone); the
+        # file copy lets a resumed run (fresh contexts) continue exactly.
+        context.state[LOCAL_STATE_KEY] = ArrayRecord(result.local)
+        import io
+
+        buf = io.BytesIO()
+        torch.save(result.local, buf)
+        atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getvalue())
+    metrics = {**result.metrics, "num-examples": int(result.num_examples), "client-id": cid}
+    content = RecordDict({"arrays": ArrayRecord(result.exchanged), "metrics": MetricRecord(metrics)})
+    return Message(content=content, reply_to=msg)

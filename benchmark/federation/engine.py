@@ -1,0 +1,457 @@
+"""Launch the Flower federation for a run and tear every process down afterwards.
+
+Two engines, one ServerApp/ClientApp pair:
+
+- ``simulation`` (default): a SuperLink in simulation mode on a free 127.0.0.1 port,
+  ``flwr run`` with ``num-supernodes`` virtual SuperNodes on the Ray backend (client
+  CPU/GPU resources from ``engine.client_resources``). ``engine.ray_address`` points the
+  simulation at an existing Ray cluster (exported as ``RAY_ADDRESS``).
+- ``deployment``: a real ``flower-superlink`` and one ``flower-supernode`` per client
+  (node config ``client-id=i manifest=...``), or, with ``engine.superlink=HOST:PORT``, an
+  existing SuperLink whose SuperNodes the user started (docs/deployment.md).
+
+Flower's own settings live in ``<run_dir>/.flwr`` (``FLWR_HOME``), never in the user's home.
+
+Process hygiene: every process is started in its own session with a parent-death signal
+(so a SIGKILLed ``fedvid run`` takes them down) and with ``FEDVID_RUN_TAG`` in its
+environment, which the processes they start (SuperExec, ServerApp/ClientApp, Ray's raylet,
+GCS and workers) inherit. :meth:`Processes.stop` terminates the started sessions and then
+every process still carrying the tag. It runs on success, failure, Ctrl-C, SIGTERM and
+at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark import PROJECT_ROOT, __version__
+from benchmark.io import atomic_write_text, read_json
+
+RUN_TAG_ENV = "FEDVID_RUN_TAG"
+#: PID of `fedvid run`; the ServerApp exits when that process is gone (see server_app).
+LAUNCHER_PID_ENV = "FEDVID_LAUNCHER_PID"
+FLOWER_APP_DIR = "flower_app"
+FLOWER_HOME_DIR = ".flwr"
+CONNECTION_NAME = "fedvid"
+_PR_SET_PDEATHSIG = 1
+
+
+class FederationError(RuntimeError):
+    """The federation did not complete (the message says why and where the logs are)."""
+
+
+# ------------------------------------------------------------------------------------
+# Processes
+# ------------------------------------------------------------------------------------
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (next to the running interpreter), else PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"`{name}` not found: install flwr[simulation] in this environment")
+    return found
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """PIDs (other than this process) whose environment holds ``FEDVID_RUN_TAG=tag``."""
+    needle = f"{RUN_TAG_ENV}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and needle in env.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def memory_bytes(pids: list[int]) -> int:
+    """Memory of ``pids`` together (bytes): the sum of their proportional set sizes (PSS),
+    which counts shared pages once (plain RSS would count Ray's shared memory per worker)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            continue
+    return total
+
+
+@dataclass
+class Processes:
+    """Processes started for one run; :meth:`stop` ends them and everything they started."""
+
+    run_dir: Path
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    _stopped: bool = False
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        # Flower starts its helpers (flower-superexec, flwr-simulation, ...) by name.
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+        env.update(
+            {
+                RUN_TAG_ENV: self.tag,
+                LAUNCHER_PID_ENV: str(os.getpid()),
+                "FLWR_HOME": str(self.run_dir / FLOWER_HOME_DIR),
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra or {})
+        return env
+
+    def spawn(self, name: str, cmd: list[str], log_file: Path | None, env: dict[str, str] | None = None,
+              pipe: bool = False) -> subprocess.Popen:
+        out = subprocess.PIPE if pipe else (open(log_file, "ab") if log_file else subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd,
+            env=self.env(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            cwd=str(self.run_dir),
+        )
+        if not pipe and log_file:
+            out.close()  # type: ignore[union-attr]
+        self.started.append((name, proc))
+        return proc
+
+    def tagged(self) -> list[int]:
+        return tagged_processes(self.tag)
+
+    def stop(self, grace_s: float = 8.0) -> list[int]:
+        """Terminate the started sessions (reverse order), then every tagged process.
+
+        Returns the PIDs that had to be killed with SIGKILL (for the log)."""
+        if self._stopped:
+            return []
+        self._stopped = True
+        for _, proc in reversed(self.started):
+            if proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, proc in reversed(self.started):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        # Whatever the sessions started elsewhere (Ray workers, SuperExec children).
+        pids = self.tagged()
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while (pids := self.tagged()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.tagged() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return pids
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        _signal(pid, sig)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_health(address: str, proc: subprocess.Popen, timeout: float, log_file: Path, what: str) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FederationError(f"{what} exited with code {proc.returncode} while starting; see {log_file}")
+        try:
+            if httpx.get(f"http://{address}/health", timeout=0.5).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise FederationError(f"{what} did not answer on {address} within {timeout:.0f}s; see {log_file}")
+
+
+# ------------------------------------------------------------------------------------
+# Flower app + home
+# ------------------------------------------------------------------------------------
+
+
+def flower_app_table() -> dict:
+    """The ``[tool.flwr.app]`` table of the project's pyproject.toml (the source of truth)."""
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if pyproject.is_file():
+        table = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]
+        return table
+    return {
+        "publisher": "fedvid-bench",
+        "components": {
+            "serverapp": "benchmark.federation.server_app:app",
+            "clientapp": "benchmark.federation.client_app:app",
+        },
+        "config": {"config-path": ""},
+    }
+
+
+def write_flower_app(run_dir: Path) -> Path:
+    """A minimal Flower App directory (``<run_dir>/flower_app/pyproject.toml``).
+
+    ``flwr run`` bundles an app directory into a FAB; this one holds only metadata, so the
+    ServerApp/ClientApp code is imported from the installed ``fedvid-bench`` package (the
+    version recorded in the result), not from a copy of the repository.
+    """
+    table = flower_app_table()
+    comp = table["components"]
+    lines = [
+        "[build-system]",
+        'requires = ["setuptools>=68"]',
+        'build-backend = "setuptools.build_meta"',
+        "",
+        "[project]",
+        'name = "fedvid-bench"',
+        f'version = "{__version__}"',
+        'description = "FedVid-Bench federated pretraining (generated by fedvid run)"',
+        'license = "Apache-2.0"',
+        "dependencies = []",
+        "",
+        "[tool.flwr.app]",
+        f'publisher = "{table.get("publisher", "fedvid-bench")}"',
+        "",
+        "[tool.flwr.app.components]",
+        f'serverapp = "{comp["serverapp"]}"',
+        f'clientapp = "{comp["clientapp"]}"',
+        "",
+        "[tool.flwr.app.config]",
+        'config-path = ""',
+        "",
+    ]
+    app_dir = run_dir / FLOWER_APP_DIR
+    atomic_write_text(app_dir / "pyproject.toml", "\n".join(lines))
+    return app_dir
+
+
+def write_flower_home(run_dir: Path, address: str, insecure: bool = True, root_certificates: str | None = None) -> Path:
+    home = run_dir / FLOWER_HOME_DIR
+    lines = ["[superlink]", f'default = "{CONNECTION_NAME}"', "", f"[superlink.{CONNECTION_NAME}]", f'address = "{address}"']
+    if root_certificates:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    lines.append(f"insecure = {'true' if insecure else 'false'}")
+    atomic_write_text(home / "config.toml", "\n".join(lines) + "\n")
+    return home
+
+
+# ------------------------------------------------------------------------------------
+# Running a federation
+# ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FederationOutcome:
+    wall_time_s: float
+    startup_s: float | None
+    peak_memory_bytes: int
+    flower_log: Path
+
+
+def run_federation(
+    cfg,
+    run_dir: Path,
+    config_path: Path,
+    on_line: Callable[[str], None] | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> FederationOutcome:
+    """Start the engine named by ``cfg.engine.name``, run the apps to the end, stop everything.
+
+    Raises :class:`FederationError` when the ServerApp did not report completion.
+    """
+    from benchmark.federation.server_app import STATUS_FILE
+
+    run_dir = Path(run_dir)
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    engine = cfg.engine
+    procs = Processes(run_dir)
+    atexit.register(procs.stop)
+    restore = _install_sigterm()
+    t0 = time.perf_counter()
+    peak = 0
+    startup_s = None
+    flower_log = run_dir / "flower.log"
+    try:
+        # a status left by an earlier (killed or failed) attempt must not be read as this run's
+        (run_dir / STATUS_FILE).unlink(missing_ok=True)
+        app_dir = write_flower_app(run_dir)
+        extra_env: dict[str, str] = {}
+        if engine.name == "simulation" and engine.get("ray_address"):
+            extra_env["RAY_ADDRESS"] = str(engine.ray_address)
+        external = engine.name == "deployment" and engine.get("superlink")
+        if external:
+            address = str(engine.superlink)
+            write_flower_home(run_dir, address, bool(engine.get("insecure", True)), engine.get("root_certificates"))
+        else:
+            port = int(engine.get("superlink_port") or free_port())
+            address = f"127.0.0.1:{port}"
+            write_flower_home(run_dir, address)
+            cmd = [
+                _bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(port),
+            ]
+            if engine.name == "simulation":
+                cmd.append("--simulation")
+            superlink = procs.spawn("superlink", cmd, logs / "superlink.log", extra_env)
+            wait_for_health(address, superlink, float(engine.get("startup_timeout_s", 60)), logs / "superlink.log",
+                            "flower-superlink")
+            if engine.name == "deployment":
+                _start_supernodes(procs, cfg, run_dir, address, logs)
+        run_cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream",
+                    "--run-config", f"config-path='{config_path}'"]
+        if engine.name == "simulation":
+            run_cmd += ["--federation-config", _simulation_config(cfg)]
+        flwr_run = procs.spawn("flwr run", run_cmd, None, extra_env, pipe=True)
+        reader = threading.Thread(target=_pump, args=(flwr_run, flower_log, on_line), daemon=True)
+        reader.start()
+        while flwr_run.poll() is None:
+            time.sleep(0.5)
+            peak = max(peak, memory_bytes(procs.tagged()))
+            if startup_s is None:
+                status = _read_status(run_dir / STATUS_FILE)
+                if status.get("state") in ("running", "completed", "failed"):
+                    startup_s = time.perf_counter() - t0
+            if on_poll is not None:
+                on_poll()
+            status = _read_status(run_dir / STATUS_FILE)
+            if status.get("state") in ("completed", "failed"):
+                # the ServerApp is done; give `flwr run` a moment to drain the log stream
+                try:
+                    flwr_run.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    break
+        reader.join(timeout=5)
+        wall = time.perf_counter() - t0
+        status = _read_status(run_dir / STATUS_FILE)
+        if status.get("state") != "completed":
+            why = status.get("message") or f"`flwr run` exited with code {flwr_run.returncode} before the run completed"
+            raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)")
+        return FederationOutcome(wall, startup_s, peak, flower_log)
+    finally:
+        leftovers = procs.stop()
+        atexit.unregister(procs.stop)
+        restore()
+        if leftovers and on_line is not None:
+            on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
+
+
+def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: Path) -> None:
+    from benchmark.federation.training import MANIFEST_NAME
+
+    manifest = run_dir / MANIFEST_NAME
+    for cid in range(int(cfg.federation.num_clients)):
+        node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{cfg.dataset.root}'"
+        procs.spawn(
+            f"supernode {cid}",
+            [_bin("flower-supernode"), "--insecure", "--superlink", address, "--port", str(free_port()),
+             "--node-config", node_config],
+            logs / f"supernode_{cid}.log",
+        )
+
+
+def _simulation_config(cfg) -> str:
+    engine = cfg.engine
+    res = engine.get("client_resources") or {}
+    parts = [
+        f"num-supernodes={int(cfg.federation.num_clients)}",
+        f"client-resources-num-cpus={int(res.get('num_cpus', 1))}",
+        f"client-resources-num-gpus={float(res.get('num_gpus', 0.0))}",
+    ]
+    if engine.get("ray_num_cpus") and not engine.get("ray_address"):
+        parts.append(f"init-args-num-cpus={int(engine.ray_num_cpus)}")
+    return " ".join(parts)
+
+
+def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None] | None) -> None:
+    assert proc.stdout is not None
+    with open(log_file, "ab") as f:
+        for raw in iter(proc.stdout.readline, b""):
+            f.write(raw)
+            f.flush()
+            if on_line is not None:
+                try:
+                    on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+                except Exception:  # noqa: BLE001 - the console must never stop the log
+                    pass
+
+
+def _read_status(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _install_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into SystemExit (so ``finally`` blocks stop the processes); returns an undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)

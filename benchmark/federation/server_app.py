@@ -1,0 +1,250 @@
+"""The Flower ServerApp: identity handshake, resumable rounds, checkpoints and the round log.
+
+The app reads the Hydra-resolved config saved by ``fedvid run`` (run config
+``config-path`` = ``<run_dir>/config.json``) and writes into that run directory:
+
+- ``rounds.jsonl``: one JSON object per completed round (see ``FedVidStrategy``),
+- ``checkpoints/round_XXXX.pt`` + ``checkpoints/latest.json`` (every round, atomic),
+- ``federation_status.json``: ``{"state": "running" | "completed" | "failed", ...}``,
+  which ``fedvid run`` reads for progress and for the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
+from benchmark.federation.strategy import FedVidStrategy
+from benchmark.federation.training import as_config, initial_global_state
+from benchmark.io import atomic_write_json, atomic_write_text, dumps_json, read_json
+from benchmark.registry import build_aggregator
+
+# A child of Flower\'s logger: its lines reach the streamed run log.
+log = logging.getLogger("flwr").getChild("fedvid.server")
+
+ROUNDS_LOG = "rounds.jsonl"
+STATUS_FILE = "federation_status.json"
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config_path = Path(str(context.run_config["config-path"]))
+    run_dir = config_path.parent
+    _exit_with_launcher()
+    try:
+        run_federation(grid, as_config(read_json(config_path)), run_dir)
+    except Exception as exc:
+        write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        log.error("the federation failed:\n%s", traceback.format_exc())
+        raise
+
+
+def _exit_with_launcher() -> None:
+    """Stop this ServerApp as soon as the `fedvid run` that launched it is gone.
+
+    A killed launcher must not leave a simulation that keeps training and writing
+    checkpoints into the run directory (``resume=true`` continues from the last one).
+    Runs started against an external SuperLink have no launcher PID and are not watched.
+    """
+    import os
+    import threading
+
+    from benchmark.federation.engine import LAUNCHER_PID_ENV
+
+    pid = os.environ.get(LAUNCHER_PID_ENV)
+    if not pid:
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                log.error("fedvid run (pid %s) is gone; stopping this run's processes", pid)
+                _stop_run_processes()
+                os._exit(1)
+            except PermissionError:
+                pass
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name="fedvid-launcher-watch", daemon=True).start()
+
+
+def _stop_run_processes() -> None:
+    """Do what the dead launcher would have done: end every process of this run (they carry
+    its ``FEDVID_RUN_TAG``: SuperLink, SuperExec, Ray GCS/raylet/workers), except this one."""
+    import os
+    import signal
+
+    from benchmark.federation.engine import RUN_TAG_ENV, tagged_processes
+
+    tag = os.environ.get(RUN_TAG_ENV)
+    if not tag:
+        return
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
+        pids = tagged_processes(tag)
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + wait
+        while tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def write_status(run_dir: Path, **fields: Any) -> None:
+    path = run_dir / STATUS_FILE
+    try:
+        previous = read_json(path)
+    except (FileNotFoundError, ValueError):
+        previous = {}
+    atomic_write_json(path, {**previous, **fields, "updated_at": time.time()})
+
+
+def read_round_log(run_dir: Path) -> list[dict]:
+    import json
+
+    path = run_dir / ROUNDS_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
+    """Ask every connected SuperNode for its client id; return client id -> node id.
+
+    Waits (up to ``timeout`` s) until ``num_clients`` nodes are connected.
+    """
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {len(node_ids)} of federation.num_clients={num_clients} SuperNodes connected within "
+                f"{timeout:.0f}s; start one SuperNode per client (docs/deployment.md)"
+            )
+        time.sleep(0.2)
+    messages = [
+        Message(RecordDict({"query": ConfigRecord({"what": "client-id"})}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in node_ids
+    ]
+    node_of_client: dict[int, int] = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(f"SuperNode {reply.metadata.src_node_id} could not identify itself: {reply.error.reason}")
+        cid = int(reply.content["identity"]["client-id"])
+        if cid in node_of_client:
+            raise RuntimeError(
+                f"two SuperNodes ({node_of_client[cid]} and {reply.metadata.src_node_id}) claim client-id={cid}; "
+                "give each SuperNode its own client-id"
+            )
+        node_of_client[cid] = reply.metadata.src_node_id
+    missing = sorted(set(range(num_clients)) - set(node_of_client))
+    if missing:
+        raise RuntimeError(f"no SuperNode serves client ids {missing[:10]} (federation.num_clients={num_clients})")
+    return node_of_client
+
+
+def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
+    fed = cfg.federation
+    num_rounds = int(fed.rounds)
+    aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))
+
+    rounds_log: list[dict] = []
+    ckpt = load_latest(run_dir)
+    if ckpt is not None and not cfg.get("resume", False):
+        raise RuntimeError(
+            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
+            "or start a new run directory"
+        )
+    if ckpt is not None:
+        first_round = ckpt.round + 1
+        global_state = ckpt.global_state
+        if ckpt.aggregator_state and hasattr(aggregator, "load_state_dict"):
+            aggregator.load_state_dict(ckpt.aggregator_state)
+        rounds_log = [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
+        log.info("resuming after round %d", ckpt.round)
+    else:
+        first_round = 1
+        global_state = initial_global_state(cfg)
+    _write_round_log(run_dir, rounds_log)
+    write_status(run_dir, state="connecting", round=first_round - 1, rounds=num_rounds, first_round=first_round)
+
+    t_connect = time.perf_counter()
+    node_of_client = identify_clients(grid, int(fed.num_clients), float(cfg.engine.get("node_wait_timeout_s", 300)))
+    write_status(run_dir, state="running", connect_s=time.perf_counter() - t_connect)
+
+    def on_round_end(server_round: int, new_state, record: dict) -> None:
+        agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
+        save_checkpoint(run_dir, Checkpoint(server_round, new_state, agg_state))
+        rounds_log.append(record)
+        _write_round_log(run_dir, rounds_log)
+        write_status(run_dir, round=server_round)
+        log.info(
+            "round %d/%d: loss %.4f, %d clients, %.2fs",
+            server_round,
+            num_rounds,
+            record["loss"],
+            len(record["replied_clients"]),
+            record["round_wall_s"],
+        )
+
+    tensorboard = _tensorboard_writer(cfg, run_dir)
+    if tensorboard is not None:
+        inner = on_round_end
+
+        def on_round_end(server_round: int, new_state, record: dict) -> None:  # noqa: F811 - wraps the above
+            inner(server_round, new_state, record)
+            _tensorboard_round(tensorboard, record)
+
+    strategy = FedVidStrategy(cfg, aggregator, node_of_client, on_round_end=on_round_end)
+    if first_round <= num_rounds:
+        strategy.start(
+            grid,
+            ArrayRecord(global_state),
+            num_rounds=num_rounds,
+            timeout=float(fed.get("round_timeout_s", 3600)),
+            first_round=first_round,
+        )
+    if tensorboard is not None:
+        tensorboard.close()
+    write_status(run_dir, state="completed", round=num_rounds)
+
+
+def _tensorboard_writer(cfg, run_dir: Path):
+    if not cfg.get("log", {}).get("tensorboard", False):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise RuntimeError("log.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _tensorboard_round(writer, record: dict) -> None:
+    r = record["round"]
+    writer.add_scalar("train/loss", record["loss"], r)
+    writer.add_scalar("systems/round_wall_s", record["round_wall_s"], r)
+    writer.add_scalar("systems/client_compute_s", record["client_compute_s"], r)
+    writer.add_scalar("systems/bytes_up", record["bytes_up"], r)
+    writer.add_scalar("systems/bytes_down", record["bytes_down"], r)
+    for part, spread in record["l2_to_global"].items():
+        if spread:
+            writer.add_scalar(f"l2_to_global/{part}_mean", spread["mean"], r)
+            writer.add_scalar(f"l2_to_global/{part}_std", spread["std"], r)
+    for c in record["clients"]:
+        writer.add_scalar(f"client_loss/{c['client_id']}", c["loss"], r)
+    writer.flush()
+
+
+def _write_round_log(run_dir: Path, records: list[dict]) -> None:
+    atomic_write_text(run_dir / ROUNDS_LOG, "".join(dumps_json(r, indent=None) for r in records))

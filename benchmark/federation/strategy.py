@@ -1,0 +1,232 @@
+"""The server strategy: our seeded client sampling + a registered aggregator, on Flower's
+``flwr.serverapp.strategy.Strategy``.
+
+Per round (``start``):
+1. ``configure_train`` samples clients by manifest id with ``numpy.random.default_rng``
+   seeded by ``(seed, round)`` and sends each the global exchanged tensors + the round's
+   config (``server-round``, ``lr``).
+2. ``aggregate_train`` turns the replies into :class:`~benchmark.federation.ClientUpdate`
+   objects (sorted by client id, so the float sums are order-independent), logs failed
+   clients with their traceback, stops the run when fewer than ``min_clients`` replied,
+   and calls the aggregator's ``aggregate(updates, previous, server_round)``.
+3. The round's record (sampled clients, each client's loss / num_examples / compute time /
+   bytes, round wall time, client-vs-global L2 distance spread for backbone and heads) is
+   appended to ``rounds.jsonl``; the new global model is checkpointed atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from benchmark.federation.base import ClientUpdate
+from benchmark.federation.training import round_learning_rate, sample_clients
+
+# A child of Flower\'s logger: its lines reach the streamed run log.
+log = logging.getLogger("flwr").getChild("fedvid.server")
+
+
+class RoundFailed(RuntimeError):
+    """Fewer than ``federation.min_clients`` clients replied in a round."""
+
+
+def serialized_size(content: RecordDict) -> int:
+    """Bytes of a message's records as serialized on the wire (protobuf)."""
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+def l2_spread(values: list[float]) -> dict[str, float] | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return {"min": min(values), "mean": mean, "max": max(values), "std": std}
+
+
+def l2_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list[str]) -> float:
+    total = 0.0
+    for k in keys:
+        if a[k].is_floating_point():
+            total += float(torch.sum((a[k].double() - b[k].double()) ** 2))
+    return math.sqrt(total)
+
+
+class FedVidStrategy(Strategy):
+    """Seeded sampling by client id + a registered aggregator (see the module docstring).
+
+    node_of_client: manifest client id -> Flower node id (from the identity handshake).
+    aggregator: an object with ``aggregate(updates, previous, server_round)``.
+    on_round_end: called with (server_round, new global state, round record) after each
+        round (the server app checkpoints and logs there).
+    """
+
+    def __init__(
+        self,
+        cfg,
+        aggregator,
+        node_of_client: dict[int, int],
+        on_round_end: Callable[[int, dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.aggregator = aggregator
+        self.node_of_client = dict(node_of_client)
+        self.client_of_node = {n: c for c, n in node_of_client.items()}
+        self.on_round_end = on_round_end
+        self.min_clients = int(cfg.federation.min_clients)
+        self.global_state: dict[str, torch.Tensor] = {}
+        self._round: dict[str, Any] = {}
+
+    # --- Strategy interface -----------------------------------------------------------
+    def summary(self) -> None:
+        fed = self.cfg.federation
+        log.info(
+            "FedVidStrategy: aggregator=%s, %s clients, clients_per_round=%s, min_clients=%s",
+            self.cfg.aggregator.name,
+            len(self.node_of_client),
+            fed.clients_per_round,
+            fed.min_clients,
+        )
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        sampled = sample_clients(
+            int(self.cfg.seed), server_round, list(self.node_of_client), self.cfg.federation.clients_per_round
+        )
+        lr = round_learning_rate(self.cfg, server_round)
+        config["server-round"] = server_round
+        config["lr"] = lr
+        content = RecordDict({"arrays": arrays, "config": config})
+        down = serialized_size(content)
+        self._round = {"round": server_round, "sampled_clients": sampled, "lr": lr, "bytes_down_per_client": down}
+        log.info("round %d: sampled clients %s", server_round, sampled)
+        return [
+            Message(content=content, dst_node_id=self.node_of_client[cid], message_type=MessageType.TRAIN)
+            for cid in sampled
+        ]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        sampled = self._round["sampled_clients"]
+        updates: list[ClientUpdate] = []
+        clients: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        answered: set[int] = set()
+        for msg in replies:
+            cid = self.client_of_node.get(msg.metadata.src_node_id, -1)
+            answered.add(cid)
+            if msg.has_error():
+                reason = msg.error.reason or f"error code {msg.error.code}"
+                log.error("round %d: client %d failed:\n%s", server_round, cid, reason)
+                failures.append({"client_id": cid, "error": reason})
+                continue
+            metrics = dict(msg.content["metrics"])
+            arrays = msg.content["arrays"].to_torch_state_dict()
+            num_examples = int(metrics.pop("num-examples"))
+            metrics.pop("client-id", None)
+            updates.append(ClientUpdate(arrays=arrays, num_examples=num_examples, metrics=metrics, client_id=cid))
+            clients.append(
+                {
+                    "client_id": cid,
+                    "loss": float(metrics["loss"]),
+                    "num_examples": num_examples,
+                    "compute_s": float(metrics.get("compute_s", 0.0)),
+                    "cpu_s": float(metrics.get("cpu_s", 0.0)),
+                    "steps": int(metrics.get("steps", 0)),
+                    "restored_local_state": bool(metrics.get("restored_local_state", 0.0)),
+                    "bytes_down": self._round["bytes_down_per_client"],
+                    "bytes_up": serialized_size(msg.content),
+                }
+            )
+        for cid in sampled:
+            if cid not in answered:
+                failures.append({"client_id": cid, "error": "no reply before the round timeout"})
+        self._round["failed_clients"] = sorted(failures, key=lambda f: f["client_id"])
+        if len(updates) < self.min_clients:
+            raise RoundFailed(
+                f"round {server_round}: only {len(updates)} of {len(sampled)} sampled clients replied, "
+                f"federation.min_clients={self.min_clients}. The run stops here; the last complete "
+                "checkpoint is intact (continue with resume=true). Failures: "
+                + "; ".join(f"client {f['client_id']}: {f['error'].splitlines()[0]}" for f in failures)
+            )
+        updates.sort(key=lambda u: u.client_id)
+        clients.sort(key=lambda c: c["client_id"])
+        t0 = time.perf_counter()
+        new_state = self.aggregator.aggregate(updates, self.global_state or None, server_round)
+        aggregate_s = time.perf_counter() - t0
+
+        backbone_keys = [k for k in new_state if k.startswith("backbone.")]
+        head_keys = [k for k in new_state if not k.startswith("backbone.")]
+        total = sum(u.num_examples for u in updates)
+        self._round.update(
+            {
+                "clients": clients,
+                "replied_clients": [u.client_id for u in updates],
+                "aggregate_s": aggregate_s,
+                "loss": sum(u.metrics["loss"] * u.num_examples for u in updates) / max(1, total),
+                "num_examples": total,
+                "client_compute_s": sum(c["compute_s"] for c in clients),
+                "bytes_down": self._round["bytes_down_per_client"] * len(sampled),
+                "bytes_up": sum(c["bytes_up"] for c in clients),
+                "l2_to_global": {
+                    "backbone": l2_spread([l2_distance(u.arrays, new_state, backbone_keys) for u in updates]),
+                    # heads travel only with exchange=full; with exchange=backbone they stay local
+                    "heads": l2_spread([l2_distance(u.arrays, new_state, head_keys) for u in updates])
+                    if head_keys
+                    else None,
+                },
+            }
+        )
+        self.global_state = new_state
+        metrics = MetricRecord({"loss": float(self._round["loss"]), "num-clients": len(updates)})
+        return ArrayRecord(new_state), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return []  # the global model is evaluated centrally after the run (benchmark.evaluation)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    # --- the round loop (resumable) ---------------------------------------------------
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+        first_round: int = 1,
+    ) -> Result:
+        """Run rounds ``first_round..num_rounds`` (``first_round > 1`` continues a resumed run)."""
+        self.summary()
+        result = Result()
+        arrays = initial_arrays
+        self.global_state = initial_arrays.to_torch_state_dict()
+        for server_round in range(first_round, num_rounds + 1):
+            t0 = time.perf_counter()
+            replies = grid.send_and_receive(
+                messages=self.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})), grid),
+                timeout=timeout,
+            )
+            new_arrays, metrics = self.aggregate_train(server_round, replies)
+            arrays = new_arrays
+            result.arrays = new_arrays
+            if metrics is not None:
+                result.train_metrics_clientapp[server_round] = metrics
+            record = dict(self._round)
+            record.pop("bytes_down_per_client", None)
+            record["round_wall_s"] = time.perf_counter() - t0
+            if self.on_round_end is not None:
+                self.on_round_end(server_round, self.global_state, record)
+        return result

@@ -1,0 +1,305 @@
+"""One client's local training for one round, independent of Flower.
+
+The ClientApp (and ``fedvid check-method``) call :func:`run_local_training`; it builds the
+backbone + method from the run config, loads the global (exchanged) weights and the
+client's own local tensors, trains over the client's manifest videos and returns the new
+exchanged weights, the new local tensors and the metrics.
+
+Determinism: every random choice derives from ``(seed, round, client_id)`` through
+``numpy.random.SeedSequence``; the same config + seed gives bit-identical weights,
+whichever process or actor runs the client (this is what makes resume exact).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.registry import build_backbone, build_method
+
+#: Every run dir holds the split manifest its clients train on under this name.
+MANIFEST_NAME = "split_manifest.json"
+#: The resolved config handed to the Flower apps (through run config `config-path`).
+CONFIG_NAME = "config.json"
+
+# Domain tags keep the seed streams of different uses apart.
+_TAG_INIT, _TAG_DATA, _TAG_TRAIN, _TAG_FAULT, _TAG_SAMPLE = 11, 23, 37, 41, 53
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (e.g. ``(seed, round, client_id)``), stable across runs."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
+
+
+def as_config(cfg: DictConfig | dict) -> DictConfig:
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+
+
+def build_model(cfg: DictConfig, init_seed: int):
+    """Backbone + method from the run config, initialised from ``init_seed``.
+
+    Module initialisation draws from torch's default generator, so it runs inside
+    ``fork_rng`` with an explicit seed and leaves the caller's RNG state untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        backbone = build_backbone(cfg.backbone.name, **OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True))
+        method = build_method(
+            cfg.method.name,
+            backbone,
+            exchange=cfg.method.get("exchange"),
+            **OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True),
+        )
+    return method
+
+
+def initial_global_state(cfg: DictConfig) -> dict[str, torch.Tensor]:
+    """The round-0 global model: the exchanged tensors of a model initialised from ``seed``."""
+    return build_model(cfg, derive_seed(cfg.seed, _TAG_INIT)).exchanged_state()
+
+
+def client_init_seed(cfg: DictConfig, client_id: int) -> int:
+    """Seed of a client's own (never exchanged) heads before its first round."""
+    return derive_seed(cfg.seed, _TAG_INIT, client_id + 1)
+
+
+def sample_clients(seed: int, server_round: int, client_ids: list[int], per_round: int | float) -> list[int]:
+    """Seeded client sampling: ``per_round`` (int count or float fraction) of ``client_ids``.
+
+    Uses ``numpy.random.default_rng`` seeded by ``(seed, round)``, so round r samples the
+    same clients in a resumed run as in an uninterrupted one. Returns sorted client ids.
+    """
+    ids = sorted(int(c) for c in client_ids)
+    k = clients_per_round(per_round, len(ids))
+    rng = np.random.default_rng(derive_seed(seed, _TAG_SAMPLE, server_round))
+    return sorted(int(c) for c in rng.choice(ids, size=k, replace=False))
+
+
+def clients_per_round(per_round: int | float, num_clients: int) -> int:
+    """Resolve ``federation.clients_per_round`` (int = count, float in (0, 1] = fraction)."""
+    if isinstance(per_round, bool) or not isinstance(per_round, (int, float)):
+        raise ValueError(f"federation.clients_per_round={per_round!r}: expected an int count or a float fraction")
+    if isinstance(per_round, float):
+        if not 0.0 < per_round <= 1.0:
+            raise ValueError(f"federation.clients_per_round={per_round}: a fraction must be in (0, 1]")
+        return max(1, int(math.floor(per_round * num_clients + 1e-9)))
+    if not 1 <= per_round <= num_clients:
+        raise ValueError(
+            f"federation.clients_per_round={per_round}: expected 1..{num_clients} (the number of clients)"
+        )
+    return int(per_round)
+
+
+def round_learning_rate(cfg: DictConfig, server_round: int) -> float:
+    """Learning rate of a round: ``client.optimizer.lr`` under ``client.optimizer.schedule``.
+
+    constant: the same every round; cosine: lr · ½(1 + cos(π (r-1) / R)) over R rounds.
+    """
+    opt = cfg.client.optimizer
+    base = float(opt.lr)
+    schedule = opt.get("schedule", "constant")
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        total = int(cfg.federation.rounds)
+        return base * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / max(1, total)))
+    raise ValueError(f"client.optimizer.schedule={schedule!r}: expected 'constant' or 'cosine'")
+
+
+def make_optimizer(cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
+    opt = cfg.client.optimizer
+    name = str(opt.name).lower()
+    wd = float(opt.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(opt.get("momentum", 0.0)), weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    raise ValueError(f"client.optimizer.name={opt.name!r}: expected one of 'sgd', 'adam', 'adamw'")
+
+
+def resolve_device(cfg: DictConfig) -> torch.device:
+    want = str(cfg.client.get("device", "auto"))
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("client.device=cuda but no CUDA device is available; use client.device=auto or cpu")
+    return torch.device(want)
+
+
+@lru_cache(maxsize=4)
+def _load_manifest(path: str):
+    from benchmark.splits.manifest import load_manifest
+
+    return load_manifest(path)
+
+
+def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_missing: bool = False) -> list[tuple[str, int]]:
+    """(absolute video path, label) of one client's manifest entry, resolved under ``dataset_root``.
+
+    Uses ``benchmark.data.resolve.resolve_videos`` (case-mismatch lookup, missing/empty
+    files reported by path; skipped only with ``allow_missing_videos=true``).
+    """
+    from benchmark.data.records import VideoRecord
+    from benchmark.data.resolve import resolve_videos
+
+    manifest = _load_manifest(str(manifest_path))
+    if not 0 <= client_id < manifest.num_clients:
+        raise ValueError(
+            f"client id {client_id} is not in {manifest_path} (it has clients 0..{manifest.num_clients - 1}); "
+            "check the SuperNode's --node-config client-id"
+        )
+    records = [VideoRecord(path=rel, label=int(label), class_name="") for rel, label in manifest.client_videos(client_id)]
+    resolved = resolve_videos(records, dataset_root, allow_missing=allow_missing, show_progress=False)
+    return [(str(path), int(rec.label)) for rec, path in resolved.present]
+
+
+@dataclass
+class LocalResult:
+    """What one client returns after a round.
+
+    exchanged: tensors sent to the server (name -> tensor, CPU).
+    local: tensors kept by the client (heads when exchange == "backbone"), CPU.
+    num_examples: training samples processed this round.
+    metrics: loss (mean over steps), compute_s, steps, ...
+    """
+
+    exchanged: dict[str, torch.Tensor]
+    local: dict[str, torch.Tensor]
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def maybe_inject_failure(cfg: DictConfig, server_round: int, client_id: int) -> None:
+    """``fault.client_failure_prob``: raise in a seeded, reproducible subset of (round, client)."""
+    prob = float(cfg.get("fault", {}).get("client_failure_prob", 0.0) or 0.0)
+    if prob <= 0.0:
+        return
+    draw = np.random.default_rng(derive_seed(cfg.seed, _TAG_FAULT, server_round, client_id)).random()
+    if draw < prob:
+        raise RuntimeError(
+            f"injected failure of client {client_id} in round {server_round} "
+            f"(fault.client_failure_prob={prob})"
+        )
+
+
+def run_local_training(
+    cfg: DictConfig | dict,
+    client_id: int,
+    server_round: int,
+    global_state: dict[str, torch.Tensor],
+    local_state: dict[str, torch.Tensor] | None,
+    videos: list[tuple[str, int]],
+    lr: float,
+) -> LocalResult:
+    """Train one client for one round (``federation.local_steps`` or ``local_epochs``).
+
+    global_state: exchanged tensors received from the server.
+    local_state: the client's own tensors from its previous round, or None (first round:
+        heads initialised from ``client_init_seed``).
+    videos: (path, label) pairs of the client's manifest entry.
+    """
+    from benchmark.data.loaders import TrainClipDataset, make_train_loader
+
+    cfg = as_config(cfg)
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    torch.set_num_threads(max(1, int(cfg.client.get("num_threads", 1) or 1)))
+    maybe_inject_failure(cfg, server_round, client_id)
+    if not videos:
+        raise ValueError(f"client {client_id} has no videos in the split manifest")
+
+    device = resolve_device(cfg)
+    method = build_model(cfg, client_init_seed(cfg, client_id))
+    restored = bool(local_state)
+    if local_state:
+        method.load_partial_state(local_state)
+    method.load_partial_state(global_state)
+    method.to(device).train()
+
+    clip = cfg.clip
+    dataset = TrainClipDataset(
+        videos,
+        frames=int(clip.frames),
+        stride=int(clip.stride),
+        short_side=int(clip.short_side),
+        crop_size=int(clip.size),
+        num_views=method.num_views,
+        sample_transform=method.sample_transform,
+        backend=str(clip.get("backend", "decord")),
+        seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
+    )
+    loader = make_train_loader(
+        dataset,
+        batch_size=int(cfg.client.batch_size),
+        num_workers=int(cfg.client.num_workers),
+        seed=derive_seed(cfg.seed, _TAG_DATA, server_round, client_id),
+    )
+    optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
+    clip_norm = cfg.client.get("grad_clip_norm")
+    local_steps = cfg.federation.get("local_steps")
+    max_steps = int(local_steps) if local_steps else None
+    epochs = int(cfg.federation.local_epochs) if max_steps is None else 1 << 30
+
+    losses: list[float] = []
+    num_examples = 0
+    steps = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, _TAG_TRAIN, server_round, client_id))
+        for epoch in range(epochs):
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(server_round * 1000 + epoch)
+            for batch in loader:
+                batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                loss, _logs = method.training_loss(batch)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"client {client_id}, round {server_round}: the loss is {float(loss)} at step {steps}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_norm:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                num_examples += _batch_size(batch)
+                steps += 1
+                if max_steps is not None and steps >= max_steps:
+                    break
+            if max_steps is not None and steps >= max_steps:
+                break
+            if max_steps is None and epoch + 1 >= epochs:
+                break
+    if steps == 0:
+        raise ValueError(
+            f"client {client_id} made no training step: its loader is empty "
+            f"({len(videos)} videos, client.batch_size={cfg.client.batch_size})"
+        )
+    method.cpu()
+    metrics = {
+        "loss": float(np.mean(losses)),
+        "compute_s": time.perf_counter() - t0,
+        # CPU seconds of this process (all torch threads; not the loader workers): the
+        # compute a dedicated machine would need, whatever else shares the cores
+        "cpu_s": time.process_time() - cpu0,
+        "steps": float(steps),
+        "restored_local_state": float(restored),
+    }
+    return LocalResult(method.exchanged_state(), method.local_state(), num_examples, metrics)
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for v in batch.values():
+        if torch.is_tensor(v) and v.dim() > 0:
+            return int(v.shape[0])
+    raise ValueError("a training batch has no tensor with a batch dimension")

@@ -1,0 +1,150 @@
+"""The result record of a run (``fedvid-result/1``), written as ``result.json`` in the run dir.
+
+:func:`build_result_record` assembles it from the resolved config, the split manifest, the
+per-round log, the evaluation block and the run's timings; ``benchmark.io.atomic_write_json``
+writes it. Section and key names are part of the leaderboard contract.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from benchmark import PROJECT_ROOT, __version__
+from benchmark.config import config_sha256
+from benchmark.io import sha256_bytes, canonical_json_bytes
+
+RESULT_FORMAT = "fedvid-result/1"
+#: Packages whose versions every record lists (what produced the numbers).
+RECORDED_PACKAGES = ("torch", "torchvision", "flwr", "ray", "hydra-core", "numpy", "decord", "av", "pytorchvideo",
+                     "torchmetrics", "fedvid-bench")
+
+
+def git_state(root: Path = PROJECT_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the repository the code runs from, or (None, None) outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None, None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def hardware() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aggregator_label(cfg: dict) -> str:
+    """engine=centralized trains no federation: "centralized", or "none" with 0 rounds (random init)."""
+    if (cfg.get("engine") or {}).get("name") == "centralized":
+        return "centralized" if int(cfg["federation"]["rounds"]) > 0 else "none"
+    return cfg["aggregator"]["name"]
+
+
+def build_result_record(
+    cfg: dict,
+    manifest,
+    rounds: list[dict],
+    evaluations: dict,
+    *,
+    wall_time_s: float,
+    peak_memory_bytes: int,
+    started_at: str,
+    finished_at: str,
+    method_pretext: str,
+    startup_s: float | None = None,
+) -> dict[str, Any]:
+    """The ``fedvid-result/1`` record.
+
+    cfg: the resolved run config (plain dict). manifest: the run's ``SplitManifest``.
+    rounds: the records of ``rounds.jsonl``. evaluations: ``evaluate_backbone``'s block
+    (``{}`` when evaluation was switched off).
+    """
+    fed, clip = cfg["federation"], cfg["clip"]
+    commit, dirty = git_state()
+    bytes_per_round = [{"round": r["round"], "up": int(r["bytes_up"]), "down": int(r["bytes_down"])} for r in rounds]
+    method = cfg["method"]
+    track = {
+        "dataset": cfg["dataset"]["id"],
+        "split_manifest_id": manifest.manifest_id,
+        "split_content_sha256": manifest.content_sha256,
+        "num_clients": int(fed["num_clients"]),
+        "clients_per_round": fed["clients_per_round"],
+        "rounds": int(fed["rounds"]),
+        "local_epochs": int(fed["local_epochs"]),
+        "local_steps": fed.get("local_steps"),
+        "backbone": cfg["backbone"]["name"],
+        "input_size": [int(clip["frames"]), int(clip["size"]), int(clip["size"])],
+    }
+    record = {
+        "format": RESULT_FORMAT,
+        "status": "reproduced",
+        "track": track,
+        "method": {
+            "name": method.get("display_name") or method["name"],
+            "pretext": method_pretext,
+            "aggregator": _aggregator_label(cfg),
+            "params": {"method": method.get("params") or {}, "aggregator": cfg["aggregator"].get("params") or {}},
+            "exchange": method.get("exchange"),
+            "code": {"package": "fedvid-bench", "version": __version__, "commit": commit},
+        },
+        "evaluations": evaluations,
+        "systems": {
+            "wall_time_s": round(float(wall_time_s), 3),
+            "startup_s": None if startup_s is None else round(float(startup_s), 3),
+            "client_compute_s": round(sum(float(r["client_compute_s"]) for r in rounds), 3),
+            "bytes_up": sum(b["up"] for b in bytes_per_round),
+            "bytes_down": sum(b["down"] for b in bytes_per_round),
+            "bytes_per_round": bytes_per_round,
+            "peak_memory_bytes": int(peak_memory_bytes),
+            "hardware": hardware(),
+        },
+        "provenance": {
+            "git_commit": commit,
+            "git_dirty": dirty,
+            "packages": package_versions(),
+            "config_sha256": config_sha256(cfg),
+            "seeds": {"seed": int(cfg["seed"])},
+            "started_at": started_at,
+            "finished_at": finished_at,
+        },
+    }
+    # The id names the content: same track + method + config + evaluations => same id.
+    record["record_id"] = sha256_bytes(
+        canonical_json_bytes({"track": track, "method": record["method"], "config": record["provenance"]["config_sha256"],
+                              "started_at": started_at})
+    )[:16]
+    return record

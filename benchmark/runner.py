@@ -1,0 +1,326 @@
+"""``fedvid run``: federated pretraining with Flower, then evaluation and the result record.
+
+    fedvid run                                  # the embedded default (CtP, tiny R3D, 5 clients)
+    fedvid run method=ctp aggregator=fvssl federation.rounds=20
+    fedvid run -m seed=0,1,2                    # Hydra multirun: one run dir per seed
+    fedvid run resume=true hydra.run.dir=PATH   # continue a killed run from its last round
+
+Each run has its own directory (Hydra: ``outputs/<date>/<time>``): ``config.yaml`` /
+``config.json`` (the resolved config, which is what the Flower apps read),
+``split_manifest.json``, ``rounds.jsonl``, ``checkpoints/``, ``flower.log``, ``logs/``,
+``result.json`` and the evaluation plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.config import config_sha256, hydra_entry, to_container
+from benchmark.federation.training import CONFIG_NAME, MANIFEST_NAME
+from benchmark.io import atomic_write_json, atomic_write_text, read_json
+
+
+class RunError(RuntimeError):
+    """A user-facing problem (bad config value, missing data); printed without a traceback."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return hydra_entry("fedvid run", "config", run_task, list(sys.argv[1:] if argv is None else argv))
+
+
+def run_task(cfg: DictConfig) -> int:
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+
+    console = Console(stderr=False)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    choices = dict(HydraConfig.get().runtime.choices)
+    try:
+        execute_run(cfg, run_dir, console=console, dataset_choice=choices.get("dataset"))
+    except Exception as e:
+        if not _is_user_error(e):
+            raise
+        from rich.text import Text
+
+        # soft_wrap: paths and keys in the message stay whole (copy-pasteable)
+        console.print(Text.assemble(("fedvid run: error: ", "bold red"), str(e)), soft_wrap=True)
+        console.print(Text(f"run directory: {run_dir}"), soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        console.print("interrupted; every Flower/Ray process of the run was stopped. "
+                      f"Continue with: fedvid run resume=true hydra.run.dir={run_dir}", soft_wrap=True, markup=False)
+        return 130
+    return 0
+
+
+def _is_user_error(e: Exception) -> bool:
+    from benchmark.federation.engine import FederationError
+
+    # Errors our modules raise on purpose name the key/file and the fix: no traceback needed.
+    return isinstance(e, (RunError, FederationError, FileNotFoundError)) or type(e).__module__.startswith("benchmark")
+
+
+# ------------------------------------------------------------------------------------
+# Preparation: names, data, manifest, config
+# ------------------------------------------------------------------------------------
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Registered names for method / aggregator / backbone, with the key to change."""
+    from benchmark.registry import AGGREGATORS, BACKBONES, METHODS
+
+    for key, registry in (("method.name", METHODS), ("aggregator.name", AGGREGATORS), ("backbone.name", BACKBONES)):
+        name = OmegaConf.select(cfg, key)
+        if name not in registry:
+            raise RunError(
+                f"{key}={name!r} is not registered. Registered: {', '.join(registry.names())}. "
+                f"Fix the config (e.g. `{key.split('.')[0]}=<option>` or `{key}=<name>`), "
+                "or register it (docs/adding-a-method.md)."
+            )
+
+
+def prepare_data(cfg: DictConfig, console=None) -> None:
+    """Generate the synthetic datasets when the pretraining set is synthetic and missing."""
+    if cfg.dataset.get("synthetic", False):
+        from benchmark.data.synthetic import ensure_synthetic
+
+        ensure_synthetic(cfg.data_root, size=str(cfg.get("synthetic_size", "default")), seed=0,
+                         progress=console is not None)
+    root = Path(str(cfg.dataset.root))
+    if not root.is_dir():
+        raise RunError(
+            f"dataset.root={root} does not exist. Lay the videos out as in datasets/README.md and set "
+            "dataset.root=PATH (or data_root=PATH / FEDVID_DATA_ROOT for all datasets)."
+        )
+
+
+def prepare_manifest(cfg: DictConfig, run_dir: Path, dataset_choice: str | None = None):
+    """Write ``<run_dir>/split_manifest.json`` (copied or made from ``partition``) and check it.
+
+    Checks: client count == ``federation.num_clients``; every manifest video is in the
+    dataset's train list and present under ``dataset.root``.
+    """
+    from benchmark.data.annotations import load_annotations
+    from benchmark.data.resolve import resolve_videos
+    from benchmark.splits.manifest import load_manifest, make_manifest, write_manifest
+
+    target = run_dir / MANIFEST_NAME
+    annotations = load_annotations(cfg.dataset)
+    if cfg.get("split_manifest"):
+        source = Path(str(cfg.split_manifest))
+        if not source.is_file():
+            raise RunError(f"split_manifest={source}: no such file (a fedvid-split/1 manifest, see `fedvid splits`)")
+        manifest = load_manifest(source)
+        if target.resolve() != source.resolve():
+            shutil.copyfile(source, target)
+    elif target.is_file() and cfg.get("resume", False):
+        manifest = load_manifest(target)
+    else:
+        data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice)
+        write_manifest(data, target)
+        manifest = load_manifest(target)
+    if manifest.dataset != annotations.dataset:
+        raise RunError(
+            f"split manifest {target} is for dataset {manifest.dataset!r} but dataset.id={annotations.dataset!r}; "
+            "use a manifest made for this dataset (fedvid splits make dataset=...) or change `dataset=`"
+        )
+    num_clients = int(cfg.federation.num_clients)
+    if manifest.num_clients != num_clients:
+        raise RunError(
+            f"split manifest {target} has {manifest.num_clients} clients but federation.num_clients={num_clients}; "
+            f"set partition.num_clients={manifest.num_clients} (federation.num_clients follows it)"
+        )
+    train_paths = {r.path: r for r in annotations.train}
+    listed = [(rel, lab) for c in range(num_clients) for rel, lab in manifest.client_videos(c)]
+    unknown = [rel for rel, _ in listed if rel not in train_paths]
+    if unknown:
+        raise RunError(
+            f"split manifest {target} names {len(unknown)} videos that are not in the train list of dataset "
+            f"{annotations.dataset!r} (e.g. {unknown[:3]}); it does not match this dataset's annotations"
+        )
+    resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
+                   allow_missing=bool(cfg.get("allow_missing_videos", False)))
+    return manifest
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> dict:
+    """Save the resolved config (``config.yaml`` + ``config.json``); on resume, check it is unchanged."""
+    resolved = to_container(cfg)
+    json_path = run_dir / CONFIG_NAME
+    if json_path.is_file() and resolved.get("resume"):
+        before = read_json(json_path)
+        if config_sha256({**before, "resume": True}) != config_sha256({**resolved, "resume": True}):
+            changed = sorted(k for k in set(before) | set(resolved) if k != "resume" and before.get(k) != resolved.get(k))
+            raise RunError(
+                f"resume=true but the config differs from the one in {json_path} (keys: {changed}); "
+                "resume with the same overrides as the original run"
+            )
+    atomic_write_json(json_path, resolved)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    return resolved
+
+
+# ------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------
+
+
+def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice: str | None = None,
+                evaluate: bool | None = None) -> dict[str, Any]:
+    """Prepare, federate, evaluate and write ``result.json``; returns the result record."""
+    from benchmark.federation.checkpoint import final_global_state
+    from benchmark.federation.engine import run_federation
+    from benchmark.federation.server_app import read_round_log
+    from benchmark.federation.training import as_config, build_model
+    from benchmark.results import build_result_record, utc_now
+
+    started_at = utc_now()
+    t0 = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_names(cfg)
+    if not cfg.get("resume", False) and (run_dir / "checkpoints" / "latest.json").is_file():
+        raise RunError(f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir")
+    prepare_data(cfg, console)
+    manifest = prepare_manifest(cfg, run_dir, dataset_choice)
+    resolved = save_config(cfg, run_dir)
+
+    progress = _RunProgress(console, run_dir, int(cfg.federation.rounds)) if console is not None else None
+    echo = bool(cfg.engine.get("echo_log", True)) and console is not None
+    try:
+        if progress is not None:
+            progress.start()
+        # engine=centralized: one in-process model on the pooled data (benchmark/federation/centralized.py)
+        from benchmark.federation.centralized import run_centralized
+
+        run_engine = run_centralized if cfg.engine.name == "centralized" else run_federation
+        outcome = run_engine(
+            as_config(resolved),
+            run_dir,
+            run_dir / CONFIG_NAME,
+            on_line=(progress.log_line if echo and progress is not None else None),
+            on_poll=(progress.update if progress is not None else None),
+        )
+    finally:
+        if progress is not None:
+            progress.stop()
+    rounds = read_round_log(run_dir)
+
+    state = final_global_state(run_dir)
+    method = build_model(as_config(resolved), 0)
+    method.load_partial_state(state)
+    evaluations: dict = {}
+    do_eval = cfg.get("evaluate", True) if evaluate is None else evaluate
+    if do_eval:
+        evaluations = evaluate_global_model(method.backbone, cfg, run_dir, console)
+    record = build_result_record(
+        resolved, manifest, rounds, evaluations,
+        wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
+        started_at=started_at, finished_at=utc_now(), method_pretext=type(method).pretext or cfg.method.name,
+        startup_s=outcome.startup_s,
+    )
+    atomic_write_json(run_dir / "result.json", record)
+    if console is not None:
+        print_summary(console, record, rounds, run_dir)
+    return record
+
+
+def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
+    """Call the shared evaluation (``benchmark.evaluation.evaluate_backbone``)."""
+    from benchmark.evaluation import evaluate_backbone
+
+    return evaluate_backbone(backbone, cfg, run_dir, progress=console is not None)
+
+
+# ------------------------------------------------------------------------------------
+# Terminal output
+# ------------------------------------------------------------------------------------
+
+
+class _RunProgress:
+    """Rich progress (rounds, clients, ETA) fed from the run dir's status and round log."""
+
+    def __init__(self, console, run_dir: Path, rounds: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.run_dir = run_dir
+        self.rounds = rounds
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+        )
+        self.task = self.progress.add_task("starting Flower", total=rounds)
+
+    def start(self) -> None:
+        self.progress.start()
+
+    def stop(self) -> None:
+        self.update()
+        self.progress.stop()
+
+    def log_line(self, line: str) -> None:
+        from rich.text import Text
+
+        self.progress.console.print(Text(line, style="dim"))
+
+    def update(self) -> None:
+        from benchmark.federation.server_app import STATUS_FILE
+
+        try:
+            status = read_json(self.run_dir / STATUS_FILE)
+        except (FileNotFoundError, ValueError):
+            return
+        done = int(status.get("round", 0))
+        state = status.get("state", "")
+        if state == "connecting":
+            desc = "starting clients"
+        elif state in ("running", "completed"):
+            first = int(status.get("first_round", 1))
+            desc = f"round {min(done + 1, self.rounds)}/{self.rounds}" if state == "running" else "federation done"
+            if first > 1 and state == "running":
+                desc += f" (resumed after {first - 1})"
+        else:
+            desc = state
+        self.progress.update(self.task, completed=done, description=desc)
+
+
+def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"FedVid-Bench run: {record['method']['name']} + {record['method']['aggregator']}")
+    table.add_column("round", justify="right")
+    table.add_column("clients")
+    table.add_column("loss", justify="right")
+    table.add_column("wall s", justify="right")
+    table.add_column("compute s", justify="right")
+    table.add_column("MB up/down", justify="right")
+    for r in rounds:
+        failed = f" ({len(r['failed_clients'])} failed)" if r.get("failed_clients") else ""
+        table.add_row(str(r["round"]), ",".join(map(str, r["replied_clients"])) + failed, f"{r['loss']:.4f}",
+                      f"{r['round_wall_s']:.1f}", f"{r['client_compute_s']:.1f}",
+                      f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}")
+    console.print(table)
+    ev = record.get("evaluations") or {}
+    if ev.get("retrieval"):
+        t = Table(title="Retrieval Top-1 (%) on the downstream sets")
+        for col in ("dataset", "pretrained (global model)", "random init", "chance"):
+            t.add_column(col, justify="right")
+        for name, entry in ev["retrieval"].items():
+            rand = ev.get("random_init", {}).get("retrieval", {}).get(name, {}).get("top1")
+            t.add_row(name, f"{100 * entry['top1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
+                      f"{100 * entry['chance_top1']:.1f}")
+        console.print(t)
+    sysd = record["systems"]
+    console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
+                  f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")
+    console.print("files:")
+    for name in ("result.json", "rounds.jsonl", "config.yaml", "split_manifest.json", "checkpoints/latest.json",
+                 "flower.log"):
+        console.print(f"  {run_dir / name}", soft_wrap=True, markup=False)

@@ -1,0 +1,67 @@
+"""Shared helpers of the federation tests: tiny run overrides, the CLI, leftover-process scans."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark import PROJECT_ROOT
+
+FEDVID = [sys.executable, "-m", "benchmark.cli"]
+
+#: A tiny federation: tiny synthetic data, 8x32x32 clips, 1 step per round, no evaluation.
+TINY = [
+    "synthetic_size=tiny",
+    "partition.num_clients=3",
+    "federation.local_steps=1",
+    "client.batch_size=2",
+    "client.num_workers=0",
+    "client.num_threads=1",
+    "clip.frames=8",
+    "clip.stride=1",
+    "clip.size=32",
+    "clip.short_side=40",
+    "evaluate=false",
+    "engine.client_resources.num_cpus=1",
+    "engine.echo_log=false",
+]
+
+
+def fedvid(args: list[str], timeout: float = 400, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*FEDVID, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def flower_processes(run_dir: Path) -> list[str]:
+    """Live processes (cmdlines) started for ``run_dir``: their FLWR_HOME is ``<run_dir>/.flwr``."""
+    needle = f"FLWR_HOME={Path(run_dir) / '.flwr'}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if stat.rsplit(b")", 1)[1].split()[0] != b"Z" and needle in env.split(b"\0"):
+            found.append(f"{entry}: {cmd[:120]}")
+    return found
+
+
+def wait_no_flower_processes(run_dir: Path, timeout: float = 20) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while (left := flower_processes(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from benchmark.federation.checkpoint import final_global_state
+
+    return final_global_state(run_dir)

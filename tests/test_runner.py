@@ -1,0 +1,215 @@
+"""`fedvid run` on the Flower simulation engine, resume after SIGKILL, failures, check-method."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from omegaconf import OmegaConf
+
+from benchmark import PROJECT_ROOT
+from benchmark.federation.strategy import FedVidStrategy, RoundFailed
+from benchmark.federation.training import clients_per_round, derive_seed, sample_clients
+from benchmark.registry import build_aggregator
+
+from _federation_helpers import FEDVID, TINY, fedvid, final_weights, flower_processes, wait_no_flower_processes
+
+# seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
+RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
+       "fault.client_failure_prob=0.3"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fedvid-data")
+
+
+# ------------------------------------------------------------------ fast unit tests
+
+
+def test_client_sampling_is_seeded_by_round_and_counts_or_fractions():
+    first = [sample_clients(7, r, list(range(10)), 3) for r in range(1, 6)]
+    assert first == [sample_clients(7, r, list(range(10)), 3) for r in range(1, 6)]
+    assert all(len(s) == 3 and s == sorted(s) and len(set(s)) == 3 for s in first)
+    assert len({tuple(s) for s in first}) > 1  # rounds differ
+    assert clients_per_round(0.5, 10) == 5 and clients_per_round(1.0, 3) == 3 and clients_per_round(2, 3) == 2
+    with pytest.raises(ValueError, match="federation.clients_per_round=4"):
+        clients_per_round(4, 3)
+    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3) != derive_seed(1, 3, 2)
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Messages need the identity a ServerApp process gets from its SuperLink."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def _strategy(min_clients: int):
+    cfg = OmegaConf.create({"seed": 0, "aggregator": {"name": "fedavg"},
+                            "federation": {"clients_per_round": 3, "min_clients": min_clients, "rounds": 1},
+                            "client": {"optimizer": {"lr": 0.1, "schedule": "constant"}}})
+    strategy = FedVidStrategy(cfg, build_aggregator("fedavg"), {0: 100, 1: 101, 2: 102})
+    strategy.global_state = {"backbone.w": torch.zeros(2)}
+    messages = list(strategy.configure_train(1, ArrayRecord({"backbone.w": torch.zeros(2)}), ConfigRecord(), None))
+    assert [m.metadata.dst_node_id for m in messages] == [100, 101, 102]
+    for m in messages:  # what the SuperLink would set on delivery
+        m.metadata.__dict__["_message_id"] = f"id{m.metadata.dst_node_id}"
+    return strategy, messages
+
+
+def _ok(msg, value, n):
+    content = RecordDict({"arrays": ArrayRecord({"backbone.w": torch.full((2,), value)}),
+                          "metrics": MetricRecord({"loss": 1.0, "compute_s": 0.5, "num-examples": n})})
+    return Message(content, reply_to=msg)
+
+
+def test_a_failed_client_is_logged_with_its_traceback_and_the_round_goes_on(task_identity):
+    strategy, (m0, m1, m2) = _strategy(min_clients=2)
+    replies = [_ok(m0, 1.0, 1), Message(Error(1001, "RuntimeError: boom\nTraceback (most recent call last): ..."),
+                                        reply_to=m1), _ok(m2, 5.0, 3)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert torch.equal(arrays.to_torch_state_dict()["backbone.w"], torch.full((2,), 4.0))  # (1*1 + 3*5) / 4
+    record = strategy._round
+    assert record["replied_clients"] == [0, 2]
+    assert record["failed_clients"][0]["client_id"] == 1 and "Traceback" in record["failed_clients"][0]["error"]
+
+
+def test_fewer_than_min_clients_stops_the_run_with_a_clear_message(task_identity):
+    strategy, (m0, m1, m2) = _strategy(min_clients=2)
+    replies = [_ok(m0, 1.0, 1), Message(Error(1001, "RuntimeError: boom"), reply_to=m1)]
+    with pytest.raises(RoundFailed, match=r"only 1 of 3 sampled clients replied, federation.min_clients=2.*resume=true"):
+        strategy.aggregate_train(1, replies)
+
+
+def test_unknown_config_option_is_hydras_error_listing_the_choices():
+    result = fedvid(["run", "dataset=nope"], timeout=120)
+    assert result.returncode != 0
+    out = result.stdout + result.stderr
+    assert "Could not find 'dataset/nope'" in out and "synthetic_kinetics" in out
+
+
+# ------------------------------------------------------------------ end to end (Flower + Ray)
+
+
+@pytest.mark.slow
+def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root):
+    full = tmp_path / "full"
+    result = fedvid(["run", "hydra.run.dir=" + str(full), f"data_root={data_root}", *RUN])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert wait_no_flower_processes(full) == []
+
+    # the run directory
+    for name in ("config.yaml", "config.json", "split_manifest.json", "rounds.jsonl", "result.json", "flower.log",
+                 "checkpoints/latest.json", "checkpoints/round_0004.pt", ".flwr/config.toml"):
+        assert (full / name).is_file(), name
+    assert json.loads((full / "config.json").read_text())["fault"]["client_failure_prob"] == 0.3
+    rounds = [json.loads(line) for line in (full / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    for r in rounds:
+        assert r["sampled_clients"] == sample_clients(1, r["round"], [0, 1, 2], 2)
+        assert r["bytes_down"] > 0 and r["bytes_up"] > 0 and r["round_wall_s"] > 0
+        assert r["l2_to_global"]["backbone"]["max"] >= r["l2_to_global"]["backbone"]["min"] >= 0
+        assert r["l2_to_global"]["heads"] is None  # CtP exchanges the backbone only
+        for c in r["clients"]:
+            assert np.isfinite(c["loss"]) and c["num_examples"] == 2 and c["compute_s"] > 0 and c["bytes_up"] > 0
+    # injected failures: logged with the traceback, the rounds went on with the other client
+    assert [f["client_id"] for f in rounds[0]["failed_clients"]] == [1]
+    assert [f["client_id"] for f in rounds[2]["failed_clients"]] == [0]
+    assert "injected failure" in rounds[0]["failed_clients"][0]["error"]
+    assert "Traceback" in rounds[0]["failed_clients"][0]["error"]
+    assert rounds[0]["replied_clients"] == [0] and rounds[1]["replied_clients"] == [1, 2]
+    record = json.loads((full / "result.json").read_text())
+    assert record["format"] == "fedvid-result/1" and record["track"]["num_clients"] == 3
+    assert record["systems"]["bytes_up"] == sum(r["bytes_up"] for r in rounds)
+
+    # the same run, SIGKILLed after round 2's checkpoint, then resumed
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*FEDVID, "run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN],
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "round_0002.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before round 2's checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_no_flower_processes(killed, timeout=30) == [], "processes survived the SIGKILLed runner"
+    latest = json.loads((killed / "checkpoints" / "latest.json").read_text())["round"]
+    assert 2 <= latest < 4, "the federation went on after its launcher was killed"
+
+    result = fedvid(["run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN, "resume=true"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert wait_no_flower_processes(killed) == []
+    a, b = final_weights(full), final_weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    resumed = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["sampled_clients"], r["loss"]) for r in resumed] == [
+        (r["round"], r["sampled_clients"], r["loss"]) for r in rounds]
+
+
+@pytest.mark.slow
+def test_check_method_ctp_passes():
+    result = fedvid(["check-method", "ctp"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "check-method ctp: OK" in result.stdout
+    assert not [p for p in flower_processes_any() if "fedvid-check-ctp" in p]
+
+
+def flower_processes_any() -> list[str]:
+    import os
+    from pathlib import Path
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                env = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if b"FLWR_HOME=" in env and b"fedvid-check-" in env:
+                out.append(entry + " " + env.split(b"FLWR_HOME=")[1].split(b"\0")[0].decode())
+    return out
+
+
+def test_missing_dataset_root_names_the_key_and_the_fix(tmp_path):
+    result = fedvid(["run", f"hydra.run.dir={tmp_path / 'run'}", "dataset=ucf101", f"data_root={tmp_path / 'nowhere'}",
+                     "evaluate=false"], timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-2000:]
+    assert "dataset.root" in out and str(tmp_path / "nowhere") in out
+    assert not (tmp_path / "run" / ".flwr").exists()  # nothing of Flower was started
+
+
+def test_a_manifest_of_another_dataset_is_rejected(tmp_path, data_root):
+    from benchmark.data.annotations import load_annotations
+    from benchmark.data.synthetic import ensure_synthetic
+    from benchmark.splits.manifest import make_manifest, write_manifest
+
+    from benchmark.config import CONF_DIR  # noqa: F401  (registers resolvers)
+
+    ensure_synthetic(data_root, size="tiny", progress=False)
+    ucf = OmegaConf.load(CONF_DIR / "dataset" / "synthetic_ucf101.yaml")
+    ucf = OmegaConf.merge(OmegaConf.create({"data_root": str(data_root)}), {"d": ucf}).d
+    manifest = make_manifest(load_annotations(ucf), {"name": "iid", "num_clients": 3}, 0)
+    path = write_manifest(manifest, tmp_path / "ucf_split.json")
+    result = fedvid(["run", f"hydra.run.dir={tmp_path / 'run'}", f"data_root={data_root}", f"split_manifest={path}",
+                     *TINY], timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-2000:]
+    assert "synthetic_ucf101" in out and "dataset.id='synthetic_kinetics'" in out
+
+
+def test_methods_lists_registered_methods_aggregators_and_backbones():
+    result = fedvid(["methods"], timeout=120, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("ctp", "fedavg", "fvssl", "tiny_r3d", "method=ctp", "aggregator=fedavg"):
+        assert name in result.stdout, name
