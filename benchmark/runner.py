@@ -313,8 +313,8 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
         for col in ("dataset", "pretrained (global model)", "random init", "chance"):
             t.add_column(col, justify="right")
         for name, entry in ev["retrieval"].items():
-            rand = ev.get("random_init", {}).get("retrieval", {}).get(name, {}).get("top1")
-            t.add_row(name, f"{100 * entry['top1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
+            rand = ev.get("random_init", {}).get("retrieval", {}).get(name, {}).get("topk", {}).get("1")
+            t.add_row(name, f"{100 * entry['topk']['1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
                       f"{100 * entry['chance_top1']:.1f}")
         console.print(t)
     sysd = record["systems"]

@@ -158,6 +158,7 @@ class _DecordReader(VideoReader):
         from pytorchvideo.data.encoded_video_decord import EncodedVideoDecord
 
         self.path = path
+        self._short_side = short_side
         if not Path(path).is_file():
             raise VideoDecodeError(path, "no such file")
         if short_side is None:
@@ -192,12 +193,33 @@ class _DecordReader(VideoReader):
         try:
             batch = self._reader.get_batch(indices)
         except Exception as e:
-            raise VideoDecodeError(
-                self.path, f"decord failed on frames {indices[:3]}...: {type(e).__name__}: {e}"
-            ) from e
+            if self._short_side is None:
+                raise VideoDecodeError(
+                    self.path, f"decord failed on frames {indices[:3]}...: {type(e).__name__}: {e}"
+                ) from e
+            # decord 0.6's scaler fails for some output sizes ("The size must exactly
+            # match", e.g. 64x48 -> 48x36): decode at the stored size, resize in torch.
+            return self._get_frames_unscaled(indices)
         if not isinstance(batch, torch.Tensor):  # decord's native bridge
             batch = torch.from_numpy(batch.asnumpy())
         return batch
+
+    def _get_frames_unscaled(self, indices: list[int]) -> torch.Tensor:
+        from benchmark.data.transforms import ShortSideResize
+
+        try:
+            import decord
+
+            batch = decord.VideoReader(self.path).get_batch(indices)
+        except Exception as e:
+            raise VideoDecodeError(
+                self.path, f"decord failed on frames {indices[:3]}...: {type(e).__name__}: {e}"
+            ) from e
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.from_numpy(batch.asnumpy())
+        # (T, H, W, C) -> (C, T, H, W) for the resize, and back
+        resized = ShortSideResize(self._short_side)(batch.permute(3, 0, 1, 2))
+        return resized.permute(1, 2, 3, 0).contiguous()
 
     def close(self) -> None:
         self._reader = None

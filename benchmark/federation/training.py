@@ -221,6 +221,7 @@ def run_local_training(
 
     device = resolve_device(cfg)
     method = build_model(cfg, client_init_seed(cfg, client_id))
+    method.set_client_context(client_id, int(cfg.federation.num_clients))
     restored = bool(local_state)
     if local_state:
         method.load_partial_state(local_state)
@@ -244,6 +245,9 @@ def run_local_training(
         batch_size=int(cfg.client.batch_size),
         num_workers=int(cfg.client.num_workers),
         seed=derive_seed(cfg.seed, _TAG_DATA, server_round, client_id),
+        # a ragged last batch can hold a single video, which contrastive/uniformity losses
+        # cannot use (the official SSD code skips it too); keep it only if it is all there is
+        drop_last=len(videos) > int(cfg.client.batch_size),
     )
     optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
     clip_norm = cfg.client.get("grad_clip_norm")
