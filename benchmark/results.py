@@ -74,6 +74,13 @@ def _aggregator_label(cfg: dict) -> str:
     return cfg["aggregator"]["name"]
 
 
+def display_name(method: str, aggregator: dict) -> str:
+    """``ctp`` + ``fvssl {alpha: 0.9, beta: 1}`` -> ``"ctp + fvssl (alpha=0.9, beta=1)"``."""
+    params = aggregator.get("params") or {}
+    args = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{method} + {aggregator['name']}" + (f" ({args})" if args else "")
+
+
 def build_result_record(
     cfg: dict,
     manifest,
@@ -114,7 +121,7 @@ def build_result_record(
         "status": "reproduced",
         "track": track,
         "method": {
-            "name": method.get("display_name") or method["name"],
+            "name": method.get("display_name") or display_name(method["name"], cfg["aggregator"]),
             "pretext": method_pretext,
             "aggregator": _aggregator_label(cfg),
             "params": {"method": method.get("params") or {}, "aggregator": cfg["aggregator"].get("params") or {}},

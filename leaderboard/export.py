@@ -41,7 +41,8 @@ def _metric_rows(entry: dict[str, Any]):
 
 
 def _model_id(track: dict, entry: dict) -> str:
-    params = ",".join(f"{k}={v}" for k, v in sorted(entry["params"].items()))
+    agg_params = entry["params"].get("aggregator", entry["params"])
+    params = ",".join(f"{k}={v}" for k, v in sorted(agg_params.items()) if not isinstance(v, dict))
     return f"{entry['pretext']}-{entry['aggregator']}" + (f"({params})" if params else "") + f"@{track['track_id']}"
 
 
