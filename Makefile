@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The embedded default run, then the leaderboard with the new run next to the reported rows.
 demo: $(STAMP)
-	$(VENV)/bin/fedvid run
+	@run=outputs/demo/$$(date +%Y-%m-%d_%H-%M-%S); \
+	$(VENV)/bin/fedvid run hydra.run.dir=$$run && \
+	$(VENV)/bin/fedvid leaderboard build $$run leaderboard/reported out=$$run/leaderboard
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

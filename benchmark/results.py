@@ -149,6 +149,10 @@ def build_result_record(
             "finished_at": finished_at,
         },
     }
+    from benchmark.splits.manifest import standard_split_hashes
+
+    if manifest.content_sha256 not in standard_split_hashes():
+        record["nonstandard"] = True  # a split made for this run, not a committed standard one
     # The id names the content: same track + method + config + evaluations => same id.
     record["record_id"] = sha256_bytes(
         canonical_json_bytes({"track": track, "method": record["method"], "config": record["provenance"]["config_sha256"],

@@ -63,6 +63,12 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
         assert ft[metric]["reported"] == pytest.approx(reported)
         assert 0.0 <= ft[metric]["reproduced"] <= 1.0
         assert ft[metric]["gap"] == pytest.approx(ft[metric]["reproduced"] - reported)
-    record = json.loads((tmp_path / "out" / "row0" / "result.json").read_text())
+    result = tmp_path / "out" / "row0" / "result.json"
+    from leaderboard.records import validate_records
+
+    good, problems = validate_records([result])
+    assert problems == [], [str(p) for p in problems]  # a run's record is schema-valid as written
+    record = json.loads(result.read_text())
+    assert record["nonstandard"] is True  # the smoke split is made for the run, not a committed one
     assert record["method"]["aggregator"] == "fvssl" and record["method"]["params"]["aggregator"] == {"alpha": 0.9, "beta": 1}
     assert record["method"]["name"] == "ctp + fvssl (alpha=0.9, beta=1)"
