@@ -9,8 +9,8 @@ result record unchanged.
 Step budget. The model makes exactly as many optimizer steps as the federated run with
 the same config would make in total: for round r, Σ over the clients that
 ``sample_clients(seed, r, ...)`` picks of that client's local steps
-(``federation.local_steps``, else ``local_epochs · ⌈n_k / client.batch_size⌉`` — the
-loader keeps the last partial batch). :func:`federated_step_budget` computes it from the
+(``federation.local_steps``, else ``local_epochs · ⌊n_k / client.batch_size⌋`` — the
+loader drops a ragged last batch — or ``local_epochs`` when ``n_k ≤ batch_size``). :func:`federated_step_budget` computes it from the
 manifest sizes without training.
 
 How it trains. Each federated round becomes one call of
@@ -18,8 +18,11 @@ How it trains. Each federated round becomes one call of
 ``federation.local_steps`` set to that round's total, the round's learning rate
 (``round_learning_rate``, so a cosine schedule steps per round as in the federation) and
 the model's full state (exchanged + local tensors) carried from the previous round. The
-pooled pseudo-client has id ``federation.num_clients`` (an id no real client has) for its
-seed streams. What differs from a plain centralized training loop:
+pooled pseudo-client has id K = ``federation.num_clients`` (an id no real client has) for its
+seed streams; to a method with a per-client context (``set_client_context``, e.g. SSD's
+scaled subspace) it is client K of K + 1, so it gets its own block of ⌊d/(K+1)⌋
+dimensions, disjoint from the real clients' blocks (SSD defines no centralized variant).
+What differs from a plain centralized training loop:
 
 - the optimizer (SGD momentum buffers) and the data loader are rebuilt every round, exactly
   as on a federated client; the shuffling order restarts per round (seeded by the round);
@@ -57,19 +60,20 @@ from benchmark.federation.training import (
 )
 from benchmark.io import atomic_write_text, dumps_json
 
-#: The pooled pseudo-client's id is ``num_clients``; this names it in logs.
-POOLED = "pooled"
 
 
 def client_steps(num_videos: int, batch_size: int, local_epochs: int, local_steps: int | None) -> int:
     """Optimizer steps one federated client makes in one round.
 
-    ``local_steps`` when set; else ``local_epochs · ⌈num_videos / batch_size⌉`` (the train
-    loader keeps the last partial batch, ``drop_last=False``).
+    ``local_steps`` when set; else ``local_epochs`` times the batches of one epoch. The train
+    loader of ``run_local_training`` drops the ragged last batch when the client has more
+    videos than ``batch_size`` (a 1-video batch breaks contrastive/uniformity losses), so an
+    epoch is ``⌊n / batch_size⌋`` batches, or 1 batch when ``n ≤ batch_size``.
     """
     if local_steps:
         return int(local_steps)
-    return int(local_epochs) * math.ceil(int(num_videos) / int(batch_size))
+    n, b = int(num_videos), int(batch_size)
+    return int(local_epochs) * (n // b if n > b else 1)
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,7 @@ def run_centralized(
         lr = round_learning_rate(cfg, r)
         round_cfg = OmegaConf.create(base)
         round_cfg.federation.local_steps = plan.total_steps
+        round_cfg.federation.num_clients = num_clients + 1  # the pseudo-client's context: K of K + 1
         result = run_local_training(round_cfg, num_clients, r, global_state, local_state, pooled, lr)
         global_state, local_state = result.exchanged, result.local
         save_checkpoint(run_dir, Checkpoint(r, global_state, {"local_state": local_state}))

@@ -1,0 +1,178 @@
+"""engine=centralized: the federated step budget, the pooled training run, rounds=0 (random init)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from benchmark.federation.centralized import client_steps, federated_step_budget
+from benchmark.federation.training import initial_global_state, run_local_training, sample_clients
+
+from _federation_helpers import TINY, fedvid
+
+
+def _cfg(**fed):
+    base = {"seed": 3, "client": {"batch_size": 4},
+            "federation": {"num_clients": 4, "clients_per_round": 2, "rounds": 5, "local_epochs": 2,
+                           "local_steps": None}}
+    base["federation"].update(fed)
+    return OmegaConf.create(base)
+
+
+def test_budget_is_the_sum_over_sampled_clients_of_their_local_steps_partial_participation():
+    # videos per client; batch 4, 2 epochs; the ragged last batch is dropped when n > batch:
+    # 9 -> 2*2, 4 -> 2*1, 1 -> 2*1 (one short batch), 13 -> 2*3
+    sizes = [9, 4, 1, 13]
+    per_client = {0: 4, 1: 2, 2: 2, 3: 6}
+    budget = federated_step_budget(_cfg(), sizes)
+    assert [b.round for b in budget] == [1, 2, 3, 4, 5]
+    for b in budget:
+        # the federation's own seeded sampling picks the same 2 of 4 clients
+        assert b.sampled_clients == sample_clients(3, b.round, [0, 1, 2, 3], 2) and len(b.sampled_clients) == 2
+        assert b.client_steps == {c: per_client[c] for c in b.sampled_clients}
+        assert b.total_steps == sum(per_client[c] for c in b.sampled_clients)
+    # the rounds sample different pairs, so the totals are not all the same
+    assert len({tuple(b.sampled_clients) for b in budget}) > 1
+    total = sum(b.total_steps for b in budget)
+    assert total == sum(per_client[c] for r in range(1, 6) for c in sample_clients(3, r, [0, 1, 2, 3], 2))
+
+    # local_steps overrides the epochs: 7 steps per sampled client; a fraction of 0.5 = 2 clients
+    budget = federated_step_budget(_cfg(local_steps=7, clients_per_round=0.5), sizes)
+    assert [b.total_steps for b in budget] == [14] * 5
+    # all clients every round
+    budget = federated_step_budget(_cfg(clients_per_round=1.0, rounds=2), sizes)
+    assert [b.total_steps for b in budget] == [14, 14]
+    assert federated_step_budget(_cfg(rounds=0), sizes) == []
+
+
+def test_budget_rejects_wrong_client_counts_and_empty_clients():
+    with pytest.raises(ValueError, match="federation.num_clients=4"):
+        federated_step_budget(_cfg(), [3, 3, 3])
+    with pytest.raises(ValueError, match=r"clients \[2\] have no videos"):
+        federated_step_budget(_cfg(), [3, 3, 0, 3])
+
+
+def test_client_steps_matches_the_local_training_loop(tmp_path):
+    """The budget formula (⌊n / batch⌋ per epoch, ragged batch dropped) is what run_local_training does."""
+    from benchmark.data.synthetic import ensure_synthetic
+
+    info = ensure_synthetic(tmp_path / "data", size="tiny", seed=0, progress=False)
+    videos = sorted((tmp_path / "data" / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:5]
+    assert len(videos) == 5, info
+    cfg = OmegaConf.create({
+        "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
+        "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
+        "federation": {"num_clients": 1, "local_epochs": 2, "local_steps": None},
+        "client": {"batch_size": 3, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": None,
+                   "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}},
+        "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
+    })
+    state = initial_global_state(cfg)
+    result = run_local_training(cfg, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
+    assert result.metrics["steps"] == client_steps(5, 3, 2, None) == 2 * (5 // 3) == 2
+    assert result.num_examples == 6  # per epoch one full batch of 3; the ragged batch of 2 is dropped
+    few = run_local_training(cfg, 0, 1, state, None, [(str(v), 0) for v in videos[:2]], lr=0.01)
+    assert few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.num_examples == 4  # n <= batch
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fedvid-data")
+
+
+# engine=centralized has no Flower/Ray settings (engine.client_resources ...)
+CENTRAL = [*(o for o in TINY if not o.startswith("engine.client_resources")), "engine=centralized", "seed=2", "federation.local_steps=null", "federation.local_epochs=1",
+           "federation.clients_per_round=2", "federation.rounds=2", "client.batch_size=3",
+           "backbone.params.width=4",
+           # short side 36 scales the 64x48 tiny videos to width 48, which decord 0.6 cannot copy out
+           "clip.short_side=40"]
+
+
+@pytest.fixture(scope="module")
+def central_run(tmp_path_factory, data_root):
+    run_dir = tmp_path_factory.mktemp("central") / "run"
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_centralized_run_trains_the_federated_budget_on_pooled_data(central_run):
+    run_dir = central_run
+    manifest = json.loads((run_dir / "split_manifest.json").read_text())
+    sizes = [len(c["videos"]) for c in manifest["clients"]]
+    assert sum(sizes) == 24 and len(sizes) == 3  # the tiny Kinetics-style train split over 3 clients
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        sampled = sample_clients(2, r["round"], [0, 1, 2], 2)
+        expected = sum(sizes[c] // 3 for c in sampled)  # 1 local epoch, batch 3, ragged batch dropped
+        assert r["budget"]["federated_sampled_clients"] == sampled
+        assert r["steps"] == expected and r["engine"] == "centralized"
+        assert r["bytes_up"] == r["bytes_down"] == 0 and math.isfinite(r["loss"])
+    assert (run_dir / "checkpoints" / "round_0002.pt").is_file()
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["method"]["aggregator"] == "centralized"
+    assert record["track"]["rounds"] == 2 and record["systems"]["bytes_up"] == 0
+
+
+@pytest.mark.slow
+def test_centralized_resume_continues_exactly(central_run, tmp_path, data_root):
+    """Rewind a copy to round 1 (as after a crash in round 2), resume: same weights and losses."""
+    from benchmark.federation.checkpoint import load_checkpoint_file, load_latest, save_checkpoint
+
+    copy = tmp_path / "run"
+    shutil.copytree(central_run, copy)
+    save_checkpoint(copy, load_checkpoint_file(copy / "checkpoints" / "round_0001.pt"))
+    (copy / "checkpoints" / "round_0002.pt").unlink()
+    (copy / "result.json").unlink()
+    log = (copy / "rounds.jsonl").read_text().splitlines(keepends=True)
+    (copy / "rounds.jsonl").write_text(log[0])
+    result = fedvid(["run", f"hydra.run.dir={copy}", f"data_root={data_root}", *CENTRAL, "resume=true"], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    a, b = load_latest(central_run), load_latest(copy)
+    assert b.round == 2 and a.global_state.keys() == b.global_state.keys()
+    assert all(torch.equal(a.global_state[k], b.global_state[k]) for k in a.global_state)
+    # the CtP head (local with exchange=backbone) travels in the checkpoint and resumes too
+    assert a.aggregator_state["local_state"] and all(
+        torch.equal(a.aggregator_state["local_state"][k], b.aggregator_state["local_state"][k])
+        for k in a.aggregator_state["local_state"])
+    losses = [[json.loads(line)["loss"] for line in (d / "rounds.jsonl").read_text().splitlines()]
+              for d in (central_run, copy)]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.slow
+def test_rounds_zero_evaluates_the_initial_model(tmp_path, data_root):
+    from benchmark.federation.checkpoint import load_latest
+
+    run_dir = tmp_path / "init"
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "federation.rounds=0"],
+                    timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ckpt = load_latest(run_dir)
+    assert ckpt is not None and ckpt.round == 0
+    cfg = OmegaConf.create(json.loads((run_dir / "config.json").read_text()))
+    expected = initial_global_state(cfg)
+    assert ckpt.global_state.keys() == expected.keys()
+    assert all(torch.equal(ckpt.global_state[k], expected[k]) for k in expected)
+    assert (run_dir / "rounds.jsonl").read_text() == ""
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["method"]["aggregator"] == "none" and record["track"]["rounds"] == 0
+
+
+@pytest.mark.slow
+def test_centralized_ssd_gets_its_own_client_context(tmp_path, data_root):
+    """SSD needs set_client_context: the pooled model is client K of K + 1 (its own scaled block)."""
+    run_dir = tmp_path / "ssd"
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "method=ssd",
+                     "method.params.hidden_dim=16", "federation.rounds=1"], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 1 and math.isfinite(rounds[0]["loss"])
+    assert rounds[0]["steps"] == sum(8 // 3 for _ in sample_clients(2, 1, [0, 1, 2], 2))
