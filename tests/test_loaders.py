@@ -81,8 +81,9 @@ def test_uint8_and_float_paths_agree():
     frames = torch.randint(0, 256, (3, 4, 48, 64), dtype=torch.uint8)
     as_float = ShortSideResize(40)(frames.float() / 255)
     from_uint8 = ShortSideResize(40)(frames).float() / 255
-    # torch's uint8 kernel uses fixed-point weights and rounds: at most one grey level off.
-    assert (as_float - from_uint8).abs().max() <= 1.0 / 255 + 1e-6
+    # torch's uint8 kernel uses fixed-point weights and rounds: about one grey level off
+    # (the fixed-point weights can add a fraction of a level on top of the rounding).
+    assert (as_float - from_uint8).abs().max() <= 1.5 / 255
 
 
 def test_random_transforms_reproducible_from_the_generator():

@@ -30,6 +30,11 @@ from benchmark.data.synthetic import (
 TINY = SIZE_PRESETS["tiny"]
 
 
+def _np(frames) -> np.ndarray:
+    """decord returns NDArrays, or torch tensors once pytorchvideo has set its bridge to torch."""
+    return frames.numpy() if hasattr(frames, "numpy") and not hasattr(frames, "asnumpy") else frames.asnumpy()
+
+
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
     """A data root holding the tiny synthetic sets generated with seed 0."""
@@ -50,7 +55,7 @@ def _videos(root: Path) -> list[Path]:
 
 
 def _first_frame(path: Path) -> np.ndarray:
-    return decord.VideoReader(str(path))[0].asnumpy()
+    return _np(decord.VideoReader(str(path))[0])
 
 
 def test_kinetics_layout(tiny_root: Path) -> None:
@@ -128,7 +133,7 @@ def test_every_video_decodes_with_decord_and_pyav(tiny_root: Path) -> None:
     for path in videos:
         reader = decord.VideoReader(str(path))
         assert len(reader) == TINY.frames, path
-        assert reader.get_batch([0, TINY.frames - 1]).asnumpy().shape == (2, TINY.height, TINY.width, 3)
+        assert _np(reader.get_batch([0, TINY.frames - 1])).shape == (2, TINY.height, TINY.width, 3)
     for path in (videos[0], videos[-1]):  # one avi (mpeg4) and one mp4 (h264)
         with av.open(str(path)) as container:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -141,7 +146,7 @@ def test_decoded_video_matches_rendering(tiny_root: Path) -> None:
     plan = plan_synthetic("tiny", 0)[0]
     spec = plan.videos[0]
     rendered, _ = render_video(spec)
-    decoded = decord.VideoReader(str(tiny_root / "synthetic" / "kinetics" / spec.relpath)).get_batch(list(range(TINY.frames))).asnumpy()
+    decoded = _np(decord.VideoReader(str(tiny_root / "synthetic" / "kinetics" / spec.relpath)).get_batch(list(range(TINY.frames))))
     error = np.abs(decoded.astype(float) - rendered.astype(float)).mean()
     assert error < 8, error  # codec error only (noise sigma is 3-9 grey levels)
 
