@@ -100,6 +100,8 @@ def build_result_record(
     rounds: the records of ``rounds.jsonl``. evaluations: ``evaluate_backbone``'s block
     (``{}`` when evaluation was switched off).
     """
+    from benchmark.federation.training import clients_per_round
+
     fed, clip = cfg["federation"], cfg["clip"]
     commit, dirty = git_state()
     bytes_per_round = [{"round": r["round"], "up": int(r["bytes_up"]), "down": int(r["bytes_down"])} for r in rounds]
@@ -109,7 +111,8 @@ def build_result_record(
         "split_manifest_id": manifest.manifest_id,
         "split_content_sha256": manifest.content_sha256,
         "num_clients": int(fed["num_clients"]),
-        "clients_per_round": fed["clients_per_round"],
+        # the number actually sampled each round (a fraction in the config is resolved here)
+        "clients_per_round": clients_per_round(fed["clients_per_round"], int(fed["num_clients"])),
         "rounds": int(fed["rounds"]),
         "local_epochs": int(fed["local_epochs"]),
         "local_steps": fed.get("local_steps"),

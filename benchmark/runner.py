@@ -294,7 +294,7 @@ class _RunProgress:
 def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"FedVid-Bench run: {record['method']['name']} + {record['method']['aggregator']}")
+    table = Table(title=f"FedVid-Bench run: {record['method']['name']}")
     table.add_column("round", justify="right")
     table.add_column("clients")
     table.add_column("loss", justify="right")
