@@ -46,15 +46,10 @@ def methods_main(argv: list[str]) -> int:
     return 0
 
 
-#: Overrides of the smoke run: 2 clients, 2 rounds, tiny synthetic data and inputs, no evaluation.
-SMOKE_OVERRIDES = [
+#: The smallest real input (tiny synthetic sets, 8x32x32 clips, one thread per client),
+#: shared by check-method, `fedvid reproduce ... scale=smoke` and the tests.
+TINY_INPUT_OVERRIDES = [
     "synthetic_size=tiny",
-    "partition=iid",
-    "partition.num_clients=2",
-    "federation.rounds=2",
-    "federation.clients_per_round=2",
-    "federation.min_clients=2",
-    "federation.local_steps=2",
     "client.batch_size=2",
     "client.num_workers=0",
     "client.num_threads=1",
@@ -62,9 +57,20 @@ SMOKE_OVERRIDES = [
     "clip.stride=1",
     "clip.size=32",
     "clip.short_side=40",
+    "engine.client_resources.num_cpus=1",
+]
+
+#: Overrides of the smoke run: 2 clients, 2 rounds, tiny inputs, no evaluation.
+SMOKE_OVERRIDES = [
+    *TINY_INPUT_OVERRIDES,
+    "partition=iid",
+    "partition.num_clients=2",
+    "federation.rounds=2",
+    "federation.clients_per_round=2",
+    "federation.min_clients=2",
+    "federation.local_steps=2",
     "evaluate=false",
     "engine=simulation",
-    "engine.client_resources.num_cpus=1",
     "engine.echo_log=false",
 ]
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark import PROJECT_ROOT
+from benchmark.commands import TINY_INPUT_OVERRIDES
 from benchmark.io import read_json
 
 
@@ -43,10 +44,9 @@ class Table:
 
 
 _SMOKE_COMMON = (
+    *TINY_INPUT_OVERRIDES,
     "dataset=synthetic_kinetics", "split_manifest=null", "partition=iid", "backbone=tiny_r3d",
-    "synthetic_size=tiny", "federation.rounds=2", "federation.local_steps=1", "client.batch_size=2",
-    "client.num_workers=0", "client.num_threads=1", "engine=simulation", "engine.client_resources.num_cpus=1",
-    "clip.frames=8", "clip.stride=1", "clip.size=32", "clip.short_side=40", "eval=smoke",
+    "federation.rounds=2", "federation.local_steps=1", "engine=simulation", "eval=smoke",
 )
 
 

@@ -11,23 +11,16 @@ from pathlib import Path
 import torch
 
 from benchmark import PROJECT_ROOT
+from benchmark.commands import TINY_INPUT_OVERRIDES
 
 FEDVID = [sys.executable, "-m", "benchmark.cli"]
 
 #: A tiny federation: tiny synthetic data, 8x32x32 clips, 1 step per round, no evaluation.
 TINY = [
-    "synthetic_size=tiny",
+    *TINY_INPUT_OVERRIDES,
     "partition.num_clients=3",
     "federation.local_steps=1",
-    "client.batch_size=2",
-    "client.num_workers=0",
-    "client.num_threads=1",
-    "clip.frames=8",
-    "clip.stride=1",
-    "clip.size=32",
-    "clip.short_side=40",
     "evaluate=false",
-    "engine.client_resources.num_cpus=1",
     "engine.echo_log=false",
 ]
 

@@ -129,7 +129,6 @@ def _motion(name: str, rng: np.random.Generator, radius: float, width: int, heig
     u = t / max(frames - 1, 1)  # 0..1 over the video
     r = radius
     ones = np.ones(frames)
-    zeros = np.zeros(frames)
     slow_spin = rng.uniform(-0.02, 0.02)  # small nuisance rotation for non-rotation classes
     angle0 = rng.uniform(0, 2 * np.pi)
     idle_angle = angle0 + slow_spin * t

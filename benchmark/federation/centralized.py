@@ -38,7 +38,6 @@ bit-identically from the last complete round.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -47,8 +46,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
-from benchmark.federation.engine import FederationError, FederationOutcome, memory_bytes
+from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
+from benchmark.federation.engine import FederationOutcome, memory_bytes
 from benchmark.federation.training import (
     MANIFEST_NAME,
     as_config,
@@ -58,7 +57,6 @@ from benchmark.federation.training import (
     run_local_training,
     sample_clients,
 )
-from benchmark.io import atomic_write_text, dumps_json
 
 
 
@@ -143,7 +141,7 @@ def run_centralized(
     (``config_path`` is unused: the config is in-process). ``federation.rounds=0`` writes
     the round-0 global model (``initial_global_state``) as checkpoint 0 and trains nothing.
     """
-    from benchmark.federation.server_app import ROUNDS_LOG, read_round_log, write_status
+    from benchmark.federation.server_app import ROUNDS_LOG, resume_point, write_round_log, write_status
 
     del config_path
     cfg = as_config(cfg)
@@ -156,36 +154,26 @@ def run_centralized(
         if on_line is not None:
             on_line(f"[centralized] {line}")
 
-    def write_log(records: list[dict]) -> None:
-        atomic_write_text(run_dir / ROUNDS_LOG, "".join(dumps_json(r, indent=None) for r in records))
-
     # PSS of this process sampled at round ends (ru_maxrss would carry over earlier jobs of a multirun)
     peak = memory_bytes([os.getpid()])
     per_client = pooled_client_videos(cfg, run_dir)
     budget = federated_step_budget(cfg, [len(v) for v in per_client])
     pooled = [video for videos in per_client for video in videos]
 
-    ckpt = load_latest(run_dir)
-    if ckpt is not None and not cfg.get("resume", False):
-        raise FederationError(
-            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
-            "or start a new run directory"
-        )
+    ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
         local_state = dict(ckpt.aggregator_state.get("local_state") or {}) or None
-        rounds_log = [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
         say(f"resuming after round {ckpt.round}")
     else:
         first_round = 1
         global_state = initial_global_state(cfg)
         local_state = None
-        rounds_log = []
         if num_rounds == 0:
             save_checkpoint(run_dir, Checkpoint(0, global_state, {"local_state": {}}))
             say("federation.rounds=0: saved the initial model (round 0), no training")
-    write_log(rounds_log)
+    write_round_log(run_dir, rounds_log)
     write_status(run_dir, state="running", round=first_round - 1, rounds=num_rounds, first_round=first_round,
                  engine="centralized")
     if on_poll is not None:
@@ -230,7 +218,7 @@ def run_centralized(
                 "round_wall_s": time.perf_counter() - started,
             }
         )
-        write_log(rounds_log)
+        write_round_log(run_dir, rounds_log)
         write_status(run_dir, round=r)
         peak = max(peak, memory_bytes([os.getpid()]))
         say(f"round {r}/{num_rounds}: loss {result.metrics['loss']:.4f}, {plan.total_steps} steps "

@@ -111,6 +111,23 @@ def write_status(run_dir: Path, **fields: Any) -> None:
     atomic_write_json(path, {**previous, **fields, "updated_at": time.time()})
 
 
+def resume_point(run_dir: Path, resume: bool) -> tuple[Checkpoint | None, list[dict]]:
+    """The last complete round's checkpoint and the round log up to it; ``(None, [])`` for a
+    new run. Shared by every engine: a run dir that already holds checkpoints is an error
+    unless the user asked to continue it."""
+    from benchmark.federation.engine import FederationError
+
+    ckpt = load_latest(run_dir)
+    if ckpt is None:
+        return None, []
+    if not resume:
+        raise FederationError(
+            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
+            "or start a new run directory"
+        )
+    return ckpt, [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
+
+
 def read_round_log(run_dir: Path) -> list[dict]:
     import json
 
@@ -159,24 +176,17 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
     num_rounds = int(fed.rounds)
     aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))
 
-    rounds_log: list[dict] = []
-    ckpt = load_latest(run_dir)
-    if ckpt is not None and not cfg.get("resume", False):
-        raise RuntimeError(
-            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
-            "or start a new run directory"
-        )
+    ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
         if ckpt.aggregator_state and hasattr(aggregator, "load_state_dict"):
             aggregator.load_state_dict(ckpt.aggregator_state)
-        rounds_log = [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
         log.info("resuming after round %d", ckpt.round)
     else:
         first_round = 1
         global_state = initial_global_state(cfg)
-    _write_round_log(run_dir, rounds_log)
+    write_round_log(run_dir, rounds_log)
     write_status(run_dir, state="connecting", round=first_round - 1, rounds=num_rounds, first_round=first_round)
 
     t_connect = time.perf_counter()
@@ -187,7 +197,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
         agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
         save_checkpoint(run_dir, Checkpoint(server_round, new_state, agg_state))
         rounds_log.append(record)
-        _write_round_log(run_dir, rounds_log)
+        write_round_log(run_dir, rounds_log)
         write_status(run_dir, round=server_round)
         log.info(
             "round %d/%d: loss %.4f, %d clients, %.2fs",
@@ -246,5 +256,5 @@ def _tensorboard_round(writer, record: dict) -> None:
     writer.flush()
 
 
-def _write_round_log(run_dir: Path, records: list[dict]) -> None:
+def write_round_log(run_dir: Path, records: list[dict]) -> None:
     atomic_write_text(run_dir / ROUNDS_LOG, "".join(dumps_json(r, indent=None) for r in records))
