@@ -120,6 +120,20 @@ class Processes:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex)
     started: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     _stopped: bool = False
+    _reaper: subprocess.Popen | None = None
+
+    def start_reaper(self) -> None:
+        """A watcher outside every tagged session that kills the tagged processes once this
+        process is gone: a SIGKILLed ``fedvid run`` cannot run :meth:`stop`, and Ray's agents
+        (children of the raylet, started by the simulation) ignore the parent-death signal."""
+        if self._reaper is not None:
+            return
+        env = {k: v for k, v in os.environ.items() if k not in (RUN_TAG_ENV, "FLWR_HOME")}
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "benchmark.federation.reaper", str(os.getpid()), self.tag],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, cwd=str(PROJECT_ROOT),
+        )
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -179,18 +193,28 @@ class Processes:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
         # Whatever the sessions started elsewhere (Ray workers, SuperExec children).
-        pids = self.tagged()
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while (pids := self.tagged()) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in pids:
-            _signal(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while self.tagged() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return pids
+        killed = kill_tagged(self.tag, grace_s)
+        if self._reaper is not None and self._reaper.poll() is None:
+            self._reaper.terminate()
+            self._reaper.wait(timeout=5)
+        return killed
+
+
+def kill_tagged(tag: str, grace_s: float = 8.0) -> list[int]:
+    """SIGTERM every process tagged ``tag``, SIGKILL those left after ``grace_s``.
+
+    Returns the PIDs that needed SIGKILL."""
+    for pid in tagged_processes(tag):
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (pids := tagged_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -328,6 +352,7 @@ def run_federation(
     logs.mkdir(parents=True, exist_ok=True)
     engine = cfg.engine
     procs = Processes(run_dir)
+    procs.start_reaper()
     atexit.register(procs.stop)
     restore = _install_sigterm()
     t0 = time.perf_counter()
