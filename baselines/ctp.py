@@ -347,6 +347,7 @@ class CtP(SSLMethod):
         target_stds: Sequence[float] = (0.8, 0.8, 0.04, 0.04),
         hidden_channels: int = 512,
         roi_size: int = 5,
+        reference_size: int | None = 112,
         **kwargs,
     ) -> None:
         super().__init__(backbone, **kwargs)
@@ -360,6 +361,8 @@ class CtP(SSLMethod):
                 raise ValueError(f"method.params.{key}={list(probs)}: expected {n or 'k'} probabilities summing to 1")
         if len(target_stds) != 4:
             raise ValueError(f"method.params.target_stds={list(target_stds)}: expected 4 values (dx, dy, dw, dh)")
+        if reference_size is not None and reference_size <= 0:
+            raise ValueError(f"method.params.reference_size={reference_size}: expected a positive crop size or null")
         if num_frames < 2:
             raise ValueError(f"method.params.num_frames={num_frames}: CtP needs at least 2 frames")
         out_channels = getattr(backbone, "out_channels", None)
@@ -369,6 +372,7 @@ class CtP(SSLMethod):
         self.num_patches = int(num_patches)
         self.patch_scales = tuple(float(s) for s in patch_scales)
         self.patch_ratios = tuple(float(r) for r in patch_ratios)
+        self.reference_size = None if reference_size is None else int(reference_size)
         self.scale_jitter = float(scale_jitter)
         self.key_frame_probs = tuple(float(p) for p in key_frame_probs)
         self.loc_velocity = float(loc_velocity)
@@ -440,11 +444,14 @@ class CtP(SSLMethod):
     def paste_patches(self, clip: torch.Tensor, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """``PatchMask.get_transform_param`` + ``_apply_image`` on a (C, T, H, W) clip."""
         _, num_frames, height, width = clip.shape
+        # Patch sizes and speeds are CtP's pixels on 112-px crops: keep them relative to the crop.
+        zoom = 1.0 if self.reference_size is None else min(height, width) / self.reference_size
         boxes0 = sample_initial_boxes(
-            self.num_patches, width, height, self.patch_scales, self.patch_ratios, self.scale_jitter, rng
+            self.num_patches, width, height, [s * zoom for s in self.patch_scales], self.patch_ratios,
+            self.scale_jitter, rng,
         )
         traj, _ = sample_trajectories(
-            boxes0, width, height, num_frames, self.loc_velocity, self.size_velocity,
+            boxes0, width, height, num_frames, self.loc_velocity * zoom, self.size_velocity,
             self.key_frame_probs, self.interpolation_probs, rng,
         )
         traj_i = traj.astype(np.int64)

@@ -106,7 +106,7 @@ def test_opaque_static_patch_is_pasted_pixel_exactly():
         num_patches=1, patch_scales=(8,), patch_ratios=(1.0,), scale_jitter=0.0, loc_velocity=0.0,
         size_velocity=0.0, mask_shape_probs=(1.0, 0.0, 0.0), smooth_edge_prob=0.0,
         opacity_range=(0.75, 0.75), visible_prob=1.0, hue_saturation_prob=0.0, brightness_prob=0.0,
-        contrast_prob=0.0,
+        contrast_prob=0.0, reference_size=None,
     )
     clip = clip_of(size=40)
     out = ctp.sample_transform([clip], torch.Generator().manual_seed(3))
@@ -123,6 +123,25 @@ def test_opaque_static_patch_is_pasted_pixel_exactly():
     outside = torch.ones(40, 40, dtype=torch.bool)
     outside[y1:y2, x1:x2] = False
     assert torch.equal(out["video"][:, :, outside], clip[:, :, outside])
+
+
+def test_patch_sizes_and_speeds_scale_with_the_crop():
+    # patch_scales/loc_velocity are pixels of a reference_size crop: on a 112-px crop with
+    # reference 224 a 32-px patch is 16 px and 3 px/frame is 1.5; None keeps absolute pixels.
+    params = dict(num_patches=1, patch_scales=(32,), patch_ratios=(1.0,), scale_jitter=0.0, loc_velocity=3.0,
+                  size_velocity=0.0, key_frame_probs=(1.0, 0.0, 0.0), interpolation_probs=(1.0, 0.0, 0.0))
+    for reference_size, side, speed in ((224, 16, 1.5), (112, 32, 3.0), (None, 32, 3.0)):
+        ctp = make_ctp(reference_size=reference_size, **params)
+        steps = []
+        for seed in range(40):
+            boxes = ctp.paste_patches(clip_of(size=112, seed=seed), np.random.default_rng(seed))["ctp_boxes"][0]
+            assert torch.equal(boxes[:, 2] - boxes[:, 0], torch.full((16,), float(side)))
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            steps.append(((centres[-1] - centres[0]).abs() / 15).max().item())
+        # end-to-end move of a linear 0-inner-key-frame trajectory: U(-15 v, 15 v) per axis, clipped
+        assert max(steps) <= speed + 1 / 15 and max(steps) > 0.6 * speed
+    with pytest.raises(ValueError, match="reference_size"):
+        make_ctp(reference_size=0)
 
 
 def test_sample_transform_outputs_visibility_and_determinism(one_thread):

@@ -47,6 +47,8 @@ def eval_overrides(root: Path) -> list[str]:
         *(f"clip.{k}={v}" for k, v in CLIP.items()),
         "backbone.params.width=8",
         "eval.clip.num_clips=2",
+        f"eval.clip.frames={CLIP['frames']}",
+        f"eval.clip.stride={CLIP['stride']}",
         "eval.num_workers=0",
         "eval.num_threads=1",
         "eval.linear_probe.max_iter=50",

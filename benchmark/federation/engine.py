@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark import PROJECT_ROOT, __version__
+from benchmark.federation.reaper import RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
 from benchmark.io import atomic_write_text, read_json
 
-RUN_TAG_ENV = "FEDVID_RUN_TAG"
 #: PID of `fedvid run`; the ServerApp exits when that process is gone (see server_app).
 LAUNCHER_PID_ENV = "FEDVID_LAUNCHER_PID"
 FLOWER_APP_DIR = "flower_app"
@@ -75,25 +75,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
-
-
-def tagged_processes(tag: str) -> list[int]:
-    """PIDs (other than this process) whose environment holds ``FEDVID_RUN_TAG=tag``."""
-    needle = f"{RUN_TAG_ENV}={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z" and needle in env.split(b"\0"):
-            found.append(int(entry))
-    return found
 
 
 def memory_bytes(pids: list[int]) -> int:
@@ -130,7 +111,7 @@ class Processes:
             return
         env = {k: v for k, v in os.environ.items() if k not in (RUN_TAG_ENV, "FLWR_HOME")}
         self._reaper = subprocess.Popen(
-            [sys.executable, "-m", "benchmark.federation.reaper", str(os.getpid()), self.tag],
+            [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), self.tag],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, cwd=str(PROJECT_ROOT),
         )
@@ -200,35 +181,11 @@ class Processes:
         return killed
 
 
-def kill_tagged(tag: str, grace_s: float = 8.0) -> list[int]:
-    """SIGTERM every process tagged ``tag``, SIGKILL those left after ``grace_s``.
-
-    Returns the PIDs that needed SIGKILL."""
-    for pid in tagged_processes(tag):
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while (pids := tagged_processes(tag)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while tagged_processes(tag) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return pids
-
-
 def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        _signal(pid, sig)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        send_signal(pid, sig)
 
 
 def free_port() -> int:

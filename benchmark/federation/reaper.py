@@ -1,12 +1,64 @@
-"""``python -m benchmark.federation.reaper LAUNCHER_PID TAG``: once the launcher is gone,
-kill every process carrying ``FEDVID_RUN_TAG=TAG`` (see :class:`engine.Processes`)."""
+"""Kill the processes of a run once its launcher is gone (standard library only).
+
+``python reaper.py LAUNCHER_PID TAG`` (run by path, so it imports neither the package nor
+torch) waits for ``LAUNCHER_PID`` to exit, then kills every process whose environment holds
+``FEDVID_RUN_TAG=TAG``. :class:`benchmark.federation.engine.Processes` starts it, because a
+SIGKILLed ``fedvid run`` cannot clean up itself and Ray's agents (children of the raylet)
+ignore the parent-death signal.
+"""
 
 from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import time
+
+RUN_TAG_ENV = "FEDVID_RUN_TAG"
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """PIDs (other than this process) whose environment holds ``FEDVID_RUN_TAG=tag``."""
+    needle = f"{RUN_TAG_ENV}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z" and needle in env.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def send_signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_tagged(tag: str, grace_s: float = 8.0) -> list[int]:
+    """SIGTERM every process tagged ``tag``, SIGKILL those left after ``grace_s``.
+
+    Returns the PIDs that needed SIGKILL."""
+    for pid in tagged_processes(tag):
+        send_signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (pids := tagged_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        send_signal(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while tagged_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids
 
 
 def wait_for_exit(pid: int) -> None:
@@ -33,10 +85,8 @@ def wait_for_exit(pid: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[0].isdigit():
-        print("usage: python -m benchmark.federation.reaper LAUNCHER_PID TAG", file=sys.stderr)
+        print("usage: python reaper.py LAUNCHER_PID TAG", file=sys.stderr)
         return 2
-    from benchmark.federation.engine import kill_tagged  # imported first: kill at once when it is time
-
     wait_for_exit(int(argv[0]))
     kill_tagged(argv[1])
     return 0
