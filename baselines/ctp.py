@@ -345,7 +345,7 @@ class CtP(SSLMethod):
         contrast_delta: float = 0.12,
         color_key_frame_probs: Sequence[float] = (0.7, 0.3),
         target_stds: Sequence[float] = (0.8, 0.8, 0.04, 0.04),
-        hidden_channels: int = 512,
+        hidden_channels: int | None = None,
         roi_size: int = 5,
         reference_size: int | None = 112,
         **kwargs,
@@ -394,7 +394,9 @@ class CtP(SSLMethod):
         self.register_buffer("target_stds", torch.tensor([float(s) for s in target_stds]), persistent=False)
         self.head = CtPHead(
             out_channels,
-            hidden_channels,
+            # the paper's 512 is its backbones' width; a narrow CPU backbone under a 512-wide
+            # head learns several times slower (docs/methods/ctp.md)
+            out_channels if hidden_channels is None else int(hidden_channels),
             feature_frames(self.num_frames),
             self.num_frames,
             roi_size=roi_size,

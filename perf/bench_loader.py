@@ -30,7 +30,7 @@ import decord
 import numpy as np
 
 from benchmark.data.clips import train_clip_indices
-from benchmark.data.loaders import EpochShuffleSampler, TrainClipDataset, make_train_loader
+from benchmark.data.loaders import EpochBatchSampler, TrainClipDataset, make_train_loader
 
 FRAMES, STRIDE, SHORT_SIDE, CROP = 16, 2, 128, 112
 WIDTH, HEIGHT, NUM_FRAMES, NUM_VIDEOS, FPS = 320, 240, 90, 16, 25
@@ -110,7 +110,7 @@ def main() -> None:
             dataset.set_epoch(repetition)
             # The same items in the same order as the loader, with the clip indices drawn
             # from the dataset's own per-item generator (its first draws are the starts).
-            order = list(EpochShuffleSampler(dataset, seed=0))
+            order = [i for batch in EpochBatchSampler(len(dataset), 1, 0, [repetition]) for _, i in batch]
             jobs = []
             for i in order:
                 path = dataset.videos[i][0]

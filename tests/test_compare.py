@@ -123,12 +123,12 @@ def test_experiment_compare_composes_21_jobs_rows_by_seeds():
         assert [j[0].split("=")[1] for j in jobs[::3]] == ROWS
 
         expected = {  # row -> (method, aggregator, engine, rounds)
-            "ctp_fedavg": ("ctp", "fedavg", "simulation", 2),
-            "ctp_fvssl": ("ctp", "fvssl", "simulation", 2),
-            "ssd": ("ssd", "fedavg", "simulation", 2),
-            "align_uniform": ("align_uniform", "fedavg", "simulation", 2),
-            "ctp_ldawa": ("ctp", "ldawa", "simulation", 2),
-            "centralized": ("ctp", "fedavg", "centralized", 2),
+            "ctp_fedavg": ("ctp", "fedavg", "simulation", 3),
+            "ctp_fvssl": ("ctp", "fvssl", "simulation", 3),
+            "ssd": ("ssd", "fedavg", "simulation", 3),
+            "align_uniform": ("align_uniform", "fedavg", "simulation", 3),
+            "ctp_ldawa": ("ctp", "ldawa", "simulation", 3),
+            "centralized": ("ctp", "fedavg", "centralized", 3),
             "random_init": ("ctp", "fedavg", "centralized", 0),
         }
         names = set()
@@ -136,7 +136,10 @@ def test_experiment_compare_composes_21_jobs_rows_by_seeds():
             job = compose("config", overrides=["experiment=compare", f"compare_row={row}", f"seed={seed}"])
             got = (job.method.name, job.aggregator.name, job.engine.name, int(job.federation.rounds))
             assert got == expected[row], row
-            assert job.seed == seed and job.federation.local_steps == 4 and job.clip.size == 64
+            assert job.seed == seed and job.federation.local_steps == 50 and job.clip.size == 64
+            assert job.federation.clients_per_round == 2
+            if job.method.name == "ctp":  # the CPU-scale CtP: patches always visible
+                assert job.method.params.visible_prob == 1.0 and job.method.params.hidden_channels is None
             assert job.eval.random_init_baseline is False and list(job.eval.robustness.ks) == [0.0, 0.01, 0.03]
             names.add(job.method.display_name)
             if row == "ctp_fvssl":

@@ -282,7 +282,9 @@ def test_config_group_builds_ctp_with_the_code_defaults():
             assert torch.allclose(ctp.target_stds, default.target_stds)
         elif key not in ("hidden_channels", "roi_size"):
             assert getattr(ctp, key) == pytest.approx(getattr(default, key)), key
-    assert ctp.head.fc1.out_features == 512
+    # null hidden_channels follows the backbone: 512 for the paper's R3D-18, 32 here
+    assert ctp.head.fc1.out_features == backbone.out_channels == 4 * 8
+    assert CtP(TinyR3D(width=4), hidden_channels=24).head.fc1.out_features == 24
     with pytest.raises(TypeError, match="unknown parameters"):
         build_method("ctp", backbone, nonsense=1)
     with pytest.raises(ValueError, match="key_frame_probs"):

@@ -264,6 +264,23 @@ def test_two_workers_give_the_same_batches_as_none(videos):
     assert torch.cat([b["index"] for b in collect(make_train_loader(dataset, 3, 0, seed=11))]).tolist() != order
 
 
+def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):
+    # run_local_training iterates a round's epochs in one loader pass (workers start once);
+    # that must give exactly the batches of the old epoch-by-epoch loop, ragged ends dropped
+    dataset = train_dataset(videos * 2)
+    multi = collect(make_train_loader(dataset, batch_size=3, num_workers=1, seed=7, drop_last=True, epochs=[3, 4]))
+    single = []
+    for epoch in (3, 4):
+        dataset.set_epoch(epoch)
+        single += collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=7, drop_last=True))
+    assert len(multi) == len(single) == 4  # 8 videos: 2 full batches of 3 per epoch
+    for a, b in zip(multi, single, strict=True):
+        assert torch.equal(a["index"], b["index"])
+        assert torch.equal(a["video"], b["video"])
+    first, second = (torch.cat([b["index"] for b in multi[k : k + 2]]).tolist() for k in (0, 2))
+    assert len(set(first)) == len(set(second)) == 6 and first != second
+
+
 def test_batches_equal_the_stacked_items_without_a_collate_copy(videos):
     train = train_dataset(videos, num_views=2)
     evaluation = EvalClipDataset(videos, num_clips=2, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP)

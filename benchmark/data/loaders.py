@@ -204,7 +204,7 @@ class _ClipDataset(Dataset):
         samples: list[dict[str, Tensor]] = []
         batch_video: Tensor | None = None
         for index in indices:
-            sample = self._unit_sample(int(index))
+            sample = self._unit_sample(index)
             video = sample["video"]
             if batch_video is None:
                 batch_video = _new_batch_tensor((len(indices), *video.shape), video.dtype)
@@ -267,13 +267,17 @@ class TrainClipDataset(_ClipDataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def generator_for(self, index: int) -> torch.Generator:
-        """The generator item ``index`` draws from in the current epoch (first draws: clip starts)."""
-        return torch.Generator().manual_seed(item_seed(self.seed, self.epoch, index))
+    def generator_for(self, index: int, epoch: int | None = None) -> torch.Generator:
+        """The generator item ``index`` draws from in ``epoch`` (default: the current one;
+        first draws: clip starts)."""
+        return torch.Generator().manual_seed(item_seed(self.seed, self.epoch if epoch is None else epoch, index))
 
-    def _unit_sample(self, index: int) -> dict[str, Tensor]:
+    def _unit_sample(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
+        # key: an index (of the current epoch) or an (epoch, index) pair, as EpochBatchSampler
+        # hands them out, so one loader pass can span epochs without telling the workers
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (None, int(key))
         path, label = self.videos[index]
-        generator = self.generator_for(index)
+        generator = self.generator_for(index, epoch)
         with open_video(path, self.backend, short_side=self.short_side) as video:
             clips = [
                 train_clip_indices(video.num_frames, self.frames, self.stride, generator)
@@ -328,6 +332,7 @@ class EvalClipDataset(_ClipDataset):
         return len(self.videos)
 
     def _unit_sample(self, index: int) -> dict[str, Tensor]:
+        index = int(index)
         path, label = self.videos[index]
         with open_video(path, self.backend, short_side=self.short_side) as video:
             clips = uniform_clip_indices(video.num_frames, self.num_clips, self.frames, self.stride)
@@ -342,24 +347,35 @@ class EvalClipDataset(_ClipDataset):
         }
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A permutation of the dataset seeded from ``(seed, dataset.epoch)``.
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Shuffled batches of ``(epoch, index)`` items over several epochs, in one pass.
 
-    The order depends on the epoch set with ``dataset.set_epoch`` (0 for datasets
-    without one), not on how many times the loader was iterated before, so a resumed
-    run sees the same order as an uninterrupted one.
+    Epoch ``e`` visits the permutation seeded from ``(seed, e)`` (not from how often the
+    loader ran before, so a resumed run sees the same order) in batches of ``batch_size``;
+    ``drop_last`` drops each epoch's ragged last batch. The items carry their epoch, so a
+    training round that runs over many short epochs needs one loader pass, and its
+    workers start once instead of once per epoch.
     """
 
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, num_items: int, batch_size: int, seed: int, epochs: Sequence[int], drop_last: bool = False):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size}: expected a positive integer")
+        self.num_items, self.batch_size, self.seed = int(num_items), int(batch_size), int(seed)
+        self.epochs, self.drop_last = [int(e) for e in epochs], bool(drop_last)
+
+    def _batches_per_epoch(self) -> int:
+        full, ragged = divmod(self.num_items, self.batch_size)
+        return full + (0 if self.drop_last or ragged == 0 else 1)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.epochs) * self._batches_per_epoch()
 
-    def __iter__(self) -> Iterator[int]:
-        epoch = getattr(self.dataset, "epoch", 0)
-        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, 0))
-        return iter(torch.randperm(len(self.dataset), generator=generator).tolist())
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for epoch in self.epochs:
+            generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, 0))
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+            for start in range(0, self._batches_per_epoch() * self.batch_size, self.batch_size):
+                yield [(epoch, index) for index in order[start : start + self.batch_size]]
 
 
 def _recycle_freed_memory() -> None:
@@ -399,18 +415,25 @@ def _loader_kwargs(num_workers: int) -> dict:
 
 
 def make_train_loader(
-    dataset: Dataset, batch_size: int, num_workers: int, seed: int, drop_last: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    drop_last: bool = False,
+    epochs: Sequence[int] | None = None,
 ) -> DataLoader:
-    """Shuffled loader; the order is a function of ``(seed, dataset.epoch)``.
+    """Shuffled loader over ``epochs`` (default: the dataset's current epoch only).
 
-    Call ``dataset.set_epoch(e)`` before iterating epoch ``e``. Batches are dicts of
-    stacked tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W).
+    Epoch ``e``'s order and augmentations are a function of ``(seed, e)``
+    (:class:`EpochBatchSampler`), so iterating epochs 0..E-1 in one pass gives the batches
+    that E passes with ``dataset.set_epoch(e)`` would. Batches are dicts of stacked
+    tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W).
     """
+    if epochs is None:
+        epochs = [int(getattr(dataset, "epoch", 0))]
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=EpochShuffleSampler(dataset, seed),
-        drop_last=drop_last,
+        batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, epochs, drop_last),
         generator=torch.Generator().manual_seed(seed),
         **_loader_kwargs(num_workers),
     )

@@ -239,49 +239,47 @@ def run_local_training(
         backend=str(clip.get("backend", "decord")),
         seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
     )
-    loader = make_train_loader(
-        dataset,
-        batch_size=int(cfg.client.batch_size),
-        num_workers=int(cfg.client.num_workers),
-        seed=derive_seed(cfg.seed, _TAG_DATA, server_round, client_id),
-        # a ragged last batch can hold a single video, which contrastive/uniformity losses
-        # cannot use (the official SSD code skips it too); keep it only if it is all there is
-        drop_last=len(videos) > int(cfg.client.batch_size),
-    )
-    optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
     clip_norm = cfg.client.get("grad_clip_norm")
     local_steps = cfg.federation.get("local_steps")
     max_steps = int(local_steps) if local_steps else None
-    epochs = int(cfg.federation.local_epochs) if max_steps is None else 1 << 30
+    batch_size = int(cfg.client.batch_size)
+    # a ragged last batch can hold a single video, which contrastive/uniformity losses
+    # cannot use (the official SSD code skips it too); keep it only if it is all there is
+    drop_last = len(videos) > batch_size
+    batches_per_epoch = len(videos) // batch_size if drop_last else 1
+    num_epochs = math.ceil(max_steps / batches_per_epoch) if max_steps is not None else int(cfg.federation.local_epochs)
+    # epoch ids are unique per (round, epoch), so every round draws new clips and patches
+    loader = make_train_loader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=int(cfg.client.num_workers),
+        seed=derive_seed(cfg.seed, _TAG_DATA, server_round, client_id),
+        drop_last=drop_last,
+        epochs=[server_round * 1000 + epoch for epoch in range(num_epochs)],
+    )
+    optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
 
     losses: list[float] = []
     num_examples = 0
     steps = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, _TAG_TRAIN, server_round, client_id))
-        for epoch in range(epochs):
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(server_round * 1000 + epoch)
-            for batch in loader:
-                batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                loss, _logs = method.training_loss(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"client {client_id}, round {server_round}: the loss is {float(loss)} at step {steps}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_norm:
-                    torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                num_examples += _batch_size(batch)
-                steps += 1
-                if max_steps is not None and steps >= max_steps:
-                    break
+        for batch in loader:
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            loss, _logs = method.training_loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"client {client_id}, round {server_round}: the loss is {float(loss)} at step {steps}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            num_examples += _batch_size(batch)
+            steps += 1
             if max_steps is not None and steps >= max_steps:
-                break
-            if max_steps is None and epoch + 1 >= epochs:
                 break
     if steps == 0:
         raise ValueError(
