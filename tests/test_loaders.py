@@ -279,6 +279,12 @@ def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):
         assert torch.equal(a["video"], b["video"])
     first, second = (torch.cat([b["index"] for b in multi[k : k + 2]]).tolist() for k in (0, 2))
     assert len(set(first)) == len(set(second)) == 6 and first != second
+    # a loader built once follows set_epoch on every pass (the fine-tuning loop relies on it)
+    reused = make_train_loader(dataset, batch_size=3, num_workers=0, seed=7, drop_last=True)
+    for epoch, expected in ((3, single[:2]), (4, single[2:])):
+        dataset.set_epoch(epoch)
+        for a, b in zip(collect(reused), expected, strict=True):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
 
 
 def test_batches_equal_the_stacked_items_without_a_collate_copy(videos):

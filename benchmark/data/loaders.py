@@ -357,21 +357,34 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     workers start once instead of once per epoch.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, epochs: Sequence[int], drop_last: bool = False):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int,
+        epochs: Sequence[int] | Callable[[], int],
+        drop_last: bool = False,
+    ):
+        # epochs: the epochs of every pass, or a callable giving the one epoch of the next
+        # pass when it starts (a loader built once and re-iterated after set_epoch)
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size}: expected a positive integer")
         self.num_items, self.batch_size, self.seed = int(num_items), int(batch_size), int(seed)
-        self.epochs, self.drop_last = [int(e) for e in epochs], bool(drop_last)
+        self.epochs = epochs if callable(epochs) else [int(e) for e in epochs]
+        self.drop_last = bool(drop_last)
+
+    def _pass_epochs(self) -> list[int]:
+        return [int(self.epochs())] if callable(self.epochs) else self.epochs
 
     def _batches_per_epoch(self) -> int:
         full, ragged = divmod(self.num_items, self.batch_size)
         return full + (0 if self.drop_last or ragged == 0 else 1)
 
     def __len__(self) -> int:
-        return len(self.epochs) * self._batches_per_epoch()
+        return (1 if callable(self.epochs) else len(self.epochs)) * self._batches_per_epoch()
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for epoch in self.epochs:
+        for epoch in self._pass_epochs():
             generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, 0))
             order = torch.randperm(self.num_items, generator=generator).tolist()
             for start in range(0, self._batches_per_epoch() * self.batch_size, self.batch_size):
@@ -422,7 +435,8 @@ def make_train_loader(
     drop_last: bool = False,
     epochs: Sequence[int] | None = None,
 ) -> DataLoader:
-    """Shuffled loader over ``epochs`` (default: the dataset's current epoch only).
+    """Shuffled loader over ``epochs`` (default: one epoch, the dataset's current one when
+    iteration starts, so ``dataset.set_epoch(e)`` before each pass works as usual).
 
     Epoch ``e``'s order and augmentations are a function of ``(seed, e)``
     (:class:`EpochBatchSampler`), so iterating epochs 0..E-1 in one pass gives the batches
@@ -430,7 +444,7 @@ def make_train_loader(
     tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W).
     """
     if epochs is None:
-        epochs = [int(getattr(dataset, "epoch", 0))]
+        epochs = lambda: getattr(dataset, "epoch", 0)  # noqa: E731
     return DataLoader(
         dataset,
         batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, epochs, drop_last),
