@@ -52,6 +52,7 @@ from benchmark.federation.training import (
     MANIFEST_NAME,
     as_config,
     client_videos,
+    epoch_batches,
     initial_global_state,
     round_learning_rate,
     run_local_training,
@@ -63,15 +64,12 @@ from benchmark.federation.training import (
 def client_steps(num_videos: int, batch_size: int, local_epochs: int, local_steps: int | None) -> int:
     """Optimizer steps one federated client makes in one round.
 
-    ``local_steps`` when set; else ``local_epochs`` times the batches of one epoch. The train
-    loader of ``run_local_training`` drops the ragged last batch when the client has more
-    videos than ``batch_size`` (a 1-video batch breaks contrastive/uniformity losses), so an
-    epoch is ``⌊n / batch_size⌋`` batches, or 1 batch when ``n ≤ batch_size``.
+    ``local_steps`` when set; else ``local_epochs`` times the batches of one epoch
+    (:func:`~benchmark.federation.training.epoch_batches`).
     """
     if local_steps:
         return int(local_steps)
-    n, b = int(num_videos), int(batch_size)
-    return int(local_epochs) * (n // b if n > b else 1)
+    return int(local_epochs) * epoch_batches(num_videos, batch_size)
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,17 @@ def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_m
     return [(str(path), int(rec.label)) for rec, path in resolved.present]
 
 
+def epoch_batches(num_videos: int, batch_size: int) -> int:
+    """Batches in one local epoch of a client with ``num_videos`` videos.
+
+    The train loader drops the ragged last batch, which can hold a single video that
+    contrastive/uniformity losses cannot use (the official SSD code skips it too), unless
+    it is the only batch: ``⌊n / batch_size⌋``, or 1 when ``n ≤ batch_size``.
+    """
+    n, b = int(num_videos), int(batch_size)
+    return n // b if n > b else 1
+
+
 @dataclass
 class LocalResult:
     """What one client returns after a round.
@@ -243,18 +254,18 @@ def run_local_training(
     local_steps = cfg.federation.get("local_steps")
     max_steps = int(local_steps) if local_steps else None
     batch_size = int(cfg.client.batch_size)
-    # a ragged last batch can hold a single video, which contrastive/uniformity losses
-    # cannot use (the official SSD code skips it too); keep it only if it is all there is
-    drop_last = len(videos) > batch_size
-    batches_per_epoch = len(videos) // batch_size if drop_last else 1
-    num_epochs = math.ceil(max_steps / batches_per_epoch) if max_steps is not None else int(cfg.federation.local_epochs)
+    num_epochs = (
+        math.ceil(max_steps / epoch_batches(len(videos), batch_size))
+        if max_steps is not None
+        else int(cfg.federation.local_epochs)
+    )
     # epoch ids are unique per (round, epoch), so every round draws new clips and patches
     loader = make_train_loader(
         dataset,
         batch_size=batch_size,
         num_workers=int(cfg.client.num_workers),
         seed=derive_seed(cfg.seed, _TAG_DATA, server_round, client_id),
-        drop_last=drop_last,
+        drop_last=len(videos) > batch_size,  # as epoch_batches counts
         epochs=[server_round * 1000 + epoch for epoch in range(num_epochs)],
     )
     optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
