@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "check-method": ("benchmark.commands", "check_method_main", "2-round, 2-client smoke run of a method"),
     "leaderboard": ("leaderboard.cli", "main", "validate | build | export result records"),
     "reproduce": ("benchmark.reproduce", "main", "re-run a published table and compare (--list for tables)"),
+    "deploy": ("benchmark.federation.security", "main", "certs: CA, SuperLink TLS certificate, SuperNode key pairs"),
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import ipaddress
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ from pathlib import Path
 
 from benchmark import PROJECT_ROOT, __version__
 from benchmark.federation.reaper import RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
+from benchmark.federation.security import Layout, make_credentials
 from benchmark.io import atomic_write_text, read_json
 
 #: PID of `fedvid run`; the ServerApp exits when that process is gone (see server_app).
@@ -194,15 +196,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_health(address: str, proc: subprocess.Popen, timeout: float, log_file: Path, what: str) -> None:
+def wait_for_health(address: str, proc: subprocess.Popen, timeout: float, log_file: Path, what: str,
+                    ca_cert: Path | None = None) -> None:
+    """Poll ``/health`` (over TLS verified against ``ca_cert`` when given) until it answers."""
     import httpx
 
+    url = f"https://{address}/health" if ca_cert else f"http://{address}/health"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise FederationError(f"{what} exited with code {proc.returncode} while starting; see {log_file}")
         try:
-            if httpx.get(f"http://{address}/health", timeout=0.5).is_success:
+            if httpx.get(url, timeout=0.5, verify=str(ca_cert) if ca_cert else True).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -305,9 +310,10 @@ def run_federation(
     from benchmark.federation.server_app import STATUS_FILE
 
     run_dir = Path(run_dir)
+    engine = cfg.engine
+    check_connection_security(engine)
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    engine = cfg.engine
     procs = Processes(run_dir)
     procs.start_reaper()
     atexit.register(procs.stop)
@@ -326,22 +332,23 @@ def run_federation(
         external = engine.name == "deployment" and engine.get("superlink")
         if external:
             address = str(engine.superlink)
-            write_flower_home(run_dir, address, bool(engine.get("insecure", True)), engine.get("root_certificates"))
+            write_flower_home(run_dir, address, bool(engine.get("insecure", False)), engine.get("root_certificates"))
         else:
             port = int(engine.get("superlink_port") or free_port())
             address = f"127.0.0.1:{port}"
-            write_flower_home(run_dir, address)
+            creds = _local_credentials(run_dir, int(cfg.federation.num_clients)) if _secure_local(engine) else None
+            write_flower_home(run_dir, address, creds is None, str(creds.ca_cert) if creds else None)
             cmd = [
-                _bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+                _bin("flower-superlink"), *superlink_security_args(creds), "--disable-runtime-dependency-installation",
                 "--host", "127.0.0.1", "--port", str(port),
             ]
             if engine.name == "simulation":
                 cmd.append("--simulation")
             superlink = procs.spawn("superlink", cmd, logs / "superlink.log", extra_env)
             wait_for_health(address, superlink, float(engine.get("startup_timeout_s", 60)), logs / "superlink.log",
-                            "flower-superlink")
+                            "flower-superlink", creds.ca_cert if creds else None)
             if engine.name == "deployment":
-                _start_supernodes(procs, cfg, run_dir, address, logs)
+                _start_supernodes(procs, cfg, run_dir, address, logs, creds)
         run_cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream",
                     "--run-config", f"config-path='{config_path}'"]
         if engine.name == "simulation":
@@ -380,18 +387,112 @@ def run_federation(
             on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
 
 
-def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: Path) -> None:
+def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: Path,
+                      creds: Layout | None) -> None:
     from benchmark.federation.training import MANIFEST_NAME
 
     manifest = run_dir / MANIFEST_NAME
     for cid in range(int(cfg.federation.num_clients)):
+        if creds is not None:
+            register_supernode(procs, creds.registered_key(local_node_name(cid)), local_node_name(cid))
+    for cid in range(int(cfg.federation.num_clients)):
         node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{cfg.dataset.root}'"
         procs.spawn(
             f"supernode {cid}",
-            [_bin("flower-supernode"), "--insecure", "--superlink", address, "--port", str(free_port()),
-             "--node-config", node_config],
+            [_bin("flower-supernode"), *supernode_security_args(creds, local_node_name(cid)), "--superlink", address,
+             "--port", str(free_port()), "--node-config", node_config],
             logs / f"supernode_{cid}.log",
         )
+
+
+# ------------------------------------------------------------------------------------
+# Connection security: TLS + SuperNode authentication (docs/deployment.md)
+# ------------------------------------------------------------------------------------
+
+#: Credentials of a self-started deployment: a throwaway CA and keys per run (loopback only).
+LOCAL_CREDENTIALS_DIR = "certs"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and 127.0.0.0/8 / ::1 addresses (a name is resolved by no one)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(address: str) -> str:
+    """The host of ``HOST:PORT`` / ``[IPv6]:PORT``."""
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0]
+
+
+def check_connection_security(engine) -> None:
+    """Refuse plaintext to a non-loopback SuperLink unless the network is declared trusted,
+    and a missing CA file; runs before any process is started."""
+    if engine.name != "deployment" or not engine.get("superlink"):
+        return  # self-started SuperLinks listen on 127.0.0.1 only
+    address = str(engine.superlink)
+    if bool(engine.get("insecure", False)):
+        if not is_loopback(split_host(address)) and not bool(engine.get("trusted_network", False)):
+            raise FederationError(
+                f"engine.insecure=true sends model updates unencrypted to engine.superlink={address}, which is not a "
+                "loopback address. Use TLS (engine.insecure=false engine.root_certificates=CA.crt; `fedvid deploy "
+                "certs` makes them), or add engine.trusted_network=true if this network is private and trusted."
+            )
+        return
+    ca = engine.get("root_certificates")
+    if ca and not Path(str(ca)).is_file():
+        raise FederationError(
+            f"engine.root_certificates={ca}: no such file; give the CA certificate (PEM) that signed the "
+            "SuperLink's certificate (ca.crt from `fedvid deploy certs`)"
+        )
+
+
+def _secure_local(engine) -> bool:
+    """A self-started deployment uses TLS + SuperNode auth unless engine.insecure=true;
+    the simulation's SuperLink has no SuperNodes and listens on 127.0.0.1 only."""
+    return engine.name == "deployment" and not bool(engine.get("insecure", False))
+
+
+def local_node_name(cid: int) -> str:
+    return f"client-{cid}"
+
+
+def _local_credentials(run_dir: Path, num_clients: int) -> Layout:
+    """Fresh CA, 127.0.0.1 certificate and one key per SuperNode for this launch (replaced on resume)."""
+    layout = Layout(run_dir / LOCAL_CREDENTIALS_DIR)
+    make_credentials(layout.root, ["127.0.0.1", "localhost"], [local_node_name(c) for c in range(num_clients)],
+                     days=30, overwrite=True)
+    return layout
+
+
+def superlink_security_args(creds: Layout | None) -> list[str]:
+    if creds is None:
+        return ["--insecure"]
+    return ["--ssl-certfile", str(creds.server_cert), "--ssl-keyfile", str(creds.server_key),
+            "--ssl-ca-certfile", str(creds.superlink_ca), "--enable-supernode-auth"]
+
+
+def supernode_security_args(creds: Layout | None, node: str) -> list[str]:
+    if creds is None:
+        return ["--insecure"]
+    return ["--root-certificates", str(creds.node_ca(node)), "--auth-supernode-private-key", str(creds.node_key(node))]
+
+
+def register_supernode(procs: Processes, public_key: Path, name: str, timeout: float = 60) -> None:
+    """``flwr supernode register`` against the run's SuperLink (its FLWR_HOME connection)."""
+    done = subprocess.run(
+        [_bin("flwr"), "supernode", "register", str(public_key), CONNECTION_NAME, "--name", name],
+        env=procs.env(), cwd=str(procs.run_dir), capture_output=True, text=True, timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise FederationError(f"registering SuperNode {name} ({public_key}) failed: {done.stdout[-500:]}"
+                              f"{done.stderr[-500:]}")
 
 
 def _simulation_config(cfg) -> str:
