@@ -186,10 +186,13 @@ def load_ca(cert_path: Path, key_path: Path):
             raise CredentialsError(f"{flag} {path}: no such file")
     try:
         cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    except ValueError as e:
+        raise CredentialsError(f"--ca-cert {cert_path}: not a PEM certificate ({e})") from e
+    try:
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except (ValueError, TypeError) as e:
-        raise CredentialsError(f"--ca-cert {cert_path} / --ca-key {key_path}: not a PEM certificate and "
-                               f"unencrypted PEM private key ({e})") from e
+        raise CredentialsError(f"--ca-key {key_path}: not an unencrypted PEM private key ({e}); "
+                               "decrypt it first, e.g. `openssl pkey -in KEY -out ca.key`") from e
     if key.public_key().public_numbers() != cert.public_key().public_numbers():
         raise CredentialsError(f"--ca-key {key_path} is not the key of --ca-cert {cert_path}")
     return key, cert
