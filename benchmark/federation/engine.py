@@ -207,12 +207,18 @@ def wait_for_health(address: str, proc: subprocess.Popen, timeout: float, log_fi
         if proc.poll() is not None:
             raise FederationError(f"{what} exited with code {proc.returncode} while starting; see {log_file}")
         try:
-            if httpx.get(url, timeout=0.5, verify=str(ca_cert) if ca_cert else True).is_success:
+            if httpx.get(url, timeout=0.5, verify=_tls_context(ca_cert)).is_success:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     raise FederationError(f"{what} did not answer on {address} within {timeout:.0f}s; see {log_file}")
+
+
+def _tls_context(ca_cert: Path | None):
+    import ssl
+
+    return ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else True
 
 
 # ------------------------------------------------------------------------------------
