@@ -30,10 +30,11 @@ def test_deploy_certs_cli_makes_ca_server_cert_and_node_keys_flower_accepts(tmp_
                         "--supernode", "hospital-a", "--supernode", "hospital-b"]) == 0
     layout = Layout(out)
     ca, server = _cert(layout.ca_cert), _cert(layout.server_cert)
-    # the server certificate names exactly the given hosts and is signed by the CA
+    # the server certificate names the given hosts (+ loopback, which the SuperLink's own SuperExec
+    # dials when it listens on 0.0.0.0) and is signed by the CA
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(a) for a in ("10.0.0.5", "127.0.0.1", "::1")]
     assert server.issuer == ca.subject
     ca.public_key().verify(server.signature, server.tbs_certificate_bytes, ec.ECDSA(hashes.SHA384()))
     server.verify_directly_issued_by(ca)

@@ -41,6 +41,10 @@ PUBLIC_MODE = 0o644
 #: Flower accepts SuperNode keys on any NIST curve; P-384 is the one its docs use.
 CURVE = ec.SECP384R1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Always in the SuperLink certificate: with ``--host 0.0.0.0`` (or ``::``) the SuperLink's own
+#: SuperExec (which starts the ServerApp) dials it on 127.0.0.1 (::1) over TLS (flwr 1.41
+#: ``resolve_bind_address``).
+SUPEREXEC_HOSTS = ("127.0.0.1", "::1")
 
 
 class CredentialsError(ValueError):
@@ -241,7 +245,8 @@ def make_credentials(
             ca_key, ca_cert = ca
         ca_pem = _pem_cert(ca_cert)
         files[layout.ca_cert] = (ca_pem, PUBLIC_MODE)
-        server_key, server_cert = issue_server_cert(ca_key, ca_cert, hosts, days)
+        server_hosts = [*hosts, *(h for h in SUPEREXEC_HOSTS if h not in hosts)]
+        server_key, server_cert = issue_server_cert(ca_key, ca_cert, server_hosts, days)
         files[layout.server_cert] = (_pem_cert(server_cert), PUBLIC_MODE)
         files[layout.server_key] = (_pem_key(server_key), PRIVATE_MODE)
         files[layout.superlink_ca] = (ca_pem, PUBLIC_MODE)
