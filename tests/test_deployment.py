@@ -13,14 +13,21 @@ from benchmark.federation.engine import (
 from benchmark.federation.security import Layout, make_credentials
 from benchmark.federation.training import sample_clients
 
-from _federation_helpers import TINY, fedvid, final_weights, wait_no_flower_processes
+from _federation_helpers import TINY, fedvid, final_weights, flower_processes, wait_no_flower_processes
+
+
+DEPLOY = [o for o in TINY if not o.startswith("engine.client_resources")]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fedvid-data-deploy")
 
 
 @pytest.mark.slow
-def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_factory):
+def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_factory, data_root):
     run_dir = tmp_path_factory.mktemp("deploy") / "run"
-    data_root = tmp_path_factory.mktemp("fedvid-data-deploy")
-    result = fedvid(["run", "engine=deployment", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *[o for o in TINY if not o.startswith("engine.client_resources")], "federation.rounds=2", "federation.clients_per_round=2",
+    result = fedvid(["run", "engine=deployment", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *DEPLOY, "federation.rounds=2", "federation.clients_per_round=2",
                      "federation.min_clients=2"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert wait_no_flower_processes(run_dir) == []
@@ -53,7 +60,7 @@ def _supernode(procs, name: str, address: str, security: list[str], client_id: i
 
 
 @pytest.mark.slow
-def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_supernodes(tmp_path_factory):
+def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_supernodes(tmp_path_factory, data_root):
     """The three-institution setup on one machine: a SuperLink over TLS with SuperNode auth,
     started from `fedvid deploy certs` files; the registered SuperNodes run the federation."""
     base = tmp_path_factory.mktemp("secure")
@@ -99,8 +106,7 @@ def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_s
         run_dir = base / "run"
         result = fedvid(["run", "engine=deployment", f"engine.superlink={address}",
                          f"engine.root_certificates={creds.ca_cert}", "engine.node_wait_timeout_s=60",
-                         f"hydra.run.dir={run_dir}", f"data_root={tmp_path_factory.mktemp('fedvid-data-secure')}",
-                         *[o for o in TINY if not o.startswith("engine.client_resources")], "federation.rounds=1",
+                         f"hydra.run.dir={run_dir}", f"data_root={data_root}", *DEPLOY, "federation.rounds=1",
                          "federation.clients_per_round=2", "federation.min_clients=2"])
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert 'insecure = false' in (run_dir / ".flwr" / "config.toml").read_text()
@@ -111,3 +117,15 @@ def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_s
         procs.stop()
     assert procs.tagged() == []
     assert wait_no_flower_processes(link_dir) == []
+
+
+def test_deployment_plaintext_to_a_non_loopback_superlink_is_refused_before_anything_starts(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    # 0.0.0.0 is not a loopback address, and dials this machine should the check ever regress
+    result = fedvid(["run", "engine=deployment", "engine.superlink=0.0.0.0:9", "engine.insecure=true",
+                     f"hydra.run.dir={run_dir}", f"data_root={data_root}", *DEPLOY], timeout=180)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    error = [line for line in result.stdout.splitlines() if "error:" in line]
+    assert len(error) == 1 and "engine.insecure=true sends model updates unencrypted to engine.superlink=0.0.0.0:9" \
+        in error[0] and "engine.trusted_network=true" in error[0], result.stdout
+    assert not (run_dir / ".flwr").exists() and flower_processes(run_dir) == []

@@ -8,7 +8,10 @@ Two engines, one ServerApp/ClientApp pair:
   simulation at an existing Ray cluster (exported as ``RAY_ADDRESS``).
 - ``deployment``: a real ``flower-superlink`` and one ``flower-supernode`` per client
   (node config ``client-id=i manifest=...``), or, with ``engine.superlink=HOST:PORT``, an
-  existing SuperLink whose SuperNodes the user started (docs/deployment.md).
+  existing SuperLink whose SuperNodes the user started (docs/deployment.md). Over TLS with
+  SuperNode authentication (a throwaway CA and registered keys in ``<run_dir>/certs``)
+  unless ``engine.insecure=true``, which a non-loopback ``engine.superlink`` refuses
+  without ``engine.trusted_network=true``.
 
 Flower's own settings live in ``<run_dir>/.flwr`` (``FLWR_HOME``), never in the user's home.
 
@@ -316,10 +319,10 @@ def run_federation(
     from benchmark.federation.server_app import STATUS_FILE
 
     run_dir = Path(run_dir)
-    engine = cfg.engine
-    check_connection_security(engine)
     logs = run_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    engine = cfg.engine
+    check_connection_security(engine)
     procs = Processes(run_dir)
     procs.start_reaper()
     atexit.register(procs.stop)
@@ -398,8 +401,8 @@ def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: 
     from benchmark.federation.training import MANIFEST_NAME
 
     manifest = run_dir / MANIFEST_NAME
-    for cid in range(int(cfg.federation.num_clients)):
-        if creds is not None:
+    if creds is not None:  # a SuperNode whose key is not registered is refused
+        for cid in range(int(cfg.federation.num_clients)):
             register_supernode(procs, creds.registered_key(local_node_name(cid)), local_node_name(cid))
     for cid in range(int(cfg.federation.num_clients)):
         node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{cfg.dataset.root}'"
