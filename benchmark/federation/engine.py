@@ -495,10 +495,13 @@ def supernode_security_args(creds: Layout | None, node: str) -> list[str]:
 
 def register_supernode(procs: Processes, public_key: Path, name: str, timeout: float = 60) -> None:
     """``flwr supernode register`` against the run's SuperLink (its FLWR_HOME connection)."""
-    done = subprocess.run(
-        [_bin("flwr"), "supernode", "register", str(public_key), CONNECTION_NAME, "--name", name],
-        env=procs.env(), cwd=str(procs.run_dir), capture_output=True, text=True, timeout=timeout,
-    )
+    try:
+        done = subprocess.run(
+            [_bin("flwr"), "supernode", "register", str(public_key), CONNECTION_NAME, "--name", name],
+            env=procs.env(), cwd=str(procs.run_dir), capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise FederationError(f"registering SuperNode {name} ({public_key}) took over {timeout:.0f}s") from e
     if done.returncode != 0:
         raise FederationError(f"registering SuperNode {name} ({public_key}) failed: {done.stdout[-500:]}"
                               f"{done.stderr[-500:]}")

@@ -220,7 +220,7 @@ def make_credentials(
     hosts: list[str],
     nodes: list[str],
     *,
-    ca: tuple | None = None,
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate] | None = None,
     days: int = 365,
     overwrite: bool = False,
 ) -> dict[Path, int]:
