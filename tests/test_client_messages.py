@@ -80,6 +80,12 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
     declared, kept = set(model.exchanged_state()), set(model.local_state())
     non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict())
     assert declared and not declared & kept
+    # what is exchanged is weights: parameters and normalisation statistics. Any other buffer
+    # (a MoCo-style queue of embeddings, a per-client basis) is client state and must not be sent
+    norm_stats = {f"{m_name}.{b_name}" for m_name, m in model.named_modules()
+                  if isinstance(m, torch.nn.modules.batchnorm._NormBase) for b_name, _ in m.named_buffers(recurse=False)}
+    assert declared <= {n for n, _ in model.named_parameters()} | norm_stats, \
+        sorted(declared - {n for n, _ in model.named_parameters()} - norm_stats)
     if exchange == "backbone":
         assert kept and all(k.startswith("backbone.") for k in declared)
 
