@@ -288,15 +288,17 @@ def file_identity(path: str | Path) -> tuple[int, int, int]:
 # --- sequential decoding (the definition of frame i) -------------------------------------
 
 
-def sequential_frames(path: str) -> Iterator:
+def sequential_frames(path: str, frame_threads: bool = True) -> Iterator:
     """Every frame of a full sequential decode of the first video stream, in output
     (presentation) order, as ``av.VideoFrame``; MPEG-4 Part 2 goes through the
-    ``mpeg4_unpack_bframes`` bitstream filter. Decode errors propagate."""
+    ``mpeg4_unpack_bframes`` bitstream filter. Decode errors propagate.
+    ``frame_threads=False`` keeps ffmpeg's log messages on the calling thread (for
+    ``av.logging.Capture``)."""
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO" if frame_threads else "SLICE"
         unpack = av.BitStreamFilterContext("mpeg4_unpack_bframes", stream) if stream.codec_context.name == "mpeg4" else None
         for packet in container.demux(stream):
             if not packet.size:
@@ -322,6 +324,19 @@ def count_frames(path: str) -> int:
         except Exception as e:
             raise VideoDecodeError(path, f"PyAV could not decode it to the end ({type(e).__name__}: {e})") from e
     return _FRAME_COUNTS[key]
+
+
+def decode_sequentially(path: str, indices: Sequence[int], rotation: int, height: int, width: int) -> dict[int, np.ndarray]:
+    """frame number -> upright uint8 (height, width, 3) RGB for ``indices``, by decoding from
+    the first frame up to the last wanted one (exact by definition; no seeking)."""
+    wanted, last = set(indices), max(indices)
+    frames = {}
+    for number, frame in enumerate(sequential_frames(path)):
+        if number in wanted:
+            frames[number] = _to_rgb(frame, rotation, height, width)
+        if number >= last:
+            break
+    return frames
 
 
 def _to_rgb(frame, rotation: int, height: int, width: int) -> np.ndarray:
@@ -463,14 +478,7 @@ class _PyAVReader(VideoReader):
         return torch.from_numpy(np.stack([frames[i] for i in indices]))
 
     def _sequential(self, indices: list[int]) -> dict[int, np.ndarray]:
-        wanted, last = set(indices), max(indices)
-        frames = {}
-        for number, frame in enumerate(sequential_frames(self.path)):
-            if number in wanted:
-                frames[number] = self._convert(frame)
-            if number >= last:
-                break
-        return frames
+        return decode_sequentially(self.path, indices, self._info.rotation, self.height, self.width)
 
     def _seeking(self, indices: list[int]) -> dict[int, np.ndarray]:
         wanted = {self._stamps[i]: i for i in set(indices)}
