@@ -99,6 +99,7 @@ def test_ucf101_layout_case_quirk_missing_empty_corrupt(tmp_path):
         "missing": 1,
         "empty": 1,
         "undecodable": 1,
+        "unusable": 0,
         "case_mismatch_resolved": 2,
     }
 
