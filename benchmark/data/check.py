@@ -241,7 +241,9 @@ class CheckReport:
 
     @property
     def unusable(self) -> list[dict]:
-        return [r for r in self.results if r["status"] != "ok"]
+        """Every file not ``ok``: broken files first, then empty, then missing (list order within)."""
+        order = {"unusable": 0, "empty": 1, "missing": 2}
+        return sorted((r for r in self.results if r["status"] != "ok"), key=lambda r: order[r["status"]])
 
     def to_json(self) -> dict:
         return {
@@ -298,32 +300,31 @@ def _problem_kind(result: dict) -> str:
 def check_files(
     dataset: str,
     root: str | os.PathLike,
-    listed: list[str],
+    entries: list[tuple[str, Path]],
     *,
     cache_root: str | os.PathLike,
     workers: int = 2,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
-    """Check the files ``listed`` (paths relative to ``root``), reusing and updating the
-    cache under ``cache_root``. ``progress(done, total)`` is called as files finish."""
-    root = Path(root)
+    """Check ``entries`` ((path as listed, file) pairs), reusing and updating the cache under
+    ``cache_root``. ``progress(done, total)`` is called as files finish."""
     cache = load_cache(cache_root)
     report = CheckReport(dataset, str(root))
-    files = [str((root / rel).resolve()) for rel in listed]
+    files = [str(Path(file).resolve()) for _, file in entries]
     results: dict[str, dict] = {}
-    todo = []
-    for file in files:
+    todo: list[str] = []
+    for file in dict.fromkeys(files):
         hit = cached_result(cache, file)
         if hit is not None:
             results[file] = hit
-        elif file not in todo:
+        else:
             todo.append(file)
     report.from_cache = len(files) - len(todo)
     done = report.from_cache
     if progress:
         progress(done, len(files))
     if todo:
-        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 and len(todo) > 1 else None
         outcomes = pool.map(check_video, todo, chunksize=1) if pool else map(check_video, todo)
         try:
             for file, result in zip(todo, outcomes):
@@ -338,7 +339,7 @@ def check_files(
             if pool:
                 pool.shutdown(cancel_futures=True)
         atomic_write_json(cache_path(cache_root), {"version": CHECK_VERSION, "files": cache})
-    report.results = [{"path": rel, **results[file]} for rel, file in zip(listed, files)]
+    report.results = [{"path": listed, **results[file]} for (listed, _), file in zip(entries, files)]
     return report
 
 
