@@ -241,7 +241,7 @@ class TrainClipDataset(_ClipDataset):
         crop_size: int,
         num_views: int = 1,
         sample_transform: SampleTransform | None = None,
-        backend: str = "decord",
+        backend: str = "auto",
         seed: int = 0,
     ):
         if num_views <= 0:
@@ -316,7 +316,7 @@ class EvalClipDataset(_ClipDataset):
         stride: int,
         short_side: int,
         crop_size: int,
-        backend: str = "decord",
+        backend: str = "auto",
     ):
         if num_clips <= 0:
             raise ValueError(f"num_clips={num_clips}: expected at least one clip per video")
