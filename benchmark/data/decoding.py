@@ -139,10 +139,10 @@ def _check_short_side(short_side: int | None) -> int | None:
 
 # --- header inspection ------------------------------------------------------------------
 
-#: Packets scanned for B-frames (AVI) and edit-list discards (MP4): B-frames and an edit
-#: list's hidden lead-in show up within the first GOPs.
-_SCANNED_PACKETS = 64
-_MP4_FORMATS = ("mov", "mp4")
+#: Packets scanned for B-frames (MPEG-4 Part 2 in AVI: an encoder with B-frames on writes
+#: one by the third picture) and for an edit list's hidden lead-in (MP4: it starts with
+#: the first packet). Kept small: the scan runs at every open (perf/RESULTS.md).
+_SCANNED_PACKETS = {"avi": 16, "mov": 2}
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ def _hazard(container: str, codec: str, packets: list) -> str:
             return _mpeg4_b_frames(packets)
         if codec in ("h264", "hevc"):
             return f"{codec.upper()} in AVI (frames are reordered; AVI stores no presentation times)"
-    if container.startswith(_MP4_FORMATS) and any(p.is_discard for p in packets):
+    if container == "mov" and any(p.is_discard for p in packets):
         return "an MP4 edit list hides decoded frames"
     return ""
 
@@ -250,26 +250,27 @@ def inspect_video(path: str | Path) -> StreamInfo:
             stream = container.streams.video[0]
             context = stream.codec_context
             height, width = int(context.height), int(context.width)
+            name = container.format.name.split(",")[0]  # "mov,mp4,m4a,..." -> "mov"
+            codec, header_frames = context.name, int(stream.frames or 0)
+            scanned = _SCANNED_PACKETS.get(name, 0)
             packets = []
-            for packet in container.demux(stream):
+            for packet in container.demux(stream) if scanned else ():
                 if packet.size:
                     packets.append(packet)
-                if len(packets) >= _SCANNED_PACKETS:
+                if len(packets) >= scanned:
                     break
-            name = container.format.name
             rate = stream.average_rate or stream.guessed_rate
-            codec, header_frames = context.name, int(stream.frames or 0)
-            hazard = _hazard(name.split(",")[0], codec, packets)
+            hazard = _hazard(name, codec, packets)
     except VideoDecodeError:
         raise
     except Exception as e:
         raise VideoDecodeError(path, f"could not read its header ({type(e).__name__}: {e})") from e
     if height <= 0 or width <= 0:
         raise VideoDecodeError(path, f"the header gives a frame size of {width}x{height}")
-    rotation = _mp4_rotation(path) if name.startswith(_MP4_FORMATS) else 0
+    rotation = _mp4_rotation(path) if name == "mov" else 0
     if rotation in (90, 270):
         height, width = width, height
-    return StreamInfo(path, name.split(",")[0], codec, height, width, rotation, float(rate) if rate else 0.0,
+    return StreamInfo(path, name, codec, height, width, rotation, float(rate) if rate else 0.0,
                       header_frames, hazard)
 
 
