@@ -363,6 +363,7 @@ class _DecordReader(VideoReader):
     def __init__(self, path: str, short_side: int | None = None, info: StreamInfo | None = None):
         import decord
 
+        decord.bridge.set_bridge("torch")  # frames as tensors without a copy (pytorchvideo sets it too)
         self.path = path
         self._short_side = short_side
         info = info or inspect_video(path)
