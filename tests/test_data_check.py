@@ -27,6 +27,7 @@ EXPECTED = {
     "av1.mp4": ("ok", "pyav", "fails", 100),
     "vfr.mp4": ("ok", "decord", "exact", 100),
     "rotated.mp4": ("ok", "decord", "exact", 100),
+    "rotated270.mp4": ("ok", "decord", "exact", 100),
     "editlist.mp4": ("ok", "pyav", "frame count 100", 70),
     "truncated.avi": ("unusable", "decord", "exact", 57),
 }
@@ -41,7 +42,7 @@ def test_check_video_classifies_each_fixture(name):
     assert result["auto_decoder"] == decoder
     assert result["random_access"]["auto"] == "exact" and result["random_access"]["pyav"] == "exact"
     assert result["random_access"]["decord"].startswith(decord_alone)
-    assert result["rotation"] == (90 if name == "rotated.mp4" else 0)
+    assert result["rotation"] == {"rotated.mp4": 90, "rotated270.mp4": 270}.get(name, 0)
     assert (result["width"], result["height"]) == (160, 120)
     assert result["truncated"] == (name == "truncated.avi")
     if name == "truncated.avi":

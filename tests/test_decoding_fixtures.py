@@ -31,9 +31,11 @@ EXPECTED = {
     "av1.mp4": (list(range(100)), ""),
     "vfr.mp4": (list(range(100)), ""),
     "rotated.mp4": (list(range(100)), ""),
+    "rotated270.mp4": (list(range(100)), ""),
     # the edit list starts at 1.2 s: frames 0..29 are decoded but hidden
     "editlist.mp4": (list(range(30, 100)), "edit list"),
 }
+ROTATION = {"rotated.mp4": 90, "rotated270.mp4": 270}
 #: decord 0.6 cannot open AV1 at all
 DECORD_CANNOT_OPEN = {"av1.mp4"}
 
@@ -60,7 +62,7 @@ def test_fixture_has_its_property(name, truth):
     info = inspect_video(FIXTURES / name)
     assert (hazard in info.hazard) if hazard else info.hazard == ""
     assert (info.height, info.width) == (120, 160)
-    assert info.rotation == (90 if name == "rotated.mp4" else 0)
+    assert info.rotation == ROTATION.get(name, 0)
 
 
 def test_decord_itself_returns_wrong_frames_on_the_hazards():
@@ -109,15 +111,16 @@ def test_auto_takes_decord_only_where_it_is_exact(name):
             assert video.decoded_by == "pyav"
 
 
+@pytest.mark.parametrize("name", sorted(ROTATION))
 @pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
-def test_rotation_is_applied_before_the_resize(backend, truth):
-    with open_video(FIXTURES / "rotated.mp4", backend, short_side=60) as video:
+def test_rotation_is_applied_before_the_resize(name, backend, truth):
+    with open_video(FIXTURES / name, backend, short_side=60) as video:
         assert (video.height, video.width) == (60, 80)
         frames = video.get_frames([0, 50, 99])
     assert frames.shape == (3, 60, 80, 3)
     assert [read_frame_number(f) for f in frames] == [0, 50, 99]
     reference = torch.nn.functional.interpolate(
-        truth["rotated.mp4"][[0, 50, 99]].permute(0, 3, 1, 2).float(), size=(60, 80), mode="bilinear", antialias=True
+        truth[name][[0, 50, 99]].permute(0, 3, 1, 2).float(), size=(60, 80), mode="bilinear", antialias=True
     ).permute(0, 2, 3, 1)
     assert (frames.float() - reference).abs().mean() < 3.0
 

@@ -199,14 +199,15 @@ def _mp4_rotation(path: str) -> int:
                 for sub, sub_body, _ in boxes(f, trak_body, trak_end):
                     if sub != b"tkhd":
                         continue
+                    # full box: version, flags, times (4 or 8 bytes each), ..., matrix, width, height
                     f.seek(sub_body)
                     version = f.read(1)[0]
                     f.seek(sub_body + (52 if version == 1 else 40))
-                    a, b, _u, c, d = struct.unpack(">5i", f.read(20))
-                    width, height = struct.unpack(">2I", (f.seek(sub_body + (88 if version == 1 else 76)), f.read(8))[1])
+                    a, b, _u, c, d, _v, _x, _y, _w = struct.unpack(">9i", f.read(36))
+                    width, height = struct.unpack(">2I", f.read(8))
                     if width == 0 or height == 0:  # not a video track (audio has 0 x 0)
                         break
-                    # ffmpeg's av_display_rotation_get: the matrix rotates by -atan2(b, a)
+                    # as ffmpeg's av_display_rotation_get (PyAV's VideoFrame.rotation, mod 360)
                     degrees = -np.degrees(np.arctan2(b, a)) if (a, b, c, d) != (0, 0, 0, 0) else 0.0
                     return int(round(degrees / 90.0)) % 4 * 90
     return 0
