@@ -101,10 +101,11 @@ def _same(frames, truth) -> bool:
     return all(float((a.float() - b.float()).abs().mean()) < SAME_FRAME_TOLERANCE for a, b in zip(frames, truth))
 
 
-def check_video(path: str | os.PathLike) -> dict:
+def check_video(path: str | os.PathLike, random_access: bool = True) -> dict:
     """Check one file (see the module docstring). Returns a JSON-able dict whose ``status``
     is ``ok`` or ``unusable`` (``missing``/``empty`` when so) and ``problems`` says why.
-    ffmpeg's messages are captured (counted as decode errors), not printed."""
+    ffmpeg's messages are captured (counted as decode errors), not printed.
+    ``random_access=False`` skips the random-access comparison (a full decode only)."""
     import av.logging
     import decord
 
@@ -113,12 +114,12 @@ def check_video(path: str | os.PathLike) -> dict:
     av.logging.set_level(av.logging.ERROR)
     try:
         with av.logging.Capture(local=False) as logs:
-            return _check_video(str(path), logs)
+            return _check_video(str(path), logs, random_access)
     finally:
         av.logging.set_level(previous)
 
 
-def _check_video(path: str, logs: list) -> dict:
+def _check_video(path: str, logs: list, random_access: bool) -> dict:
     import torch
 
     from benchmark.data.decoding import VideoDecodeError, decode_sequentially, inspect_video, open_video
@@ -146,7 +147,7 @@ def _check_video(path: str, logs: list) -> dict:
     elif result["truncated"]:
         why = failure or (errors[0] if errors else f"{frames} of the header's {info.header_frames} frames decode")
         problems.append(f"truncated or corrupt: decoding stops or fails before the end ({why})")
-    if frames:
+    if frames and random_access:
         indices = _sample_indices(frames, path)
         decoded = decode_sequentially(path, indices, info.rotation, info.height, info.width)
         truth = torch.from_numpy(np.stack([decoded[i] for i in indices]))

@@ -377,8 +377,11 @@ class _DecordReader(VideoReader):
         # rotated video is decoded at full size and resized in torch
         self._resize_in_torch = short_side is not None and info.rotation != 0
         size = (-1, -1) if short_side is None or self._resize_in_torch else (self.height, self.width)
+        # decord 0.6 fails now and then on VP9 with its default threads (seen under load in
+        # perf/bench_decoding.py); one decode thread is reliable
+        self._threads = 1 if info.codec == "vp9" else 0
         try:
-            self._reader = decord.VideoReader(path, width=size[1], height=size[0])
+            self._reader = decord.VideoReader(path, width=size[1], height=size[0], num_threads=self._threads)
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except Exception as e:
@@ -410,7 +413,7 @@ class _DecordReader(VideoReader):
         import decord
 
         try:
-            return decord.VideoReader(self.path)
+            return decord.VideoReader(self.path, num_threads=self._threads)
         except Exception as e:
             raise VideoDecodeError(self.path, f"decord could not open it ({type(e).__name__}: {e})") from e
 

@@ -1,7 +1,8 @@
 """Map annotation records to video files under a dataset root.
 
 Every record of a list is looked up under the user's dataset root. A video that is
-missing, has zero bytes or (with ``probe_decode=True``) cannot be decoded is reported
+missing, has zero bytes, (with ``probe_decode=True``) cannot be decoded to its end, or was
+found unusable by a cached ``fedvid data check`` (benchmark.data.check) is reported
 with its path; a run goes on with the present subset only when the user allows it
 (``allow_missing_videos=true``), and the counts are kept so the result records them.
 
@@ -210,12 +211,12 @@ class _Listings:
 
 
 def probe_video(path: Path) -> str:
-    """Return "" when ``path`` is usable, else why: a full check (benchmark.data.check:
-    decodes every frame, so a truncated or corrupt file, and one the default backend would
-    read inexactly, is caught)."""
+    """Return "" when ``path`` decodes, else why: a full sequential decode
+    (benchmark.data.check), so a truncated or corrupt file is caught too. (``fedvid data
+    check`` also compares random-access frames with that decode.)"""
     from benchmark.data.check import check_video
 
-    result = check_video(path)
+    result = check_video(path, random_access=False)
     return "" if result["status"] == "ok" else "; ".join(result["problems"])
 
 
