@@ -126,3 +126,32 @@ def test_data_check_arguments_are_checked(data_root):
         data_main(["check", "datset=ucf101"])
     with pytest.raises(SystemExit, match="workers='0'"):
         data_main(["check", "dataset=ucf101", "workers=0"])
+
+
+def test_a_frame_off_by_one_is_caught_in_a_slow_scene(tmp_path):
+    """Neighbouring frames one grey level apart: within the decoder tolerance, yet a frame
+    returned one position late is not 'exact' (it is closer to the next frame)."""
+    import av
+    import numpy as np
+
+    from benchmark.data.check import SAME_FRAME_TOLERANCE, _difference, _sequential_truth
+    from benchmark.data.decoding import inspect_video, open_video
+
+    path = tmp_path / "slow.avi"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 64, 48, "yuv420p", 4_000_000
+        stream.codec_context.qmax = 2
+        for k in range(30):
+            image = np.full((48, 64, 3), 100 + k, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    indices = [3, 10, 20]
+    truth = _sequential_truth(str(path), indices, inspect_video(path), 30)
+    with open_video(path, "pyav") as video:
+        right, late = video.get_frames(indices), video.get_frames([i + 1 for i in indices])
+    assert truth.matches(right)
+    assert all(_difference(a, b) < SAME_FRAME_TOLERANCE for a, b in zip(late, truth.frames))
+    assert not truth.matches(late)
