@@ -12,8 +12,9 @@ must not change the answer, so it is used only where the container gives it exac
   B-frames in AVI (packed or not: AVI stores no presentation times; decord returned frame
   13 for frame 37 of tests/fixtures/videos/packed_xvid.avi), H.264/HEVC in AVI, and an MP4
   edit list that hides decoded frames (decord counted 100 frames where 70 decode).
-- ``decord`` (fast random access) refuses a hazardous file with a clear error; it applies
-  the display rotation itself (before its resize, which is then done in torch).
+- ``decord`` (fast random access) refuses a hazardous file with a clear error. It applies
+  the display rotation itself, but after its own resize (a rotated video came out
+  squashed), so a rotated file is decoded at full size and resized in torch.
 - ``pyav`` is exact on every file ffmpeg decodes: without a hazard it seeks by
   presentation timestamp (the packets' sorted timestamps index the frames); with one it
   decodes sequentially from the first frame (MPEG-4 Part 2 through the

@@ -22,8 +22,8 @@ per batch of eight 16x112x112 clips. Items and batches hold the same values.
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
-count and cannot be seeded per item; the decoding itself is pytorchvideo's (see
-:mod:`benchmark.data.decoding`).
+count and cannot be seeded per item. Decoding is frame-exact through
+:mod:`benchmark.data.decoding` (``backend``: ``auto`` by default).
 """
 
 from __future__ import annotations
