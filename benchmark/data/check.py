@@ -242,11 +242,15 @@ def unusable_in_cache(root: str | os.PathLike, files: Iterable[Path]) -> dict[Pa
     cache_root = _find_cache_root(Path(root).resolve())
     if cache_root is None:
         return {}
-    cache = load_cache(cache_root)
+    unusable = {path: entry for path, entry in load_cache(cache_root).items()
+                if (entry.get("result") or {}).get("status") == "unusable"}
+    names = {os.path.basename(path) for path in unusable}  # only these files need a realpath and stat
     out = {}
     for file in files:
-        result = cached_result(cache, str(Path(file).resolve()))
-        if result is not None and result.get("status") == "unusable":
+        if os.path.basename(file) not in names:
+            continue
+        result = cached_result(unusable, str(Path(file).resolve()))
+        if result is not None:
             out[file] = "; ".join(result.get("problems") or ["unusable"])
     return out
 
