@@ -126,6 +126,10 @@ def test_data_check_arguments_are_checked(data_root):
         data_main(["check", "datset=ucf101"])
     with pytest.raises(SystemExit, match="workers='0'"):
         data_main(["check", "dataset=ucf101", "workers=0"])
+    with pytest.raises(SystemExit, match=r"dataset='nope': expected one of .*synthetic_ucf101.*ucf101"):
+        data_main(["check", "dataset=nope", f"data_root={data_root}"])
+    with pytest.raises(SystemExit, match=r"dataset root .*absent/hmdb51/hmdb51 does not exist"):
+        data_main(["check", "dataset=hmdb51", f"data_root={data_root / 'absent'}"])
 
 
 def test_a_frame_off_by_one_is_caught_in_a_slow_scene(tmp_path):

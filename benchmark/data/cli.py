@@ -107,6 +107,9 @@ def dataset_config(name: str, data_root: Path):
     import benchmark.config  # noqa: F401  (registers the ${project_root:} resolver)
     from benchmark import CONF_DIR
 
+    options = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+    if name not in options:
+        raise SystemExit(f"fedvid data check: dataset={name!r}: expected one of {', '.join(options)} (conf/dataset)")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"dataset={name}", f"data_root={data_root}"])
     return cfg.dataset
@@ -131,6 +134,8 @@ def check_main(argv: list[str]) -> int:
         resolved = resolve_videos(records, dataset.root, allow_missing=True, show_progress=None if sys.stderr.isatty() else False)
     except MissingVideosError as e:  # nothing present at all: report every file as missing
         resolved = e.resolved
+    except (FileNotFoundError, ValueError) as e:  # no dataset root; a list path leaving it
+        raise SystemExit(f"fedvid data check: {e}") from None
     # files found (and those a previous check found unusable: checked again if changed)
     entries = [(record.path, file) for record, file in resolved.present]
     entries += [(p.path, p.file) for p in resolved.problems if p.reason == "unusable"]
