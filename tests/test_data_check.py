@@ -119,6 +119,25 @@ def test_data_check_reports_caches_and_feeds_resolve(data_root, capsys):
     assert [r.path for r, _ in resolve_videos(records, root).present] == TRAIN
 
 
+def test_data_check_covers_a_split_manifest(data_root, capsys):
+    from benchmark.data.annotations import load_annotations
+    from benchmark.data.cli import dataset_config
+    from benchmark.splits.manifest import make_manifest, write_manifest
+
+    manifest = make_manifest(load_annotations(dataset_config("synthetic_ucf101", data_root)), {"name": "iid", "num_clients": 2}, 0)
+    path = write_manifest(manifest, data_root / "split.json")
+    # the lists no longer name the truncated video; the manifest still gives it to a client
+    lists = data_root / "synthetic" / "ucf101" / "ucfTrainTestlist"
+    (lists / "trainlist01.txt").write_text("".join(f"{p} 1\r\n" for p in TRAIN[:2]))
+    assert data_main(["check", "dataset=synthetic_ucf101", f"data_root={data_root}", "workers=1"]) == 0
+    assert "3 listed videos: 3 ok" in capsys.readouterr().out
+    args = ["check", "dataset=synthetic_ucf101", f"data_root={data_root}", "workers=1", f"split_manifest={path}"]
+    assert data_main(args) == 1
+    assert "4 listed videos: 3 ok, 1 unusable" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="split_manifest=.*absent.json"):
+        data_main([*args[:-1], f"split_manifest={data_root / 'absent.json'}"])
+
+
 def test_data_check_arguments_are_checked(data_root):
     with pytest.raises(SystemExit, match="dataset=NAME is required"):
         data_main(["check", f"data_root={data_root}"])

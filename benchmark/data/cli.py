@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- fedvid data check ------------------------------------------------------------------------
 
-CHECK_USAGE = """usage: fedvid data check dataset=NAME [data_root=DIR] [allow_missing_videos=true] [workers=N]
+CHECK_USAGE = """usage: fedvid data check dataset=NAME [data_root=DIR] [split_manifest=PATH] [allow_missing_videos=true] [workers=N]
 
-Check every video of the dataset's lists (conf/dataset/NAME.yaml): exists, non-empty,
+Check every video of the dataset's lists (conf/dataset/NAME.yaml) and of the split
+manifest if given (fedvid-split/1; its paths are under the same root): exists, non-empty,
 container/codec, fps, rotation, frame count by a full decode, truncation, and whether
 random access returns the sequential decode's frames. Results are cached per file under
 DATA_ROOT/.fedvid-check (a second check only decodes changed files); the report goes to
@@ -77,7 +78,7 @@ DATA_ROOT/fedvid-check-<dataset id>.json and .txt. Exits 1 when a video is unusa
 fedvid run / evaluate then refuse (or, with allow_missing_videos=true, skip and count) the
 files this check found unusable."""
 
-_CHECK_KEYS = ("dataset", "data_root", "allow_missing_videos", "workers")
+_CHECK_KEYS = ("dataset", "data_root", "split_manifest", "allow_missing_videos", "workers")
 
 
 def _check_args(argv: list[str]) -> dict[str, str]:
@@ -129,7 +130,18 @@ def check_main(argv: list[str]) -> int:
     allow_missing = args.get("allow_missing_videos", "false").lower() == "true"
     dataset = dataset_config(args["dataset"], data_root)
     split = load_annotations(dataset)
-    records = list({r.path: r for r in [*split.train, *split.test]}.values())
+    listed = [*split.train, *split.test]
+    if args.get("split_manifest"):
+        from benchmark.data.records import VideoRecord
+        from benchmark.splits.manifest import ManifestError, load_manifest
+
+        try:
+            manifest = load_manifest(args["split_manifest"])
+        except ManifestError as e:
+            raise SystemExit(f"fedvid data check: split_manifest={args['split_manifest']}: {e}") from None
+        listed += [VideoRecord(path, int(label), "") for client in range(manifest.num_clients)
+                   for path, label in manifest.client_videos(client)]
+    records = list({r.path: r for r in listed}.values())  # each file once, lists first
     try:
         resolved = resolve_videos(records, dataset.root, allow_missing=True, show_progress=None if sys.stderr.isatty() else False)
     except MissingVideosError as e:  # nothing present at all: report every file as missing
