@@ -102,7 +102,7 @@ def _check_args(argv: list[str]) -> dict[str, str]:
 
 
 def dataset_config(name: str, data_root: Path):
-    """conf/dataset/NAME.yaml resolved against ``data_root`` (Hydra's error lists the options)."""
+    """conf/dataset/NAME.yaml resolved against ``data_root``; an unknown NAME lists the options."""
     from hydra import compose, initialize_config_dir
 
     import benchmark.config  # noqa: F401  (registers the ${project_root:} resolver)
@@ -151,6 +151,7 @@ def check_main(argv: list[str]) -> int:
     # files found (and those a previous check found unusable: checked again if changed)
     entries = [(record.path, file) for record, file in resolved.present]
     entries += [(p.path, p.file) for p in resolved.problems if p.reason == "unusable"]
+
     def check(progress=None):
         return check_files(str(dataset.id), str(dataset.root), entries, cache_root=data_root,
                            workers=int(args.get("workers", 2)), progress=progress)
