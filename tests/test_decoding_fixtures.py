@@ -106,6 +106,12 @@ def test_every_backend_returns_the_sequential_frames_or_refuses_by_name(name, ba
         assert difference.mean() < 1.5 and difference.max() <= 40
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_pyav_decodes_sequentially_only_in_an_avi_without_presentation_times(name):
+    with open_video(FIXTURES / name, "pyav") as video:
+        assert video.sequential == (name in ("packed_xvid.avi", "h264_in.avi"))
+
+
 @pytest.mark.parametrize("name", ["plain_mpeg4.avi", "plain_h264.mp4", "vfr.mp4", "vp9.mp4", "rotated.mp4"])
 def test_auto_takes_decord_only_where_it_is_exact(name):
     with open_video(FIXTURES / name, "auto") as video:

@@ -15,11 +15,12 @@ must not change the answer, so it is used only where the container gives it exac
 - ``decord`` (fast random access) refuses a hazardous file with a clear error. It applies
   the display rotation itself, but after its own resize (a rotated video came out
   squashed), so a rotated file is decoded at full size and resized in torch.
-- ``pyav`` is exact on every file ffmpeg decodes: without a hazard it seeks by
-  presentation timestamp (the packets' sorted timestamps index the frames); with one it
-  decodes sequentially from the first frame (MPEG-4 Part 2 through the
-  ``mpeg4_unpack_bframes`` bitstream filter) and counts the frames once per process and
-  file (:func:`count_frames`).
+- ``pyav`` is exact on every file ffmpeg decodes: it seeks by presentation timestamp
+  (the packets' sorted timestamps index the frames; an edit list's hidden packets, which
+  the demuxer flags, are left out), except in an AVI with a hazard, which has no
+  presentation times: that it decodes sequentially from the first frame (MPEG-4 Part 2
+  through the ``mpeg4_unpack_bframes`` bitstream filter), counting the frames once per
+  process and file (:func:`count_frames`).
 - ``auto`` (the default ``clip.backend``): decord when the file has no hazard and decord
   can read it, PyAV otherwise (AV1, which decord 0.6 cannot open; hazardous files).
 
@@ -146,6 +147,9 @@ def _check_short_side(short_side: int | None) -> int | None:
 _SCANNED_PACKETS = {"avi": 16, "mov": 2}
 
 
+EDIT_LIST_HAZARD = "an MP4 edit list hides decoded frames"
+
+
 @dataclass(frozen=True)
 class StreamInfo:
     """What the header and first packets of a video's first video stream say (no decoding).
@@ -165,6 +169,13 @@ class StreamInfo:
     fps: float
     header_frames: int
     hazard: str
+
+    @property
+    def timestamp_seek_exact(self) -> bool:
+        """Whether the packets' sorted presentation timestamps index the decoded frames
+        (PyAV's seeking reader): yes unless AVI (no presentation times) is the hazard; an
+        edit list's hidden packets are flagged, and left out of the index."""
+        return not self.hazard or self.hazard == EDIT_LIST_HAZARD
 
 
 def _mp4_rotation(path: str) -> int:
@@ -233,7 +244,7 @@ def _hazard(container: str, codec: str, packets: list) -> str:
         if codec in ("h264", "hevc"):
             return f"{codec.upper()} in AVI (frames are reordered; AVI stores no presentation times)"
     if container == "mov" and any(p.is_discard for p in packets):
-        return "an MP4 edit list hides decoded frames"
+        return EDIT_LIST_HAZARD
     return ""
 
 
@@ -424,7 +435,7 @@ class _DecordReader(VideoReader):
 
 class _PyAVReader(VideoReader):
     """Exact on every file PyAV's ffmpeg decodes: timestamp seeking where it is exact,
-    sequential decoding from the first frame where the header names a hazard."""
+    sequential decoding from the first frame where it is not (:attr:`StreamInfo.timestamp_seek_exact`)."""
 
     backend = "pyav"
 
@@ -435,7 +446,7 @@ class _PyAVReader(VideoReader):
         self._info = info = info or inspect_video(path)
         self.height, self.width = scaled_frame_size(info.height, info.width, short_side)
         self.fps = info.fps
-        self.sequential = bool(info.hazard)
+        self.sequential = not info.timestamp_seek_exact
         self._container = None
         if self.sequential:
             self.num_frames = count_frames(path)
@@ -448,7 +459,7 @@ class _PyAVReader(VideoReader):
                 # exact where the header names no hazard (the check verifies it per file).
                 stamps = []
                 for packet in self._container.demux(self._stream):
-                    if packet.size == 0:  # the demuxer's final flush packet
+                    if packet.size == 0 or packet.is_discard:  # the final flush; edit-list-hidden frames
                         continue
                     stamp = packet.pts if packet.pts is not None else packet.dts
                     if stamp is None:
