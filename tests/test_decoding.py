@@ -123,8 +123,7 @@ def test_corrupt_file_raises_video_decode_error_naming_it(corrupt_file, backend)
         open_video(corrupt_file, backend)
     assert caught.value.path == str(corrupt_file)
     assert str(corrupt_file) in str(caught.value)
-    if backend == "auto":
-        assert "decord:" in str(caught.value) and "pyav:" in str(caught.value)
+    assert "could not read its header" in str(caught.value)  # refused before any decoder runs
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])

@@ -52,7 +52,14 @@ def test_probe_video_decodes_real_files_and_rejects_random_bytes(tmp_path):
     assert probe_video(encode_video(tmp_path / "ok.avi")) == ""
     assert probe_video(encode_video(tmp_path / "ok.mp4")) == ""
     error = probe_video(corrupt(tmp_path / "bad.avi", seed=0))
-    assert "decord" in error and "PyAV" in error
+    assert "could not read its header" in error
+
+
+def test_probe_video_catches_truncation():
+    fixtures = Path(__file__).parent / "fixtures" / "videos"
+    assert probe_video(fixtures / "packed_xvid.avi") == ""
+    error = probe_video(fixtures / "truncated.avi")
+    assert error.startswith("truncated or corrupt") and "mcbpc damaged" in error
 
 
 def test_ucf101_layout_case_quirk_missing_empty_corrupt(tmp_path):
@@ -92,6 +99,7 @@ def test_ucf101_layout_case_quirk_missing_empty_corrupt(tmp_path):
         "missing": 1,
         "empty": 1,
         "undecodable": 1,
+        "unusable": 0,
         "case_mismatch_resolved": 2,
     }
 

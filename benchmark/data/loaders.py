@@ -22,8 +22,8 @@ per batch of eight 16x112x112 clips. Items and batches hold the same values.
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
-count and cannot be seeded per item; the decoding itself is pytorchvideo's (see
-:mod:`benchmark.data.decoding`).
+count and cannot be seeded per item. Decoding is frame-exact through
+:mod:`benchmark.data.decoding` (``backend``: ``auto`` by default).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ class TrainClipDataset(_ClipDataset):
         crop_size: int,
         num_views: int = 1,
         sample_transform: SampleTransform | None = None,
-        backend: str = "decord",
+        backend: str = "auto",
         seed: int = 0,
     ):
         if num_views <= 0:
@@ -316,7 +316,7 @@ class EvalClipDataset(_ClipDataset):
         stride: int,
         short_side: int,
         crop_size: int,
-        backend: str = "decord",
+        backend: str = "auto",
     ):
         if num_clips <= 0:
             raise ValueError(f"num_clips={num_clips}: expected at least one clip per video")

@@ -1,7 +1,8 @@
 """Map annotation records to video files under a dataset root.
 
 Every record of a list is looked up under the user's dataset root. A video that is
-missing, has zero bytes or (with ``probe_decode=True``) cannot be decoded is reported
+missing, has zero bytes, (with ``probe_decode=True``) cannot be decoded to its end, or was
+found unusable by a cached ``fedvid data check`` (benchmark.data.check) is reported
 with its path; a run goes on with the present subset only when the user allows it
 (``allow_missing_videos=true``), and the counts are kept so the result records them.
 
@@ -25,7 +26,9 @@ from pathlib import Path, PurePosixPath
 from benchmark.data.records import VideoRecord
 
 #: Reasons that make a video unusable (it is skipped, and a run needs permission to go on).
-SKIP_REASONS = ("missing", "empty", "undecodable")
+#: ``unusable``: ``fedvid data check`` found the file (unchanged since) truncated, corrupt or
+#: not frame-exact (benchmark.data.check).
+SKIP_REASONS = ("missing", "empty", "undecodable", "unusable")
 #: Reported for information only: the file was found under a differently cased name.
 CASE_RESOLVED = "case-mismatch-resolved"
 
@@ -63,7 +66,7 @@ class VideoProblem:
     """One listed video that is not usable as listed.
 
     path: the path as listed (relative to the dataset root).
-    reason: ``missing`` | ``empty`` | ``undecodable`` (skipped) or
+    reason: ``missing`` | ``empty`` | ``undecodable`` | ``unusable`` (skipped) or
         ``case-mismatch-resolved`` (found under another case; used, for information).
     file: the absolute path that was checked (or found, for a resolved case mismatch).
     detail: decoder error, or the name the file was found under.
@@ -116,6 +119,10 @@ class ResolvedVideos:
         return self._count("undecodable")
 
     @property
+    def num_unusable(self) -> int:
+        return self._count("unusable")
+
+    @property
     def num_case_resolved(self) -> int:
         return self._count(CASE_RESOLVED)
 
@@ -132,6 +139,7 @@ class ResolvedVideos:
             "missing": self.num_missing,
             "empty": self.num_empty,
             "undecodable": self.num_undecodable,
+            "unusable": self.num_unusable,
             "case_mismatch_resolved": self.num_case_resolved,
         }
 
@@ -146,8 +154,12 @@ class MissingVideosError(RuntimeError):
         by_reason = ", ".join(f"{counts[r]} {r}" for r in SKIP_REASONS if counts[r])
         shown = "\n".join(f"  - {p.describe()}" for p in skipped[:_SHOWN_IN_ERROR])
         more = f"\n  ... and {len(skipped) - _SHOWN_IN_ERROR} more" if len(skipped) > _SHOWN_IN_ERROR else ""
+        checked = (
+            " Files marked unusable were found so by `fedvid data check` (its report in the data root says why)."
+            if counts["unusable"] else ""
+        )
         if resolved.present:
-            fix = (
+            fix = checked[1:] + (" " if checked else "") + (
                 "Check the dataset root and layout (datasets/README.md), or set allow_missing_videos=true "
                 f"to run on the {len(resolved.present)} present videos (the skipped count is recorded in the result)."
             )
@@ -199,35 +211,30 @@ class _Listings:
 
 
 def probe_video(path: Path) -> str:
-    """Return "" when ``path`` decodes (frame count > 0 and a first frame), else the error.
+    """Return "" when ``path`` decodes, else why: a full sequential decode
+    (benchmark.data.check), so a truncated or corrupt file is caught too. (``fedvid data
+    check`` also compares random-access frames with that decode.)"""
+    from benchmark.data.check import check_video
 
-    decord is tried first (the loaders' decoder); PyAV is the fallback, so a file counts as
-    undecodable only when neither can read it.
-    """
-    errors = []
-    try:
-        import decord
+    result = check_video(path, random_access=False)
+    return "" if result["status"] == "ok" else "; ".join(result["problems"])
 
-        reader = decord.VideoReader(str(path), num_threads=1)
-        if len(reader) > 0:
-            reader[0]
-            return ""
-        errors.append("decord: 0 frames")
-    except Exception as exc:  # decord raises its own DECORDError and RuntimeError types
-        errors.append(f"decord: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-    try:
-        import av
 
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                errors.append("PyAV: no video stream")
-            else:
-                for _ in container.decode(video=0):
-                    return ""
-                errors.append("PyAV: 0 frames")
-    except Exception as exc:  # PyAV raises av.error.* subclasses of OSError/ValueError
-        errors.append(f"PyAV: {type(exc).__name__}: {exc}")
-    return "; ".join(errors)
+def _skip_checked_unusable(resolved: ResolvedVideos) -> None:
+    """Move the present videos that the cached ``fedvid data check`` found unusable (and that
+    have not changed since) to ``problems`` as ``unusable``. Unchecked files stay present."""
+    from benchmark.data.check import unusable_in_cache
+
+    found = unusable_in_cache(resolved.root, [file for _, file in resolved.present])
+    if not found:
+        return
+    kept = []
+    for record, file in resolved.present:
+        if file in found:
+            resolved.problems.append(VideoProblem(record.path, "unusable", file, f"({found[file]})"))
+        else:
+            kept.append((record, file))
+    resolved.present = kept
 
 
 def resolve_videos(
@@ -240,8 +247,10 @@ def resolve_videos(
 ) -> ResolvedVideos:
     """Find each record's file under ``root``.
 
-    A record whose file is missing, zero bytes, or (``probe_decode``) undecodable becomes
-    a ``VideoProblem`` and is left out of ``present``. When any video is skipped and
+    A record whose file is missing, zero bytes, (``probe_decode``) undecodable, or found
+    unusable by a cached ``fedvid data check`` (the nearest ``.fedvid-check`` at or above
+    ``root``; the file unchanged since) becomes a ``VideoProblem`` and is left out of
+    ``present``. When any video is skipped and
     ``allow_missing`` is false, ``MissingVideosError`` is raised (it names the first
     paths, the counts, and how to allow a partial run). ``show_progress`` (default: lists
     of 2,000+ videos, or 50+ when decoding) shows a rich progress bar.
@@ -287,6 +296,7 @@ def resolve_videos(
                 continue
         resolved.present.append((record, found))
 
+    _skip_checked_unusable(resolved)
     if resolved.num_skipped and (not allow_missing or not resolved.present):
         raise MissingVideosError(resolved)
     return resolved

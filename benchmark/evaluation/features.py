@@ -218,11 +218,24 @@ def compute_features(
     return SplitFeatures(torch.cat(feats), torch.cat(labels))
 
 
+def _video_identity(path) -> tuple[int, int, int] | None:
+    from benchmark.data.decoding import file_identity
+
+    try:
+        return file_identity(path)
+    except OSError:
+        return None
+
+
 def feature_cache_key(
     model_sha256: str, dataset_id: str, split: str, pooling: str, clip: ClipSettings, videos: Sequence
 ) -> str:
-    """sha256 naming a feature file: model, dataset, split, pooling, clip settings, video list."""
-    listing = sha256_bytes("\n".join(f"{path}\t{label}" for path, label in videos).encode())
+    """sha256 naming a feature file: model, dataset, split, pooling, clip settings, video list
+    with each file's identity (size, mtime, inode: a replaced or rewritten video gets new
+    features, never stale ones; ``None`` for a file that cannot be stat'ed)."""
+    listing = sha256_bytes(
+        "\n".join(f"{path}\t{label}\t{_video_identity(path)}" for path, label in videos).encode()
+    )
     return sha256_bytes(
         canonical_json_bytes(
             {
@@ -232,7 +245,7 @@ def feature_cache_key(
                 "pooling": pooling,
                 "clip": asdict(clip),
                 "videos": listing,
-                "version": 1,
+                "version": 2,
             }
         )
     )
