@@ -14,7 +14,6 @@ Each run has its own directory (Hydra: ``outputs/<date>/<time>``): ``config.yaml
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.config import config_sha256, hydra_entry, to_container
-from benchmark.federation.training import CONFIG_NAME, MANIFEST_NAME
-from benchmark.io import atomic_write_json, atomic_write_text, read_json
+from benchmark import rundir
+from benchmark.config import hydra_entry, to_container
+from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes, read_json, sha256_bytes
+from benchmark.results import utc_now
 
 
 class RunError(RuntimeError):
@@ -69,22 +69,8 @@ def _is_user_error(e: Exception) -> bool:
 
 
 # ------------------------------------------------------------------------------------
-# Preparation: names, data, manifest, config
+# Preparation: data, manifest, config (nothing is written into the run dir before the checks)
 # ------------------------------------------------------------------------------------
-
-
-def check_names(cfg: DictConfig) -> None:
-    """Registered names for method / aggregator / backbone, with the key to change."""
-    from benchmark.registry import AGGREGATORS, BACKBONES, METHODS
-
-    for key, registry in (("method.name", METHODS), ("aggregator.name", AGGREGATORS), ("backbone.name", BACKBONES)):
-        name = OmegaConf.select(cfg, key)
-        if name not in registry:
-            raise RunError(
-                f"{key}={name!r} is not registered. Registered: {', '.join(registry.names())}. "
-                f"Fix the config (e.g. `{key.split('.')[0]}=<option>` or `{key}=<name>`), "
-                "or register it (docs/adding-a-method.md)."
-            )
 
 
 def prepare_data(cfg: DictConfig, console=None) -> None:
@@ -102,70 +88,86 @@ def prepare_data(cfg: DictConfig, console=None) -> None:
         )
 
 
-def prepare_manifest(cfg: DictConfig, run_dir: Path, dataset_choice: str | None = None):
-    """Write ``<run_dir>/split_manifest.json`` (copied or made from ``partition``) and check it.
+def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice: str | None = None):
+    """The run's split manifest, in memory (written by the caller once every check passed).
 
-    Checks: client count == ``federation.num_clients``; every manifest video is in the
-    dataset's train list and present under ``dataset.root``.
+    Source: ``split_manifest`` (a file), else on resume the run dir's own copy, else made from
+    ``partition``. Checks: dataset, client count == ``federation.num_clients``, no empty
+    client, every video is in the dataset's train list and present under ``dataset.root``.
     """
-    from benchmark.data.annotations import load_annotations
     from benchmark.data.resolve import resolve_videos
-    from benchmark.splits.manifest import load_manifest, make_manifest, write_manifest
+    from benchmark.splits.manifest import SplitManifest, load_manifest, make_manifest, validate_manifest_data
 
-    target = run_dir / MANIFEST_NAME
-    annotations = load_annotations(cfg.dataset)
+    target = run_dir / rundir.MANIFEST
     if cfg.get("split_manifest"):
         source = Path(str(cfg.split_manifest))
         if not source.is_file():
             raise RunError(f"split_manifest={source}: no such file (a fedvid-split/1 manifest, see `fedvid splits`)")
         manifest = load_manifest(source)
-        if target.resolve() != source.resolve():
-            shutil.copyfile(source, target)
     elif target.is_file() and cfg.get("resume", False):
         manifest = load_manifest(target)
     else:
         data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice)
-        write_manifest(data, target)
-        manifest = load_manifest(target)
+        validate_manifest_data(data, target)
+        manifest = SplitManifest(path=target, data=data)
+    where = manifest.path
     if manifest.dataset != annotations.dataset:
         raise RunError(
-            f"split manifest {target} is for dataset {manifest.dataset!r} but dataset.id={annotations.dataset!r}; "
+            f"split manifest {where} is for dataset {manifest.dataset!r} but dataset.id={annotations.dataset!r}; "
             "use a manifest made for this dataset (fedvid splits make dataset=...) or change `dataset=`"
         )
     num_clients = int(cfg.federation.num_clients)
     if manifest.num_clients != num_clients:
         raise RunError(
-            f"split manifest {target} has {manifest.num_clients} clients but federation.num_clients={num_clients}; "
+            f"split manifest {where} has {manifest.num_clients} clients but federation.num_clients={num_clients}; "
             f"set partition.num_clients={manifest.num_clients} (federation.num_clients follows it)"
         )
+    empty = [c for c in range(num_clients) if not manifest.client_videos(c)]
+    if empty:
+        raise RunError(f"split manifest {where}: clients {empty[:10]} have no videos; every client needs at least one "
+                       "(fewer clients: partition.num_clients=N)")
     train_paths = {r.path: r for r in annotations.train}
     listed = [(rel, lab) for c in range(num_clients) for rel, lab in manifest.client_videos(c)]
     unknown = [rel for rel, _ in listed if rel not in train_paths]
     if unknown:
         raise RunError(
-            f"split manifest {target} names {len(unknown)} videos that are not in the train list of dataset "
+            f"split manifest {where} names {len(unknown)} videos that are not in the train list of dataset "
             f"{annotations.dataset!r} (e.g. {unknown[:3]}); it does not match this dataset's annotations"
         )
-    resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
-                   allow_missing=bool(cfg.get("allow_missing_videos", False)))
-    return manifest
+    resolved = resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
+                              allow_missing=bool(cfg.get("allow_missing_videos", False)))
+    return manifest, resolved
 
 
-def save_config(cfg: DictConfig, run_dir: Path) -> dict:
-    """Save the resolved config (``config.yaml`` + ``config.json``); on resume, check it is unchanged."""
-    resolved = to_container(cfg)
-    json_path = run_dir / CONFIG_NAME
-    if json_path.is_file() and resolved.get("resume"):
-        before = read_json(json_path)
-        if config_sha256({**before, "resume": True}) != config_sha256({**resolved, "resume": True}):
-            changed = sorted(k for k in set(before) | set(resolved) if k != "resume" and before.get(k) != resolved.get(k))
-            raise RunError(
-                f"resume=true but the config differs from the one in {json_path} (keys: {changed}); "
-                "resume with the same overrides as the original run"
-            )
-    atomic_write_json(json_path, resolved)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    return resolved
+def lists_sha256(annotations) -> dict[str, str]:
+    """Content hashes of the dataset's train/test lists as read (path, label per video)."""
+    return {f"{annotations.dataset}/{part}": sha256_bytes(canonical_json_bytes(
+        [[r.path, int(r.label)] for r in getattr(annotations, part)])) for part in ("train", "test")}
+
+
+def code_version() -> dict[str, Any]:
+    from benchmark import __version__
+    from benchmark.results import git_state
+
+    return {"version": __version__, "commit": git_state()[0]}
+
+
+def save_config(resolved: dict, run_dir: Path) -> None:
+    """Save the resolved config (``config.json`` for the engines, ``config.yaml`` to read)."""
+    atomic_write_json(run_dir / rundir.CONFIG_JSON, resolved)
+    atomic_write_text(run_dir / rundir.CONFIG_YAML, OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+
+def _check_legacy_resume(run_dir: Path, resolved: dict) -> None:
+    """A run dir from before run_inputs.json: its training config must still match."""
+    path = run_dir / rundir.CONFIG_JSON
+    if (run_dir / rundir.INPUTS).is_file() or not path.is_file():
+        return
+    changed = rundir.RunInputs(rundir.training_config(read_json(path)), "", {}, {}).differences(
+        rundir.RunInputs(rundir.training_config(resolved), "", {}, {}))
+    if changed:
+        raise RunError(f"resume=true refused: the config differs from {path} in " + "; ".join(changed)
+                       + ". Resume with the same overrides as the original run.")
 
 
 # ------------------------------------------------------------------------------------
@@ -175,22 +177,47 @@ def save_config(cfg: DictConfig, run_dir: Path) -> dict:
 
 def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice: str | None = None,
                 evaluate: bool | None = None) -> dict[str, Any]:
-    """Prepare, federate, evaluate and write ``result.json``; returns the result record."""
-    from benchmark.federation.checkpoint import final_global_state
-    from benchmark.federation.engine import run_federation
-    from benchmark.federation.server_app import read_round_log
-    from benchmark.federation.training import as_config, build_model
-    from benchmark.results import build_result_record, utc_now
+    """Validate, prepare, federate, evaluate and write ``result.json``; returns the result record.
+
+    Order: config check (every problem at once) -> run lock -> data, manifest and resume
+    checks (nothing written yet) -> manifest/config/inputs written -> engine -> evaluation.
+    """
+    from benchmark.config_check import check_run_config
 
     started_at = utc_now()
     t0 = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_names(cfg)
-    if not cfg.get("resume", False) and (run_dir / "checkpoints" / "latest.json").is_file():
-        raise RunError(f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir")
-    prepare_data(cfg, console)
-    manifest = prepare_manifest(cfg, run_dir, dataset_choice)
-    resolved = save_config(cfg, run_dir)
+    resolved = to_container(cfg)
+    check_run_config(resolved)
+    resume = bool(resolved.get("resume"))
+    with rundir.RunLock(run_dir):
+        if not resume and rundir.has_checkpoint(run_dir):
+            raise RunError(f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir")
+        from benchmark.data.annotations import load_annotations
+
+        prepare_data(cfg, console)
+        annotations = load_annotations(cfg.dataset)
+        manifest, videos = prepare_manifest(cfg, run_dir, annotations, dataset_choice)
+        inputs = rundir.RunInputs(rundir.training_config(resolved), manifest.content_sha256,
+                                  lists_sha256(annotations), code_version())
+        if resume:
+            rundir.check_resume(run_dir, inputs)
+            _check_legacy_resume(run_dir, resolved)
+        from benchmark.splits.manifest import write_manifest
+
+        write_manifest(manifest.data, run_dir / rundir.MANIFEST)
+        save_config(resolved, run_dir)
+        inputs.write(run_dir)
+        return _federate_and_evaluate(cfg, resolved, run_dir, manifest, videos, console=console,
+                                      evaluate=evaluate, started_at=started_at, t0=t0)
+
+
+def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manifest, videos, *, console,
+                           evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
+    from benchmark.federation.checkpoint import final_global_state
+    from benchmark.federation.centralized import run_centralized
+    from benchmark.federation.engine import run_federation
+    from benchmark.federation.training import as_config, build_model
+    from benchmark.results import build_result_record
 
     progress = _RunProgress(console, run_dir, int(cfg.federation.rounds)) if console is not None else None
     echo = bool(cfg.engine.get("echo_log", True)) and console is not None
@@ -198,20 +225,18 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         if progress is not None:
             progress.start()
         # engine=centralized: one in-process model on the pooled data (benchmark/federation/centralized.py)
-        from benchmark.federation.centralized import run_centralized
-
         run_engine = run_centralized if cfg.engine.name == "centralized" else run_federation
         outcome = run_engine(
             as_config(resolved),
             run_dir,
-            run_dir / CONFIG_NAME,
+            run_dir / rundir.CONFIG_JSON,
             on_line=(progress.log_line if echo and progress is not None else None),
             on_poll=(progress.update if progress is not None else None),
         )
     finally:
         if progress is not None:
             progress.stop()
-    rounds = read_round_log(run_dir)
+    rounds = rundir.read_round_log(run_dir)
 
     state = final_global_state(run_dir)
     method = build_model(as_config(resolved), 0)
@@ -226,7 +251,7 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         started_at=started_at, finished_at=utc_now(), method_pretext=type(method).pretext or cfg.method.name,
         startup_s=outcome.startup_s,
     )
-    atomic_write_json(run_dir / "result.json", record)
+    atomic_write_json(run_dir / rundir.RESULT, record)
     if console is not None:
         print_summary(console, record, rounds, run_dir)
     return record
@@ -271,11 +296,8 @@ class _RunProgress:
         self.progress.console.print(Text(line, style="dim"))
 
     def update(self) -> None:
-        from benchmark.federation.server_app import STATUS_FILE
-
-        try:
-            status = read_json(self.run_dir / STATUS_FILE)
-        except (FileNotFoundError, ValueError):
+        status = rundir.read_status(self.run_dir)
+        if not status:
             return
         done = int(status.get("round", 0))
         state = status.get("state", "")
@@ -321,6 +343,6 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
     console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
                   f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")
     console.print("files:")
-    for name in ("result.json", "rounds.jsonl", "config.yaml", "split_manifest.json", "checkpoints/latest.json",
-                 "flower.log"):
+    for name in (rundir.RESULT, rundir.ROUNDS_LOG, rundir.CONFIG_YAML, rundir.MANIFEST,
+                 f"{rundir.CHECKPOINTS}/{rundir.LATEST}", rundir.FLOWER_LOG):
         console.print(f"  {run_dir / name}", soft_wrap=True, markup=False)

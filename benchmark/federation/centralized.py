@@ -48,8 +48,8 @@ from omegaconf import OmegaConf
 
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.engine import FederationOutcome, memory_bytes
+from benchmark.rundir import MANIFEST, ROUNDS_LOG, resume_point, write_round_log, write_status
 from benchmark.federation.training import (
-    MANIFEST_NAME,
     as_config,
     client_videos,
     epoch_batches,
@@ -119,7 +119,7 @@ def federated_step_budget(cfg, client_sizes: Sequence[int]) -> list[RoundBudget]
 def pooled_client_videos(cfg, run_dir: Path) -> list[list[tuple[str, int]]]:
     """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp would see it."""
     allow_missing = bool(cfg.get("allow_missing_videos", False))
-    manifest = str(Path(run_dir) / MANIFEST_NAME)
+    manifest = str(Path(run_dir) / MANIFEST)
     return [
         client_videos(manifest, str(cfg.dataset.root), c, allow_missing)
         for c in range(int(cfg.federation.num_clients))
@@ -139,8 +139,6 @@ def run_centralized(
     (``config_path`` is unused: the config is in-process). ``federation.rounds=0`` writes
     the round-0 global model (``initial_global_state``) as checkpoint 0 and trains nothing.
     """
-    from benchmark.federation.server_app import ROUNDS_LOG, resume_point, write_round_log, write_status
-
     del config_path
     cfg = as_config(cfg)
     run_dir = Path(run_dir)

@@ -38,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark import PROJECT_ROOT, __version__
+from benchmark import PROJECT_ROOT, __version__, rundir
 from benchmark.federation.reaper import RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
-from benchmark.io import atomic_write_text, read_json
+from benchmark.io import atomic_write_text
 
 #: PID of `fedvid run`; the ServerApp exits when that process is gone (see server_app).
 LAUNCHER_PID_ENV = "FEDVID_LAUNCHER_PID"
@@ -302,10 +302,8 @@ def run_federation(
 
     Raises :class:`FederationError` when the ServerApp did not report completion.
     """
-    from benchmark.federation.server_app import STATUS_FILE
-
     run_dir = Path(run_dir)
-    logs = run_dir / "logs"
+    logs = run_dir / rundir.LOGS
     logs.mkdir(parents=True, exist_ok=True)
     engine = cfg.engine
     procs = Processes(run_dir)
@@ -315,10 +313,9 @@ def run_federation(
     t0 = time.perf_counter()
     peak = 0
     startup_s = None
-    flower_log = run_dir / "flower.log"
+    flower_log = run_dir / rundir.FLOWER_LOG
     try:
-        # a status left by an earlier (killed or failed) attempt must not be read as this run's
-        (run_dir / STATUS_FILE).unlink(missing_ok=True)
+        rundir.clear_status(run_dir)
         app_dir = write_flower_app(run_dir)
         extra_env: dict[str, str] = {}
         if engine.name == "simulation" and engine.get("ray_address"):
@@ -353,12 +350,12 @@ def run_federation(
             time.sleep(0.5)
             peak = max(peak, memory_bytes(procs.tagged()))
             if startup_s is None:
-                status = _read_status(run_dir / STATUS_FILE)
+                status = rundir.read_status(run_dir)
                 if status.get("state") in ("running", "completed", "failed"):
                     startup_s = time.perf_counter() - t0
             if on_poll is not None:
                 on_poll()
-            status = _read_status(run_dir / STATUS_FILE)
+            status = rundir.read_status(run_dir)
             if status.get("state") in ("completed", "failed"):
                 # the ServerApp is done; give `flwr run` a moment to drain the log stream
                 try:
@@ -367,7 +364,7 @@ def run_federation(
                     break
         reader.join(timeout=5)
         wall = time.perf_counter() - t0
-        status = _read_status(run_dir / STATUS_FILE)
+        status = rundir.read_status(run_dir)
         if status.get("state") != "completed":
             why = status.get("message") or f"`flwr run` exited with code {flwr_run.returncode} before the run completed"
             raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)")
@@ -381,9 +378,7 @@ def run_federation(
 
 
 def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: Path) -> None:
-    from benchmark.federation.training import MANIFEST_NAME
-
-    manifest = run_dir / MANIFEST_NAME
+    manifest = run_dir / rundir.MANIFEST
     for cid in range(int(cfg.federation.num_clients)):
         node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{cfg.dataset.root}'"
         procs.spawn(
@@ -418,13 +413,6 @@ def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None]
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
                 except Exception:  # noqa: BLE001 - the console must never stop the log
                     pass
-
-
-def _read_status(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def _install_sigterm() -> Callable[[], None]:

@@ -23,14 +23,12 @@ from flwr.serverapp import Grid, ServerApp
 from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, initial_global_state
-from benchmark.io import atomic_write_json, atomic_write_text, dumps_json, read_json
+from benchmark.io import read_json
+from benchmark.rundir import read_round_log, resume_point, write_round_log, write_status
 from benchmark.registry import build_aggregator
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
-
-ROUNDS_LOG = "rounds.jsonl"
-STATUS_FILE = "federation_status.json"
 
 app = ServerApp()
 
@@ -85,7 +83,7 @@ def _stop_run_processes() -> None:
     import os
     import signal
 
-    from benchmark.federation.engine import RUN_TAG_ENV, tagged_processes
+    from benchmark.federation.reaper import RUN_TAG_ENV, tagged_processes
 
     tag = os.environ.get(RUN_TAG_ENV)
     if not tag:
@@ -100,41 +98,6 @@ def _stop_run_processes() -> None:
         deadline = time.monotonic() + wait
         while tagged_processes(tag) and time.monotonic() < deadline:
             time.sleep(0.1)
-
-
-def write_status(run_dir: Path, **fields: Any) -> None:
-    path = run_dir / STATUS_FILE
-    try:
-        previous = read_json(path)
-    except (FileNotFoundError, ValueError):
-        previous = {}
-    atomic_write_json(path, {**previous, **fields, "updated_at": time.time()})
-
-
-def resume_point(run_dir: Path, resume: bool) -> tuple[Checkpoint | None, list[dict]]:
-    """The last complete round's checkpoint and the round log up to it; ``(None, [])`` for a
-    new run. Shared by every engine: a run dir that already holds checkpoints is an error
-    unless the user asked to continue it."""
-    from benchmark.federation.engine import FederationError
-
-    ckpt = load_latest(run_dir)
-    if ckpt is None:
-        return None, []
-    if not resume:
-        raise FederationError(
-            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
-            "or start a new run directory"
-        )
-    return ckpt, [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
-
-
-def read_round_log(run_dir: Path) -> list[dict]:
-    import json
-
-    path = run_dir / ROUNDS_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
@@ -254,7 +217,3 @@ def _tensorboard_round(writer, record: dict) -> None:
     for c in record["clients"]:
         writer.add_scalar(f"client_loss/{c['client_id']}", c["loss"], r)
     writer.flush()
-
-
-def write_round_log(run_dir: Path, records: list[dict]) -> None:
-    atomic_write_text(run_dir / ROUNDS_LOG, "".join(dumps_json(r, indent=None) for r in records))
