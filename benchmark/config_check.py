@@ -135,7 +135,7 @@ RUN_RULES: tuple[Rule, ...] = (
     Rule("federation.local_steps", optional(integer(1))),
     Rule("federation.round_timeout_s", number(0, lo_open=True)),
     Rule("federation.guard.update_norm_factor", optional(number(1, lo_open=True)), required=False),
-    Rule("federation.guard.max_weight_norm", optional(number(0, lo_open=True)), required=False),
+    Rule("federation.guard.max_weight_norm_ratio", optional(number(1, lo_open=True)), required=False),
     Rule("federation.guard.max_loss", optional(number(0, lo_open=True)), required=False),
     Rule("client.batch_size", integer(1)),
     Rule("client.num_workers", integer(0)),

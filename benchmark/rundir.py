@@ -204,6 +204,14 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return (checkpoint_dir(run_dir) / LATEST).is_file()
 
 
+def latest_round(run_dir: str | os.PathLike) -> int | None:
+    """The round of the last complete checkpoint (from ``latest.json``), or None."""
+    try:
+        return int(read_json(checkpoint_dir(run_dir) / LATEST)["round"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+
+
 def resume_point(run_dir: str | os.PathLike, resume: bool):
     """The last complete round's checkpoint and the round log up to it; ``(None, [])`` for a
     new run. Shared by every engine: a run dir that already holds checkpoints is an error

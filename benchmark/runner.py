@@ -22,7 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import rundir
-from benchmark.config import hydra_entry, to_container
+from benchmark.config import debug_enabled, error_lines, hydra_entry, to_container
 from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes, read_json, sha256_bytes
 from benchmark.results import utc_now
 
@@ -46,26 +46,39 @@ def run_task(cfg: DictConfig) -> int:
     try:
         execute_run(cfg, run_dir, console=console, dataset_choice=choices.get("dataset"))
     except Exception as e:
-        if not _is_user_error(e):
+        if debug_enabled():
             raise
         from rich.text import Text
 
         # soft_wrap: paths and keys in the message stay whole (copy-pasteable)
-        console.print(Text.assemble(("fedvid run: error: ", "bold red"), str(e)), soft_wrap=True)
+        console.print(Text(error_lines("fedvid run", e), style="red"), soft_wrap=True)
         console.print(Text(f"run directory: {run_dir}"), soft_wrap=True)
+        if resumable(e):
+            console.print(Text(f"continue with: {resume_command(run_dir)}"), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print("interrupted; every Flower/Ray process of the run was stopped. "
-                      f"Continue with: fedvid run resume=true hydra.run.dir={run_dir}", soft_wrap=True, markup=False)
+                      f"Continue with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
         return 130
     return 0
 
 
-def _is_user_error(e: Exception) -> bool:
-    from benchmark.federation.engine import FederationError
+def resumable(e: Exception) -> bool:
+    """Whether ``resume=true`` can help: a run stopped by something outside its config (a
+    crash, a timeout) or an evaluation to redo, not a deterministic failure such as a
+    diverged model, a bad value or a refused directory, which a resume would only repeat.
+    Errors say so with a ``resumable`` attribute (FederationError, EvaluationFailed)."""
+    return bool(getattr(e, "resumable", False))
 
-    # Errors our modules raise on purpose name the key/file and the fix: no traceback needed.
-    return isinstance(e, (RunError, FederationError, FileNotFoundError)) or type(e).__module__.startswith("benchmark")
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: its own overrides (data root, sizes...) plus resume=true."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    return " ".join(["fedvid run", *map(shlex.quote, overrides), "resume=true", f"hydra.run.dir={shlex.quote(str(run_dir))}"])
 
 
 # ------------------------------------------------------------------------------------
@@ -211,13 +224,73 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
                                       evaluate=evaluate, started_at=started_at, t0=t0)
 
 
+class EvaluationFailed(RunError):
+    """Evaluation failed after a completed pretraining: the checkpoint and a failed record are kept."""
+
+    resumable = True
+
+
 def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manifest, videos, *, console,
                            evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
     from benchmark.federation.checkpoint import final_global_state
-    from benchmark.federation.centralized import run_centralized
-    from benchmark.federation.engine import run_federation
+    from benchmark.federation.engine import FederationOutcome
     from benchmark.federation.training import as_config, build_model
     from benchmark.results import build_result_record
+
+    rounds_planned = int(cfg.federation.rounds)
+    record_videos: dict[str, Any] = {"pretraining": videos.summary()}
+
+    def write_record(evaluations: dict, outcome, failure: dict | None = None) -> dict:
+        record = build_result_record(
+            resolved, manifest, rundir.read_round_log(run_dir), evaluations,
+            wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
+            started_at=started_at, finished_at=utc_now(), method_pretext=method_pretext,
+            startup_s=outcome.startup_s, videos=record_videos, failure=failure,
+        )
+        atomic_write_json(run_dir / rundir.RESULT, record)
+        if console is not None:
+            print_summary(console, record, rundir.read_round_log(run_dir), run_dir)
+        return record
+
+    method = build_model(as_config(resolved), 0)
+    method_pretext = type(method).pretext or cfg.method.name
+    if bool(resolved.get("resume")) and (rundir.latest_round(run_dir) or -1) >= rounds_planned:
+        # pretraining finished earlier (e.g. its evaluation failed): only evaluate again
+        outcome = FederationOutcome(0.0, None, _previous_peak_memory(run_dir), run_dir / rundir.FLOWER_LOG)
+        if console is not None:
+            console.print(f"pretraining already complete ({rounds_planned} rounds); evaluating the saved model")
+    else:
+        try:
+            outcome = _run_engine(cfg, resolved, run_dir, console)
+        except Exception as e:
+            write_record({}, FederationOutcome(0.0, None, 0, run_dir / rundir.FLOWER_LOG),
+                         {"stage": "federation", "message": str(e)})
+            raise
+
+    method.load_partial_state(final_global_state(run_dir))
+    evaluations: dict = {}
+    do_eval = cfg.get("evaluate", True) if evaluate is None else evaluate
+    if do_eval:
+        try:
+            report = evaluate_global_model(method.backbone, cfg, run_dir, console)
+        except Exception as e:
+            if debug_enabled():
+                raise
+            write_record({}, outcome, {"stage": "evaluation", "message": f"{type(e).__name__}: {e}"})
+            raise EvaluationFailed(
+                f"evaluation failed after a complete pretraining: {e}\nThe checkpoint is kept in "
+                f"{run_dir / rundir.CHECKPOINTS}; the record says status=failed (evaluation). Fix the eval settings "
+                "or data and finish it with resume=true (no retraining) or `fedvid evaluate`."
+            ) from e
+        evaluations = report["evaluations"]
+        record_videos["evaluation"] = {ds: meta["videos"] for ds, meta in report["datasets"].items() if "videos" in meta}
+    return write_record(evaluations, outcome)
+
+
+def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):
+    from benchmark.federation.centralized import run_centralized
+    from benchmark.federation.engine import run_federation
+    from benchmark.federation.training import as_config
 
     progress = _RunProgress(console, run_dir, int(cfg.federation.rounds)) if console is not None else None
     echo = bool(cfg.engine.get("echo_log", True)) and console is not None
@@ -226,7 +299,7 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
             progress.start()
         # engine=centralized: one in-process model on the pooled data (benchmark/federation/centralized.py)
         run_engine = run_centralized if cfg.engine.name == "centralized" else run_federation
-        outcome = run_engine(
+        return run_engine(
             as_config(resolved),
             run_dir,
             run_dir / rundir.CONFIG_JSON,
@@ -236,32 +309,21 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
     finally:
         if progress is not None:
             progress.stop()
-    rounds = rundir.read_round_log(run_dir)
 
-    state = final_global_state(run_dir)
-    method = build_model(as_config(resolved), 0)
-    method.load_partial_state(state)
-    evaluations: dict = {}
-    do_eval = cfg.get("evaluate", True) if evaluate is None else evaluate
-    if do_eval:
-        evaluations = evaluate_global_model(method.backbone, cfg, run_dir, console)
-    record = build_result_record(
-        resolved, manifest, rounds, evaluations,
-        wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
-        started_at=started_at, finished_at=utc_now(), method_pretext=type(method).pretext or cfg.method.name,
-        startup_s=outcome.startup_s,
-    )
-    atomic_write_json(run_dir / rundir.RESULT, record)
-    if console is not None:
-        print_summary(console, record, rounds, run_dir)
-    return record
+
+def _previous_peak_memory(run_dir: Path) -> int:
+    try:
+        return int(read_json(run_dir / rundir.RESULT)["systems"]["peak_memory_bytes"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
-    """Call the shared evaluation (``benchmark.evaluation.evaluate_backbone``)."""
-    from benchmark.evaluation import evaluate_backbone
+    """The shared evaluation (``benchmark.evaluation``): its report, whose ``evaluations`` go
+    into the record and whose ``datasets[...]["videos"]`` give the skipped-video counts."""
+    from benchmark.evaluation.pipeline import evaluate_backbone_report
 
-    return evaluate_backbone(backbone, cfg, run_dir, progress=console is not None)
+    return evaluate_backbone_report(backbone, cfg, run_dir, progress=console is not None)
 
 
 # ------------------------------------------------------------------------------------
@@ -313,6 +375,26 @@ class _RunProgress:
         self.progress.update(self.task, completed=done, description=desc)
 
 
+def status_line(record: dict) -> str:
+    """The record's status, why, client participation and skipped videos, in plain lines."""
+    lines = [f"status: {record['status']}" + "".join(f"\n  - {r}" for r in record.get("status_reasons", []))]
+    part = record.get("participation")
+    if part:
+        by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(part["failed_by_reason"].items()))
+        lines.append(f"client updates: {part['sampled']} sampled, {part['replied']} used, {part['failed']} failed"
+                     + (f" ({by_reason})" if by_reason else "")
+                     + (f"; clients never used: {part['excluded_clients']}" if part["excluded_clients"] else ""))
+    videos = record.get("videos") or {}
+    counts = [("pretraining", videos["pretraining"])] if videos.get("pretraining") else []
+    counts += [(f"{ds} {split}", c) for ds, splits in sorted((videos.get("evaluation") or {}).items())
+               for split, c in sorted(splits.items())]
+    if counts:
+        lines.append("videos (present/listed, skipped): " + "; ".join(
+            f"{where} {c['present']}/{c['listed']}" + (f", {c['skipped']} skipped" if c.get("skipped") else "")
+            for where, c in counts))
+    return "\n".join(lines)
+
+
 def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> None:
     from rich.table import Table
 
@@ -324,7 +406,8 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
     table.add_column("compute s", justify="right")
     table.add_column("MB up/down", justify="right")
     for r in rounds:
-        failed = f" ({len(r['failed_clients'])} failed)" if r.get("failed_clients") else ""
+        failed = (" (failed: " + ", ".join(f"{f['client_id']} {f.get('reason') or 'error'}" for f in r["failed_clients"])
+                  + ")") if r.get("failed_clients") else ""
         table.add_row(str(r["round"]), ",".join(map(str, r["replied_clients"])) + failed, f"{r['loss']:.4f}",
                       f"{r['round_wall_s']:.1f}", f"{r['client_compute_s']:.1f}",
                       f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}")
@@ -339,6 +422,7 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
             t.add_row(name, f"{100 * entry['topk']['1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
                       f"{100 * entry['chance_top1']:.1f}")
         console.print(t)
+    console.print(status_line(record), soft_wrap=True, markup=False)
     sysd = record["systems"]
     console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
                   f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,14 +82,54 @@ def test_a_failed_client_is_logged_with_its_traceback_and_the_round_goes_on(task
     assert torch.equal(arrays.to_torch_state_dict()["backbone.w"], torch.full((2,), 4.0))  # (1*1 + 3*5) / 4
     record = strategy._round
     assert record["replied_clients"] == [0, 2]
-    assert record["failed_clients"][0]["client_id"] == 1 and "Traceback" in record["failed_clients"][0]["error"]
+    failure = record["failed_clients"][0]
+    assert failure.client_id == 1 and failure.reason == "error" and "Traceback" in failure.error
 
 
 def test_fewer_than_min_clients_stops_the_run_with_a_clear_message(task_identity):
     strategy, (m0, m1, m2) = _strategy(min_clients=2)
     replies = [_ok(m0, 1.0, 1), Message(Error(1001, "RuntimeError: boom"), reply_to=m1)]
-    with pytest.raises(RoundFailed, match=r"only 1 of 3 sampled clients replied, federation.min_clients=2.*resume=true"):
+    with pytest.raises(RoundFailed, match=r"only 1 of 3 sampled clients replied with a usable update, "
+                                          r"federation.min_clients=2") as info:
         strategy.aggregate_train(1, replies)
+    # client 1's error comes back on a resume; client 2 never answered, so a resume may help
+    assert "client 1: error: RuntimeError: boom" in str(info.value) and "client 2: timeout" in str(info.value)
+    assert info.value.resumable and "resume=true" not in str(info.value)
+    strategy, (m0, m1, m2) = _strategy(min_clients=3)
+    with pytest.raises(RoundFailed) as info:
+        strategy.aggregate_train(1, [_ok(m0, 1.0, 1), _ok(m2, 1.0, 1), Message(Error(1001, "boom"), reply_to=m1)])
+    assert not info.value.resumable  # every failure was reported by a client: a resume repeats it
+
+
+def test_the_update_guard_rejects_non_finite_and_outsized_updates_before_aggregation(task_identity):
+    strategy, (m0, m1, m2) = _strategy(min_clients=1)
+    replies = [_ok(m0, 1.0, 1), _ok(m1, float("nan"), 1), _ok(m2, 1e6, 1)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert torch.equal(arrays.to_torch_state_dict()["backbone.w"], torch.full((2,), 1.0))  # client 0 alone
+    failures = {f.client_id: f for f in strategy._round["failed_clients"]}
+    assert failures[1].reason == "non-finite update" and "backbone.w" in failures[1].error
+    assert failures[2].reason == "update norm" and "update_norm_factor=10" in failures[2].error
+    assert strategy._round["replied_clients"] == [0]
+    assert strategy._round["clients"][0]["update_norm"] == pytest.approx(2 ** 0.5)
+    # the next round measures against this round's accepted norms: a 20x update is rejected
+    strategy.global_state = {"backbone.w": torch.zeros(2)}
+    messages = list(strategy.configure_train(2, ArrayRecord({"backbone.w": torch.zeros(2)}), ConfigRecord(), None))
+    for m in messages:
+        m.metadata.__dict__["_message_id"] = f"id{m.metadata.dst_node_id}"
+    strategy.aggregate_train(2, [_ok(messages[0], 1.0, 1), _ok(messages[1], 20.0, 1), _ok(messages[2], 1.5, 1)])
+    assert [f.client_id for f in strategy._round["failed_clients"]] == [1]
+
+
+def test_a_diverged_global_model_stops_the_run_and_says_resume_would_not_help(task_identity):
+    from benchmark.federation.guard import Diverged
+
+    strategy, (m0, m1, m2) = _strategy(min_clients=1)
+    strategy.guard = replace(strategy.guard, update_norm_factor=None)
+    strategy.initial_norm = 1.0
+    with pytest.raises(Diverged, match=r"round 1: the global model diverged: the global weight norm is 1.414e\+06.*"
+                                       r"max_weight_norm_ratio=100.*last good checkpoint \(round 0\)") as info:
+        strategy.aggregate_train(1, [_ok(m0, 1e6, 1), _ok(m1, 1e6, 1), _ok(m2, 1e6, 1)])
+    assert info.value.resumable is False
 
 
 def test_unknown_config_option_is_hydras_error_listing_the_choices():

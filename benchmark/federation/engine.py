@@ -51,7 +51,14 @@ _PR_SET_PDEATHSIG = 1
 
 
 class FederationError(RuntimeError):
-    """The federation did not complete (the message says why and where the logs are)."""
+    """The federation did not complete (the message says why and where the logs are).
+
+    resumable: whether ``resume=true`` can help (False for a diverged model or failures
+    that the same config repeats)."""
+
+    def __init__(self, message: str, resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 # ------------------------------------------------------------------------------------
@@ -367,7 +374,8 @@ def run_federation(
         status = rundir.read_status(run_dir)
         if status.get("state") != "completed":
             why = status.get("message") or f"`flwr run` exited with code {flwr_run.returncode} before the run completed"
-            raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)")
+            raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
+                                  resumable=bool(status.get("resumable", True)))
         return FederationOutcome(wall, startup_s, peak, flower_log)
     finally:
         leftovers = procs.stop()

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
+from benchmark.federation.guard import float_norm
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, initial_global_state
 from benchmark.io import read_json
@@ -41,7 +42,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(grid, as_config(read_json(config_path)), run_dir)
     except Exception as exc:
-        write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                     resumable=bool(getattr(exc, "resumable", True)))
         log.error("the federation failed:\n%s", traceback.format_exc())
         raise
 
@@ -140,6 +142,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
     aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))
 
     ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
+    initial_state = initial_global_state(cfg)
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
@@ -148,7 +151,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
         log.info("resuming after round %d", ckpt.round)
     else:
         first_round = 1
-        global_state = initial_global_state(cfg)
+        global_state = initial_state
     write_round_log(run_dir, rounds_log)
     write_status(run_dir, state="connecting", round=first_round - 1, rounds=num_rounds, first_round=first_round)
 
@@ -179,7 +182,9 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
             inner(server_round, new_state, record)
             _tensorboard_round(tensorboard, record)
 
-    strategy = FedVidStrategy(cfg, aggregator, node_of_client, on_round_end=on_round_end)
+    previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
+    strategy = FedVidStrategy(cfg, aggregator, node_of_client, on_round_end=on_round_end,
+                              previous_update_norms=previous_norms, initial_norm=float_norm(initial_state))
     if first_round <= num_rounds:
         strategy.start(
             grid,
