@@ -104,3 +104,138 @@ def test_check_run_config_raises_one_error_listing_all_problems(default_config):
     with pytest.raises(ConfigError) as info:
         check_run_config(bad)
     assert len(info.value.problems) == 2 and "seed=1.5" in str(info.value) and "client.batch_size=0" in str(info.value)
+
+
+# ------------------------------------------------------------------ run directory: lock (case 2), resume (case 1)
+
+# engine=centralized: the run-dir logic is the federated one, without Flower's start-up
+CENTRAL = [*(o for o in TINY if not o.startswith("engine.client_resources")), "engine=centralized",
+           "federation.rounds=1", "backbone.params.width=4"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from benchmark.data.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("fedvid-data")
+    ensure_synthetic(root, size="tiny", progress=False)
+    return root
+
+
+def _hold_lock(run_dir) -> subprocess.Popen:
+    """Another process that holds the run directory's lock until it is killed."""
+    code = ("import sys, time; from benchmark.rundir import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('locked', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.mark.slow
+def test_a_second_run_in_a_locked_directory_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    holder = _hold_lock(run_dir)
+    try:
+        result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=120)
+        out = result.stdout + result.stderr
+        assert result.returncode == 1, out[-3000:]
+        assert f"is in use by another run (pid {holder.pid} on" in out and "started 20" in out
+        assert not (run_dir / rundir.MANIFEST).exists() and not (run_dir / rundir.CONFIG_JSON).exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder died without releasing anything: its stale lock is taken over
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert json.loads((run_dir / rundir.LOCK).read_text())["pid"] != holder.pid
+    assert json.loads((run_dir / rundir.RESULT).read_text())["status"] == "reproduced"
+
+
+@pytest.mark.slow
+def test_a_refused_resume_writes_nothing_and_says_what_differs(tmp_path, data_root):
+    from benchmark.data.annotations import load_annotations
+    from benchmark.splits.manifest import make_manifest, write_manifest
+
+    run_dir = tmp_path / "run"
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
+
+    # another split of the same dataset (seed 9) and a changed training key
+    from benchmark.config import CONF_DIR  # noqa: F401  (registers resolvers)
+    from omegaconf import OmegaConf
+
+    ds = OmegaConf.merge({"data_root": str(data_root)},
+                         {"dataset": OmegaConf.load(CONF_DIR / "dataset" / "synthetic_kinetics.yaml")})
+    other = tmp_path / "other.json"
+    write_manifest(make_manifest(load_annotations(ds.dataset), {"name": "iid", "num_clients": 3}, 9), other)
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "resume=true",
+                     f"split_manifest={other}", "client.optimizer.lr=0.5"], timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "resume=true refused" in out and "split manifest content" in out
+    assert "config key client.optimizer.lr (0.001 -> 0.5)" in out and "config key split_manifest" in out
+    assert "continue with" not in out  # a resume with these inputs cannot help
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
+    assert after == before  # the manifest, config and record are untouched
+
+    # eval settings may change on resume; an ordinary resume of the complete run only re-evaluates
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "resume=true",
+                     "eval.retrieval.ks=[1]"], timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "pretraining already complete" in result.stdout
+    assert (run_dir / rundir.ROUNDS_LOG).read_bytes() == before[rundir.ROUNDS_LOG]
+
+
+# ------------------------------------------------------------------ skipped videos (case 4), failed evaluation (case 5)
+
+
+@pytest.mark.slow
+def test_skipped_videos_are_recorded_and_make_the_run_degraded(tmp_path, data_root):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    victim = sorted((root / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[0]
+    victim.unlink()
+    run_dir = tmp_path / "run"
+    # dataset.synthetic=false: treated as a real dataset (a synthetic one would be regenerated)
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={root}", *CENTRAL, "allow_missing_videos=true",
+                     "dataset.synthetic=false"], timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    record = json.loads((run_dir / rundir.RESULT).read_text())
+    assert record["videos"]["pretraining"] == {"listed": 24, "present": 23, "skipped": 1, "missing": 1, "empty": 0,
+                                               "undecodable": 0, "case_mismatch_resolved": 0}
+    assert record["status"] == "degraded" and record["status_reasons"] == ["1 of 24 pretraining videos skipped"]
+    assert "status: degraded" in result.stdout and "pretraining 23/24, 1 skipped" in result.stdout
+    from leaderboard.records import validate_records
+
+    assert validate_records([run_dir / rundir.RESULT])[1] == []
+
+
+@pytest.mark.slow
+def test_a_failed_evaluation_keeps_the_pretraining_and_resume_finishes_the_record(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    # ucf101 (real videos) is not under this data root: evaluation fails after pretraining
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "evaluate=true",
+                     "eval.datasets=[ucf101]"], timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "evaluation failed after a complete pretraining" in out and "Traceback" not in out
+    assert "continue with: fedvid run" in out and "resume=true" in out and f"data_root={data_root}" in out
+    record = json.loads((run_dir / rundir.RESULT).read_text())
+    assert record["status"] == "failed" and record["failure"]["stage"] == "evaluation"
+    assert rundir.latest_round(run_dir) == 1
+    rounds_before = (run_dir / rundir.ROUNDS_LOG).read_bytes()
+
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "evaluate=true",
+                     "eval=smoke", "eval.finetune.enabled=false", "eval.robustness.enabled=false",
+                     "eval.linear_probe.enabled=false", "eval.clip.num_clips=1", "eval.clip.frames=8",
+                     "eval.clip.short_side=40", "eval.clip.crop_size=32", "eval.clip.stride=1",
+                     "resume=true"], timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    record = json.loads((run_dir / rundir.RESULT).read_text())
+    assert record["status"] == "reproduced" and "failure" not in record
+    assert set(record["evaluations"]["retrieval"]) == {"synthetic_ucf101", "synthetic_hmdb51"}
+    assert record["videos"]["evaluation"]["synthetic_ucf101"]["test"]["skipped"] == 0
+    assert (run_dir / rundir.ROUNDS_LOG).read_bytes() == rounds_before  # nothing was retrained
