@@ -239,3 +239,39 @@ def test_a_failed_evaluation_keeps_the_pretraining_and_resume_finishes_the_recor
     assert set(record["evaluations"]["retrieval"]) == {"synthetic_ucf101", "synthetic_hmdb51"}
     assert record["videos"]["evaluation"]["synthetic_ucf101"]["test"]["skipped"] == 0
     assert (run_dir / rundir.ROUNDS_LOG).read_bytes() == rounds_before  # nothing was retrained
+
+
+# ------------------------------------------------------------------ record status (case 3)
+
+
+def _round(r, sampled, failed=()):
+    return {"round": r, "sampled_clients": sampled,
+            "failed_clients": [{"client_id": c, "reason": "error", "error": "boom"} for c in failed]}
+
+
+def test_a_client_that_fails_every_round_makes_the_record_degraded():
+    from benchmark.results import participation, run_status
+
+    rounds = [_round(1, [0, 1]), _round(2, [1, 2], failed=[2]), _round(3, [0, 2], failed=[2])]
+    part = participation(rounds)
+    assert (part["sampled"], part["replied"], part["failed"]) == (6, 4, 2)
+    assert part["excluded_clients"] == [2] and part["failed_by_reason"] == {"error": 2}
+    assert part["failures"] == [{"round": 2, "client_id": 2, "reason": "error"},
+                                {"round": 3, "client_id": 2, "reason": "error"}]
+    status, reasons = run_status(part, {}, None)
+    assert status == "degraded"
+    assert reasons == ["clients [2] sent no usable update in any round they were sampled",
+                       "2 of 6 sampled client updates failed (> 10%)"]
+
+
+def test_a_run_is_reproduced_only_within_the_thresholds_and_failed_when_a_stage_failed():
+    from benchmark.results import participation, run_status
+
+    # 1 failure in 20 sampled updates (5 %), and the client replied in another round
+    rounds = [_round(r, [0, 1], failed=[1] if r == 1 else []) for r in range(1, 11)]
+    assert run_status(participation(rounds), {"pretraining": {"listed": 4, "present": 4, "skipped": 0}}, None) == (
+        "reproduced", [])
+    assert run_status(participation(rounds), {}, {"stage": "evaluation", "message": "ValueError: x\nmore"}) == (
+        "failed", ["evaluation failed: ValueError: x"])
+    skipped = {"evaluation": {"ucf101": {"test": {"listed": 10, "present": 9, "skipped": 1}}}}
+    assert run_status(participation(rounds), skipped, None) == ("degraded", ["1 of 10 ucf101 test videos skipped"])
