@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,3 +276,46 @@ def test_a_run_is_reproduced_only_within_the_thresholds_and_failed_when_a_stage_
         "failed", ["evaluation failed: ValueError: x"])
     skipped = {"evaluation": {"ucf101": {"test": {"listed": 10, "present": 9, "skipped": 1}}}}
     assert run_status(participation(rounds), skipped, None) == ("degraded", ["1 of 10 ucf101 test videos skipped"])
+
+
+# ------------------------------------------------------------------ clean errors (cases 8, 9)
+
+
+def test_json_input_is_depth_and_size_limited_with_a_clear_error(tmp_path, monkeypatch):
+    from benchmark import io
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(ValueError, match=r"deep.json: JSON nested more than 900 levels deep \(limit 64\)"):
+        io.read_json(deep)
+    deep.write_text("[" * 65 + "]" * 65)
+    with pytest.raises(ValueError, match=r"nested 65 levels deep"):
+        io.read_json(deep)
+    big = tmp_path / "big.json.gz"
+    io.atomic_write_json(big, {"x": "y" * 2000})
+    with pytest.raises(ValueError, match=r"big.json.gz: larger than"):
+        io.read_json(big, max_bytes=1000)
+    assert io.read_json(big)["x"] == "y" * 2000
+
+
+def test_leaderboard_validate_of_a_deep_json_is_one_line_not_a_traceback(tmp_path):
+    deep = tmp_path / "result.json"
+    deep.write_text('{"a": ' * 5000 + "1" + "}" * 5000)
+    result = fedvid(["leaderboard", "validate", str(deep)], timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "nested more than 900 levels" in out and "Traceback" not in out
+
+
+def test_markdown_leaderboard_escapes_table_syntax_and_html():
+    from leaderboard.build import md_cell, render_markdown
+
+    board = {"tracks": [{"track_id": "t", "dataset": "d", "split_manifest_id": None, "num_clients": 2,
+                         "clients_per_round": 2, "rounds": 1, "backbone": "b", "input_size": [8, 32, 32],
+                         "primary_metric": "retrieval.ucf.top1", "tiebreak_metric": "retrieval.hmdb.top1",
+                         "entries": [{"rank": 1, "method": "evil | <script>alert(1)</script>", "status": "reproduced",
+                                      "metrics": {"retrieval.ucf.top1": {"mean": 0.5, "std": 0.0, "n": 1}}}]}]}
+    md = render_markdown(board)
+    row = next(line for line in md.splitlines() if "evil" in line)
+    assert "<script>" not in md and "&lt;script&gt;" in row
+    assert len(re.findall(r"(?<!\\)\|", row)) == 9  # 8 cells: the method's escaped | opens none
+    assert md_cell("a\nb|c") == "a b\\|c"
