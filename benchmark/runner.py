@@ -109,7 +109,13 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
     client, every video is in the dataset's train list and present under ``dataset.root``.
     """
     from benchmark.data.resolve import resolve_videos
-    from benchmark.splits.manifest import SplitManifest, load_manifest, make_manifest, validate_manifest_data
+    from benchmark.splits.manifest import (
+        SplitManifest,
+        input_overrides,
+        load_manifest,
+        make_manifest,
+        validate_manifest_data,
+    )
 
     target = run_dir / rundir.MANIFEST
     if cfg.get("split_manifest"):
@@ -120,7 +126,8 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
     elif target.is_file() and cfg.get("resume", False):
         manifest = load_manifest(target)
     else:
-        data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice)
+        data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice,
+                             inputs=input_overrides(_task_overrides()))
         validate_manifest_data(data, target)
         manifest = SplitManifest(path=target, data=data)
     where = manifest.path
@@ -150,6 +157,12 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
     resolved = resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
                               allow_missing=bool(cfg.get("allow_missing_videos", False)))
     return manifest, resolved
+
+
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def lists_sha256(annotations) -> dict[str, str]:
