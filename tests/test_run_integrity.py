@@ -160,6 +160,11 @@ def test_a_refused_resume_writes_nothing_and_says_what_differs(tmp_path, data_ro
     run_dir = tmp_path / "run"
     result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    # the manifest the run made names the overrides that shaped its lists: it verifies (case 7)
+    from benchmark.splits.manifest import verify_manifest
+
+    assert f"data_root={data_root}" in json.loads((run_dir / rundir.MANIFEST).read_text())["make_command"]
+    assert verify_manifest(run_dir / rundir.MANIFEST) == []
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
 
     # another split of the same dataset (seed 9) and a changed training key
