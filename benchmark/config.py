@@ -29,7 +29,8 @@ def hydra_entry(prog: str, config_name: str, task: Callable[[DictConfig], Any], 
 
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
-        result["value"] = task(cfg)
+        # caught here: Hydra would print its own traceback-like report for anything raised
+        result["value"] = report_errors(prog, task, cfg)
         return result["value"]
 
     saved = sys.argv

@@ -324,3 +324,25 @@ def test_markdown_leaderboard_escapes_table_syntax_and_html():
     assert "<script>" not in md and "&lt;script&gt;" in row
     assert len(re.findall(r"(?<!\\)\|", row)) == 9  # 8 cells: the method's escaped | opens none
     assert md_cell("a\nb|c") == "a b\\|c"
+
+
+def test_fedvid_evaluate_checks_its_eval_keys_and_refuses_nan_weights_in_one_line(tmp_path):
+    import torch
+
+    from benchmark.registry import build_backbone
+
+    result = fedvid(["evaluate", f"checkpoint={tmp_path / 'none.pt'}", f"hydra.run.dir={tmp_path / 'e1'}",
+                     "eval.retrieval.ks=[0]", "eval.batch_size=0"], timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "invalid configuration (2 problems)" in out and "Traceback" not in out
+    assert "eval.retrieval.ks=[0]" in out and "eval.batch_size=0" in out
+
+    state = build_backbone("tiny_r3d", width=16).state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    result = fedvid(["evaluate", f"checkpoint={tmp_path / 'nan.pt'}", f"hydra.run.dir={tmp_path / 'e2'}"], timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in out, out[-2000:]
+    assert f"checkpoint={tmp_path / 'nan.pt'}: non-finite weights in 1 tensors" in out
+    assert len([line for line in out.splitlines() if line.strip()]) <= 2
