@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -81,12 +79,15 @@ def test_eval_keys_are_not_checked_when_evaluation_is_off(default_config):
 
 
 def test_a_config_with_several_mistakes_reports_every_one_in_seconds_without_flower(tmp_path):
+    import resource
+
     run_dir = tmp_path / "run"
-    t0 = time.monotonic()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = fedvid(["run", f"hydra.run.dir={run_dir}", "federation.clients_per_round=0", "client.batch_size=0",
                      "federation.rounds=0", "client.optimizer.name=adagrad", "client.device=tpu", "seed=abc",
                      "eval.retrieval.ks=[0]", "federation.local_steps=0"], timeout=120)
-    elapsed = time.monotonic() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "invalid configuration (8 problems)" in out
@@ -95,7 +96,9 @@ def test_a_config_with_several_mistakes_reports_every_one_in_seconds_without_flo
                 "federation.local_steps=0"):
         assert key in out, key
     assert "Traceback" not in out
-    assert elapsed < 15  # < 5 s on an idle machine; slack for a loaded CI runner
+    # CPU seconds, not wall time (which a loaded runner stretches): 3.4 s measured, under 5 s
+    # of wall time on an idle machine; Flower + Ray alone take 15+ s
+    assert cpu_s < 8
     written = sorted(p.name for p in run_dir.iterdir() if p.name not in (".hydra", "config.log"))
     assert written == []  # nothing of the run (no lock, manifest, config, Flower home) was written
 

@@ -190,7 +190,8 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     at_kill = json.loads((killed / "checkpoints" / "latest.json").read_text())["round"]
-    assert wait_no_flower_processes(killed, timeout=30) == [], "processes survived the SIGKILLed runner"
+    # the reaper's SIGTERM grace + SIGKILL, slower when the machine is loaded
+    assert wait_no_flower_processes(killed, timeout=90) == [], "processes survived the SIGKILLed runner"
     time.sleep(2)
     latest = json.loads((killed / "checkpoints" / "latest.json").read_text())["round"]
     assert latest <= at_kill + 1, "the federation went on after its launcher was killed"  # one round may be in flight

@@ -15,18 +15,17 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
+from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.guard import float_norm
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, initial_global_state
 from benchmark.io import read_json
-from benchmark.rundir import read_round_log, resume_point, write_round_log, write_status
 from benchmark.registry import build_aggregator
+from benchmark.rundir import resume_point, write_round_log, write_status
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
