@@ -349,3 +349,18 @@ def test_fedvid_evaluate_checks_its_eval_keys_and_refuses_nan_weights_in_one_lin
     assert result.returncode == 1 and "Traceback" not in out, out[-2000:]
     assert f"checkpoint={tmp_path / 'nan.pt'}: non-finite weights in 1 tensors" in out
     assert len([line for line in out.splitlines() if line.strip()]) <= 2
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_a_failed_record_and_no_resume_advice(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "federation.rounds=2",
+                     "client.optimizer.lr=1.0e6", "client.grad_clip_norm=null"], timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert "the global model diverged" in out and "max_weight_norm_ratio=100" in out
+    assert "Traceback" not in out and "continue with" not in out and "resume=true" not in out
+    assert rundir.latest_round(run_dir) is None  # the diverged round 1 was never checkpointed
+    record = json.loads((run_dir / rundir.RESULT).read_text())
+    assert record["status"] == "failed" and record["failure"]["stage"] == "federation"
+    assert "diverged" in record["failure"]["message"]

@@ -104,9 +104,10 @@ def check_global(server_round: int, state: Mapping[str, torch.Tensor], loss: flo
     elif spec.max_loss is not None and loss > spec.max_loss:
         why = f"the round loss is {loss:.4g} > federation.guard.max_loss={spec.max_loss:g}"
     if why:
+        kept = (f"the last good checkpoint (round {server_round - 1}) is kept" if server_round > 1
+                else "no round completed, so nothing was checkpointed")
         raise Diverged(
-            f"round {server_round}: the global model diverged: {why}. The run stops; the last good checkpoint "
-            f"(round {server_round - 1}) is kept. Lower client.optimizer.lr or clip gradients (client.grad_clip_norm) "
-            "and start a new run."
+            f"round {server_round}: the global model diverged: {why}. The run stops; {kept}. Lower "
+            "client.optimizer.lr or clip gradients (client.grad_clip_norm) and start a new run."
         )
     return norm
