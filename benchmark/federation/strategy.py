@@ -9,8 +9,12 @@ Per round (``start``):
    objects (sorted by client id, so the float sums are order-independent), logs failed
    clients with their traceback, stops the run when fewer than ``min_clients`` replied,
    and calls the aggregator's ``aggregate(updates, previous, server_round)``.
-3. The round's record (sampled clients, each client's loss / num_examples / compute time /
-   bytes, round wall time, client-vs-global L2 distance spread for backbone and heads) is
+   Before aggregating, the update guard (``benchmark.federation.guard``) rejects
+   non-finite or outsized updates (each counted as that client's failure); after it, a
+   diverged global model stops the run before the round is checkpointed.
+3. The round's record (``benchmark.rundir.RoundRecord``: sampled clients, failures with
+   their reason, each client's loss / num_examples / compute time / update norm / bytes,
+   round wall time, client-vs-global L2 distance spread for backbone and heads) is
    appended to ``rounds.jsonl``; the new global model is checkpointed atomically.
 """
 
@@ -30,8 +34,8 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
 from benchmark.federation.guard import GuardSpec, check_global, float_norm, screen_updates
-from benchmark.rundir import ClientFailure, RoundRecord
 from benchmark.federation.training import round_learning_rate, sample_clients
+from benchmark.rundir import ClientFailure, RoundRecord
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
