@@ -380,3 +380,11 @@ def test_overlapping_train_and_test_lists_and_an_empty_class_list_are_errors(tmp
     (hmdb / "walk_test_split1.txt").write_text("")
     with pytest.raises(ValueError, match=r"walk_test_split1.txt: empty list \(no videos of class 'walk'\)"):
         read_hmdb51(hmdb, 1)
+
+
+def test_a_manifest_without_clients_is_refused_naming_the_file(tmp_path):
+    data = json.loads((UCF_SPLITS / "ucf101-s1-iid-c5-seed0.json").read_text())
+    data.update(clients=[], num_clients=0)
+    atomic_write_json(tmp_path / "empty.json", data)
+    with pytest.raises(ManifestError, match=r"empty.json: has no clients"):
+        load_manifest(tmp_path / "empty.json")

@@ -387,6 +387,8 @@ def validate_manifest_data(data: Any, path: Path) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise _fail(path, f"key {key!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
     clients = data["clients"]
+    if not clients:
+        raise _fail(path, "has no clients (key 'clients' is empty); a manifest needs at least one client")
     if data["num_clients"] != len(clients):
         raise _fail(path, f"key 'num_clients' is {data['num_clients']} but 'clients' has {len(clients)} entries")
     for i, client in enumerate(clients):
