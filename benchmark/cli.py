@@ -8,6 +8,7 @@ Hydra-style (``key=value``, ``group=option``, ``-m`` for multirun).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, function, one-line help). Each function takes the remaining argv.
@@ -28,12 +29,15 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: fedvid COMMAND [ARGS...]", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "Run `fedvid COMMAND --help` for a command's options."]
+    lines += ["", "Run `fedvid COMMAND --help` for a command's options; `fedvid --debug COMMAND ...` shows tracebacks."]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # tracebacks instead of one-line errors, here and in every process the run starts
+        argv.remove("--debug")
+        os.environ["FEDVID_DEBUG"] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -41,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fedvid: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    from benchmark.config import report_errors
+
     module, func, _ = COMMANDS[name]
-    result = getattr(importlib.import_module(module), func)(rest)
+    result = report_errors(f"fedvid {name}", lambda: getattr(importlib.import_module(module), func)(rest))
     return int(result or 0)
 
 

@@ -138,7 +138,7 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     import torch
 
     from benchmark.federation.checkpoint import final_global_state
-    from benchmark.federation.server_app import read_round_log
+    from benchmark.rundir import STATUS, read_round_log
     from benchmark.federation.training import as_config, build_model, initial_global_state
     from benchmark.runner import execute_run
 
@@ -163,7 +163,7 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     except Exception as e:  # noqa: BLE001
         problems.append(f"the federated smoke run failed: {type(e).__name__}: {e}")
         failed = read_round_log(run_dir)
-        status = run_dir / "federation_status.json"
+        status = run_dir / STATUS
         if status.is_file():
             import json
 

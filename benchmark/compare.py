@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.io import atomic_write_json, atomic_write_text, read_json
+from benchmark.rundir import CONFIG_JSON
 
 TABLE_FORMAT = "fedvid-compare/1"
 MARKDOWN_NAME = "compare_table.md"
@@ -206,7 +207,7 @@ def eval_datasets(run_dir: str | Path, record: dict) -> list[str] | None:
     """The measured downstream sets in the run's ``eval.datasets`` order (the record's JSON keys
     are sorted); None when the run dir has no ``config.json``."""
     measured = list(((record.get("evaluations") or {}).get("retrieval") or {}))
-    config = Path(run_dir) / "config.json"
+    config = Path(run_dir) / CONFIG_JSON
     if not config.is_file():
         return None
     order = [str(d) for d in (read_json(config).get("eval") or {}).get("datasets") or []]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Callable
 
@@ -28,7 +29,8 @@ def hydra_entry(prog: str, config_name: str, task: Callable[[DictConfig], Any], 
 
     @hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
-        result["value"] = task(cfg)
+        # caught here: Hydra would print its own traceback-like report for anything raised
+        result["value"] = report_errors(prog, task, cfg)
         return result["value"]
 
     saved = sys.argv
@@ -49,3 +51,34 @@ def config_sha256(cfg: DictConfig | dict) -> str:
     """sha256 of the canonical JSON of the resolved config (recorded in every result)."""
     data = cfg if isinstance(cfg, dict) else to_container(cfg)
     return sha256_bytes(canonical_json_bytes(data))
+
+
+# ------------------------------------------------------------------ user-facing errors
+
+DEBUG_ENV = "FEDVID_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """``fedvid --debug ...`` (or ``HYDRA_FULL_ERROR=1``): show tracebacks instead of one-line errors."""
+    return os.environ.get(DEBUG_ENV) == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def error_lines(prog: str, exc: BaseException) -> str:
+    """One or two lines for a failure: our own errors name the key/file and the fix; anything
+    else also says how to see the traceback."""
+    text = str(exc).strip() or type(exc).__name__
+    ours = type(exc).__module__.startswith(("benchmark", "leaderboard", "baselines"))
+    if ours or isinstance(exc, (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)):
+        return f"{prog}: error: {text}"
+    return f"{prog}: error: {type(exc).__name__}: {text}\n(an unexpected error; rerun with `fedvid --debug ...` for the traceback)"
+
+
+def report_errors(prog: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``func(*args)``; a failure is printed as :func:`error_lines` (exit code 1) unless debugging."""
+    try:
+        return func(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the user sees the message; --debug shows the traceback
+        if debug_enabled():
+            raise
+        print(error_lines(prog, exc), file=sys.stderr)
+        return 1

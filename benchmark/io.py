@@ -97,21 +97,66 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, data)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON or ``.json.gz`` file; errors name the file and what is wrong."""
+#: Largest JSON input read (uncompressed): far above any manifest (Kinetics-400: ~30 MB) or
+#: record, far below what would exhaust memory.
+MAX_JSON_BYTES = 256 * 2**20
+#: Deepest nesting accepted; benchmark files nest < 10 levels. Checked on files up to
+#: DEPTH_CHECKED_BYTES (records, configs: the walk would double a large manifest's load time,
+#: and a manifest's fixed structure is validated on load); deeper than the parser's
+#: recursion limit is refused for every file.
+MAX_JSON_DEPTH = 64
+DEPTH_CHECKED_BYTES = 4 * 2**20
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON or ``.json.gz`` file; errors name the file and what is wrong.
+
+    Inputs larger than ``max_bytes`` (after decompression) are refused before they are
+    parsed; inputs nested too deeply (:data:`MAX_JSON_DEPTH`) after.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    raw = path.read_bytes()
+    too_big = ValueError(f"{path}: larger than {max_bytes / 2**20:.0f} MiB; not a FedVid-Bench JSON file")
+    if path.stat().st_size > max_bytes:
+        raise too_big
     if path.name.endswith(".gz"):
         try:
-            raw = gzip.decompress(raw)
+            with gzip.open(path, "rb") as f:
+                raw = f.read(max_bytes + 1)
         except (OSError, EOFError) as e:
             raise ValueError(f"{path}: not a valid gzip file ({e})") from e
+        if len(raw) > max_bytes:
+            raise too_big
+    else:
+        raw = path.read_bytes()
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except RecursionError:
+        obj, depth = None, "more than 900"
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid JSON ({e})") from e
+    else:
+        depth = _depth(obj) if len(raw) <= DEPTH_CHECKED_BYTES else 0
+    if obj is None or depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{path}: JSON nested {depth} levels deep (limit {MAX_JSON_DEPTH}); not a FedVid-Bench JSON file")
+    return obj
+
+
+def _depth(obj: Any) -> int:
+    """Deepest list/dict nesting of a parsed JSON value (iterative: no recursion limit)."""
+    deepest = 0
+    stack = [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_JSON_DEPTH:
+            break
+        stack.extend((c, level + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
 
 
 def _no_constants(name: str) -> Any:

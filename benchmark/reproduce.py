@@ -23,6 +23,7 @@ from pathlib import Path
 from benchmark import PROJECT_ROOT
 from benchmark.commands import TINY_INPUT_OVERRIDES
 from benchmark.io import read_json
+from benchmark.rundir import RESULT
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,7 @@ def main(argv: list[str]) -> int:
         cmd = row_command(table, row, scale, run_dir, extra)
         print(f"[{i + 1}/{len(table.rows)}] {row.label}: {' '.join(cmd[3:])}", flush=True)
         proc = subprocess.run(cmd, cwd=os.getcwd())
-        result = run_dir / "result.json"
+        result = run_dir / RESULT
         if proc.returncode != 0 or not result.exists():
             failed.append(row.label)
             print(f"  row failed (exit {proc.returncode}); see {run_dir}", file=sys.stderr)

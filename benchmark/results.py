@@ -19,6 +19,9 @@ from benchmark.config import config_sha256
 from benchmark.io import sha256_bytes, canonical_json_bytes
 
 RESULT_FORMAT = "fedvid-result/1"
+#: ``degraded`` when more than this fraction of the sampled client updates failed (a
+#: client error, a timeout or an update rejected by the guard) over the whole run.
+MAX_FAILED_UPDATE_FRACTION = 0.10
 #: Packages whose versions every record lists (what produced the numbers).
 RECORDED_PACKAGES = ("torch", "torchvision", "flwr", "ray", "hydra-core", "numpy", "decord", "av", "pytorchvideo",
                      "torchmetrics", "fedvid-bench")
@@ -81,6 +84,58 @@ def display_name(method: str, aggregator: dict) -> str:
     return f"{method} + {aggregator['name']}" + (f" ({args})" if args else "")
 
 
+def participation(rounds: list[dict]) -> dict[str, Any]:
+    """Sampled / replied / failed client updates over the run, each failure with its round and
+    reason, and the clients whose every sampled update failed (``excluded_clients``)."""
+    sampled: dict[int, int] = {}
+    failed: dict[int, int] = {}
+    failures = []
+    for r in rounds:
+        for c in r["sampled_clients"]:
+            sampled[c] = sampled.get(c, 0) + 1
+        for f in r.get("failed_clients", []):
+            failed[f["client_id"]] = failed.get(f["client_id"], 0) + 1
+            failures.append({"round": r["round"], "client_id": f["client_id"], "reason": f.get("reason") or "error"})
+    total_sampled, total_failed = sum(sampled.values()), sum(failed.values())
+    reasons: dict[str, int] = {}
+    for f in failures:
+        reasons[f["reason"]] = reasons.get(f["reason"], 0) + 1
+    return {
+        "sampled": total_sampled,
+        "replied": total_sampled - total_failed,
+        "failed": total_failed,
+        "failed_fraction": total_failed / total_sampled if total_sampled else 0.0,
+        "failed_by_reason": reasons,
+        "failures": failures,
+        "excluded_clients": sorted(c for c, n in sampled.items() if failed.get(c, 0) >= n),
+    }
+
+
+def run_status(part: dict[str, Any], videos: dict[str, Any], failure: dict[str, str] | None) -> tuple[str, list[str]]:
+    """``reproduced`` only when the run completed as configured; else ``degraded`` (with the
+    reasons) or ``failed`` (a stage did not complete). Thresholds: docs/leaderboard.md."""
+    if failure:
+        return "failed", [f"{failure['stage']} failed: {failure['message'].splitlines()[0]}"]
+    reasons = []
+    if part["excluded_clients"]:
+        reasons.append(f"clients {part['excluded_clients']} sent no usable update in any round they were sampled")
+    if part["failed_fraction"] > MAX_FAILED_UPDATE_FRACTION:
+        reasons.append(f"{part['failed']} of {part['sampled']} sampled client updates failed "
+                       f"(> {MAX_FAILED_UPDATE_FRACTION:.0%})")
+    for where, counts in _video_counts(videos):
+        if counts.get("skipped"):
+            reasons.append(f"{counts['skipped']} of {counts['listed']} {where} videos skipped")
+    return ("degraded" if reasons else "reproduced"), reasons
+
+
+def _video_counts(videos: dict[str, Any]):
+    if videos.get("pretraining"):
+        yield "pretraining", videos["pretraining"]
+    for ds, splits in sorted((videos.get("evaluation") or {}).items()):
+        for split, counts in sorted(splits.items()):
+            yield f"{ds} {split}", counts
+
+
 def build_result_record(
     cfg: dict,
     manifest,
@@ -93,12 +148,16 @@ def build_result_record(
     finished_at: str,
     method_pretext: str,
     startup_s: float | None = None,
+    videos: dict[str, Any] | None = None,
+    failure: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``fedvid-result/1`` record.
 
     cfg: the resolved run config (plain dict). manifest: the run's ``SplitManifest``.
     rounds: the records of ``rounds.jsonl``. evaluations: ``evaluate_backbone``'s block
-    (``{}`` when evaluation was switched off).
+    (``{}`` when evaluation was switched off). videos: listed/present/skipped counts,
+    ``{"pretraining": {...}, "evaluation": {dataset: {split: {...}}}}``. failure: the stage
+    that did not complete (``{"stage": "evaluation", "message": ...}``), or None.
     """
     from benchmark.federation.training import clients_per_round
 
@@ -119,9 +178,13 @@ def build_result_record(
         "backbone": cfg["backbone"]["name"],
         "input_size": [int(clip["frames"]), int(clip["size"]), int(clip["size"])],
     }
+    videos = videos or {}
+    part = participation(rounds)
+    status, reasons = run_status(part, videos, failure)
     record = {
         "format": RESULT_FORMAT,
-        "status": "reproduced",
+        "status": status,
+        "status_reasons": reasons,
         "track": track,
         "method": {
             "name": method.get("display_name") or display_name(method["name"], cfg["aggregator"]),
@@ -132,6 +195,8 @@ def build_result_record(
             "code": {"package": "fedvid-bench", "version": __version__, "commit": commit},
         },
         "evaluations": evaluations,
+        "participation": part,
+        "videos": videos,
         "systems": {
             "wall_time_s": round(float(wall_time_s), 3),
             "startup_s": None if startup_s is None else round(float(startup_s), 3),
@@ -152,6 +217,8 @@ def build_result_record(
             "finished_at": finished_at,
         },
     }
+    if failure:
+        record["failure"] = failure
     from benchmark.splits.manifest import standard_split_hashes
 
     if manifest.content_sha256 not in standard_split_hashes():

@@ -14,7 +14,6 @@ Each run has its own directory (Hydra: ``outputs/<date>/<time>``): ``config.yaml
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.config import config_sha256, hydra_entry, to_container
-from benchmark.federation.training import CONFIG_NAME, MANIFEST_NAME
-from benchmark.io import atomic_write_json, atomic_write_text, read_json
+from benchmark import rundir
+from benchmark.config import debug_enabled, error_lines, hydra_entry, to_container
+from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes, read_json, sha256_bytes
+from benchmark.results import utc_now
 
 
 class RunError(RuntimeError):
@@ -46,45 +46,44 @@ def run_task(cfg: DictConfig) -> int:
     try:
         execute_run(cfg, run_dir, console=console, dataset_choice=choices.get("dataset"))
     except Exception as e:
-        if not _is_user_error(e):
+        if debug_enabled():
             raise
         from rich.text import Text
 
         # soft_wrap: paths and keys in the message stay whole (copy-pasteable)
-        console.print(Text.assemble(("fedvid run: error: ", "bold red"), str(e)), soft_wrap=True)
+        console.print(Text(error_lines("fedvid run", e), style="red"), soft_wrap=True)
         console.print(Text(f"run directory: {run_dir}"), soft_wrap=True)
+        if resumable(e):
+            console.print(Text(f"continue with: {resume_command(run_dir)}"), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print("interrupted; every Flower/Ray process of the run was stopped. "
-                      f"Continue with: fedvid run resume=true hydra.run.dir={run_dir}", soft_wrap=True, markup=False)
+                      f"Continue with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
         return 130
     return 0
 
 
-def _is_user_error(e: Exception) -> bool:
-    from benchmark.federation.engine import FederationError
+def resumable(e: Exception) -> bool:
+    """Whether ``resume=true`` can help: a run stopped by something outside its config (a
+    crash, a timeout) or an evaluation to redo, not a deterministic failure such as a
+    diverged model, a bad value or a refused directory, which a resume would only repeat.
+    Errors say so with a ``resumable`` attribute (FederationError, EvaluationFailed)."""
+    return bool(getattr(e, "resumable", False))
 
-    # Errors our modules raise on purpose name the key/file and the fix: no traceback needed.
-    return isinstance(e, (RunError, FederationError, FileNotFoundError)) or type(e).__module__.startswith("benchmark")
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: its own overrides (data root, sizes...) plus resume=true."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    return " ".join(["fedvid run", *map(shlex.quote, overrides), "resume=true", f"hydra.run.dir={shlex.quote(str(run_dir))}"])
 
 
 # ------------------------------------------------------------------------------------
-# Preparation: names, data, manifest, config
+# Preparation: data, manifest, config (nothing is written into the run dir before the checks)
 # ------------------------------------------------------------------------------------
-
-
-def check_names(cfg: DictConfig) -> None:
-    """Registered names for method / aggregator / backbone, with the key to change."""
-    from benchmark.registry import AGGREGATORS, BACKBONES, METHODS
-
-    for key, registry in (("method.name", METHODS), ("aggregator.name", AGGREGATORS), ("backbone.name", BACKBONES)):
-        name = OmegaConf.select(cfg, key)
-        if name not in registry:
-            raise RunError(
-                f"{key}={name!r} is not registered. Registered: {', '.join(registry.names())}. "
-                f"Fix the config (e.g. `{key.split('.')[0]}=<option>` or `{key}=<name>`), "
-                "or register it (docs/adding-a-method.md)."
-            )
 
 
 def prepare_data(cfg: DictConfig, console=None) -> None:
@@ -102,70 +101,99 @@ def prepare_data(cfg: DictConfig, console=None) -> None:
         )
 
 
-def prepare_manifest(cfg: DictConfig, run_dir: Path, dataset_choice: str | None = None):
-    """Write ``<run_dir>/split_manifest.json`` (copied or made from ``partition``) and check it.
+def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice: str | None = None):
+    """The run's split manifest, in memory (written by the caller once every check passed).
 
-    Checks: client count == ``federation.num_clients``; every manifest video is in the
-    dataset's train list and present under ``dataset.root``.
+    Source: ``split_manifest`` (a file), else on resume the run dir's own copy, else made from
+    ``partition``. Checks: dataset, client count == ``federation.num_clients``, no empty
+    client, every video is in the dataset's train list and present under ``dataset.root``.
     """
-    from benchmark.data.annotations import load_annotations
     from benchmark.data.resolve import resolve_videos
-    from benchmark.splits.manifest import load_manifest, make_manifest, write_manifest
+    from benchmark.splits.manifest import (
+        SplitManifest,
+        input_overrides,
+        load_manifest,
+        make_manifest,
+        validate_manifest_data,
+    )
 
-    target = run_dir / MANIFEST_NAME
-    annotations = load_annotations(cfg.dataset)
+    target = run_dir / rundir.MANIFEST
     if cfg.get("split_manifest"):
         source = Path(str(cfg.split_manifest))
         if not source.is_file():
             raise RunError(f"split_manifest={source}: no such file (a fedvid-split/1 manifest, see `fedvid splits`)")
         manifest = load_manifest(source)
-        if target.resolve() != source.resolve():
-            shutil.copyfile(source, target)
     elif target.is_file() and cfg.get("resume", False):
         manifest = load_manifest(target)
     else:
-        data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice)
-        write_manifest(data, target)
-        manifest = load_manifest(target)
+        data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice,
+                             inputs=input_overrides(_task_overrides()))
+        validate_manifest_data(data, target)
+        manifest = SplitManifest(path=target, data=data)
+    where = manifest.path
     if manifest.dataset != annotations.dataset:
         raise RunError(
-            f"split manifest {target} is for dataset {manifest.dataset!r} but dataset.id={annotations.dataset!r}; "
+            f"split manifest {where} is for dataset {manifest.dataset!r} but dataset.id={annotations.dataset!r}; "
             "use a manifest made for this dataset (fedvid splits make dataset=...) or change `dataset=`"
         )
     num_clients = int(cfg.federation.num_clients)
     if manifest.num_clients != num_clients:
         raise RunError(
-            f"split manifest {target} has {manifest.num_clients} clients but federation.num_clients={num_clients}; "
+            f"split manifest {where} has {manifest.num_clients} clients but federation.num_clients={num_clients}; "
             f"set partition.num_clients={manifest.num_clients} (federation.num_clients follows it)"
         )
+    empty = [c for c in range(num_clients) if not manifest.client_videos(c)]
+    if empty:
+        raise RunError(f"split manifest {where}: clients {empty[:10]} have no videos; every client needs at least one "
+                       "(fewer clients: partition.num_clients=N)")
     train_paths = {r.path: r for r in annotations.train}
     listed = [(rel, lab) for c in range(num_clients) for rel, lab in manifest.client_videos(c)]
     unknown = [rel for rel, _ in listed if rel not in train_paths]
     if unknown:
         raise RunError(
-            f"split manifest {target} names {len(unknown)} videos that are not in the train list of dataset "
+            f"split manifest {where} names {len(unknown)} videos that are not in the train list of dataset "
             f"{annotations.dataset!r} (e.g. {unknown[:3]}); it does not match this dataset's annotations"
         )
-    resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
-                   allow_missing=bool(cfg.get("allow_missing_videos", False)))
-    return manifest
+    resolved = resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
+                              allow_missing=bool(cfg.get("allow_missing_videos", False)))
+    return manifest, resolved
 
 
-def save_config(cfg: DictConfig, run_dir: Path) -> dict:
-    """Save the resolved config (``config.yaml`` + ``config.json``); on resume, check it is unchanged."""
-    resolved = to_container(cfg)
-    json_path = run_dir / CONFIG_NAME
-    if json_path.is_file() and resolved.get("resume"):
-        before = read_json(json_path)
-        if config_sha256({**before, "resume": True}) != config_sha256({**resolved, "resume": True}):
-            changed = sorted(k for k in set(before) | set(resolved) if k != "resume" and before.get(k) != resolved.get(k))
-            raise RunError(
-                f"resume=true but the config differs from the one in {json_path} (keys: {changed}); "
-                "resume with the same overrides as the original run"
-            )
-    atomic_write_json(json_path, resolved)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    return resolved
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def lists_sha256(annotations) -> dict[str, str]:
+    """Content hashes of the dataset's train/test lists as read (path, label per video)."""
+    return {f"{annotations.dataset}/{part}": sha256_bytes(canonical_json_bytes(
+        [[r.path, int(r.label)] for r in getattr(annotations, part)])) for part in ("train", "test")}
+
+
+def code_version() -> dict[str, Any]:
+    from benchmark import __version__
+    from benchmark.results import git_state
+
+    return {"version": __version__, "commit": git_state()[0]}
+
+
+def save_config(resolved: dict, run_dir: Path) -> None:
+    """Save the resolved config (``config.json`` for the engines, ``config.yaml`` to read)."""
+    atomic_write_json(run_dir / rundir.CONFIG_JSON, resolved)
+    atomic_write_text(run_dir / rundir.CONFIG_YAML, OmegaConf.to_yaml(OmegaConf.create(resolved)))
+
+
+def _check_legacy_resume(run_dir: Path, resolved: dict) -> None:
+    """A run dir from before run_inputs.json: its training config must still match."""
+    path = run_dir / rundir.CONFIG_JSON
+    if (run_dir / rundir.INPUTS).is_file() or not path.is_file():
+        return
+    changed = rundir.RunInputs(rundir.training_config(read_json(path)), "", {}, {}).differences(
+        rundir.RunInputs(rundir.training_config(resolved), "", {}, {}))
+    if changed:
+        raise RunError(f"resume=true refused: the config differs from {path} in " + "; ".join(changed)
+                       + ". Resume with the same overrides as the original run.")
 
 
 # ------------------------------------------------------------------------------------
@@ -175,22 +203,107 @@ def save_config(cfg: DictConfig, run_dir: Path) -> dict:
 
 def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice: str | None = None,
                 evaluate: bool | None = None) -> dict[str, Any]:
-    """Prepare, federate, evaluate and write ``result.json``; returns the result record."""
-    from benchmark.federation.checkpoint import final_global_state
-    from benchmark.federation.engine import run_federation
-    from benchmark.federation.server_app import read_round_log
-    from benchmark.federation.training import as_config, build_model
-    from benchmark.results import build_result_record, utc_now
+    """Validate, prepare, federate, evaluate and write ``result.json``; returns the result record.
+
+    Order: config check (every problem at once) -> run lock -> data, manifest and resume
+    checks (nothing written yet) -> manifest/config/inputs written -> engine -> evaluation.
+    """
+    from benchmark.config_check import check_run_config
 
     started_at = utc_now()
     t0 = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_names(cfg)
-    if not cfg.get("resume", False) and (run_dir / "checkpoints" / "latest.json").is_file():
-        raise RunError(f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir")
-    prepare_data(cfg, console)
-    manifest = prepare_manifest(cfg, run_dir, dataset_choice)
-    resolved = save_config(cfg, run_dir)
+    resolved = to_container(cfg)
+    check_run_config(resolved)
+    resume = bool(resolved.get("resume"))
+    with rundir.RunLock(run_dir):
+        if not resume and rundir.has_checkpoint(run_dir):
+            raise RunError(f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir")
+        from benchmark.data.annotations import load_annotations
+
+        prepare_data(cfg, console)
+        annotations = load_annotations(cfg.dataset)
+        manifest, videos = prepare_manifest(cfg, run_dir, annotations, dataset_choice)
+        inputs = rundir.RunInputs(rundir.training_config(resolved), manifest.content_sha256,
+                                  lists_sha256(annotations), code_version())
+        if resume:
+            rundir.check_resume(run_dir, inputs)
+            _check_legacy_resume(run_dir, resolved)
+        from benchmark.splits.manifest import write_manifest
+
+        write_manifest(manifest.data, run_dir / rundir.MANIFEST)
+        save_config(resolved, run_dir)
+        inputs.write(run_dir)
+        return _federate_and_evaluate(cfg, resolved, run_dir, manifest, videos, console=console,
+                                      evaluate=evaluate, started_at=started_at, t0=t0)
+
+
+class EvaluationFailed(RunError):
+    """Evaluation failed after a completed pretraining: the checkpoint and a failed record are kept."""
+
+    resumable = True
+
+
+def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manifest, videos, *, console,
+                           evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
+    from benchmark.federation.checkpoint import final_global_state
+    from benchmark.federation.engine import FederationOutcome
+    from benchmark.federation.training import as_config, build_model
+    from benchmark.results import build_result_record
+
+    rounds_planned = int(cfg.federation.rounds)
+    record_videos: dict[str, Any] = {"pretraining": videos.summary()}
+
+    def write_record(evaluations: dict, outcome, failure: dict | None = None) -> dict:
+        record = build_result_record(
+            resolved, manifest, rundir.read_round_log(run_dir), evaluations,
+            wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
+            started_at=started_at, finished_at=utc_now(), method_pretext=method_pretext,
+            startup_s=outcome.startup_s, videos=record_videos, failure=failure,
+        )
+        atomic_write_json(run_dir / rundir.RESULT, record)
+        if console is not None:
+            print_summary(console, record, rundir.read_round_log(run_dir), run_dir)
+        return record
+
+    method = build_model(as_config(resolved), 0)
+    method_pretext = type(method).pretext or cfg.method.name
+    if bool(resolved.get("resume")) and (rundir.latest_round(run_dir) or -1) >= rounds_planned:
+        # pretraining finished earlier (e.g. its evaluation failed): only evaluate again
+        outcome = FederationOutcome(0.0, None, _previous_peak_memory(run_dir), run_dir / rundir.FLOWER_LOG)
+        if console is not None:
+            console.print(f"pretraining already complete ({rounds_planned} rounds); evaluating the saved model")
+    else:
+        try:
+            outcome = _run_engine(cfg, resolved, run_dir, console)
+        except Exception as e:
+            write_record({}, FederationOutcome(0.0, None, 0, run_dir / rundir.FLOWER_LOG),
+                         {"stage": "federation", "message": str(e)})
+            raise
+
+    method.load_partial_state(final_global_state(run_dir))
+    evaluations: dict = {}
+    do_eval = cfg.get("evaluate", True) if evaluate is None else evaluate
+    if do_eval:
+        try:
+            report = evaluate_global_model(method.backbone, cfg, run_dir, console)
+        except Exception as e:
+            if debug_enabled():
+                raise
+            write_record({}, outcome, {"stage": "evaluation", "message": f"{type(e).__name__}: {e}"})
+            raise EvaluationFailed(
+                f"evaluation failed after a complete pretraining: {e}\nThe checkpoint is kept in "
+                f"{run_dir / rundir.CHECKPOINTS}; the record says status=failed (evaluation). Fix the eval settings "
+                "or data and finish it with resume=true (no retraining) or `fedvid evaluate`."
+            ) from e
+        evaluations = report["evaluations"]
+        record_videos["evaluation"] = {ds: meta["videos"] for ds, meta in report["datasets"].items() if "videos" in meta}
+    return write_record(evaluations, outcome)
+
+
+def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):
+    from benchmark.federation.centralized import run_centralized
+    from benchmark.federation.engine import run_federation
+    from benchmark.federation.training import as_config
 
     progress = _RunProgress(console, run_dir, int(cfg.federation.rounds)) if console is not None else None
     echo = bool(cfg.engine.get("echo_log", True)) and console is not None
@@ -198,45 +311,32 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         if progress is not None:
             progress.start()
         # engine=centralized: one in-process model on the pooled data (benchmark/federation/centralized.py)
-        from benchmark.federation.centralized import run_centralized
-
         run_engine = run_centralized if cfg.engine.name == "centralized" else run_federation
-        outcome = run_engine(
+        return run_engine(
             as_config(resolved),
             run_dir,
-            run_dir / CONFIG_NAME,
+            run_dir / rundir.CONFIG_JSON,
             on_line=(progress.log_line if echo and progress is not None else None),
             on_poll=(progress.update if progress is not None else None),
         )
     finally:
         if progress is not None:
             progress.stop()
-    rounds = read_round_log(run_dir)
 
-    state = final_global_state(run_dir)
-    method = build_model(as_config(resolved), 0)
-    method.load_partial_state(state)
-    evaluations: dict = {}
-    do_eval = cfg.get("evaluate", True) if evaluate is None else evaluate
-    if do_eval:
-        evaluations = evaluate_global_model(method.backbone, cfg, run_dir, console)
-    record = build_result_record(
-        resolved, manifest, rounds, evaluations,
-        wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
-        started_at=started_at, finished_at=utc_now(), method_pretext=type(method).pretext or cfg.method.name,
-        startup_s=outcome.startup_s,
-    )
-    atomic_write_json(run_dir / "result.json", record)
-    if console is not None:
-        print_summary(console, record, rounds, run_dir)
-    return record
+
+def _previous_peak_memory(run_dir: Path) -> int:
+    try:
+        return int(read_json(run_dir / rundir.RESULT)["systems"]["peak_memory_bytes"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
-    """Call the shared evaluation (``benchmark.evaluation.evaluate_backbone``)."""
-    from benchmark.evaluation import evaluate_backbone
+    """The shared evaluation (``benchmark.evaluation``): its report, whose ``evaluations`` go
+    into the record and whose ``datasets[...]["videos"]`` give the skipped-video counts."""
+    from benchmark.evaluation.pipeline import evaluate_backbone_report
 
-    return evaluate_backbone(backbone, cfg, run_dir, progress=console is not None)
+    return evaluate_backbone_report(backbone, cfg, run_dir, progress=console is not None)
 
 
 # ------------------------------------------------------------------------------------
@@ -271,11 +371,8 @@ class _RunProgress:
         self.progress.console.print(Text(line, style="dim"))
 
     def update(self) -> None:
-        from benchmark.federation.server_app import STATUS_FILE
-
-        try:
-            status = read_json(self.run_dir / STATUS_FILE)
-        except (FileNotFoundError, ValueError):
+        status = rundir.read_status(self.run_dir)
+        if not status:
             return
         done = int(status.get("round", 0))
         state = status.get("state", "")
@@ -291,6 +388,26 @@ class _RunProgress:
         self.progress.update(self.task, completed=done, description=desc)
 
 
+def status_line(record: dict) -> str:
+    """The record's status, why, client participation and skipped videos, in plain lines."""
+    lines = [f"status: {record['status']}" + "".join(f"\n  - {r}" for r in record.get("status_reasons", []))]
+    part = record.get("participation")
+    if part:
+        by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(part["failed_by_reason"].items()))
+        lines.append(f"client updates: {part['sampled']} sampled, {part['replied']} used, {part['failed']} failed"
+                     + (f" ({by_reason})" if by_reason else "")
+                     + (f"; clients never used: {part['excluded_clients']}" if part["excluded_clients"] else ""))
+    videos = record.get("videos") or {}
+    counts = [("pretraining", videos["pretraining"])] if videos.get("pretraining") else []
+    counts += [(f"{ds} {split}", c) for ds, splits in sorted((videos.get("evaluation") or {}).items())
+               for split, c in sorted(splits.items())]
+    if counts:
+        lines.append("videos (present/listed, skipped): " + "; ".join(
+            f"{where} {c['present']}/{c['listed']}" + (f", {c['skipped']} skipped" if c.get("skipped") else "")
+            for where, c in counts))
+    return "\n".join(lines)
+
+
 def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> None:
     from rich.table import Table
 
@@ -302,7 +419,8 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
     table.add_column("compute s", justify="right")
     table.add_column("MB up/down", justify="right")
     for r in rounds:
-        failed = f" ({len(r['failed_clients'])} failed)" if r.get("failed_clients") else ""
+        failed = (" (failed: " + ", ".join(f"{f['client_id']} {f.get('reason') or 'error'}" for f in r["failed_clients"])
+                  + ")") if r.get("failed_clients") else ""
         table.add_row(str(r["round"]), ",".join(map(str, r["replied_clients"])) + failed, f"{r['loss']:.4f}",
                       f"{r['round_wall_s']:.1f}", f"{r['client_compute_s']:.1f}",
                       f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}")
@@ -317,10 +435,11 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
             t.add_row(name, f"{100 * entry['topk']['1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
                       f"{100 * entry['chance_top1']:.1f}")
         console.print(t)
+    console.print(status_line(record), soft_wrap=True, markup=False)
     sysd = record["systems"]
     console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
                   f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")
     console.print("files:")
-    for name in ("result.json", "rounds.jsonl", "config.yaml", "split_manifest.json", "checkpoints/latest.json",
-                 "flower.log"):
+    for name in (rundir.RESULT, rundir.ROUNDS_LOG, rundir.CONFIG_YAML, rundir.MANIFEST,
+                 f"{rundir.CHECKPOINTS}/{rundir.LATEST}", rundir.FLOWER_LOG):
         console.print(f"  {run_dir / name}", soft_wrap=True, markup=False)

@@ -10,6 +10,8 @@ retrieval Top-1 on UCF101 split 1 (``retrieval.ucf101.top1``; on synthetic track
 UCF101-style set ``retrieval.synthetic_ucf101.top1``), ties broken by HMDB51 retrieval
 Top-1, then by name. Entries without the primary metric are listed unranked after the
 ranked ones. Reported (paper), submitted and reproduced entries stand side by side.
+``degraded`` run records (clients or videos lost, see docs/leaderboard.md) are listed
+unranked, as their own entries; ``failed`` records (a stage did not complete) are left out.
 
 Output is deterministic: same inputs => same bytes (sorted keys and entries, numbers
 rounded to 6 decimals, no timestamps).
@@ -89,9 +91,16 @@ def _stats(values: list[float]) -> dict[str, float | int]:
     return {"mean": round(mean, 6), "std": round(std, 6), "n": n}
 
 
+#: Statuses listed but never ranked / never listed.
+UNRANKED_STATUSES = ("degraded",)
+EXCLUDED_STATUSES = ("failed",)
+
+
 def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
     by_track: dict[str, list[dict]] = defaultdict(list)
     for r in records:
+        if r["status"] in EXCLUDED_STATUSES:
+            continue
         by_track[track_key(r["track"])].append(r)
 
     tracks = []
@@ -126,12 +135,13 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
         def sort_key(e: dict) -> tuple:
             p = e["metrics"].get(primary, {}).get("mean")
             t = e["metrics"].get(tiebreak, {}).get("mean", -1.0)
-            return (p is None, -(p or 0.0), -t, e["method"], e["status"])
+            unranked = p is None or e["status"] in UNRANKED_STATUSES
+            return (unranked, -(p or 0.0), -t, e["method"], e["status"])
 
         entries.sort(key=sort_key)
         rank = 0
         for e in entries:
-            if primary in e["metrics"]:
+            if primary in e["metrics"] and e["status"] not in UNRANKED_STATUSES:
                 rank += 1
                 e["rank"] = rank
             else:
@@ -165,6 +175,13 @@ def _pct(stat: dict | None) -> str:
     return s
 
 
+def md_cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell: no HTML, no cell breaks, no line breaks."""
+    import html
+
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+
+
 def render_markdown(board: dict[str, Any]) -> str:
     lines = ["# FedVid-Bench leaderboard", "",
              "Retrieval Top-k and accuracies in %, mean ± std over seeds (n = number of records).",
@@ -172,9 +189,9 @@ def render_markdown(board: dict[str, Any]) -> str:
     for t in board["tracks"]:
         ucf = t["primary_metric"].split(".")[1]
         hmdb = t["tiebreak_metric"].split(".")[1]
-        lines += [f"## {t['track_id']}", "",
-                  f"{t['dataset']}, split `{t['split_manifest_id'] or 'nonstandard'}`, {t['num_clients']} clients, "
-                  f"{t['clients_per_round']:g} per round, {t['rounds']} rounds, {t['backbone']} "
+        lines += [f"## {md_cell(t['track_id'])}", "",
+                  f"{md_cell(t['dataset'])}, split `{md_cell(t['split_manifest_id'] or 'nonstandard')}`, {t['num_clients']} clients, "
+                  f"{t['clients_per_round']:g} per round, {t['rounds']} rounds, {md_cell(t['backbone'])} "
                   f"{'x'.join(map(str, t['input_size']))}", "",
                   f"| # | method | status | {ucf} R@1 | {ucf} R@5 | {hmdb} R@1 | {ucf} FT top-1 | n |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -183,7 +200,7 @@ def render_markdown(board: dict[str, Any]) -> str:
             ft = m.get(f"finetune.{ucf}.video_top1") or m.get(f"finetune.{ucf}.top1")
             n = max((s["n"] for s in m.values()), default=0)
             lines.append(
-                f"| {e['rank'] or '–'} | {e['method']} | {e['status']} | {_pct(m.get(f'retrieval.{ucf}.top1'))} | "
+                f"| {e['rank'] or '–'} | {md_cell(e['method'])} | {md_cell(e['status'])} | {_pct(m.get(f'retrieval.{ucf}.top1'))} | "
                 f"{_pct(m.get(f'retrieval.{ucf}.top5'))} | {_pct(m.get(f'retrieval.{hmdb}.top1'))} | {_pct(ft)} | {n} |"
             )
         lines.append("")

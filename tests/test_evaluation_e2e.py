@@ -113,10 +113,11 @@ def test_fedvid_evaluate_on_a_run_checkpoint_and_a_plain_state_dict(data_root, t
     wrong = tmp_path / "wrong.pt"
     torch.save(build_backbone("tiny_r3d", width=4).state_dict(), wrong)
     capsys.readouterr()
-    with pytest.raises(SystemExit):  # Hydra reports the error and exits 1
-        evaluate_main([f"checkpoint={wrong}", f"hydra.run.dir={tmp_path / 'c'}", *eval_overrides(data_root)])
+    # one error line, exit code 1 (the traceback only with `fedvid --debug`)
+    assert evaluate_main([f"checkpoint={wrong}", f"hydra.run.dir={tmp_path / 'c'}", *eval_overrides(data_root)]) == 1
     err = capsys.readouterr().err
     assert f"checkpoint={wrong} does not fit backbone=tiny_r3d" in err and "stem.0.weight" in err
+    assert err.startswith("fedvid evaluate: error: ") and "Traceback" not in err
 
 
 def validate_against_result_schema(evaluations: dict) -> None:

@@ -334,3 +334,57 @@ def test_cli_make_reports_bad_params(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "partition.classes_per_client=2 x num_clients=10 = 20 class slots cannot cover the 51 classes" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- provenance (issue 14, case 7)
+
+
+def _custom_ucf_lists(tmp_path: Path) -> Path:
+    """The official UCF101 lists with the last 100 train videos of list 1 left out."""
+    import shutil
+
+    lists = tmp_path / "lists"
+    shutil.copytree(DATASETS_DIR / "ucf101" / "ucfTrainTestlist", lists)
+    train = (lists / "trainlist01.txt").read_text().splitlines(keepends=True)
+    (lists / "trainlist01.txt").write_text("".join(train[:-100]))
+    return lists
+
+
+def test_a_manifest_from_custom_lists_records_them_keeps_its_own_id_and_verifies(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    lists = _custom_ucf_lists(tmp_path)
+    args = ["dataset=ucf101", f"dataset.annotations={lists}", "partition=iid", "partition.num_clients=5", "seed=0"]
+    assert fedvid(["splits", "make", *args, "out=custom.json"]) == 0
+    m = load_manifest(tmp_path / "custom.json")
+    committed = load_manifest(UCF_SPLITS / "ucf101-s1-iid-c5-seed0.json")
+    assert m.content_sha256 != committed.content_sha256
+    assert m.manifest_id == f"ucf101-s1-iid-c5-seed0-custom-{m.content_sha256[:8]}"
+    assert f"dataset.annotations={lists}" in m.data["make_command"]
+    capsys.readouterr()
+    assert fedvid(["splits", "verify", str(tmp_path / "custom.json")]) == 0, capsys.readouterr()
+
+
+def test_overlapping_train_and_test_lists_and_an_empty_class_list_are_errors(tmp_path):
+    from benchmark.data.annotations import read_hmdb51
+    from benchmark.data.records import AnnotationSplit, VideoRecord
+
+    # e.g. the same Kinetics CSV given as train and test list
+    train = [VideoRecord(f"train/a/{i}.mp4", 0, "a") for i in range(4)]
+    same = AnnotationSplit("kinetics400", "official", ["a"], train, list(train), {"train.csv": "0" * 64})
+    with pytest.raises(PartitionError, match=r"share 4 videos .*lists: train.csv\): train/test leakage"):
+        make_manifest(same, {"name": "iid", "num_clients": 2}, 0)
+
+    hmdb = tmp_path / "hmdb"
+    hmdb.mkdir()
+    (hmdb / "run_test_split1.txt").write_text("a.avi 1\nb.avi 2\n")
+    (hmdb / "walk_test_split1.txt").write_text("")
+    with pytest.raises(ValueError, match=r"walk_test_split1.txt: empty list \(no videos of class 'walk'\)"):
+        read_hmdb51(hmdb, 1)
+
+
+def test_a_manifest_without_clients_is_refused_naming_the_file(tmp_path):
+    data = json.loads((UCF_SPLITS / "ucf101-s1-iid-c5-seed0.json").read_text())
+    data.update(clients=[], num_clients=0)
+    atomic_write_json(tmp_path / "empty.json", data)
+    with pytest.raises(ManifestError, match=r"empty.json: has no clients"):
+        load_manifest(tmp_path / "empty.json")

@@ -244,6 +244,8 @@ def read_hmdb51(annotation_dir: str | os.PathLike, split: int) -> AnnotationSpli
             listed.append((line_no, VideoRecord(path, label, name)))
             if parts[1] != "0":
                 (train if parts[1] == "1" else test).append(listed[-1][1])
+        if not listed:  # an empty class list would silently drop the class
+            raise ValueError(f"{file}: empty list (no videos of class {name!r}); restore the file or remove the class")
         _check_unique(listed, file)
     return AnnotationSplit(
         dataset="hmdb51",
@@ -494,4 +496,8 @@ def load_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
             split=str(dataset_cfg.get("split") or "official"),
             base_dir=directory,
         )
+    for part in ("train", "test"):
+        if not getattr(result, part):
+            raise ValueError(f"{name}: the {part} list is empty ({', '.join(sorted(result.source_sha256))} under "
+                             f"{directory}); check dataset.annotations and the list files")
     return dataclasses.replace(result, dataset=str(dataset_cfg.get("id") or name))

@@ -60,6 +60,10 @@ def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         raise ValueError(f"checkpoint={path}: not loadable with torch.load(weights_only=True) ({e})") from e
     state = extract_backbone_state(obj, path)
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"checkpoint={path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]}); the model "
+                         "diverged. Evaluate an earlier checkpoint (checkpoints/round_XXXX.pt)")
     params = OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True)
     backbone = build_backbone(str(cfg.backbone.name), **params)
     try:
@@ -78,6 +82,9 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, progress: bool = True) -
     """Load ``cfg.checkpoint``, evaluate it, write ``run_dir/evaluation.json``; returns the record."""
     from benchmark.evaluation import evaluate_backbone_report
 
+    from benchmark.config_check import check_eval_config
+
+    check_eval_config({"eval": to_container(cfg.eval)})
     path = Path(str(cfg.checkpoint)).expanduser()
     backbone = load_backbone(cfg, path)
     checkpoint_sha = sha256_file(path)

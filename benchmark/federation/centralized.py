@@ -48,8 +48,9 @@ from omegaconf import OmegaConf
 
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.engine import FederationOutcome, memory_bytes
+from benchmark.federation.guard import GuardSpec, check_global, float_norm
+from benchmark.rundir import MANIFEST, ROUNDS_LOG, RoundRecord, resume_point, write_round_log, write_status
 from benchmark.federation.training import (
-    MANIFEST_NAME,
     as_config,
     client_videos,
     epoch_batches,
@@ -119,7 +120,7 @@ def federated_step_budget(cfg, client_sizes: Sequence[int]) -> list[RoundBudget]
 def pooled_client_videos(cfg, run_dir: Path) -> list[list[tuple[str, int]]]:
     """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp would see it."""
     allow_missing = bool(cfg.get("allow_missing_videos", False))
-    manifest = str(Path(run_dir) / MANIFEST_NAME)
+    manifest = str(Path(run_dir) / MANIFEST)
     return [
         client_videos(manifest, str(cfg.dataset.root), c, allow_missing)
         for c in range(int(cfg.federation.num_clients))
@@ -139,8 +140,6 @@ def run_centralized(
     (``config_path`` is unused: the config is in-process). ``federation.rounds=0`` writes
     the round-0 global model (``initial_global_state``) as checkpoint 0 and trains nothing.
     """
-    from benchmark.federation.server_app import ROUNDS_LOG, resume_point, write_round_log, write_status
-
     del config_path
     cfg = as_config(cfg)
     run_dir = Path(run_dir)
@@ -159,6 +158,8 @@ def run_centralized(
     pooled = [video for videos in per_client for video in videos]
 
     ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
+    guard = GuardSpec.from_config(cfg.federation.get("guard"))
+    initial_norm = float_norm(initial_global_state(cfg))
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
@@ -189,33 +190,27 @@ def run_centralized(
         round_cfg.federation.local_steps = plan.total_steps
         round_cfg.federation.num_clients = num_clients + 1  # the pseudo-client's context: K of K + 1
         result = run_local_training(round_cfg, num_clients, r, global_state, local_state, pooled, lr)
+        weight_norm = check_global(r, result.exchanged, float(result.metrics["loss"]), initial_norm, guard)
         global_state, local_state = result.exchanged, result.local
         save_checkpoint(run_dir, Checkpoint(r, global_state, {"local_state": local_state}))
         compute_s = float(result.metrics["compute_s"])
-        rounds_log.append(
-            {
-                "round": r,
-                "engine": "centralized",
-                # The pooled data of every client trains; the federated run's sampled
-                # clients only set this round's step budget.
-                "sampled_clients": list(range(num_clients)),
-                "replied_clients": list(range(num_clients)),
-                "failed_clients": [],
-                "lr": lr,
-                "steps": int(result.metrics["steps"]),
-                "budget": {"federated_sampled_clients": plan.sampled_clients,
-                           "federated_client_steps": {str(c): s for c, s in plan.client_steps.items()}},
-                "clients": [],
-                "loss": float(result.metrics["loss"]),
-                "num_examples": int(result.num_examples),
-                "aggregate_s": 0.0,
-                "client_compute_s": compute_s,
-                "bytes_up": 0,
-                "bytes_down": 0,
-                "l2_to_global": {"backbone": None, "heads": None},
-                "round_wall_s": time.perf_counter() - started,
-            }
-        )
+        rounds_log.append(RoundRecord(
+            round=r,
+            # The pooled data of every client trains; the federated run's sampled
+            # clients only set this round's step budget.
+            sampled_clients=list(range(num_clients)),
+            replied_clients=list(range(num_clients)),
+            failed_clients=[],
+            lr=lr,
+            loss=float(result.metrics["loss"]),
+            num_examples=int(result.num_examples),
+            client_compute_s=compute_s,
+            round_wall_s=time.perf_counter() - started,
+            global_weight_norm=weight_norm,
+            extra={"engine": "centralized", "steps": int(result.metrics["steps"]),
+                   "budget": {"federated_sampled_clients": plan.sampled_clients,
+                              "federated_client_steps": {str(c): s for c, s in plan.client_steps.items()}}},
+        ).to_json())
         write_round_log(run_dir, rounds_log)
         write_status(run_dir, round=r)
         peak = max(peak, memory_bytes([os.getpid()]))

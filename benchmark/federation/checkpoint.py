@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from benchmark.io import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes, sha256_file
+from benchmark.rundir import LATEST, checkpoint_dir
 
 CHECKPOINT_FORMAT = "fedvid-checkpoint/1"
 
@@ -39,10 +40,6 @@ class Checkpoint:
     history: dict[str, Any] = field(default_factory=dict)
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
 def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> Path:
     """Write ``checkpoints/round_XXXX.pt`` then point ``latest.json`` at it (both atomic)."""
     buf = io.BytesIO()
@@ -60,7 +57,7 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> Path:
     name = f"round_{ckpt.round:04d}.pt"
     path = atomic_write_bytes(checkpoint_dir(run_dir) / name, data)
     atomic_write_json(
-        checkpoint_dir(run_dir) / "latest.json",
+        checkpoint_dir(run_dir) / LATEST,
         {"format": CHECKPOINT_FORMAT, "round": int(ckpt.round), "file": name, "sha256": sha256_bytes(data)},
     )
     return path
@@ -88,7 +85,7 @@ def load_latest(run_dir: str | Path) -> Checkpoint | None:
 
     The file's sha256 is checked against ``latest.json``.
     """
-    pointer = checkpoint_dir(run_dir) / "latest.json"
+    pointer = checkpoint_dir(run_dir) / LATEST
     if not pointer.is_file():
         return None
     meta = read_json(pointer)

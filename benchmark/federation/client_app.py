@@ -24,8 +24,9 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from benchmark.federation.training import MANIFEST_NAME, as_config, client_videos, run_local_training
+from benchmark.federation.training import as_config, client_videos, run_local_training
 from benchmark.io import atomic_write_bytes, read_json
+from benchmark.rundir import MANIFEST
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.client")
@@ -63,7 +64,7 @@ def _paths(cfg, context: Context) -> tuple[str, str, Path]:
     """(manifest, dataset root, client state dir) — the node config overrides the run's paths."""
     nc = context.node_config
     run_dir = Path(str(context.run_config["config-path"])).parent
-    manifest = str(nc.get("manifest") or run_dir / MANIFEST_NAME)
+    manifest = str(nc.get("manifest") or run_dir / MANIFEST)
     dataset_root = str(nc.get("dataset-root") or cfg.dataset.root)
     state_dir = Path(str(nc.get("state-dir") or run_dir / "client_state"))
     return manifest, dataset_root, state_dir

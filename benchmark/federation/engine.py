@@ -42,10 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark import PROJECT_ROOT, __version__
+from benchmark import PROJECT_ROOT, __version__, rundir
 from benchmark.federation.reaper import RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
 from benchmark.federation.security import Layout, make_credentials
-from benchmark.io import atomic_write_text, read_json
+from benchmark.io import atomic_write_text
 
 #: PID of `fedvid run`; the ServerApp exits when that process is gone (see server_app).
 LAUNCHER_PID_ENV = "FEDVID_LAUNCHER_PID"
@@ -56,7 +56,14 @@ _PR_SET_PDEATHSIG = 1
 
 
 class FederationError(RuntimeError):
-    """The federation did not complete (the message says why and where the logs are)."""
+    """The federation did not complete (the message says why and where the logs are).
+
+    resumable: whether ``resume=true`` can help (False for a diverged model or failures
+    that the same config repeats)."""
+
+    def __init__(self, message: str, resumable: bool = True):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 # ------------------------------------------------------------------------------------
@@ -316,10 +323,8 @@ def run_federation(
 
     Raises :class:`FederationError` when the ServerApp did not report completion.
     """
-    from benchmark.federation.server_app import STATUS_FILE
-
     run_dir = Path(run_dir)
-    logs = run_dir / "logs"
+    logs = run_dir / rundir.LOGS
     logs.mkdir(parents=True, exist_ok=True)
     engine = cfg.engine
     check_connection_security(engine)
@@ -330,10 +335,9 @@ def run_federation(
     t0 = time.perf_counter()
     peak = 0
     startup_s = None
-    flower_log = run_dir / "flower.log"
+    flower_log = run_dir / rundir.FLOWER_LOG
     try:
-        # a status left by an earlier (killed or failed) attempt must not be read as this run's
-        (run_dir / STATUS_FILE).unlink(missing_ok=True)
+        rundir.clear_status(run_dir)
         app_dir = write_flower_app(run_dir)
         extra_env: dict[str, str] = {}
         if engine.name == "simulation" and engine.get("ray_address"):
@@ -369,12 +373,12 @@ def run_federation(
             time.sleep(0.5)
             peak = max(peak, memory_bytes(procs.tagged()))
             if startup_s is None:
-                status = _read_status(run_dir / STATUS_FILE)
+                status = rundir.read_status(run_dir)
                 if status.get("state") in ("running", "completed", "failed"):
                     startup_s = time.perf_counter() - t0
             if on_poll is not None:
                 on_poll()
-            status = _read_status(run_dir / STATUS_FILE)
+            status = rundir.read_status(run_dir)
             if status.get("state") in ("completed", "failed"):
                 # the ServerApp is done; give `flwr run` a moment to drain the log stream
                 try:
@@ -383,10 +387,11 @@ def run_federation(
                     break
         reader.join(timeout=5)
         wall = time.perf_counter() - t0
-        status = _read_status(run_dir / STATUS_FILE)
+        status = rundir.read_status(run_dir)
         if status.get("state") != "completed":
             why = status.get("message") or f"`flwr run` exited with code {flwr_run.returncode} before the run completed"
-            raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)")
+            raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
+                                  resumable=bool(status.get("resumable", True)))
         return FederationOutcome(wall, startup_s, peak, flower_log)
     finally:
         leftovers = procs.stop()
@@ -398,9 +403,7 @@ def run_federation(
 
 def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: Path,
                       creds: Layout | None) -> None:
-    from benchmark.federation.training import MANIFEST_NAME
-
-    manifest = run_dir / MANIFEST_NAME
+    manifest = run_dir / rundir.MANIFEST
     if creds is not None:  # a SuperNode whose key is not registered is refused
         for cid in range(int(cfg.federation.num_clients)):
             register_supernode(procs, creds.registered_key(local_node_name(cid)), local_node_name(cid))
@@ -531,13 +534,6 @@ def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None]
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
                 except Exception:  # noqa: BLE001 - the console must never stop the log
                     pass
-
-
-def _read_status(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (FileNotFoundError, ValueError):
-        return {}
 
 
 def _install_sigterm() -> Callable[[], None]:

@@ -44,10 +44,21 @@ def send_signal(pid: int, sig: int) -> None:
         pass
 
 
-def kill_tagged(tag: str, grace_s: float = 8.0) -> list[int]:
-    """SIGTERM every process tagged ``tag``, SIGKILL those left after ``grace_s``.
+def kill_tagged(tag: str, grace_s: float = 8.0, passes: int = 5) -> list[int]:
+    """SIGTERM every process tagged ``tag``, SIGKILL those left after ``grace_s``; repeat
+    (up to ``passes`` times) while tagged processes remain: one started during a pass (Ray
+    spawns workers while its raylet is stopping) escapes that pass's scans.
 
     Returns the PIDs that needed SIGKILL."""
+    killed: list[int] = []
+    for _ in range(passes):
+        killed += _kill_pass(tag, grace_s)
+        if not tagged_processes(tag):
+            break
+    return killed
+
+
+def _kill_pass(tag: str, grace_s: float) -> list[int]:
     for pid in tagged_processes(tag):
         send_signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s

@@ -15,22 +15,20 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
+from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
+from benchmark.federation.guard import float_norm
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, initial_global_state
-from benchmark.io import atomic_write_json, atomic_write_text, dumps_json, read_json
+from benchmark.io import read_json
 from benchmark.registry import build_aggregator
+from benchmark.rundir import resume_point, write_round_log, write_status
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
-
-ROUNDS_LOG = "rounds.jsonl"
-STATUS_FILE = "federation_status.json"
 
 app = ServerApp()
 
@@ -43,7 +41,8 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(grid, as_config(read_json(config_path)), run_dir)
     except Exception as exc:
-        write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+                     resumable=bool(getattr(exc, "resumable", True)))
         log.error("the federation failed:\n%s", traceback.format_exc())
         raise
 
@@ -85,7 +84,7 @@ def _stop_run_processes() -> None:
     import os
     import signal
 
-    from benchmark.federation.engine import RUN_TAG_ENV, tagged_processes
+    from benchmark.federation.reaper import RUN_TAG_ENV, tagged_processes
 
     tag = os.environ.get(RUN_TAG_ENV)
     if not tag:
@@ -100,41 +99,6 @@ def _stop_run_processes() -> None:
         deadline = time.monotonic() + wait
         while tagged_processes(tag) and time.monotonic() < deadline:
             time.sleep(0.1)
-
-
-def write_status(run_dir: Path, **fields: Any) -> None:
-    path = run_dir / STATUS_FILE
-    try:
-        previous = read_json(path)
-    except (FileNotFoundError, ValueError):
-        previous = {}
-    atomic_write_json(path, {**previous, **fields, "updated_at": time.time()})
-
-
-def resume_point(run_dir: Path, resume: bool) -> tuple[Checkpoint | None, list[dict]]:
-    """The last complete round's checkpoint and the round log up to it; ``(None, [])`` for a
-    new run. Shared by every engine: a run dir that already holds checkpoints is an error
-    unless the user asked to continue it."""
-    from benchmark.federation.engine import FederationError
-
-    ckpt = load_latest(run_dir)
-    if ckpt is None:
-        return None, []
-    if not resume:
-        raise FederationError(
-            f"{run_dir} already holds checkpoints up to round {ckpt.round}; continue it with resume=true "
-            "or start a new run directory"
-        )
-    return ckpt, [r for r in read_round_log(run_dir) if r["round"] <= ckpt.round]
-
-
-def read_round_log(run_dir: Path) -> list[dict]:
-    import json
-
-    path = run_dir / ROUNDS_LOG
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
@@ -177,6 +141,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
     aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))
 
     ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
+    initial_state = initial_global_state(cfg)
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
@@ -185,7 +150,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
         log.info("resuming after round %d", ckpt.round)
     else:
         first_round = 1
-        global_state = initial_global_state(cfg)
+        global_state = initial_state
     write_round_log(run_dir, rounds_log)
     write_status(run_dir, state="connecting", round=first_round - 1, rounds=num_rounds, first_round=first_round)
 
@@ -216,7 +181,9 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
             inner(server_round, new_state, record)
             _tensorboard_round(tensorboard, record)
 
-    strategy = FedVidStrategy(cfg, aggregator, node_of_client, on_round_end=on_round_end)
+    previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
+    strategy = FedVidStrategy(cfg, aggregator, node_of_client, on_round_end=on_round_end,
+                              previous_update_norms=previous_norms, initial_norm=float_norm(initial_state))
     if first_round <= num_rounds:
         strategy.start(
             grid,
@@ -254,7 +221,3 @@ def _tensorboard_round(writer, record: dict) -> None:
     for c in record["clients"]:
         writer.add_scalar(f"client_loss/{c['client_id']}", c["loss"], r)
     writer.flush()
-
-
-def write_round_log(run_dir: Path, records: list[dict]) -> None:
-    atomic_write_text(run_dir / ROUNDS_LOG, "".join(dumps_json(r, indent=None) for r in records))

@@ -9,8 +9,12 @@ Per round (``start``):
    objects (sorted by client id, so the float sums are order-independent), logs failed
    clients with their traceback, stops the run when fewer than ``min_clients`` replied,
    and calls the aggregator's ``aggregate(updates, previous, server_round)``.
-3. The round's record (sampled clients, each client's loss / num_examples / compute time /
-   bytes, round wall time, client-vs-global L2 distance spread for backbone and heads) is
+   Before aggregating, the update guard (``benchmark.federation.guard``) rejects
+   non-finite or outsized updates (each counted as that client's failure); after it, a
+   diverged global model stops the run before the round is checkpointed.
+3. The round's record (``benchmark.rundir.RoundRecord``: sampled clients, failures with
+   their reason, each client's loss / num_examples / compute time / update norm / bytes,
+   round wall time, client-vs-global L2 distance spread for backbone and heads) is
    appended to ``rounds.jsonl``; the new global model is checkpointed atomically.
 """
 
@@ -29,14 +33,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
+from benchmark.federation.guard import GuardSpec, check_global, float_norm, screen_updates
 from benchmark.federation.training import round_learning_rate, sample_clients
+from benchmark.rundir import ClientFailure, RoundRecord
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
 
 
 class RoundFailed(RuntimeError):
-    """Fewer than ``federation.min_clients`` clients replied in a round."""
+    """Fewer than ``federation.min_clients`` clients replied in a round.
+
+    resumable: a resume can help only when some client did not answer in time; failures
+    that the clients reported (errors, rejected updates) come back on a resume.
+    """
+
+    def __init__(self, message: str, resumable: bool):
+        super().__init__(message)
+        self.resumable = resumable
 
 
 def serialized_size(content: RecordDict) -> int:
@@ -67,6 +81,8 @@ class FedVidStrategy(Strategy):
     aggregator: an object with ``aggregate(updates, previous, server_round)``.
     on_round_end: called with (server_round, new global state, round record) after each
         round (the server app checkpoints and logs there).
+    previous_update_norms: accepted update norms of the round before ``first_round`` (resume).
+    initial_norm: weight norm of the round-0 global model (default: of ``start``'s arrays).
     """
 
     def __init__(
@@ -75,6 +91,8 @@ class FedVidStrategy(Strategy):
         aggregator,
         node_of_client: dict[int, int],
         on_round_end: Callable[[int, dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
+        previous_update_norms: list[float] | None = None,
+        initial_norm: float = 0.0,
     ) -> None:
         self.cfg = cfg
         self.aggregator = aggregator
@@ -82,6 +100,9 @@ class FedVidStrategy(Strategy):
         self.client_of_node = {n: c for c, n in node_of_client.items()}
         self.on_round_end = on_round_end
         self.min_clients = int(cfg.federation.min_clients)
+        self.guard = GuardSpec.from_config(cfg.federation.get("guard"))
+        self.previous_update_norms = list(previous_update_norms or [])
+        self.initial_norm = initial_norm  # of the round-0 model: the divergence check's scale
         self.global_state: dict[str, torch.Tensor] = {}
         self._round: dict[str, Any] = {}
 
@@ -117,9 +138,8 @@ class FedVidStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         sampled = self._round["sampled_clients"]
-        updates: list[ClientUpdate] = []
-        clients: list[dict[str, Any]] = []
-        failures: list[dict[str, Any]] = []
+        received: dict[int, tuple[dict[str, torch.Tensor], int, dict[str, Any], int]] = {}
+        failures: list[ClientFailure] = []
         answered: set[int] = set()
         for msg in replies:
             cid = self.client_of_node.get(msg.metadata.src_node_id, -1)
@@ -127,56 +147,70 @@ class FedVidStrategy(Strategy):
             if msg.has_error():
                 reason = msg.error.reason or f"error code {msg.error.code}"
                 log.error("round %d: client %d failed:\n%s", server_round, cid, reason)
-                failures.append({"client_id": cid, "error": reason})
+                failures.append(ClientFailure(cid, "error", reason))
                 continue
             metrics = dict(msg.content["metrics"])
-            arrays = msg.content["arrays"].to_torch_state_dict()
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
-            updates.append(ClientUpdate(arrays=arrays, num_examples=num_examples, metrics=metrics, client_id=cid))
-            clients.append(
-                {
-                    "client_id": cid,
-                    "loss": float(metrics["loss"]),
-                    "num_examples": num_examples,
-                    "compute_s": float(metrics.get("compute_s", 0.0)),
-                    "cpu_s": float(metrics.get("cpu_s", 0.0)),
-                    "steps": int(metrics.get("steps", 0)),
-                    "restored_local_state": bool(metrics.get("restored_local_state", 0.0)),
-                    "bytes_down": self._round["bytes_down_per_client"],
-                    "bytes_up": serialized_size(msg.content),
-                }
-            )
+            received[cid] = (msg.content["arrays"].to_torch_state_dict(), num_examples, metrics,
+                             serialized_size(msg.content))
         for cid in sampled:
             if cid not in answered:
-                failures.append({"client_id": cid, "error": "no reply before the round timeout"})
-        self._round["failed_clients"] = sorted(failures, key=lambda f: f["client_id"])
+                failures.append(ClientFailure(cid, "timeout", "no reply before the round timeout"))
+        # the update guard: non-finite or outsized updates never reach the aggregator
+        norms, rejected = screen_updates({c: r[0] for c, r in received.items()}, self.global_state,
+                                         self.previous_update_norms, self.guard)
+        for f in rejected:
+            log.error("round %d: client %d's update rejected (%s): %s", server_round, f.client_id, f.reason, f.error)
+        failures += rejected
+        failures.sort(key=lambda f: f.client_id)
+        self._round["failed_clients"] = failures
+        updates = [ClientUpdate(arrays=received[c][0], num_examples=received[c][1], metrics=received[c][2], client_id=c)
+                   for c in sorted(norms)]
+        clients = [
+            {
+                "client_id": u.client_id,
+                "loss": float(u.metrics["loss"]),
+                "num_examples": u.num_examples,
+                "compute_s": float(u.metrics.get("compute_s", 0.0)),
+                "cpu_s": float(u.metrics.get("cpu_s", 0.0)),
+                "steps": int(u.metrics.get("steps", 0)),
+                "restored_local_state": bool(u.metrics.get("restored_local_state", 0.0)),
+                "update_norm": norms[u.client_id],
+                "bytes_down": self._round["bytes_down_per_client"],
+                "bytes_up": received[u.client_id][3],
+            }
+            for u in updates
+        ]
         if len(updates) < self.min_clients:
             raise RoundFailed(
-                f"round {server_round}: only {len(updates)} of {len(sampled)} sampled clients replied, "
-                f"federation.min_clients={self.min_clients}. The run stops here; the last complete "
-                "checkpoint is intact (continue with resume=true). Failures: "
-                + "; ".join(f"client {f['client_id']}: {f['error'].splitlines()[0]}" for f in failures)
+                f"round {server_round}: only {len(updates)} of {len(sampled)} sampled clients replied with a usable "
+                f"update, federation.min_clients={self.min_clients}. The run stops here; the last complete "
+                "checkpoint is intact. Failures: "
+                + "; ".join(f"client {f.client_id}: {f.reason}: {f.error.splitlines()[0] if f.error else ''}"
+                            for f in failures),
+                resumable=any(f.reason == "timeout" for f in failures),
             )
-        updates.sort(key=lambda u: u.client_id)
-        clients.sort(key=lambda c: c["client_id"])
         t0 = time.perf_counter()
         new_state = self.aggregator.aggregate(updates, self.global_state or None, server_round)
         aggregate_s = time.perf_counter() - t0
+        total = sum(u.num_examples for u in updates)
+        loss = sum(u.metrics["loss"] * u.num_examples for u in updates) / max(1, total)
+        weight_norm = check_global(server_round, new_state, loss, self.initial_norm, self.guard)
 
         backbone_keys = [k for k in new_state if k.startswith("backbone.")]
         head_keys = [k for k in new_state if not k.startswith("backbone.")]
-        total = sum(u.num_examples for u in updates)
         self._round.update(
             {
                 "clients": clients,
                 "replied_clients": [u.client_id for u in updates],
                 "aggregate_s": aggregate_s,
-                "loss": sum(u.metrics["loss"] * u.num_examples for u in updates) / max(1, total),
+                "loss": loss,
                 "num_examples": total,
                 "client_compute_s": sum(c["compute_s"] for c in clients),
                 "bytes_down": self._round["bytes_down_per_client"] * len(sampled),
                 "bytes_up": sum(c["bytes_up"] for c in clients),
+                "global_weight_norm": weight_norm,
                 "l2_to_global": {
                     "backbone": l2_spread([l2_distance(u.arrays, new_state, backbone_keys) for u in updates]),
                     # heads travel only with exchange=full; with exchange=backbone they stay local
@@ -186,8 +220,9 @@ class FedVidStrategy(Strategy):
                 },
             }
         )
+        self.previous_update_norms = list(norms.values())
         self.global_state = new_state
-        metrics = MetricRecord({"loss": float(self._round["loss"]), "num-clients": len(updates)})
+        metrics = MetricRecord({"loss": float(loss), "num-clients": len(updates)})
         return ArrayRecord(new_state), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -213,6 +248,7 @@ class FedVidStrategy(Strategy):
         result = Result()
         arrays = initial_arrays
         self.global_state = initial_arrays.to_torch_state_dict()
+        self.initial_norm = self.initial_norm or float_norm(self.global_state)
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
             replies = grid.send_and_receive(
@@ -224,9 +260,9 @@ class FedVidStrategy(Strategy):
             result.arrays = new_arrays
             if metrics is not None:
                 result.train_metrics_clientapp[server_round] = metrics
-            record = dict(self._round)
-            record.pop("bytes_down_per_client", None)
-            record["round_wall_s"] = time.perf_counter() - t0
+            fields = dict(self._round)
+            fields.pop("bytes_down_per_client", None)
+            record = RoundRecord(**fields, round_wall_s=time.perf_counter() - t0)
             if self.on_round_end is not None:
-                self.on_round_end(server_round, self.global_state, record)
+                self.on_round_end(server_round, self.global_state, record.to_json())
         return result

@@ -24,11 +24,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark.registry import build_backbone, build_method
 
-#: Every run dir holds the split manifest its clients train on under this name.
-MANIFEST_NAME = "split_manifest.json"
-#: The resolved config handed to the Flower apps (through run config `config-path`).
-CONFIG_NAME = "config.json"
-
 # Domain tags keep the seed streams of different uses apart.
 _TAG_INIT, _TAG_DATA, _TAG_TRAIN, _TAG_FAULT, _TAG_SAMPLE = 11, 23, 37, 41, 53
 

@@ -24,12 +24,13 @@ def _make_task(cfg: Any) -> int:
     from rich.console import Console
 
     from benchmark.data.annotations import load_annotations
-    from benchmark.splits.manifest import make_manifest, write_manifest
+    from benchmark.splits.manifest import input_overrides, make_manifest, write_manifest
 
     try:
         annotations = load_annotations(cfg.dataset)
         choice = HydraConfig.get().runtime.choices.get("dataset")
-        manifest = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=choice)
+        manifest = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=choice,
+                                 inputs=input_overrides(HydraConfig.get().overrides.task))
         out = Path(cfg.out) if cfg.out else Path(f"{manifest['manifest_id']}.json")
         write_manifest(manifest, out)
     except (ValueError, FileNotFoundError) as e:  # PartitionError, ManifestError, bad lists

@@ -193,20 +193,54 @@ def _notes(p: Mapping[str, Any], num_clients: int) -> str:
     return " ".join(text)
 
 
-def _make_command(dataset_choice: str, split: str, partition: Mapping[str, Any], seed: int) -> str:
-    parts = ["fedvid splits make", f"dataset={dataset_choice}", f"dataset.split={split}", f"partition={partition['name']}"]
+def _make_command(dataset_choice: str, split: str, partition: Mapping[str, Any], seed: int,
+                  inputs: Sequence[str] = ()) -> str:
+    parts = ["fedvid splits make", f"dataset={dataset_choice}", f"dataset.split={split}", *inputs,
+             f"partition={partition['name']}"]
     parts += [f"partition.{k}={_fmt(v)}" for k, v in sorted(partition.items()) if k != "name" and v is not None]
     parts.append(f"seed={seed}")
     return " ".join(parts)
 
 
-def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_choice: str | None = None) -> dict[str, Any]:
+def input_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that shaped a manifest's input lists (``dataset.*`` keys but the split
+    and the video root, ``data_root``), to record in its ``make_command``; a data root inside the current
+    folder is recorded relative to it."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == "data_root":
+            path = Path(value).resolve()
+            if path.is_relative_to(Path.cwd()):
+                value = path.relative_to(Path.cwd()).as_posix() or "."
+            out.append(f"data_root={value}")
+        elif key.startswith("dataset.") and key not in ("dataset.split", "dataset.root"):  # root: where, not which
+            out.append(o)
+    if any(" " in o for o in out):
+        raise PartitionError(f"overrides with spaces cannot be recorded in make_command: {[o for o in out if ' ' in o]}")
+    return out
+
+
+def _check_disjoint_lists(annotations: Any) -> None:
+    shared = sorted({r.path for r in annotations.train} & {r.path for r in annotations.test})
+    if shared:
+        raise PartitionError(
+            f"the train and test lists of {annotations.dataset} share {len(shared)} videos (e.g. {shared[:3]}; lists: "
+            f"{', '.join(sorted(annotations.source_sha256))}): train/test leakage. Use disjoint lists."
+        )
+
+
+def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_choice: str | None = None,
+                  inputs: Sequence[str] = ()) -> dict[str, Any]:
     """Partition ``annotations.train`` as ``partition_cfg`` says and return the manifest dict.
 
     annotations: ``benchmark.data.records.AnnotationSplit``. partition_cfg: the
     ``partition`` config (``name``, ``num_clients`` and the partitioner's params).
     dataset_choice: the ``conf/dataset`` option the annotations came from (default: the
-    dataset name); recorded in ``make_command``.
+    dataset name); recorded in ``make_command``. inputs: the overrides that changed the
+    dataset's lists (:func:`input_overrides`), also recorded there; a manifest made from
+    changed lists never takes the id of a committed split (its id gets ``-custom-<hash>``).
+    The train and test lists must be disjoint.
     """
     partition = _plain(partition_cfg)
     name = partition.get("name")
@@ -216,6 +250,7 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
     params = {k: v for k, v in sorted(partition.items()) if k not in _NOT_PARAMS}
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PartitionError(f"seed must be an integer, got {seed!r}")
+    _check_disjoint_lists(annotations)
     header_params = dict(params)
     extra: dict[str, Any] = {}
     if name == "imported":
@@ -240,9 +275,13 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
     partition_for_command = {**partition, **({"path": header_params["path"]} if name == "imported" else {})}
     if name == "imported":
         partition_for_command[_IMPORTED_ID_PARAM] = header_params[_IMPORTED_ID_PARAM]
+    manifest_id = manifest_id_for(annotations.dataset, split, name, header_params, num_clients, seed)
+    content = content_sha256(clients)
+    if inputs and manifest_id in standard_split_hashes().values() and content not in standard_split_hashes():
+        manifest_id = f"{manifest_id}-custom-{content[:8]}"
     return {
         "format": FORMAT,
-        "manifest_id": manifest_id_for(annotations.dataset, split, name, header_params, num_clients, seed),
+        "manifest_id": manifest_id,
         "dataset": annotations.dataset,
         "annotation_split": split,
         "num_classes": len(annotations.classes),
@@ -252,11 +291,12 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
         "seed": seed,
         "num_clients": num_clients,
         "overlap": overlap,
-        "make_command": _make_command(dataset_choice or annotations.dataset, split, partition_for_command, seed),
+        "make_command": _make_command(dataset_choice or annotations.dataset, split, partition_for_command, seed,
+                                      inputs),
         "clients": clients,
         "statistics": client_statistics(clients),
         "properties": props,
-        "content_sha256": content_sha256(clients),
+        "content_sha256": content,
         **extra,
     }
 
@@ -347,6 +387,8 @@ def validate_manifest_data(data: Any, path: Path) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise _fail(path, f"key {key!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
     clients = data["clients"]
+    if not clients:
+        raise _fail(path, "has no clients (key 'clients' is empty); a manifest needs at least one client")
     if data["num_clients"] != len(clients):
         raise _fail(path, f"key 'num_clients' is {data['num_clients']} but 'clients' has {len(clients)} entries")
     for i, client in enumerate(clients):
@@ -498,7 +540,8 @@ def make_from_overrides(overrides: Sequence[str], cache: dict | None = None) -> 
     """Compose the config, read the annotations and make the manifest (``make-standard``, ``verify``)."""
     cfg = compose_splits_config(overrides)
     annotations = annotations_for(cfg, cache)
-    return make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=_dataset_choice(overrides))
+    return make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=_dataset_choice(overrides),
+                         inputs=input_overrides(overrides))
 
 
 # ----------------------------------------------------------------------------- verify
@@ -584,7 +627,8 @@ def verify_manifest(
                 if not f.is_file() or sha256_file(f) != sha:
                     problem(f"imported_sha256: {rel} is missing or changed since the split was imported")
         try:
-            fresh = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=_dataset_choice(overrides))
+            fresh = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=_dataset_choice(overrides),
+                                  inputs=input_overrides(overrides))
         except Exception as e:
             problem(f"cannot regenerate with {data['make_command']!r} ({type(e).__name__}: {e})")
             return problems

@@ -1,0 +1,113 @@
+"""The server's update guard and divergence stop (``federation.guard``), used by both engines.
+
+Update guard (before aggregation): a client update with a non-finite tensor, or whose
+distance to the current global model (its update norm) exceeds ``update_norm_factor`` ×
+the reference norm, is rejected: logged, counted as that client's failure for the round
+(reason ``non-finite update`` / ``update norm``), never aggregated. The reference is the
+lower median of the previous round's accepted update norms (in round 1: of this round's
+finite ones), so one wild client cannot raise its own bar.
+
+Divergence stop (after aggregation): a non-finite round loss or global weight, a global
+weight norm above ``max_weight_norm_ratio`` × the initial model's, or a round loss above
+``max_loss`` stops the run with :class:`Diverged` before the round is checkpointed: the
+last good checkpoint stays the latest one. A resume would only repeat the divergence, so
+none is suggested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.rundir import ClientFailure
+
+
+class Diverged(RuntimeError):
+    """The global model diverged; the run stops (not resumable: it would diverge again)."""
+
+    resumable = False
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    update_norm_factor: float | None = 10.0
+    max_weight_norm_ratio: float | None = 100.0
+    max_loss: float | None = None
+
+    @classmethod
+    def from_config(cls, guard: Mapping | None) -> GuardSpec:
+        guard = dict(guard or {})
+        default = cls()
+        return cls(**{k: (None if guard.get(k, getattr(default, k)) is None else float(guard.get(k, getattr(default, k))))
+                      for k in ("update_norm_factor", "max_weight_norm_ratio", "max_loss")})
+
+
+def float_norm(state: Mapping[str, torch.Tensor], minus: Mapping[str, torch.Tensor] | None = None) -> float:
+    """L2 norm over the floating-point tensors of ``state`` (of ``state - minus`` when given)."""
+    total = 0.0
+    for k, v in state.items():
+        if v.is_floating_point():
+            d = v.double() - minus[k].double() if minus is not None and k in minus else v.double()
+            total += float(torch.sum(d * d))
+    return math.sqrt(total)
+
+
+def is_finite(state: Mapping[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def lower_median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if math.isfinite(v))
+    return values[(len(values) - 1) // 2] if values else None
+
+
+def screen_updates(
+    updates: Mapping[int, Mapping[str, torch.Tensor]],
+    global_state: Mapping[str, torch.Tensor],
+    previous_norms: list[float],
+    spec: GuardSpec,
+) -> tuple[dict[int, float], list[ClientFailure]]:
+    """Update norms of the clients (client id -> norm) and the rejected clients' failures."""
+    norms: dict[int, float] = {}
+    failures: list[ClientFailure] = []
+    for cid, arrays in updates.items():
+        if not is_finite(arrays):
+            bad = sorted(k for k, v in arrays.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+            failures.append(ClientFailure(cid, "non-finite update", f"non-finite values in {', '.join(bad[:5])}"))
+            continue
+        norms[cid] = float_norm(arrays, global_state)
+    if spec.update_norm_factor is not None:
+        reference = lower_median(previous_norms) or lower_median(list(norms.values()))
+        for cid, norm in list(norms.items()):
+            if reference and norm > spec.update_norm_factor * reference:
+                failures.append(ClientFailure(
+                    cid, "update norm",
+                    f"update norm {norm:.4g} > federation.guard.update_norm_factor={spec.update_norm_factor:g} x "
+                    f"the reference {reference:.4g}"))
+                del norms[cid]
+    return norms, failures
+
+
+def check_global(server_round: int, state: Mapping[str, torch.Tensor], loss: float, initial_norm: float,
+                 spec: GuardSpec) -> float:
+    """The new global weight norm; raises :class:`Diverged` when the model diverged."""
+    norm = float_norm(state)
+    why = None
+    if not math.isfinite(loss) or not math.isfinite(norm):
+        why = f"the round loss is {loss} and the global weight norm {norm}"
+    elif spec.max_weight_norm_ratio is not None and initial_norm > 0 and norm > spec.max_weight_norm_ratio * initial_norm:
+        why = (f"the global weight norm is {norm:.4g}, {norm / initial_norm:.3g} x the initial {initial_norm:.4g} "
+               f"(federation.guard.max_weight_norm_ratio={spec.max_weight_norm_ratio:g})")
+    elif spec.max_loss is not None and loss > spec.max_loss:
+        why = f"the round loss is {loss:.4g} > federation.guard.max_loss={spec.max_loss:g}"
+    if why:
+        kept = (f"the last good checkpoint (round {server_round - 1}) is kept" if server_round > 1
+                else "no round completed, so nothing was checkpointed")
+        raise Diverged(
+            f"round {server_round}: the global model diverged: {why}. The run stops; {kept}. Lower "
+            "client.optimizer.lr or clip gradients (client.grad_clip_norm) and start a new run."
+        )
+    return norm
