@@ -264,9 +264,26 @@ def _eval_dataset_problems(cfg: Mapping) -> list[str]:
             for n in names if isinstance(n, str) and n not in known]
 
 
+def _connection_problems(cfg: Mapping) -> list[str]:
+    """Plaintext to a non-loopback SuperLink without engine.trusted_network, or a missing CA file."""
+    from omegaconf import OmegaConf
+
+    from benchmark.federation.engine import FederationError, check_connection_security
+
+    engine = cfg.get("engine")
+    if not isinstance(engine, Mapping):
+        return []
+    try:
+        check_connection_security(OmegaConf.create(dict(engine)))
+    except FederationError as e:
+        return [str(e)]
+    return []
+
+
 def run_config_problems(cfg: Mapping) -> list[str]:
     """Every problem of a resolved ``fedvid run`` config (a plain dict); [] when valid."""
-    problems = rule_problems(cfg, RUN_RULES) + _cross_key_problems(cfg) + _registry_problems(cfg)
+    problems = (rule_problems(cfg, RUN_RULES) + _cross_key_problems(cfg) + _registry_problems(cfg)
+                + _connection_problems(cfg))
     if cfg.get("evaluate", True):
         problems += eval_config_problems(cfg)
     return problems

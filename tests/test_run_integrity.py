@@ -364,3 +364,13 @@ def test_a_diverging_run_stops_with_a_failed_record_and_no_resume_advice(tmp_pat
     record = json.loads((run_dir / rundir.RESULT).read_text())
     assert record["status"] == "failed" and record["failure"]["stage"] == "federation"
     assert "diverged" in record["failure"]["message"]
+
+
+def test_plaintext_to_a_remote_superlink_is_a_config_problem_before_anything_starts():
+    from benchmark.config_check import _connection_problems
+
+    remote = {"engine": {"name": "deployment", "superlink": "10.1.2.3:9092", "insecure": True}}
+    (problem,) = _connection_problems(remote)
+    assert "engine.insecure=true" in problem and "engine.trusted_network=true" in problem
+    assert _connection_problems({"engine": {**remote["engine"], "trusted_network": True}}) == []
+    assert _connection_problems({"engine": {**remote["engine"], "superlink": "127.0.0.1:9092"}}) == []
