@@ -291,7 +291,7 @@ class SimCLRVideoAugment:
             frames = self._jitter(frames, generator)
         if float(torch.rand((), generator=generator)) < self.gray_prob:
             frames = TF.rgb_to_grayscale(frames, num_output_channels=3)
-        return frames.clamp_(0.0, 1.0).transpose(0, 1).contiguous()
+        return frames.clamp(0.0, 1.0).transpose(0, 1).contiguous()
 
     def _jitter(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         # torchvision ColorJitter: the four adjustments in a random order, factors from U[max(0, 1-x), 1+x]
