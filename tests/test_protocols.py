@@ -238,3 +238,13 @@ def test_fedavg_weights_follow_dataset_sizes_with_local_steps(tmp_path):
     key = next(k for k, v in state.items() if v.is_floating_point() and not torch.equal(small.exchanged[k], large.exchanged[k]))
     expected = 0.25 * small.exchanged[key] + 0.75 * large.exchanged[key]
     assert torch.allclose(merged[key], expected, atol=1e-6)
+
+
+def test_finetune_video_consensus_averages_logits_as_ctp():
+    from benchmark.evaluation.metrics import clip_and_video_metrics
+
+    # two clips of one video: averaged softmax picks class 1 (0.37, 0.44, 0.19); CtP's
+    # softmax of the averaged logits (0, -0.5, 0.5) picks class 2
+    scores = torch.tensor([[[-3.0, 1.0, -1.0], [3.0, -2.0, 2.0]]])
+    assert clip_and_video_metrics(scores, torch.tensor([2]), 3, consensus="logits")["video_top1"] == 1.0
+    assert clip_and_video_metrics(scores, torch.tensor([2]), 3)["video_top1"] == 0.0

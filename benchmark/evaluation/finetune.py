@@ -8,8 +8,8 @@ random start, short side drawn from ``train_short_sides``, random crop, flip wit
 ``flip_prob``, then CtP's brightness / contrast / hue-saturation steps), cross-entropy, SGD
 with momentum and weight decay, gradients clipped to ``grad_clip_norm``, lr multiplied by
 ``gamma`` at each epoch in ``milestones`` (MultiStepLR). Test: N clips per video
-(``eval.clip``); clip-level metrics judge each clip alone, video-level metrics average
-the N softmax outputs (TSN-style consensus).
+(``eval.clip``); clip-level metrics judge each clip alone, video-level metrics take the
+softmax of the N clips' averaged logits (CtP's ``TSN.forward_test``).
 
 The pretrained backbone passed in is never modified (a deep copy is trained). Dropout and
 BatchNorm's randomness come from the global RNG, which is forked and seeded with
@@ -134,6 +134,7 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
                 logits = model(clips.reshape(b * n, *clips.shape[2:]).to(device)).float().cpu()
                 scores.append(logits.reshape(b, n, -1))
                 labels.append(y)
-    result = clip_and_video_metrics(torch.cat(scores), torch.cat(labels), num_classes)
+    # CtP's test: softmax of the logits averaged over the clips
+    result = clip_and_video_metrics(torch.cat(scores), torch.cat(labels), num_classes, consensus="logits")
     result.update(epochs=epochs, train_loss=losses, lr=lrs)
     return result
