@@ -37,26 +37,34 @@ def compose(overrides: list[str]):
 # ---------------------------------------------------------------- cards vs configs
 
 def parse_card(path: Path) -> dict:
-    """{"name", "version", "experiments": [...], "rows": [(setting, key, value), ...]} of one card.
+    """{"name", "version", "rows": [(setting, key, value, scope)]} of one card.
 
-    Header lines ``Protocol: `name` version N`` and ``Experiments: `a`, `b```; the settings
-    table has the columns setting | official | source | config key | ours | status.
+    Header line ``Protocol: `name`, version N``. Settings tables have the columns
+    setting | official | source | config key | ours | status; rows before any
+    ``### Experiment: `overrides``` heading are the protocol's (scope None), rows under
+    such a heading hold for that composition (scope = its overrides).
     """
     text = path.read_text()
     head = re.search(r"^Protocol: `([a-z0-9_]+)`, version (\d+)", text, re.M)
     assert head, f"{path}: no 'Protocol: `name`, version N' line"
-    exp = re.search(r"^Experiments: (.*)$", text, re.M)
-    experiments = re.findall(r"`([a-z0-9_=.\- ]+)`", exp.group(1)) if exp else []
-    rows = []
+    rows, scope = [], None
     for line in text.splitlines():
+        exp = re.match(r"^### Experiment: `([^`]+)`", line)
+        if exp:
+            scope = exp.group(1)
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if not line.startswith("|") or len(cells) != 6 or cells[0] in ("setting", "") or set(cells[0]) <= set("-: "):
             continue
         setting, _official, source, key, ours, status = cells
         assert source, f"{path}: row {setting!r} has no source"
-        assert status == "same" or status.startswith("deviation:"), f"{path}: row {setting!r}: status {status!r}"
-        rows.append((setting, key.strip("`"), ours.strip("`")))
-    return {"name": head.group(1), "version": int(head.group(2)), "experiments": experiments, "rows": rows}
+        assert re.match(r"same( \(.*\))?$|deviation: \S", status), f"{path}: row {setting!r}: status {status!r}"
+        rows.append((setting, key.strip("`"), ours.strip("`"), scope))
+    base = re.search(r"^Includes: the protocol rows of `([a-z0-9_]+)`", text, re.M)
+    if base:  # the base card's protocol rows, except the keys this card sets itself
+        own = {(key, scope) for _, key, _, scope in rows}
+        rows += [r for r in parse_card(path.parent / f"{base.group(1)}.md")["rows"] if r[3] is None and (r[1], None) not in own]
+    return {"name": head.group(1), "version": int(head.group(2)), "rows": rows}
 
 
 def config_value(cfg, key: str):
@@ -83,15 +91,18 @@ def same(ours, actual) -> bool:
 @pytest.mark.parametrize("name", PROTOCOLS)
 def test_card_rows_equal_the_composed_config(name):
     card = parse_card(CARDS / f"{name}.md")
-    assert card["name"] == name and len(card["rows"]) >= 8
-    runs = [[f"protocol={name}"]] + [e.split() for e in card["experiments"]]
-    for overrides in runs:
+    assert card["name"] == name and len(card["rows"]) >= 10
+    scopes = [None] + sorted({s for *_, s in card["rows"] if s})
+    for scope in scopes:
+        overrides = [f"protocol={name}"] if scope is None else scope.split()
         cfg = compose(overrides)
         assert (cfg.protocol.name, cfg.protocol.version) == (name, card["version"]), overrides
-        for setting, key, ours in card["rows"]:
-            expected = yaml.safe_load(ours)
+        for setting, key, ours, row_scope in card["rows"]:
+            if row_scope not in (None, scope):
+                continue
             actual = config_value(cfg, key)
-            assert same(expected, actual), f"{name} card, {setting!r}: card says {key} = {ours}, {overrides} gives {actual!r}"
+            assert same(yaml.safe_load(ours), actual), (
+                f"{name} card, {setting!r}: the card says {key} = {ours}, {overrides} composes {actual!r}")
 
 
 def test_every_protocol_has_a_card_and_every_card_a_protocol():

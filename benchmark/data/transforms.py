@@ -193,7 +193,11 @@ def normalization(name: str) -> Normalize:
     return Normalize(mean, std)
 
 
-def train_transform(short_side: int, crop_size: int, flip_prob: float = 0.5) -> Compose:
+#: Horizontal-flip probability of pretraining clips (CtP's ``GroupFlip(flip_prob=0.50)``).
+TRAIN_FLIP_PROB = 0.5
+
+
+def train_transform(short_side: int, crop_size: int, flip_prob: float = TRAIN_FLIP_PROB) -> Compose:
     """Spatial training augmentation: short-side resize, random crop, horizontal flip (p=``flip_prob``).
 
     (C, T, H, W) -> (C, T, crop_size, crop_size); three generator draws per clip.
