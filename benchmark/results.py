@@ -81,6 +81,14 @@ def display_name(method: str, aggregator: dict) -> str:
     return f"{method} + {aggregator['name']}" + (f" ({args})" if args else "")
 
 
+def record_protocol(cfg: dict) -> dict[str, Any] | None:
+    """``{"name", "version", "variant"}`` of the run's ``protocol`` block (conf/protocol/<name>.yaml), or None."""
+    proto = cfg.get("protocol")
+    if not proto:
+        return None
+    return {"name": str(proto["name"]), "version": int(proto["version"]), "variant": proto.get("variant")}
+
+
 def build_result_record(
     cfg: dict,
     manifest,
@@ -152,6 +160,9 @@ def build_result_record(
             "finished_at": finished_at,
         },
     }
+    protocol = record_protocol(cfg)
+    if protocol is not None:
+        record["protocol"] = protocol
     from benchmark.splits.manifest import standard_split_hashes
 
     if manifest.content_sha256 not in standard_split_hashes():

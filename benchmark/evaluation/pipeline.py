@@ -136,6 +136,15 @@ def feature_clip_settings(cfg: DictConfig) -> ClipSettings:
     return replace(base, **overrides)
 
 
+def evaluation_protocol_id(cfg: DictConfig) -> dict:
+    """``{"name", "version", "variant"}`` of the protocol the evaluation runs under (``cfg.protocol``);
+    ``{"name": "unnamed", "version": 0}`` for a config without one."""
+    proto = cfg.get("protocol")
+    if not proto:
+        return {"name": "unnamed", "version": 0, "variant": None}
+    return {"name": str(proto.name), "version": int(proto.version), "variant": proto.get("variant")}
+
+
 def _cache_id(weights_sha256: str, layout: str) -> str:
     """Feature-cache model id: the weights' hash, plus the layout when it is not the pretraining one
     (same weights, other strides, other features)."""
@@ -245,6 +254,7 @@ def evaluate_backbone_report(
     settings["clip_resolved"] = asdict(clip)
     settings["finetune_clip_resolved"] = asdict(clip_settings(cfg))
     settings["backbone_layout"] = layout
+    settings["protocol_id"] = evaluation_protocol_id(cfg)
     out: dict = {
         "format": EVALUATION_FORMAT,
         "settings": settings,
@@ -319,6 +329,7 @@ def record_block(out: dict) -> dict:
     def protocol(ds_id: str, **extra) -> dict:
         meta = out["datasets"][ds_id]
         return {
+            **settings["protocol_id"],
             "dataset": meta["name"], "split": meta["split"], "num_train": meta["num_train"],
             "num_test": meta["num_test"], "num_classes": meta["num_classes"], "pooling": settings["pooling"],
             "feature_dim": meta["feature_dim"], "backbone_sha256": out["backbone_sha256"],
