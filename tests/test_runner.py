@@ -131,6 +131,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     record = json.loads((full / "result.json").read_text())
     assert record["format"] == "fedvid-result/1" and record["track"]["num_clients"] == 3
     assert record["systems"]["bytes_up"] == sum(r["bytes_up"] for r in rounds)
+    assert record["protocol"] == {"name": "cpu", "version": 1, "variant": None}  # the embedded default's protocol
 
     # the same run, SIGKILLed after round 2's checkpoint, then resumed
     killed = tmp_path / "killed"
