@@ -43,6 +43,7 @@ class Table:
     metrics: tuple[str, ...]  # flattened metric paths compared (leaderboard.build.flatten_metrics)
     rows: tuple[Row, ...]
     full_compute: str
+    protocol: str  # conf/protocol/<name>.yaml, docs/protocols/<name>.md: the settings behind every row
     smoke_overrides: tuple[str, ...] = field(default=())
 
 
@@ -83,6 +84,7 @@ TABLES: dict[str, Table] = {
             source="https://github.com/yasar-rehman/FEDVSSL (README, 'see Table 4'); https://github.com/adap/flower/tree/main/baselines/fedvssl",
             metrics=("retrieval.ucf101.top1", "retrieval.hmdb51.top1", "finetune.ucf101.video_top1"),
             rows=tuple(Row(r.label, ("experiment=fvssl_k400_noniid", *r.overrides), r.reported_record) for r in _fvssl_grid("fedvssl-k400-noniid")),
+            protocol="fedvssl",
             full_compute="6 runs x 540 rounds x 5 clients x 1 epoch of ~2.2k clips (R3D-18, 16x112x112): about 4-5 GPU-days per run on one V100-class GPU, plus 150-epoch fine-tuning.",
             smoke_overrides=(*_SMOKE_COMMON, "partition.num_clients=4", "federation.clients_per_round=2"),
         ),
@@ -92,6 +94,7 @@ TABLES: dict[str, Table] = {
             source="https://github.com/adap/flower/tree/main/baselines/fedvssl (README, 'Expected results')",
             metrics=("finetune.ucf101.video_top1", "finetune.ucf101.video_top5"),
             rows=(Row("alpha=0.9, beta=1", ("experiment=fvssl_ucf101_crosssilo",), "fedvssl-ucf101-crosssilo-a0p9-b1"),),
+            protocol="ctp",
             full_compute="20 rounds x 5 clients on UCF101 split 1 (R3D-18): about half a GPU-day, plus 150-epoch fine-tuning.",
             smoke_overrides=(*_SMOKE_COMMON, "partition.num_clients=3", "federation.clients_per_round=3"),
         ),
@@ -104,6 +107,7 @@ TABLES: dict[str, Table] = {
                 Row("align_uniform + FedAvg", ("experiment=ssd_crosssilo", "method=align_uniform")),
                 Row("SSD", ("experiment=ssd_crosssilo",)),
             ),
+            protocol="ssd",
             full_compute="2 runs on the UCF101/Kinetics Dirichlet splits with R3D-18; about 1 GPU-day each.",
             smoke_overrides=(*_SMOKE_COMMON, "partition.num_clients=3", "federation.clients_per_round=3"),
         ),
@@ -134,7 +138,7 @@ def print_tables() -> None:
             rep = _reported(r.reported_record)
             rt.add_row(r.label, " ".join(r.overrides), ", ".join(f"{100 * rep[m]:.2f}" if m in rep else "–" for m in t.metrics))
         console.print(rt)
-        console.print(f"  source: {t.source}\n  full-scale compute: {t.full_compute}\n  smoke overrides: {' '.join(t.smoke_overrides)}\n")
+        console.print(f"  source: {t.source}\n  protocol: {t.protocol} (docs/protocols/{t.protocol}.md)\n  full-scale compute: {t.full_compute}\n  smoke overrides: {' '.join(t.smoke_overrides)}\n")
 
 
 def row_command(table: Table, row: Row, scale: str, run_dir: Path, extra: list[str]) -> list[str]:

@@ -95,3 +95,12 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     finetune = record["evaluations"]["finetune"]["synthetic_ucf101"]["protocol"]
     assert (finetune["sampling"], finetune["normalization"], finetune["flip_prob"], finetune["grad_clip_norm"]) == (
         "ctp", "imagenet", 0.35, 40.0)
+
+
+def test_every_table_names_a_protocol_its_experiments_use():
+    from test_protocols import compose
+
+    for table in TABLES.values():
+        assert (PROJECT_ROOT / "docs" / "protocols" / f"{table.protocol}.md").is_file()
+        for row in table.rows:
+            assert compose(list(row.overrides)).protocol.name == table.protocol, (table.name, row.label)
