@@ -378,7 +378,8 @@ def record_block(out: dict) -> dict:
             ds_id: {"split": out["datasets"][ds_id]["split"], **{k: ft[k] for k in accuracy_keys},
                     "train_loss": ft["train_loss"],
                     "protocol": {**protocol(ds_id, **{k: ft_cfg[k] for k in FINETUNE_PROTOCOL_KEYS if k in ft_cfg},
-                                            lr_per_epoch=ft["lr"], train_clips_per_video_per_epoch=1),
+                                            lr_per_epoch=ft["lr"], train_clips_per_video_per_epoch=1,
+                                            pooling="avg (classifier head)"),
                                  **settings["finetune_clip_resolved"]}}
             for ds_id, ft in out["finetune"].items()
         }
