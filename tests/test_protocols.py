@@ -220,16 +220,37 @@ def test_eval_clip_samplers_hand_examples():
     assert ctp_uniform_clip_indices(20, 2, 16, 2)[0] == [min(2 * k, 19) for k in range(16)]  # short: offset 0, clamped
 
 
-def test_fedavg_weights_follow_dataset_sizes_with_local_steps(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_videos(tmp_path_factory):
+    from benchmark.data.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("protocol-data")
+    ensure_synthetic(root, size="tiny", seed=0, progress=False)
+    return [(str(v), 0) for v in sorted((root / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:8]]
+
+
+def test_ctp_pretraining_clips_draw_stride_and_short_side_per_item(tiny_videos):
+    from benchmark.data.loaders import TrainClipDataset
+
+    ds = TrainClipDataset(tiny_videos, frames=4, stride=[1, 2, 3, 4, 5], temporal_jitter=True, short_side=[40, 48],
+                          crop_size=32, normalization="imagenet", seed=0)
+    first = [ds[i]["video"] for i in range(4)]
+    assert all(v.shape == (3, 4, 32, 32) for v in first)
+    assert all(torch.equal(a, ds[i]["video"]) for i, a in enumerate(first))  # reproducible per (seed, epoch, item)
+    # ImageNet statistics: a [0, 1] pixel maps into [-0.485/0.229, 0.515/0.229] on the red channel
+    assert first[0][0].min() >= -0.485 / 0.229 - 1e-5 and first[0][0].max() <= 0.515 / 0.229 + 1e-5
+    with pytest.raises(ValueError, match="crop_size=32 is larger than short_side=24"):
+        TrainClipDataset(tiny_videos, frames=4, stride=[1, 2], short_side=[24, 40], crop_size=32)
+
+
+def test_fedavg_weights_follow_dataset_sizes_with_local_steps(tiny_videos):
     """Two clients with 2 and 6 videos, one local step of 2 videos each: both process 2
     samples, but FedAvg weighs them 2/8 and 6/8 (Flower / FedVSSL: len(train_dataset))."""
-    from benchmark.data.synthetic import ensure_synthetic
     from benchmark.federation.base import ClientUpdate
     from benchmark.federation.training import initial_global_state, run_local_training
     from benchmark.registry import build_aggregator
 
-    ensure_synthetic(tmp_path / "data", size="tiny", seed=0, progress=False)
-    videos = [(str(v), 0) for v in sorted((tmp_path / "data" / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:8]]
+    videos = tiny_videos
     cfg = OmegaConf.create({
         "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
         "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
