@@ -10,6 +10,12 @@ d → 2048 → BN → ReLU → d; on the l2-normalised projector outputs z1, z2 
     L       = L_align + uniform_coeff · L_unif
 
 Encoder and projector are both exchanged (``default_exchange = "full"``).
+
+Views: SimCLR's augmentation as hc-fang/ssd builds it (mains/train_fedalignuniform.py:
+RandomResizedCrop, ColorJitter(0.8, 0.8, 0.8, 0.2) with p = 0.8, grayscale p = 0.2, flip),
+applied to each clip with one draw for all its frames (:class:`SimCLRVideoAugment`): the
+frames of one view share crop and colour, the two views are drawn independently. Without
+colour jitter alignment + uniformity can match views by their colour statistics alone.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.data.transforms import SimCLRVideoAugment
 from benchmark.methods import SSLMethod
 from benchmark.registry import register_method
 
@@ -55,21 +62,27 @@ class Projector(nn.Sequential):
 
 @register_method("align_uniform")
 class AlignUniform(SSLMethod):
-    """Alignment + uniformity; params: ``hidden_dim`` (projector), ``uniform_coeff``."""
+    """Alignment + uniformity; params: ``hidden_dim`` (projector), ``uniform_coeff``,
+    ``view_augment`` (:class:`SimCLRVideoAugment` arguments; None: SSD's official values)."""
 
     pretext = "align_uniform"
     num_views = 2
     default_exchange = "full"
 
     def __init__(self, backbone: nn.Module, exchange: str | None = None, hidden_dim: int = 2048,
-                 uniform_coeff: float = 1.0, **params):
+                 uniform_coeff: float = 1.0, view_augment: dict | None = None, **params):
         super().__init__(backbone, exchange=exchange, **params)
+        self.view_augment = SimCLRVideoAugment(**dict(view_augment or {}))
         dim = getattr(backbone, "out_channels", None)
         if not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"{type(self).__name__}: the backbone must expose a positive int `out_channels`, got {dim!r}")
         self.dim = dim
         self.uniform_coeff = float(uniform_coeff)
         self.projector = Projector(dim, int(hidden_dim))
+
+    def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Two loader views (C, T, H, W) in [0, 1] -> ``{"video": (2, C, T, H, W)}``, each SimCLR-augmented."""
+        return {"video": torch.stack([self.view_augment(v, generator) for v in views])}
 
     def embed(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """clip (B, C, T, H, W) → (z_enc (B, d) pooled backbone feature, z_proj (B, d) raw projector output)."""

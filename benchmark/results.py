@@ -136,6 +136,14 @@ def _video_counts(videos: dict[str, Any]):
             yield f"{ds} {split}", counts
 
 
+def record_protocol(cfg: dict) -> dict[str, Any] | None:
+    """``{"name", "version", "variant"}`` of the run's ``protocol`` block (conf/protocol/<name>.yaml), or None."""
+    proto = cfg.get("protocol")
+    if not proto:
+        return None
+    return {"name": str(proto["name"]), "version": int(proto["version"]), "variant": proto.get("variant")}
+
+
 def build_result_record(
     cfg: dict,
     manifest,
@@ -219,6 +227,9 @@ def build_result_record(
     }
     if failure:
         record["failure"] = failure
+    protocol = record_protocol(cfg)
+    if protocol is not None:
+        record["protocol"] = protocol
     from benchmark.splits.manifest import standard_split_hashes
 
     if manifest.content_sha256 not in standard_split_hashes():

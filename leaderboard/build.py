@@ -1,7 +1,11 @@
 """Build the leaderboard from validated records.
 
-Records are grouped by **track** (pretraining dataset, split manifest, clients, clients
-per round, rounds, local epochs, backbone, input size). Within a track, records of the
+Records are grouped by **track** (protocol, pretraining dataset, split manifest, clients,
+clients per round, rounds, local epochs, backbone, input size). The protocol
+(:func:`protocol_label`: the record's named, versioned protocol, plus the evaluations' when
+they differ) is part of the track, so rows made under different protocols are never ranked
+against each other: a reproduced row under another protocol than the reported row of its
+setting lands in its own track. Within a track, records of the
 same entry (same status, method, pretext, aggregator, parameters and exchanged part)
 are aggregated over seeds: mean, sample std (0 for n = 1) and n for every metric.
 
@@ -59,6 +63,25 @@ def flatten_metrics(evaluations: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _label(proto: dict[str, Any]) -> str:
+    label = f"{proto['name']}/v{proto['version']}"
+    return label + (f"+{proto['variant']}" if proto.get("variant") else "")
+
+
+def protocol_label(record: dict[str, Any]) -> str:
+    """``fedvssl/v1``: the record's protocol (``unnamed`` without one), with
+    `` eval:<labels>`` appended when an evaluation ran under a different protocol."""
+    own = _label(record["protocol"]) if record.get("protocol") else "unnamed"
+    evals = set()
+    for per_dataset in record.get("evaluations", {}).values():
+        for entry in per_dataset.values() if isinstance(per_dataset, dict) else ():
+            proto = entry.get("protocol") if isinstance(entry, dict) else None
+            if isinstance(proto, dict) and "name" in proto and "version" in proto:
+                evals.add(_label(proto))
+    others = sorted(evals - {own})
+    return own + (f" eval:{','.join(others)}" if others else "")
+
+
 def track_key(track: dict[str, Any]) -> str:
     split = track.get("split_manifest_id") or "nonstandard-split"
     t, h, w = track["input_size"]
@@ -101,7 +124,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
     for r in records:
         if r["status"] in EXCLUDED_STATUSES:
             continue
-        by_track[track_key(r["track"])].append(r)
+        by_track[f"{protocol_label(r)} | {track_key(r['track'])}"].append(r)
 
     tracks = []
     for tkey in sorted(by_track):
@@ -149,6 +172,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
         t0 = recs[0]["track"]
         tracks.append({
             "track_id": tkey,
+            "protocol": protocol_label(recs[0]),
             "dataset": t0["dataset"],
             "split_manifest_id": t0.get("split_manifest_id"),
             "split_content_sha256": t0.get("split_content_sha256"),
@@ -192,7 +216,8 @@ def render_markdown(board: dict[str, Any]) -> str:
         lines += [f"## {md_cell(t['track_id'])}", "",
                   f"{md_cell(t['dataset'])}, split `{md_cell(t['split_manifest_id'] or 'nonstandard')}`, {t['num_clients']} clients, "
                   f"{t['clients_per_round']:g} per round, {t['rounds']} rounds, {md_cell(t['backbone'])} "
-                  f"{'x'.join(map(str, t['input_size']))}", "",
+                  f"{'x'.join(map(str, t['input_size']))}, protocol `{md_cell(t.get('protocol', 'unnamed'))}` "
+                  "(docs/protocols/)", "",
                   f"| # | method | status | {ucf} R@1 | {ucf} R@5 | {hmdb} R@1 | {ucf} FT top-1 | n |",
                   "|---|---|---|---|---|---|---|---|"]
         for e in t["entries"]:

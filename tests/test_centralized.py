@@ -75,9 +75,11 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     state = initial_global_state(cfg)
     result = run_local_training(cfg, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
     assert result.metrics["steps"] == client_steps(5, 3, 2, None) == 2 * (5 // 3) == 2
-    assert result.num_examples == 6  # per epoch one full batch of 3; the ragged batch of 2 is dropped
+    assert result.metrics["samples_processed"] == 6  # per epoch one full batch of 3; the ragged batch of 2 is dropped
+    assert result.num_examples == 5  # the training-set size, what FedAvg weights by
     few = run_local_training(cfg, 0, 1, state, None, [(str(v), 0) for v in videos[:2]], lr=0.01)
-    assert few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.num_examples == 4  # n <= batch
+    assert few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.metrics["samples_processed"] == 4  # n <= batch
+    assert few.num_examples == 2
 
 
 @pytest.fixture(scope="module")

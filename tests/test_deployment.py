@@ -42,10 +42,15 @@ def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_facto
     assert all(creds.node_key(f"client-{cid}").stat().st_mode & 0o077 == 0 for cid in range(3))
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
+    from benchmark.splits.manifest import load_manifest
+
+    manifest = load_manifest(run_dir / "split_manifest.json")
     for r in rounds:
         assert r["sampled_clients"] == sample_clients(0, r["round"], [0, 1, 2], 2)
         assert r["replied_clients"] == r["sampled_clients"] and r["failed_clients"] == []
-        assert r["bytes_up"] > 0 and all(c["num_examples"] == 2 for c in r["clients"])
+        # FedAvg's weight is the client's training-set size, not the 2 samples of its one step
+        assert r["bytes_up"] > 0 and all(c["num_examples"] == len(manifest.client_videos(c["client_id"]))
+                                         for c in r["clients"])
     # round 2's clients that trained in round 1 got their CtP heads back from their node state
     seen = set(rounds[0]["replied_clients"])
     assert all(c["restored_local_state"] == (c["client_id"] in seen) for c in rounds[1]["clients"])

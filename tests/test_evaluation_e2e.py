@@ -171,8 +171,10 @@ def test_trained_backbone_beats_random_init(data_root, tmp_path):
     from benchmark.evaluation.features import ClipSettings, ClipSource
     from benchmark.evaluation.pipeline import load_downstream
 
-    cfg = OmegaConf.create({"data_root": str(data_root), "clip": CLIP,
-                            "eval": OmegaConf.load(Path(__file__).parents[1] / "conf/eval/default.yaml")})
+    conf = Path(__file__).parents[1] / "conf"
+    # the eval budget of eval=default with the cpu protocol's evaluation settings on top
+    evaluation = OmegaConf.merge(OmegaConf.load(conf / "eval/default.yaml"), OmegaConf.load(conf / "protocol/cpu.yaml").eval)
+    cfg = OmegaConf.create({"data_root": str(data_root), "clip": CLIP, "eval": evaluation})
     cfg.eval.datasets = ["synthetic_hmdb51"]
     cfg.eval.num_workers = 0
     cfg.eval.clip = {"num_clips": 2, "frames": 8, "stride": 2, "short_side": 40, "crop_size": 32, "backend": None}

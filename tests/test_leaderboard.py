@@ -222,3 +222,27 @@ def test_cli_export_formats(tmp_path):
         assert data, fmt
     rows = json.loads((tmp_path / "pwc.json").read_text())
     assert any(r["dataset"] == "UCF101" and r["metrics"].get("Top-1") == 35.66 for r in rows)
+
+
+def test_rows_are_ranked_together_only_under_one_protocol(tmp_path):
+    """A reproduced row under another protocol than the reported row of its setting is a
+    separate track, never ranked against it; the same protocol shares the track."""
+    fedvssl = {"name": "fedvssl", "version": 1, "variant": None}
+    reported = make_record("paper", 0.35, status="reported", protocol=fedvssl,
+                           source=[{"url": "https://github.com/yasar-rehman/FEDVSSL", "reference": "README"}])
+    same = make_record("ours", 0.30, protocol=fedvssl)
+    cpu = make_record("cpu", 0.50, protocol={"name": "cpu", "version": 1, "variant": None})
+    smoke = make_record("smoke", 0.60, protocol={**fedvssl, "variant": "smoke"})
+    mixed = make_record("mixed", 0.70, protocol=fedvssl)
+    mixed["evaluations"]["retrieval"]["ucf101"]["protocol"] = {"name": "cpu", "version": 1, "pooling": "avg"}
+    good, problems = validate_records([write(tmp_path, f"{r['record_id']}.json", r) for r in (reported, same, cpu)], HASHES)
+    assert problems == [] and len(good) == 3  # the protocol block is schema-valid
+    board = build_leaderboard([reported, same, cpu, smoke, mixed])
+    tracks = {t["protocol"]: t for t in board["tracks"]}
+    assert sorted(tracks) == ["cpu/v1", "fedvssl/v1", "fedvssl/v1 eval:cpu/v1", "fedvssl/v1+smoke"]
+    assert [(e["record_ids"], e["rank"]) for e in tracks["fedvssl/v1"]["entries"]] == [(["paper"], 1), (["ours"], 2)]
+    assert [e["record_ids"] for e in tracks["cpu/v1"]["entries"]] == [["cpu"]]  # 50% is never ranked above the paper
+    assert "protocol `fedvssl/v1`" in render_markdown(board)
+    bad = make_record("bad", protocol={"name": "fedvssl"})
+    _, problems = validate_records([write(tmp_path, "bad.json", bad)], HASHES)
+    assert problems and "version" in str(problems[0])

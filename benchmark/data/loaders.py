@@ -39,9 +39,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
-from .clips import train_clip_indices, uniform_clip_indices
+from .clips import ctp_train_clip_indices, eval_clip_indices, train_clip_indices
 from .decoding import open_video
-from .transforms import VIDEO_MEAN, VIDEO_STD, Normalize, eval_transform, train_transform
+from .transforms import Normalize, eval_transform, train_transform
+from .transforms import normalization as make_normalize
 
 SampleTransform = Callable[[list[Tensor], torch.Generator], dict[str, Tensor]]
 
@@ -227,7 +228,12 @@ class TrainClipDataset(_ClipDataset):
 
     ``sample_transform(views, generator)`` receives the augmented views, each float
     (C, T, crop, crop) in [0, 1], and must return a dict with a ``"video"`` tensor whose
-    channel axis is dim -4 (it is normalised with :data:`VIDEO_MEAN` / :data:`VIDEO_STD`).
+    channel axis is dim -4 (it is normalised with ``normalization``: kinetics | imagenet | none).
+
+    ``stride`` / ``short_side`` may be lists: a per-item draw picks one (CtP's pretraining
+    ``strides=[1..5]``, ``GroupScale([112, 128, 144])``); ``temporal_jitter`` shifts each frame
+    as CtP's ``RandomFrameSampler``. With one stride, no jitter and one short side the draws
+    are the plain ones (clip start, crop, flip).
     Raises :class:`benchmark.data.decoding.VideoDecodeError` for an undecodable file.
     """
 
@@ -236,27 +242,36 @@ class TrainClipDataset(_ClipDataset):
         videos: Sequence[tuple[str | Path, int]],
         *,
         frames: int,
-        stride: int,
-        short_side: int,
+        stride: int | Sequence[int],
+        short_side: int | Sequence[int],
         crop_size: int,
         num_views: int = 1,
         sample_transform: SampleTransform | None = None,
         backend: str = "auto",
         seed: int = 0,
+        temporal_jitter: bool = False,
+        flip_prob: float = 0.5,
+        normalization: str = "kinetics",
     ):
         if num_views <= 0:
             raise ValueError(f"num_views={num_views}: expected at least one view per sample")
-        _check_clip(frames, stride, short_side, crop_size)
+        self.strides = [int(x) for x in stride] if isinstance(stride, Sequence) else [int(stride)]
+        self.short_sides = [int(x) for x in short_side] if isinstance(short_side, Sequence) else [int(short_side)]
+        for st in self.strides:
+            for side in self.short_sides:
+                _check_clip(frames, st, side, crop_size)
         self.videos = _as_videos(videos)
-        self.frames, self.stride = frames, stride
+        self.frames, self.stride = frames, self.strides[0]
+        self.temporal_jitter = bool(temporal_jitter)
+        self.crop_size, self.flip_prob = crop_size, flip_prob
         self.num_views = num_views
         self.sample_transform = sample_transform or default_sample_transform
         self.backend = backend
         self.seed = seed
         self.epoch = 0
-        self.short_side = short_side
-        self.spatial = train_transform(short_side, crop_size)
-        self.normalize = Normalize(VIDEO_MEAN, VIDEO_STD)
+        self.short_side = self.short_sides[0]
+        self.spatial = train_transform(self.short_side, crop_size, flip_prob)
+        self.normalize = make_normalize(normalization)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose clips and augmentations items are drawn from."""
@@ -278,16 +293,17 @@ class TrainClipDataset(_ClipDataset):
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (None, int(key))
         path, label = self.videos[index]
         generator = self.generator_for(index, epoch)
-        with open_video(path, self.backend, short_side=self.short_side) as video:
-            clips = [
-                train_clip_indices(video.num_frames, self.frames, self.stride, generator)
-                for _ in range(self.num_views)
-            ]
+        short_side, spatial = self.short_side, self.spatial
+        if len(self.short_sides) > 1:
+            short_side = self.short_sides[int(torch.randint(0, len(self.short_sides), (1,), generator=generator))]
+            spatial = train_transform(short_side, self.crop_size, self.flip_prob)
+        with open_video(path, self.backend, short_side=short_side) as video:
+            clips = [self._clip_indices(video.num_frames, generator) for _ in range(self.num_views)]
             union = sorted({i for clip in clips for i in clip})
             decoded = video.get_frames(union)  # (F, H, W, C) uint8, the only decode of this item
         select = _frame_lookup(decoded, union)
         # Crop/flip on uint8 (the frames are already at short_side), then to [0, 1] floats.
-        views = [_to_unit_float(self.spatial(select(clip), generator)) for clip in clips]
+        views = [_to_unit_float(spatial(select(clip), generator)) for clip in clips]
         sample = self.sample_transform(views, generator)
         if not isinstance(sample, dict) or not isinstance(sample.get("video"), Tensor):
             raise TypeError(
@@ -298,6 +314,11 @@ class TrainClipDataset(_ClipDataset):
         sample["label"] = torch.tensor(label, dtype=torch.int64)
         sample["index"] = torch.tensor(index, dtype=torch.int64)
         return sample
+
+    def _clip_indices(self, num_frames: int, generator: torch.Generator) -> list[int]:
+        if len(self.strides) == 1 and not self.temporal_jitter:
+            return train_clip_indices(num_frames, self.frames, self.stride, generator)
+        return ctp_train_clip_indices(num_frames, self.frames, self.strides, self.temporal_jitter, generator)
 
 
 class EvalClipDataset(_ClipDataset):
@@ -317,6 +338,8 @@ class EvalClipDataset(_ClipDataset):
         short_side: int,
         crop_size: int,
         backend: str = "auto",
+        sampling: str = "uniform",
+        normalization: str = "kinetics",
     ):
         if num_clips <= 0:
             raise ValueError(f"num_clips={num_clips}: expected at least one clip per video")
@@ -326,7 +349,8 @@ class EvalClipDataset(_ClipDataset):
         self.backend = backend
         self.short_side = short_side
         self.spatial = eval_transform(short_side, crop_size)
-        self.normalize = Normalize(VIDEO_MEAN, VIDEO_STD)
+        self.sampling = sampling
+        self.normalize = make_normalize(normalization)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -335,7 +359,7 @@ class EvalClipDataset(_ClipDataset):
         index = int(index)
         path, label = self.videos[index]
         with open_video(path, self.backend, short_side=self.short_side) as video:
-            clips = uniform_clip_indices(video.num_frames, self.num_clips, self.frames, self.stride)
+            clips = eval_clip_indices(self.sampling, video.num_frames, self.num_clips, self.frames, self.stride)
             union = sorted({i for clip in clips for i in clip})
             decoded = video.get_frames(union)
         select = _frame_lookup(decoded, union)

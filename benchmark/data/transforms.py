@@ -32,6 +32,17 @@ from torchvision.transforms import InterpolationMode
 #: Kinetics-400 RGB mean/std used by the torchvision / pytorchvideo video models.
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
+#: ImageNet RGB mean/std: CtP's ``GroupToTensor`` for pretraining and downstream
+#: (microsoft/CtP configs/ctp/pretraining_runtime_ucf.py, configs/recognizers/_base_/runtime_ucf101.py).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: ``normalization`` config values -> (mean, std). ``none``: [0, 1] pixels as they are
+#: (VCOP's retrieve_clips.py ``ToTensor()`` and SSD's ``ToTensor()``).
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "kinetics": (VIDEO_MEAN, VIDEO_STD),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
 
 
 def _check_video(video: torch.Tensor, name: str) -> None:
@@ -174,12 +185,129 @@ class Compose:
         return video
 
 
-def train_transform(short_side: int, crop_size: int) -> Compose:
-    """Spatial training augmentation: short-side resize, random crop, horizontal flip (p=0.5).
+def normalization(name: str) -> Normalize:
+    """:class:`Normalize` for a ``normalization`` config value (``kinetics`` | ``imagenet`` | ``none``)."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalization={name!r}: expected one of {sorted(NORMALIZATIONS)}")
+    mean, std = NORMALIZATIONS[name]
+    return Normalize(mean, std)
+
+
+#: Horizontal-flip probability of pretraining clips (CtP's ``GroupFlip(flip_prob=0.50)``).
+TRAIN_FLIP_PROB = 0.5
+
+
+def train_transform(short_side: int, crop_size: int, flip_prob: float = TRAIN_FLIP_PROB) -> Compose:
+    """Spatial training augmentation: short-side resize, random crop, horizontal flip (p=``flip_prob``).
 
     (C, T, H, W) -> (C, T, crop_size, crop_size); three generator draws per clip.
     """
-    return Compose([ShortSideResize(short_side), RandomCrop(crop_size), RandomHorizontalFlip(0.5)])
+    return Compose([ShortSideResize(short_side), RandomCrop(crop_size), RandomHorizontalFlip(flip_prob)])
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+class CtPColorAugment:
+    """CtP's fine-tuning colour steps, one draw per clip (the same for all its frames):
+    ``RandomBrightness`` (add U(-b, b)), ``RandomContrast`` (times exp(U(-c, c))),
+    ``RandomHueSaturation`` (hue + U(-h, h) of the circle, saturation times exp(U(-s, s))),
+    each applied with its probability and clipped to [0, 1]
+    (microsoft/CtP pyvrl/datasets/transforms/color.py; deltas given here in [0, 1] units:
+    brightness 32/255, hue 12/180 of the circle). Draws per step: flag, then its deltas.
+    Works on a float (C, T, H, W) clip in [0, 1].
+    """
+
+    def __init__(self, prob: float, brightness_delta: float, contrast_delta: float, hue_delta: float,
+                 saturation_delta: float):
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"CtPColorAugment prob={prob}: expected a probability in [0, 1]")
+        self.prob = prob
+        self.brightness_delta, self.contrast_delta = brightness_delta, contrast_delta
+        self.hue_delta, self.saturation_delta = hue_delta, saturation_delta
+
+    def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        from baselines.ctp import shift_hue_saturation  # CtP's HSV step, shared with its pretraining
+
+        _check_video(clip, "CtPColorAugment")
+        flag = float(torch.rand((), generator=generator)) < self.prob
+        shift = _uniform(generator, -self.brightness_delta, self.brightness_delta)
+        if flag:
+            clip = (clip + shift).clamp_(0.0, 1.0)
+        flag = float(torch.rand((), generator=generator)) < self.prob
+        factor = math.exp(_uniform(generator, -self.contrast_delta, self.contrast_delta))
+        if flag:
+            clip = (clip * factor).clamp_(0.0, 1.0)
+        flag = float(torch.rand((), generator=generator)) < self.prob
+        hue = _uniform(generator, -self.hue_delta, self.hue_delta)
+        saturation = math.exp(_uniform(generator, -self.saturation_delta, self.saturation_delta))
+        if flag:
+            clip = shift_hue_saturation(clip, hue, saturation)
+        return clip
+
+
+class SimCLRVideoAugment:
+    """SimCLR's view augmentation (hc-fang/ssd mains/train_fedalignuniform.py):
+    ``RandomResizedCrop`` (scale ``crop_scale``, ratio 3/4..4/3, back to the clip's size),
+    ``RandomApply([ColorJitter(b, c, s, h)], p=jitter_prob)``, ``RandomGrayscale(gray_prob)``.
+
+    On a video clip every random parameter is drawn once per call and applied to all frames,
+    so the frames of one view share crop and colour; two calls (two views) draw anew. The
+    horizontal flip is the loader's (p = 0.5, also once per clip). Float (C, T, H, W) in [0, 1].
+    """
+
+    def __init__(self, crop_scale: Sequence[float] = (0.08, 1.0), jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
+                 jitter_prob: float = 0.8, gray_prob: float = 0.2):
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.brightness, self.contrast, self.saturation, self.hue = (float(x) for x in jitter)
+        self.jitter_prob, self.gray_prob = float(jitter_prob), float(gray_prob)
+
+    def crop_box(self, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+        """(top, left, h, w) as torchvision's ``RandomResizedCrop.get_params`` (10 tries, then centre)."""
+        area = height * width
+        log_ratio = (math.log(3 / 4), math.log(4 / 3))
+        for _ in range(10):
+            target = area * _uniform(generator, *self.crop_scale)
+            ratio = math.exp(_uniform(generator, *log_ratio))
+            w = int(round(math.sqrt(target * ratio)))
+            h = int(round(math.sqrt(target / ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                return top, left, h, w
+        ratio = width / height
+        if ratio < 3 / 4:
+            w, h = width, int(round(width / (3 / 4)))
+        elif ratio > 4 / 3:
+            h, w = height, int(round(height * (4 / 3)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        _check_video(clip, "SimCLRVideoAugment")
+        height, width = clip.shape[-2:]
+        top, left, h, w = self.crop_box(height, width, generator)
+        frames = clip[..., top : top + h, left : left + w].transpose(0, 1)  # (T, C, h, w)
+        frames = TF.resize(frames, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if float(torch.rand((), generator=generator)) < self.jitter_prob:
+            frames = self._jitter(frames, generator)
+        if float(torch.rand((), generator=generator)) < self.gray_prob:
+            frames = TF.rgb_to_grayscale(frames, num_output_channels=3)
+        return frames.clamp(0.0, 1.0).transpose(0, 1).contiguous()
+
+    def _jitter(self, frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        # torchvision ColorJitter: the four adjustments in a random order, factors from U[max(0, 1-x), 1+x]
+        b = _uniform(generator, max(0.0, 1 - self.brightness), 1 + self.brightness)
+        c = _uniform(generator, max(0.0, 1 - self.contrast), 1 + self.contrast)
+        s = _uniform(generator, max(0.0, 1 - self.saturation), 1 + self.saturation)
+        h = _uniform(generator, -self.hue, self.hue)
+        steps = {0: lambda x: TF.adjust_brightness(x, b), 1: lambda x: TF.adjust_contrast(x, c),
+                 2: lambda x: TF.adjust_saturation(x, s), 3: lambda x: TF.adjust_hue(x, h)}
+        for k in torch.randperm(4, generator=generator).tolist():
+            frames = steps[k](frames)
+        return frames
 
 
 def eval_transform(short_side: int, crop_size: int) -> Compose:

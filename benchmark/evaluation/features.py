@@ -41,7 +41,9 @@ class ClipSettings:
 
     num_clips: N uniformly spaced clips per video; frames: T frames per clip taken every
     ``stride`` frames; short_side: resize so the short side has this many pixels;
-    crop_size: square centre crop.
+    crop_size: square centre crop; sampling: where the clips start (``uniform`` | ``ctp``:
+    CtP's UniformFrameSampler | ``vcop``: VCOP's retrieve_clips.py, see
+    :mod:`benchmark.data.clips`); normalization: ``kinetics`` | ``imagenet`` | ``none``.
     """
 
     num_clips: int
@@ -49,7 +51,9 @@ class ClipSettings:
     stride: int
     short_side: int
     crop_size: int
-    backend: str = "decord"
+    backend: str = "auto"
+    sampling: str = "uniform"
+    normalization: str = "kinetics"
 
 
 def pool_feature_map(fmap: torch.Tensor, pooling: str = "avg") -> torch.Tensor:
@@ -156,6 +160,8 @@ class ClipSource:
             short_side=self.clip.short_side,
             crop_size=self.clip.crop_size,
             backend=self.clip.backend,
+            sampling=self.clip.sampling,
+            normalization=self.clip.normalization,
         )
         return make_eval_loader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 

@@ -1,12 +1,15 @@
 """Fine-tuning the whole network from the pretrained backbone (CtP / FedVSSL protocol).
 
-Model: backbone -> global average pool -> dropout -> linear head (weights N(0, 0.01^2),
-bias 0, drawn from a seeded generator). Training: one random clip per video per step
-(``TrainClipDataset``: random start, random crop, horizontal flip), cross-entropy, SGD
-with momentum and weight decay, lr multiplied by ``gamma`` at each epoch in
-``milestones`` (MultiStepLR). Test: N uniformly spaced centre-cropped clips per video;
-clip-level metrics judge each clip alone, video-level metrics average the N softmax
-outputs (TSN-style consensus).
+CtP's recipe (microsoft/CtP configs/recognizers/_base_/runtime_ucf101.py, model_r3d18.py;
+every value in docs/protocols/ctp.md). Model: backbone (in the protocol's layout) -> global
+average pool -> dropout -> linear head (weights N(0, head_init_std^2), bias 0, drawn from
+a seeded generator). Training: one random clip per video per step (``TrainClipDataset``:
+random start, short side drawn from ``train_short_sides``, random crop, flip with
+``flip_prob``, then CtP's brightness / contrast / hue-saturation steps), cross-entropy, SGD
+with momentum and weight decay, gradients clipped to ``grad_clip_norm``, lr multiplied by
+``gamma`` at each epoch in ``milestones`` (MultiStepLR). Test: N clips per video
+(``eval.clip``); clip-level metrics judge each clip alone, video-level metrics take the
+softmax of the N clips' averaged logits (CtP's ``TSN.forward_test``).
 
 The pretrained backbone passed in is never modified (a deep copy is trained). Dropout and
 BatchNorm's randomness come from the global RNG, which is forked and seeded with
@@ -28,17 +31,39 @@ from benchmark.evaluation.metrics import clip_and_video_metrics
 class ClassifierHead(nn.Module):
     """backbone -> GAP -> dropout -> linear. forward: (B, 3, T, H, W) -> (B, num_classes) logits."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, generator: torch.Generator):
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, generator: torch.Generator,
+                 init_std: float = 0.001):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(int(backbone.out_channels), num_classes)
         with torch.no_grad():
-            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=generator) * 0.01)
+            self.fc.weight.copy_(torch.randn(self.fc.weight.shape, generator=generator) * init_std)
             self.fc.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.backbone(x).mean(dim=(2, 3, 4))))
+
+
+class ColorView:
+    """A loader ``sample_transform`` applying CtP's colour steps to the one training view
+    (a class, not a closure, so loader workers can pickle it)."""
+
+    def __init__(self, color) -> None:
+        from benchmark.data.transforms import CtPColorAugment
+
+        self.augment = CtPColorAugment(float(color["prob"]), float(color["brightness_delta"]),
+                                       float(color["contrast_delta"]), float(color["hue_delta"]),
+                                       float(color["saturation_delta"]))
+
+    def __call__(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        (view,) = views
+        return {"video": self.augment(view, generator)}
+
+
+def color_transform(color) -> ColorView | None:
+    """:class:`ColorView` for ``eval.finetune.color``, or None (no colour augmentation)."""
+    return ColorView(color) if color else None
 
 
 def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.device, progress=None) -> dict:
@@ -59,11 +84,15 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = ClassifierHead(copy.deepcopy(backbone), num_classes, float(ft.dropout),
-                               torch.Generator().manual_seed(seed)).to(device)
+                               torch.Generator().manual_seed(seed), float(ft.head_init_std)).to(device)
+        sides = ft.get("train_short_sides")
         train_set = TrainClipDataset(
-            ds.train, frames=clip.frames, stride=clip.stride, short_side=clip.short_side,
-            crop_size=clip.crop_size, backend=clip.backend, seed=seed,
+            ds.train, frames=clip.frames, stride=clip.stride,
+            short_side=[int(x) for x in sides] if sides else clip.short_side,
+            crop_size=clip.crop_size, backend=clip.backend, seed=seed, flip_prob=float(ft.flip_prob),
+            sample_transform=color_transform(ft.get("color")), normalization=clip.normalization,
         )
+        clip_norm = ft.get("grad_clip_norm")
         loader = make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers),
                                    seed=seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=float(ft.lr), momentum=float(ft.momentum),
@@ -83,6 +112,8 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
                 loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip_norm:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip_norm))
                 optimizer.step()
                 total += loss.item() * y.numel()
                 count += y.numel()
@@ -103,6 +134,7 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
                 logits = model(clips.reshape(b * n, *clips.shape[2:]).to(device)).float().cpu()
                 scores.append(logits.reshape(b, n, -1))
                 labels.append(y)
-    result = clip_and_video_metrics(torch.cat(scores), torch.cat(labels), num_classes)
+    # CtP's test: softmax of the logits averaged over the clips
+    result = clip_and_video_metrics(torch.cat(scores), torch.cat(labels), num_classes, consensus="logits")
     result.update(epochs=epochs, train_loss=losses, lr=lrs)
     return result

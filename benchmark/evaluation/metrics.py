@@ -34,16 +34,25 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     return cm.long()
 
 
-def clip_and_video_metrics(clip_scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
+def clip_and_video_metrics(
+    clip_scores: torch.Tensor, labels: torch.Tensor, num_classes: int, consensus: str = "softmax"
+) -> dict[str, float]:
     """Clip-level and video-level metrics from per-clip class scores.
 
     clip_scores: (V, N, num_classes) logits of N clips per video; labels: (V,).
-    Clip level: every clip is judged on its own (V*N samples). Video level: softmax
-    probabilities averaged over the N clips (TSN-style consensus).
+    Clip level: every clip is judged on its own (V*N samples). Video level, ``consensus``:
+    ``softmax``: softmax probabilities averaged over the N clips (TSN-style); ``logits``:
+    softmax of the averaged logits (CtP's ``TSN.forward_test``, pyvrl/models/classifiers/tsn/tsn_model.py:89-91).
     Keys: clip_top1, clip_top5, clip_mean_class_accuracy, video_top1, video_top5,
     video_mean_class_accuracy.
     """
     v, n, c = clip_scores.shape
     clip = classification_metrics(clip_scores.reshape(v * n, c), labels.repeat_interleave(n), num_classes)
-    video = classification_metrics(clip_scores.softmax(dim=-1).mean(dim=1), labels, num_classes)
+    if consensus == "softmax":
+        video_scores = clip_scores.softmax(dim=-1).mean(dim=1)
+    elif consensus == "logits":
+        video_scores = clip_scores.mean(dim=1).softmax(dim=-1)
+    else:
+        raise ValueError(f"consensus={consensus!r}: expected 'softmax' or 'logits'")
+    video = classification_metrics(video_scores, labels, num_classes)
     return {**{f"clip_{k}": x for k, x in clip.items()}, **{f"video_{k}": x for k, x in video.items()}}

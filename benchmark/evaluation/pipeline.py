@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +33,8 @@ from benchmark.evaluation.linear_probe import linear_probe
 from benchmark.evaluation.representation import representation_metrics
 from benchmark.evaluation.retrieval import chance_topk, retrieval_topk, topk_key
 from benchmark.evaluation.robustness import check_grid, perturbed_copy, summarize_curve
+from benchmark.io import sha256_bytes
+from benchmark.models.backbones import with_layout
 
 #: Version of the structure returned by evaluate_backbone (documented in docs/evaluation.md).
 EVALUATION_FORMAT = "fedvid-eval/1"
@@ -116,8 +118,37 @@ def clip_settings(cfg: DictConfig) -> ClipSettings:
         stride=int(pick("stride", "stride")),
         short_side=int(pick("short_side", "short_side")),
         crop_size=int(pick("crop_size", "size")),
-        backend=str(ev.get("backend") or run.get("backend") or "decord"),
+        backend=str(ev.get("backend") or run.get("backend") or "auto"),
+        sampling=str(ev.get("sampling") or "uniform"),
+        normalization=str(ev.get("normalization") or run.get("normalization") or "kinetics"),
     )
+
+
+def feature_clip_settings(cfg: DictConfig) -> ClipSettings:
+    """Clips of the feature protocols (retrieval, linear probe, representation, robustness):
+    :func:`clip_settings` with the non-null entries of ``eval.retrieval.clip`` on top (the paper
+    protocol's VCOP retrieval clips differ from CtP's fine-tuning test clips)."""
+    base = clip_settings(cfg)
+    overrides = {k: v for k, v in (cfg.eval.retrieval.get("clip") or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(asdict(base)))
+    if unknown:
+        raise ValueError(f"eval.retrieval.clip has unknown keys {unknown}; expected some of {sorted(asdict(base))}")
+    return replace(base, **overrides)
+
+
+def evaluation_protocol_id(cfg: DictConfig) -> dict:
+    """``{"name", "version", "variant"}`` of the protocol the evaluation runs under (``cfg.protocol``);
+    ``{"name": "unnamed", "version": 0}`` for a config without one."""
+    proto = cfg.get("protocol")
+    if not proto:
+        return {"name": "unnamed", "version": 0, "variant": None}
+    return {"name": str(proto.name), "version": int(proto.version), "variant": proto.get("variant")}
+
+
+def _cache_id(weights_sha256: str, layout: str) -> str:
+    """Feature-cache model id: the weights' hash, plus the layout when it is not the pretraining one
+    (same weights, other strides, other features)."""
+    return weights_sha256 if layout == "pretraining" else sha256_bytes(f"{weights_sha256}|layout={layout}".encode())
 
 
 def random_init_copy(backbone: nn.Module, seed: int) -> nn.Module:
@@ -201,13 +232,17 @@ def evaluate_backbone_report(
     started = time.perf_counter()
     ev = cfg.eval
     run_dir = Path(run_dir)
-    clip = clip_settings(cfg)
+    clip = feature_clip_settings(cfg)
     device = resolve_device(str(ev.get("device", "auto")))
     ks = [int(k) for k in ev.retrieval.ks]
     pooling = str(ev.pooling)
     # Features are keyed by the backbone's weights themselves, so `fedvid run` and a later
     # `fedvid evaluate` of its checkpoint share cache entries.
     model_sha = state_dict_sha256(backbone)
+    layout = str(ev.get("backbone_layout") or "pretraining")
+    # Every evaluation sees the backbone in the protocol's layout (CtP: downstream strides, same weights).
+    backbone = with_layout(backbone, layout)
+    cache_id = _cache_id(model_sha, layout)
     cache_dir = None
     if ev.feature_cache:
         cache_dir = Path(ev.feature_cache_dir) if ev.get("feature_cache_dir") else Path(cfg.data_root) / ".feature_cache"
@@ -217,6 +252,9 @@ def evaluate_backbone_report(
 
     settings = OmegaConf.to_container(ev, resolve=True)
     settings["clip_resolved"] = asdict(clip)
+    settings["finetune_clip_resolved"] = asdict(clip_settings(cfg))
+    settings["backbone_layout"] = layout
+    settings["protocol_id"] = evaluation_protocol_id(cfg)
     out: dict = {
         "format": EVALUATION_FORMAT,
         "settings": settings,
@@ -245,7 +283,7 @@ def evaluate_backbone_report(
         with _progress(progress) as bar:
             for name in ev.datasets:
                 ds = load_downstream(str(name), cfg)
-                _evaluate_dataset(backbone, random_model, ds, cfg, clip, pooling, ks, device, model_sha, cache_dir,
+                _evaluate_dataset(backbone, random_model, ds, cfg, clip, pooling, ks, device, cache_id, cache_dir,
                                   bar, out)
     finally:
         backbone.to(original_device)
@@ -274,6 +312,11 @@ def evaluate_backbone_report(
     return report
 
 
+#: eval.finetune keys recorded in each fine-tuning entry's protocol.
+FINETUNE_PROTOCOL_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "dropout",
+                          "seed", "grad_clip_norm", "train_short_sides", "flip_prob", "color", "head_init_std")
+
+
 def record_block(out: dict) -> dict:
     """The internal results -> the ``evaluations`` structure of the result schema.
 
@@ -286,9 +329,11 @@ def record_block(out: dict) -> dict:
     def protocol(ds_id: str, **extra) -> dict:
         meta = out["datasets"][ds_id]
         return {
+            **settings["protocol_id"],
             "dataset": meta["name"], "split": meta["split"], "num_train": meta["num_train"],
             "num_test": meta["num_test"], "num_classes": meta["num_classes"], "pooling": settings["pooling"],
-            "feature_dim": meta["feature_dim"], "backbone_sha256": out["backbone_sha256"], **clip, **extra,
+            "feature_dim": meta["feature_dim"], "backbone_sha256": out["backbone_sha256"],
+            "backbone_layout": settings["backbone_layout"], **clip, **extra,
         }
 
     def retrieval(ds_id: str, r: dict) -> dict:
@@ -332,10 +377,10 @@ def record_block(out: dict) -> dict:
         block["finetune"] = {
             ds_id: {"split": out["datasets"][ds_id]["split"], **{k: ft[k] for k in accuracy_keys},
                     "train_loss": ft["train_loss"],
-                    "protocol": protocol(ds_id, **{k: ft_cfg[k] for k in ("epochs", "batch_size", "lr", "momentum",
-                                                                           "weight_decay", "milestones", "gamma",
-                                                                           "dropout", "seed")},
-                                         lr_per_epoch=ft["lr"], train_clips_per_video_per_epoch=1)}
+                    "protocol": {**protocol(ds_id, **{k: ft_cfg[k] for k in FINETUNE_PROTOCOL_KEYS if k in ft_cfg},
+                                            lr_per_epoch=ft["lr"], train_clips_per_video_per_epoch=1,
+                                            pooling="avg (classifier head)"),
+                                 **settings["finetune_clip_resolved"]}}
             for ds_id, ft in out["finetune"].items()
         }
     if "robustness" in out:
@@ -426,7 +471,7 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, cfg, clip, pooling
 
     if random_model is not None:
         t = time.perf_counter()
-        rsha = state_dict_sha256(random_model)
+        rsha = _cache_id(state_dict_sha256(random_model), str(ev.get("backbone_layout") or "pretraining"))
         rfeats = {
             split: cached_features(random_model, source, model_sha256=rsha, dataset_id=ds.id, split=split,
                                    pooling=pooling, device=device, cache_dir=cache_dir, progress=bar)[0]
@@ -443,7 +488,7 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, cfg, clip, pooling
         from benchmark.evaluation.finetune import finetune
 
         t = time.perf_counter()
-        out["finetune"][ds.id] = finetune(backbone, ds, cfg, clip, device, progress=bar)
+        out["finetune"][ds.id] = finetune(backbone, ds, cfg, clip_settings(cfg), device, progress=bar)
         timings["finetune"] = time.perf_counter() - t
 
     if ev.robustness.enabled:

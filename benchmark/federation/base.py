@@ -18,7 +18,8 @@ class ClientUpdate:
     """One client's result for one round.
 
     arrays: the exchanged parameters/buffers after local training (name -> tensor).
-    num_examples: number of training samples the client used this round.
+    num_examples: the client's training-set size (what FedAvg weights by; samples processed
+        this round: ``metrics["samples_processed"]``).
     metrics: client metrics; ``metrics["loss"]`` is the client's mean local training loss.
     client_id: the client's partition id in the split manifest.
     """

@@ -175,7 +175,9 @@ class LocalResult:
 
     exchanged: tensors sent to the server (name -> tensor, CPU).
     local: tensors kept by the client (heads when exchange == "backbone"), CPU.
-    num_examples: training samples processed this round.
+    num_examples: the client's training-set size (its videos), what FedAvg-style
+        aggregators weight by, as Flower's strategies and FedVSSL do (``len(train_dataset)``);
+        the samples processed this round are ``metrics["samples_processed"]``.
     metrics: loss (mean over steps), compute_s, steps, ...
     """
 
@@ -237,13 +239,15 @@ def run_local_training(
     dataset = TrainClipDataset(
         videos,
         frames=int(clip.frames),
-        stride=int(clip.stride),
-        short_side=int(clip.short_side),
+        stride=_int_or_list(clip.stride),
+        short_side=_int_or_list(clip.short_side),
         crop_size=int(clip.size),
         num_views=method.num_views,
         sample_transform=method.sample_transform,
         backend=str(clip.get("backend", "decord")),
         seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
+        temporal_jitter=bool(clip.get("temporal_jitter", False)),
+        normalization=str(clip.get("normalization") or "kinetics"),
     )
     clip_norm = cfg.client.get("grad_clip_norm")
     local_steps = cfg.federation.get("local_steps")
@@ -266,7 +270,7 @@ def run_local_training(
     optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
 
     losses: list[float] = []
-    num_examples = 0
+    processed = 0
     steps = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, _TAG_TRAIN, server_round, client_id))
@@ -283,7 +287,7 @@ def run_local_training(
                 torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
             optimizer.step()
             losses.append(float(loss.detach()))
-            num_examples += _batch_size(batch)
+            processed += _batch_size(batch)
             steps += 1
             if max_steps is not None and steps >= max_steps:
                 break
@@ -300,9 +304,17 @@ def run_local_training(
         # compute a dedicated machine would need, whatever else shares the cores
         "cpu_s": time.process_time() - cpu0,
         "steps": float(steps),
+        "samples_processed": float(processed),
         "restored_local_state": float(restored),
     }
-    return LocalResult(method.exchanged_state(), method.local_state(), num_examples, metrics)
+    return LocalResult(method.exchanged_state(), method.local_state(), len(videos), metrics)
+
+
+def _int_or_list(value) -> int | list[int]:
+    """A clip setting that is one int or a list to draw from per clip (CtP's strides / scales)."""
+    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
+        return [int(v) for v in value]
+    return int(value)
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

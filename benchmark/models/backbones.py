@@ -144,6 +144,41 @@ class CtPResNet3D(nn.Module):
         return self.layer4(x)
 
 
+#: Backbone layouts for evaluation: ``pretraining`` keeps CtP's pretraining strides
+#: (``down_sampling=[F, T, T, F]``: 112^2 -> 14x14); ``downstream`` is CtP's recognizer
+#: configuration (configs/recognizers/_base_/model_r3d18.py: ``down_sampling=[F, T, T, T]``),
+#: the last stage with spatial stride 2: 112^2 -> 7x7.
+BACKBONE_LAYOUTS = ("pretraining", "downstream")
+
+
+def with_layout(backbone: nn.Module, layout: str) -> nn.Module:
+    """``backbone`` itself (``pretraining``) or a deep copy rebuilt in CtP's downstream layout.
+
+    Strides carry no weights, so the copy has exactly the same state dict; only the first
+    block of ``layer4`` changes its spatial stride from 1 to 2 (its first conv and its
+    1x1x1 shortcut), as CtP's ``down_sampling=[False, True, True, True]`` does:
+    (B, 3, 16, 112, 112) -> (B, C, 2, 7, 7).
+    """
+    if layout not in BACKBONE_LAYOUTS:
+        raise ValueError(f"eval.backbone_layout={layout!r}: expected one of {BACKBONE_LAYOUTS}")
+    if layout == "pretraining":
+        return backbone
+    if not isinstance(backbone, CtPResNet3D):
+        raise ValueError(
+            f"eval.backbone_layout=downstream needs a CtP-layout backbone (r3d18, r2plus1d18, tiny_r3d), "
+            f"got {type(backbone).__name__}; use eval.backbone_layout=pretraining"
+        )
+    import copy
+
+    model = copy.deepcopy(backbone)
+    block = model.layer4[0]
+    for conv in (block.conv1[0], block.downsample[0]):
+        spatial = conv[0] if isinstance(conv, Conv2Plus1DStrided) else conv  # (2+1)D: the (1, 3, 3) conv
+        spatial.stride = (spatial.stride[0], 2, 2)
+    model.spatial_stride = 16
+    return model
+
+
 def feature_frames(num_frames: int) -> int:
     """Temporal size T' of the feature map for a T-frame clip (stride-2 convs, pad 1: ceil)."""
     t = num_frames
