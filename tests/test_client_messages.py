@@ -18,10 +18,14 @@ from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, build_model, initial_global_state
 from benchmark.methods import EXCHANGE_CHOICES
 from benchmark.registry import METHODS
+from benchmark import rundir
+from benchmark.config import to_container
+from benchmark.data.annotations import load_annotations
 from benchmark.runner import prepare_data, prepare_manifest, save_config
+from benchmark.splits.manifest import write_manifest
 
 #: The metrics of a train reply (docs/deployment.md, "What a client sends").
-TRAIN_METRICS = {"loss", "compute_s", "cpu_s", "steps", "restored_local_state", "num-examples", "client-id"}
+TRAIN_METRICS = {"loss", "compute_s", "cpu_s", "steps", "samples_processed", "restored_local_state", "num-examples", "client-id"}
 NODE_OF_CLIENT = {0: 1001, 1: 1002}
 
 
@@ -74,8 +78,11 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
     if "hidden_dim" in (cfg.method.get("params") or {}):
         cfg.method.params.hidden_dim = 16  # the projector's width does not change what is sent
     prepare_data(cfg)
-    manifest = prepare_manifest(cfg, run_dir)
-    resolved = as_config(save_config(cfg, run_dir))
+    manifest, _ = prepare_manifest(cfg, run_dir, load_annotations(cfg.dataset))
+    write_manifest(manifest.data, run_dir / rundir.MANIFEST)
+    config = to_container(cfg)
+    save_config(config, run_dir)
+    resolved = as_config(config)
     model = build_model(resolved, 0)
     declared, kept = set(model.exchanged_state()), set(model.local_state())
     non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict())
@@ -107,7 +114,8 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
         assert all(sent[k].shape == model.state_dict()[k].shape for k in sent)
         assert not set(sent) & (kept | non_persistent)  # no heads (exchange=backbone), no SSD basis
         assert set(content["metrics"]) == TRAIN_METRICS
-        assert content["metrics"]["client-id"] == 0 and content["metrics"]["num-examples"] == 2
+        assert content["metrics"]["client-id"] == 0 and content["metrics"]["samples_processed"] == 2
+        assert content["metrics"]["num-examples"] == len(videos)  # the training-set size: FedAvg's weight
         assert content["metrics"]["restored_local_state"] == float(exchange == "backbone" and server_round == 2)
         # the client's own tensors stay in its node state, never in the reply
         if exchange == "backbone":

@@ -214,7 +214,7 @@ def test_skipped_videos_are_recorded_and_make_the_run_degraded(tmp_path, data_ro
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     record = json.loads((run_dir / rundir.RESULT).read_text())
     assert record["videos"]["pretraining"] == {"listed": 24, "present": 23, "skipped": 1, "missing": 1, "empty": 0,
-                                               "undecodable": 0, "case_mismatch_resolved": 0}
+                                               "undecodable": 0, "unusable": 0, "case_mismatch_resolved": 0}
     assert record["status"] == "degraded" and record["status_reasons"] == ["1 of 24 pretraining videos skipped"]
     assert "status: degraded" in result.stdout and "pretraining 23/24, 1 skipped" in result.stdout
     from leaderboard.records import validate_records
