@@ -213,17 +213,19 @@ def test_one_training_run_on_a_fixed_batch_decreases_the_loss():
     m = make_method(basis_seed=0)
     m.set_client_context(0, 2)
     m.train()
-    opt = torch.optim.SGD(m.parameters(), lr=0.02)
+    # lr 0.02 for 8 steps oscillated (seen failing on an unchanged tree): a smaller step and a
+    # mean over the last steps test the descent, not one step's noise
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
     batch = video_batch(batch=6, seed=1)
     losses = []
-    for _ in range(8):
+    for _ in range(12):
         loss, _ = m.training_loss(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     assert all(math.isfinite(x) for x in losses)
-    assert losses[1] < losses[0] and losses[-1] < losses[0] - 0.3, losses
+    assert losses[1] < losses[0] and sum(losses[-3:]) / 3 < losses[0] - 1.0, losses
 
 
 def test_configs_build_the_methods():
