@@ -14,6 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from benchmark.data.clips import EVAL_SAMPLINGS
+from benchmark.data.transforms import NORMALIZATIONS
+from benchmark.models.backbones import BACKBONE_LAYOUTS
+
 #: A check returns None when the value is fine, else what is allowed ("an integer >= 1").
 Check = Callable[[Any], "str | None"]
 _ABSENT = object()
@@ -91,6 +95,22 @@ def list_of(check: Check, *, non_empty: bool = True) -> Check:
     return inner
 
 
+def one_or_list_of(check: Check) -> Check:
+    """A value, or a non-empty list to draw one from per clip (CtP's stride and short side)."""
+    as_list = list_of(check)
+
+    def inner(v: Any) -> str | None:
+        if isinstance(v, (list, tuple)):
+            return None if as_list(v) is None else f"{check(_ABSENT)}, or {as_list(v)}"
+        return check(v)
+
+    return inner
+
+
+def _names(names) -> Check:
+    return one_of(*sorted(names))
+
+
 def device(v: Any) -> str | None:
     ok = v in ("auto", "cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit())
     return None if ok else "auto, cpu, cuda or cuda:N"
@@ -148,9 +168,11 @@ RUN_RULES: tuple[Rule, ...] = (
     Rule("client.optimizer.schedule", one_of("constant", "cosine")),
     Rule("client.grad_clip_norm", optional(number(0, lo_open=True)), required=False),
     Rule("clip.frames", integer(1)),
-    Rule("clip.stride", integer(1)),
+    Rule("clip.stride", one_or_list_of(integer(1))),
     Rule("clip.size", integer(1)),
-    Rule("clip.short_side", integer(1)),
+    Rule("clip.short_side", one_or_list_of(integer(1))),
+    Rule("clip.temporal_jitter", boolean, required=False),
+    Rule("clip.normalization", _names(NORMALIZATIONS), required=False),
     Rule("clip.backend", one_of("decord", "pyav", "auto")),
     Rule("fault.client_failure_prob", number(0, 1), required=False),
 )
@@ -162,12 +184,15 @@ EVAL_RULES: tuple[Rule, ...] = (
     Rule("eval.batch_size", integer(1)),
     Rule("eval.num_workers", integer(0)),
     Rule("eval.pooling", one_of("avg", "vcop")),
+    Rule("eval.backbone_layout", _names(BACKBONE_LAYOUTS), required=False),
     Rule("eval.clip.num_clips", integer(1)),
     Rule("eval.clip.frames", optional(integer(1))),
     Rule("eval.clip.stride", optional(integer(1))),
     Rule("eval.clip.short_side", optional(integer(1))),
     Rule("eval.clip.crop_size", optional(integer(1))),
-    Rule("eval.clip.backend", optional(one_of("decord", "pyav", "auto"))),
+    Rule("eval.clip.backend", optional(one_of("decord", "pyav", "auto")), required=False),
+    Rule("eval.clip.sampling", _names(EVAL_SAMPLINGS), required=False),
+    Rule("eval.clip.normalization", optional(_names(NORMALIZATIONS)), required=False),
     Rule("eval.clip_cache_max_mib", number(0), required=False),
     Rule("eval.retrieval.ks", list_of(integer(1))),
     Rule("eval.linear_probe.enabled", boolean),

@@ -124,7 +124,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
     for r in records:
         if r["status"] in EXCLUDED_STATUSES:
             continue
-        by_track[f"{protocol_label(r)} | {track_key(r['track'])}"].append(r)
+        by_track[f"{protocol_label(r)}/{track_key(r['track'])}"].append(r)
 
     tracks = []
     for tkey in sorted(by_track):

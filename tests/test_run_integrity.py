@@ -49,6 +49,28 @@ def test_the_default_config_is_valid_and_unknown_params_and_groups_pass(default_
     assert run_config_problems(tolerant) == []
 
 
+PAPER_CONFIGS = [["protocol=ctp"], ["protocol=fedvssl"], ["protocol=ssd"], ["experiment=fvssl_k400_noniid"],
+                 ["experiment=fvssl_ucf101_crosssilo"], ["experiment=ssd_crosssilo"], ["experiment=ssd_crossdevice"],
+                 ["experiment=ssd_k400_noniid"], ["experiment=compare"]]
+
+
+def test_every_protocol_and_paper_experiment_passes_the_check():
+    """The check follows the protocols' own values (a stride list to draw from, ImageNet
+    normalisation, the downstream layout, CtP/VCOP clip sampling)."""
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from benchmark import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for overrides in PAPER_CONFIGS:
+            cfg = OmegaConf.to_container(compose("config", overrides=[*overrides, "data_root=/nowhere"]), resolve=True)
+            assert run_config_problems(cfg) == [], overrides
+    assert run_config_problems(_with(cfg, clip__stride=[1, 0])) == [
+        "clip.stride=[1, 0]: expected an integer >= 1, or a non-empty list, each item an integer >= 1"]
+
+
 @pytest.mark.parametrize(
     ("changes", "needle"),
     [
