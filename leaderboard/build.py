@@ -64,8 +64,15 @@ def flatten_metrics(evaluations: dict[str, Any]) -> dict[str, float]:
 
 
 def _label(proto: dict[str, Any]) -> str:
+    """``fedvssl/v1``, ``fedvssl/v1+smoke``, ``fedvssl/v1+modified[eval.pooling=avg]``: a modified
+    protocol names what changed, so runs with different overrides never share a track."""
     label = f"{proto['name']}/v{proto['version']}"
-    return label + (f"+{proto['variant']}" if proto.get("variant") else "")
+    if proto.get("variant"):
+        label += f"+{proto['variant']}"
+    overridden = proto.get("overridden")
+    if isinstance(overridden, dict) and overridden:
+        label += "[" + ",".join(f"{k}={v if isinstance(v, str) else canonical_json_bytes(v).decode()}" for k, v in sorted(overridden.items())) + "]"
+    return label
 
 
 def protocol_label(record: dict[str, Any]) -> str:

@@ -243,6 +243,13 @@ def test_rows_are_ranked_together_only_under_one_protocol(tmp_path):
     assert [(e["record_ids"], e["rank"]) for e in tracks["fedvssl/v1"]["entries"]] == [(["paper"], 1), (["ours"], 2)]
     assert [e["record_ids"] for e in tracks["cpu/v1"]["entries"]] == [["cpu"]]  # 50% is never ranked above the paper
     assert "protocol `fedvssl/v1`" in render_markdown(board)
+    modified = make_record("modified", 0.80, protocol={**fedvssl, "variant": "modified",
+                                                       "overridden": {"eval.pooling": "avg"}})
+    good, problems = validate_records([write(tmp_path, "modified.json", modified)], HASHES)
+    assert problems == [] and len(good) == 1  # a modified protocol names its overridden keys
+    board = build_leaderboard([reported, modified])
+    assert sorted(t["protocol"] for t in board["tracks"]) == ["fedvssl/v1", "fedvssl/v1+modified[eval.pooling=avg]"]
+    assert all(e["rank"] == 1 for t in board["tracks"] for e in t["entries"])  # never ranked against the paper
     bad = make_record("bad", protocol={"name": "fedvssl"})
     _, problems = validate_records([write(tmp_path, "bad.json", bad)], HASHES)
     assert problems and "version" in str(problems[0])
