@@ -167,7 +167,7 @@ EVAL_RULES: tuple[Rule, ...] = (
     Rule("eval.clip.stride", optional(integer(1))),
     Rule("eval.clip.short_side", optional(integer(1))),
     Rule("eval.clip.crop_size", optional(integer(1))),
-    Rule("eval.clip.backend", optional(one_of("decord", "pyav", "auto"))),
+    Rule("eval.clip.backend", optional(one_of("decord", "pyav", "auto")), required=False),  # absent: clip.backend
     Rule("eval.clip_cache_max_mib", number(0), required=False),
     Rule("eval.retrieval.ks", list_of(integer(1))),
     Rule("eval.linear_probe.enabled", boolean),
