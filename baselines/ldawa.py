@@ -17,8 +17,10 @@ docs/methods/ldawa.md):
 - A client tensor of norm 0 passes through (official); a previous global tensor of norm 0
   makes the cosine undefined (the official code divides by 0 and gets NaN); here δ = 1.
 - ``previous is None`` (round 1 without an initial global model): plain uniform average.
-- ``warmup_rounds`` (default 0): rounds 1..warmup_rounds use FedAvg by examples, as the
-  official FL_Pretraining/main_CIFAR10_LDAWA.py does before ``GLB_RND > 2`` (3 rounds).
+- ``warmup_rounds``: rounds 1..warmup_rounds use FedAvg by examples, as the official
+  FL_Pretraining/main_CIFAR10_LDAWA.py does before ``GLB_RND > 2`` (3 rounds). The class
+  default is 0 (the rule from round 1, as the paper text; the 3-round CPU comparison uses it);
+  the configured default, ``conf/aggregator/ldawa.yaml``, is 3, as the official script.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class LDAWA(Aggregator):
     """Layer-wise divergence-aware aggregation.
 
     warmup_rounds: number of first rounds aggregated with FedAvg (by examples) before the
-        divergence rule starts; 0 (default) applies L-DAWA from round 1.
+        divergence rule starts; 0 (this constructor's default) applies L-DAWA from round 1.
+        ``aggregator=ldawa`` configures 3 (conf/aggregator/ldawa.yaml), the official script's.
 
     After :meth:`aggregate`, ``last_divergence[key]`` holds the δ_k of each client for that
     tensor (in the order of ``updates``), for logging.

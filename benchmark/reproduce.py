@@ -82,7 +82,9 @@ TABLES: dict[str, Table] = {
         Table(
             name="fedvssl-k400-noniid",
             title="FedVSSL, Table 4: CtP pretrained on Kinetics-400 non-IID (100 clients, 5/round, 540 rounds)",
-            source="https://github.com/yasar-rehman/FEDVSSL (README, 'see Table 4'); https://github.com/adap/flower/tree/main/baselines/fedvssl",
+            source=("https://github.com/yasar-rehman/FEDVSSL/blob/dc19238897e2440b1756407ee181cc1bba661384/README.md#L91-L98 "
+                    "(retrieval, 'see Table 4'; retrieval protocol unverified: no published script); "
+                    "https://github.com/adap/flower/blob/969c69b33ac7a1025df8fd56ef7ba175ea414511/baselines/fedvssl/README.md#L215-L222"),
             metrics=("retrieval.ucf101.top1", "retrieval.hmdb51.top1", "finetune.ucf101.video_top1"),
             rows=tuple(Row(r.label, ("experiment=fvssl_k400_noniid", *r.overrides), r.reported_record) for r in _fvssl_grid("fedvssl-k400-noniid")),
             protocol="fedvssl",
@@ -92,7 +94,7 @@ TABLES: dict[str, Table] = {
         Table(
             name="fedvssl-ucf101-crosssilo",
             title="FedVSSL (alpha=0.9, beta=1), cross-silo: 5 clients, pretrained and fine-tuned on UCF101",
-            source="https://github.com/adap/flower/tree/main/baselines/fedvssl (README, 'Expected results')",
+            source="https://github.com/adap/flower/blob/969c69b33ac7a1025df8fd56ef7ba175ea414511/baselines/fedvssl/README.md#L204-L206",
             metrics=("finetune.ucf101.video_top1", "finetune.ucf101.video_top5"),
             rows=(Row("alpha=0.9, beta=1", ("experiment=fvssl_ucf101_crosssilo",), "fedvssl-ucf101-crosssilo-a0p9-b1"),),
             protocol="ctp",

@@ -137,11 +137,12 @@ def _video_counts(videos: dict[str, Any]):
 
 
 def record_protocol(cfg: dict) -> dict[str, Any] | None:
-    """``{"name", "version", "variant"}`` of the run's ``protocol`` block (conf/protocol/<name>.yaml), or None."""
-    proto = cfg.get("protocol")
-    if not proto:
-        return None
-    return {"name": str(proto["name"]), "version": int(proto["version"]), "variant": proto.get("variant")}
+    """``{"name", "version", "variant"}`` of the run's ``protocol`` block (conf/protocol/<name>.yaml),
+    or None; ``variant: "modified"`` plus ``overridden`` when the run changed protocol-owned keys
+    without naming a variant (:func:`benchmark.protocols.protocol_id`)."""
+    from benchmark.protocols import protocol_id
+
+    return protocol_id(cfg)
 
 
 def build_result_record(

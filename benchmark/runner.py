@@ -214,6 +214,13 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
     t0 = time.perf_counter()
     resolved = to_container(cfg)
     check_run_config(resolved)
+    from rich.text import Text
+
+    from benchmark.protocols import override_warning
+
+    note = override_warning(resolved)
+    if note and console is not None:
+        console.print(Text(note, style="yellow"), soft_wrap=True)
     resume = bool(resolved.get("resume"))
     with rundir.RunLock(run_dir):
         if not resume and rundir.has_checkpoint(run_dir):

@@ -64,8 +64,15 @@ def flatten_metrics(evaluations: dict[str, Any]) -> dict[str, float]:
 
 
 def _label(proto: dict[str, Any]) -> str:
+    """``fedvssl/v1``, ``fedvssl/v1+smoke``, ``fedvssl/v1+modified[eval.pooling=avg]``: a modified
+    protocol names what changed, so runs with different overrides never share a track."""
     label = f"{proto['name']}/v{proto['version']}"
-    return label + (f"+{proto['variant']}" if proto.get("variant") else "")
+    if proto.get("variant"):
+        label += f"+{proto['variant']}"
+    overridden = proto.get("overridden")
+    if isinstance(overridden, dict) and overridden:
+        label += "[" + ",".join(f"{k}={v if isinstance(v, str) else canonical_json_bytes(v).decode()}" for k, v in sorted(overridden.items())) + "]"
+    return label
 
 
 def protocol_label(record: dict[str, Any]) -> str:
@@ -80,6 +87,11 @@ def protocol_label(record: dict[str, Any]) -> str:
                 evals.add(_label(proto))
     others = sorted(evals - {own})
     return own + (f" eval:{','.join(others)}" if others else "")
+
+
+def unverified_evaluations(records: list[dict[str, Any]]) -> list[str]:
+    """The evaluations whose protocol some record's source does not publish (``protocol.unverified``)."""
+    return sorted({e for r in records for e in (r.get("protocol") or {}).get("unverified", [])})
 
 
 def track_key(track: dict[str, Any]) -> str:
@@ -153,6 +165,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "record_ids": [r["record_id"] for r in members],
                 "sources": sorted({s["url"] for r in members for s in r.get("source", [])}),
                 "metrics": {k: _stats(v) for k, v in sorted(per_metric.items())},
+                **({"unverified": unverified} if (unverified := unverified_evaluations(members)) else {}),
             })
 
         def sort_key(e: dict) -> tuple:
@@ -220,14 +233,19 @@ def render_markdown(board: dict[str, Any]) -> str:
                   "(docs/protocols/)", "",
                   f"| # | method | status | {ucf} R@1 | {ucf} R@5 | {hmdb} R@1 | {ucf} FT top-1 | n |",
                   "|---|---|---|---|---|---|---|---|"]
+        notes = sorted({u for e in t["entries"] for u in e.get("unverified", [])})
         for e in t["entries"]:
             m = e["metrics"]
+            mark = " †" if e.get("unverified") else ""
             ft = m.get(f"finetune.{ucf}.video_top1") or m.get(f"finetune.{ucf}.top1")
             n = max((s["n"] for s in m.values()), default=0)
             lines.append(
-                f"| {e['rank'] or '–'} | {md_cell(e['method'])} | {md_cell(e['status'])} | {_pct(m.get(f'retrieval.{ucf}.top1'))} | "
+                f"| {e['rank'] or '–'} | {md_cell(e['method'])}{mark} | {md_cell(e['status'])} | {_pct(m.get(f'retrieval.{ucf}.top1'))} | "
                 f"{_pct(m.get(f'retrieval.{ucf}.top5'))} | {_pct(m.get(f'retrieval.{hmdb}.top1'))} | {_pct(ft)} | {n} |"
             )
+        if notes:
+            lines += ["", f"† {md_cell(', '.join(notes))} protocol unverified: the source publishes no script for it, so "
+                      "the protocol this row names is asserted by its authors, not checked (docs/protocols/)."]
         lines.append("")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,16 @@ def test_reported_fedvssl_entries_are_exact_and_valid():
         assert round(100 * m["retrieval.hmdb51.top1"], 2) == hmdb
         assert round(100 * m["finetune.ucf101.video_top1"], 2) == ft
         assert "retrieval.ucf101.top5" not in m  # not published -> absent, never zero
+    records = {r["record_id"]: r for _, r in good}
+    for rid, r in records.items():  # every source pinned to a commit and a line
+        assert all(re.search(r"/blob/[0-9a-f]{40}/.+#L\d+", src["url"]) for src in r["source"]), rid
+        assert r["method"]["code"]["commit"], rid
+        # neither CtP nor FEDVSSL publishes a retrieval script: the retrieval protocol is asserted, not checked
+        assert r["protocol"].get("unverified", []) == (["retrieval"] if "retrieval" in r["evaluations"] else []), rid
+    board = build_leaderboard([r for _, r in good])
+    k400 = next(t for t in board["tracks"] if t["dataset"] == "kinetics400")
+    assert all(e["unverified"] == ["retrieval"] for e in k400["entries"])
+    assert "† retrieval protocol unverified" in render_markdown(board)
     cross = by_id["fedvssl-ucf101-crosssilo-a0p9-b1"]
     assert (round(100 * cross["finetune.ucf101.video_top1"], 2), round(100 * cross["finetune.ucf101.video_top5"], 2)) == (66.32, 86.57)
 
@@ -243,6 +254,13 @@ def test_rows_are_ranked_together_only_under_one_protocol(tmp_path):
     assert [(e["record_ids"], e["rank"]) for e in tracks["fedvssl/v1"]["entries"]] == [(["paper"], 1), (["ours"], 2)]
     assert [e["record_ids"] for e in tracks["cpu/v1"]["entries"]] == [["cpu"]]  # 50% is never ranked above the paper
     assert "protocol `fedvssl/v1`" in render_markdown(board)
+    modified = make_record("modified", 0.80, protocol={**fedvssl, "variant": "modified",
+                                                       "overridden": {"eval.pooling": "avg"}})
+    good, problems = validate_records([write(tmp_path, "modified.json", modified)], HASHES)
+    assert problems == [] and len(good) == 1  # a modified protocol names its overridden keys
+    board = build_leaderboard([reported, modified])
+    assert sorted(t["protocol"] for t in board["tracks"]) == ["fedvssl/v1", "fedvssl/v1+modified[eval.pooling=avg]"]
+    assert all(e["rank"] == 1 for t in board["tracks"] for e in t["entries"])  # never ranked against the paper
     bad = make_record("bad", protocol={"name": "fedvssl"})
     _, problems = validate_records([write(tmp_path, "bad.json", bad)], HASHES)
     assert problems and "version" in str(problems[0])

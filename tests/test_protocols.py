@@ -20,6 +20,8 @@ from benchmark import CONF_DIR, PROJECT_ROOT
 from benchmark.data.clips import ctp_train_clip_indices, ctp_uniform_clip_indices, vcop_clip_indices
 from benchmark.data.transforms import CtPColorAugment, SimCLRVideoAugment
 from benchmark.models.backbones import R3D18, TinyR3D, with_layout
+from benchmark.protocols import MODIFIED_VARIANT, protocol_id, protocol_settings
+from benchmark.protocols import same_value as same
 
 CARDS = PROJECT_ROOT / "docs" / "protocols"
 PROTOCOLS = ("cpu", "ctp", "fedvssl", "ssd")
@@ -78,16 +80,6 @@ def config_value(cfg, key: str):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def same(ours, actual) -> bool:
-    if isinstance(ours, (list, tuple)) and isinstance(actual, (list, tuple)):
-        return len(ours) == len(actual) and all(same(a, b) for a, b in zip(ours, actual))
-    if isinstance(ours, dict) and isinstance(actual, dict):
-        return ours.keys() == actual.keys() and all(same(ours[k], actual[k]) for k in ours)
-    if isinstance(ours, (int, float)) and isinstance(actual, (int, float)) and not isinstance(ours, bool):
-        return math.isclose(float(ours), float(actual), rel_tol=1e-9, abs_tol=1e-12)
-    return ours == actual
-
-
 @pytest.mark.parametrize("name", PROTOCOLS)
 def test_card_rows_equal_the_composed_config(name):
     card = parse_card(CARDS / f"{name}.md")
@@ -112,6 +104,82 @@ def test_every_protocol_has_a_card_and_every_card_a_protocol():
 
 def test_embedded_default_is_the_cpu_protocol():
     assert compose([]).protocol.name == "cpu"
+
+
+# ---------------------------------------------------------------- which protocol a run may claim
+
+CLAIMS = [  # (overrides, the protocol the record names): every composition the cards and README list
+    ([], ("cpu", None)),
+    (["seed=0"], ("cpu", None)),
+    (["protocol=ctp", "method=ctp", "backbone=r3d18"], ("ctp", None)),
+    (["protocol=fedvssl"], ("fedvssl", None)),
+    (["protocol=ssd"], ("ssd", None)),
+    (["experiment=fvssl_k400_noniid"], ("fedvssl", None)),
+    (["experiment=fvssl_k400_noniid", "aggregator=ldawa"], ("fedvssl", None)),
+    (["experiment=fvssl_ucf101_crosssilo"], ("ctp", None)),
+    (["experiment=ssd_crosssilo"], ("ssd", None)),
+    (["experiment=ssd_crosssilo", "method=align_uniform"], ("ssd", None)),
+    (["experiment=ssd_crossdevice"], ("ssd", None)),
+    (["experiment=ssd_k400_noniid"], ("ssd", None)),
+    (["experiment=compare", "hydra.mode=RUN", "compare_row=ssd"], ("cpu", "compare")),
+]
+
+
+@pytest.mark.parametrize("overrides,claim", CLAIMS, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_plain_protocols_and_their_experiments_keep_their_protocol(overrides, claim):
+    pid = protocol_id(compose(overrides))
+    assert (pid["name"], pid["variant"]) == claim and "overridden" not in pid
+
+
+def test_smoke_variant_keeps_its_name_despite_its_size_overrides():
+    from benchmark.reproduce import TABLES
+
+    table = TABLES["fedvssl-k400-noniid"]
+    pid = protocol_id(compose([*table.rows[0].overrides, *table.smoke_overrides]))
+    assert pid == {"name": "fedvssl", "version": 1, "variant": "smoke"}
+
+
+def test_protocol_owns_the_keys_its_files_set():
+    ctp, fedvssl, ssd = (protocol_settings(n) for n in ("ctp", "fedvssl", "ssd"))
+    assert ctp["eval.pooling"] == "vcop" and ctp["client.optimizer.momentum"] == 0.9
+    assert fedvssl["client.optimizer.momentum"] == 0.0 and fedvssl.keys() == ctp.keys()  # defaults: [ctp, _self_]
+    assert ssd["client.optimizer.lr"] == 0.025 and ssd["clip.normalization"] == "none"
+    assert protocol_settings("cpu")["eval.retrieval.clip"] == {}  # an empty mapping is one setting
+    assert not any(k.startswith("protocol.") for k in ctp)
+
+
+def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track():
+    from leaderboard.build import build_leaderboard, protocol_label
+
+    from benchmark.results import record_protocol
+
+    plain = protocol_id(compose(["protocol=fedvssl"]))
+    avg = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg"]))
+    lr = protocol_id(compose(["experiment=fvssl_k400_noniid", "client.optimizer.lr=0.1", "clip.stride=2"]))
+    assert avg == {"name": "fedvssl", "version": 1, "variant": MODIFIED_VARIANT, "overridden": {"eval.pooling": "avg"}}
+    assert lr["variant"] == MODIFIED_VARIANT and lr["overridden"] == {"client.optimizer.lr": 0.1, "clip.stride": 2}
+    assert record_protocol({"protocol": {"name": "fedvssl", "version": 1, "variant": None},
+                            **{k: v for k, v in OmegaConf.to_container(compose(["protocol=fedvssl", "eval.pooling=avg"])).items()
+                               if k in ("clip", "client", "eval")}}) == avg
+    # a variant the config names itself is kept: the run says what it is
+    named = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg", "protocol.variant=avgpool"]))
+    assert named == {"name": "fedvssl", "version": 1, "variant": "avgpool"}
+
+    def record(rid: str, proto: dict) -> dict:
+        return {"record_id": rid, "status": "reproduced", "protocol": proto,
+                "track": {"dataset": "kinetics400", "split_manifest_id": "m", "num_clients": 100,
+                          "clients_per_round": 5, "rounds": 540, "local_epochs": 1, "backbone": "r3d18",
+                          "input_size": [16, 112, 112]},
+                "method": {"name": "ctp", "pretext": "ctp", "aggregator": "fvssl", "params": {}, "exchange": "backbone"},
+                "evaluations": {"retrieval": {"ucf101": {"split": "1", "topk": {"1": 0.3}, "protocol": proto}}}}
+
+    recs = [record("plain", plain), record("avg", avg), record("lr", lr)]
+    labels = [protocol_label(r) for r in recs]
+    assert labels == ["fedvssl/v1", "fedvssl/v1+modified[eval.pooling=avg]",
+                      "fedvssl/v1+modified[client.optimizer.lr=0.1,clip.stride=2]"]
+    board = build_leaderboard(recs)
+    assert sorted((t["protocol"], [e["record_ids"] for e in t["entries"]]) for t in board["tracks"]) == sorted(
+        (label, [[r["record_id"]]]) for label, r in zip(labels, recs))
 
 
 # ---------------------------------------------------------------- behaviour

@@ -183,7 +183,9 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert (record["participation"]["sampled"], record["participation"]["failed"]) == (8, 2)
     assert record["status"] == "degraded" and "2 of 8 sampled client updates failed (> 10%)" in record["status_reasons"]
     assert "status: degraded" in result.stdout
-    assert record["protocol"] == {"name": "cpu", "version": 1, "variant": None}  # the embedded default's protocol
+    # the embedded default's protocol, at tiny inputs the cpu protocol does not define: recorded as modified
+    assert record["protocol"] == {"name": "cpu", "version": 1, "variant": "modified",
+                                  "overridden": {"clip.short_side": 40, "clip.size": 32, "clip.stride": 1}}
 
     # the same run, SIGKILLed after round 2's checkpoint, then resumed
     killed = tmp_path / "killed"

@@ -137,12 +137,12 @@ def feature_clip_settings(cfg: DictConfig) -> ClipSettings:
 
 
 def evaluation_protocol_id(cfg: DictConfig) -> dict:
-    """``{"name", "version", "variant"}`` of the protocol the evaluation runs under (``cfg.protocol``);
-    ``{"name": "unnamed", "version": 0}`` for a config without one."""
-    proto = cfg.get("protocol")
-    if not proto:
-        return {"name": "unnamed", "version": 0, "variant": None}
-    return {"name": str(proto.name), "version": int(proto.version), "variant": proto.get("variant")}
+    """``{"name", "version", "variant"}`` of the protocol the evaluation runs under (``cfg.protocol``;
+    ``variant: "modified"`` and ``overridden`` when protocol-owned keys were changed, see
+    :func:`benchmark.protocols.protocol_id`); ``{"name": "unnamed", "version": 0}`` without one."""
+    from benchmark.protocols import protocol_id
+
+    return protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None}
 
 
 def _cache_id(weights_sha256: str, layout: str) -> str:
