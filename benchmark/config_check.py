@@ -20,7 +20,7 @@ from benchmark.models.backbones import BACKBONE_LAYOUTS
 
 #: A check returns None when the value is fine, else what is allowed ("an integer >= 1").
 Check = Callable[[Any], "str | None"]
-_ABSENT = object()
+ABSENT = object()
 
 
 class ConfigError(ValueError):
@@ -89,7 +89,7 @@ def optional(check: Check) -> Check:
 def list_of(check: Check, *, non_empty: bool = True) -> Check:
     def inner(v: Any) -> str | None:
         if not isinstance(v, (list, tuple)) or (non_empty and not v) or any(check(x) for x in v):
-            return ("a non-empty " if non_empty else "a ") + f"list, each item {check(_ABSENT)}"
+            return ("a non-empty " if non_empty else "a ") + f"list, each item {check(ABSENT)}"
         return None
 
     return inner
@@ -101,7 +101,7 @@ def one_or_list_of(check: Check) -> Check:
 
     def inner(v: Any) -> str | None:
         if isinstance(v, (list, tuple)):
-            return None if as_list(v) is None else f"{check(_ABSENT)}, or {as_list(v)}"
+            return None if as_list(v) is None else f"{check(ABSENT)}, or {as_list(v)}"
         return check(v)
 
     return inner
@@ -222,10 +222,11 @@ EVAL_RULES: tuple[Rule, ...] = (
 
 
 def select(cfg: Mapping, key: str) -> Any:
+    """The value at a dotted key of a plain nested mapping, or ``ABSENT``."""
     node: Any = cfg
     for part in key.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return _ABSENT
+            return ABSENT
         node = node[part]
     return node
 
@@ -234,9 +235,9 @@ def rule_problems(cfg: Mapping, rules: Sequence[Rule]) -> list[str]:
     problems = []
     for rule in rules:
         value = select(cfg, rule.key)
-        if value is _ABSENT:
+        if value is ABSENT:
             if rule.required:
-                problems.append(f"{rule.key}: missing; expected {rule.check(_ABSENT)}")
+                problems.append(f"{rule.key}: missing; expected {rule.check(ABSENT)}")
             continue
         why = rule.check(value)
         if why is not None:

@@ -78,12 +78,10 @@ def _select(cfg: DictConfig | dict[str, Any], dotted: str) -> Any:
     if isinstance(cfg, DictConfig):
         value = OmegaConf.select(cfg, dotted, default=_MISSING)
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+    from benchmark.config_check import ABSENT, select
+
+    value = select(cfg, dotted)
+    return _MISSING if value is ABSENT else value
 
 
 def protocol_overrides(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
