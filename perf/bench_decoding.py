@@ -43,7 +43,7 @@ FIXTURES = PROJECT_ROOT / "tests" / "fixtures" / "videos"
 
 
 def encode_video(path: Path, codec: str, seed: int, b_frames: bool = False) -> None:
-    """A moving, slightly noisy block texture (bench_loader.py's), in ``codec``."""
+    """A moving, slightly noisy block texture (so the codec has real work), in ``codec``."""
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, size=(HEIGHT // 8, WIDTH // 8, 3), dtype=np.uint8)
     texture = np.tile(np.kron(blocks, np.ones((8, 8, 1), np.uint8)), (2, 2, 1)).astype(np.int16)
