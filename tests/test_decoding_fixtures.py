@@ -170,3 +170,20 @@ def test_train_loader_clips_are_the_sequential_frames(name, truth):
     shifted = truth[name][[min(i + 1, len(numbers) - 1) for i in indices]].float()  # one frame off
     assert min((s - clip).abs().mean().item() for x in range(41) for s in (shifted[:, :, x : x + 120],
                shifted[:, :, x : x + 120].flip(2))) > 3 * min(errors)
+
+
+def test_the_memoised_header_check_reads_a_rewritten_file_again(tmp_path):
+    """inspect_video is cached per (path, size/mtime/inode): replacing a plain file with a
+    packed-B-frame one under the same name must route it to the exact path."""
+    import os
+    import shutil
+
+    path = tmp_path / "video.avi"
+    shutil.copyfile(FIXTURES / "plain_mpeg4.avi", path)
+    assert inspect_video(path).hazard == ""
+    replacement = tmp_path / "new.avi"
+    shutil.copyfile(FIXTURES / "packed_xvid.avi", replacement)
+    os.replace(replacement, path)
+    assert inspect_video(path).hazard != ""
+    with pytest.raises(VideoDecodeError, match="auto or pyav"):  # decord refuses the hazard by name
+        open_video(path, "decord")

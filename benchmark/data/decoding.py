@@ -43,6 +43,7 @@ index through decord's ``get_batch`` and open PyAV containers directly.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import struct
@@ -250,12 +251,21 @@ def _hazard(container: str, codec: str, packets: list) -> str:
 
 def inspect_video(path: str | Path) -> StreamInfo:
     """Read the header and the first packets of ``path`` (PyAV, no decoding; under a ms for
-    a UCF101-sized file). Raises :class:`VideoDecodeError` naming the file."""
-    import av
+    a UCF101-sized file). Raises :class:`VideoDecodeError` naming the file.
 
+    Memoised per process by (path, :func:`file_identity`): a loader opens each video once
+    per epoch, and a stat is cheaper than reopening the container; a changed file is read again.
+    """
     path = str(path)
     if not Path(path).is_file():
         raise VideoDecodeError(path, "no such file")
+    return _inspect(path, file_identity(path))
+
+
+@functools.lru_cache(maxsize=8192)
+def _inspect(path: str, identity: tuple[int, int, int]) -> StreamInfo:  # identity: only the cache key
+    import av
+
     try:
         with av.open(path) as container:
             if not container.streams.video:
