@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from benchmark.data.transforms import to_unit_float
 from benchmark.methods import SSLMethod
 from benchmark.models.backbones import feature_frames
 from benchmark.registry import register_method
@@ -405,11 +406,13 @@ class CtP(SSLMethod):
 
     # --- data side -------------------------------------------------------------------
     def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """One clip (C, T, H, W) in [0, 1] -> {"video": (C, T, H, W) with patches pasted,
-        "ctp_boxes": (N, T, 4) float pixel boxes (x1, y1, x2, y2), "ctp_visible": (N, T) bool}."""
+        """One clip (C, T, H, W), uint8 (from the loader) or float in [0, 1] -> {"video": float
+        (C, T, H, W) in [0, 1] with patches pasted, "ctp_boxes": (N, T, 4) float pixel boxes
+        (x1, y1, x2, y2), "ctp_visible": (N, T) bool}. The colour steps need floats, so a uint8
+        clip is converted first (``to_unit_float``, the loader's own conversion)."""
         if len(views) != 1:
             raise ValueError(f"CtP takes one clip per sample, got {len(views)} views")
-        clip = views[0]
+        clip = to_unit_float(views[0])
         if clip.dim() != 4 or clip.shape[1] != self.num_frames:
             raise ValueError(
                 f"CtP expects a (C, {self.num_frames}, H, W) clip (method.params.num_frames), got {tuple(clip.shape)}"

@@ -20,11 +20,17 @@ evaluation), so a new method is one file plus one config::
 
 Data contract (pytorchvideo convention, channels first):
 - The loader decodes ``num_views`` clips of the same video, applies the spatial
-  augmentation and hands them, as floats in [0, 1] with shape (C, T, H, W), to
-  :meth:`sample_transform` inside the DataLoader workers.
-- :meth:`sample_transform` returns a dict of tensors; the loader then normalises the
-  ``"video"`` entry (mean/std) and collates. Default: ``{"video": clip}`` for one view,
-  ``{"video": stack(views)}`` of shape (V, C, T, H, W) for several.
+  augmentation and hands them, as **uint8** tensors with shape (C, T, H, W) (permuted
+  views of channels-last frames, not contiguous), to :meth:`sample_transform` inside
+  the DataLoader workers.
+- :meth:`sample_transform` returns a dict of tensors; its ``"video"`` entry is uint8
+  (write transforms dtype-preserving where possible: a quarter of the bytes cross the
+  process boundary) or float in [0, 1] (a colour step that needs floats converts with
+  ``benchmark.data.transforms.to_unit_float``). Default: ``{"video": clip}`` for one
+  view, ``{"video": stack(views)}`` of shape (V, C, T, H, W) for several.
+- The batch is collated in the workers and normalised (mean/std of
+  ``clip.normalization``) in the training process, on the training device, before
+  :meth:`training_loss` sees it: ``batch["video"]`` there is normalised float32.
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ class SSLMethod(nn.Module):
 
     # --- data side (runs in DataLoader workers) -------------------------------------
     def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per-sample work on the augmented views, each (C, T, H, W) float in [0, 1]."""
+        """Per-sample work on the augmented views, each (C, T, H, W) uint8; returns uint8 or
+        float in [0, 1] in ``"video"`` (normalised later, in the training process)."""
         if len(views) == 1:
             return {"video": views[0]}
         return {"video": torch.stack(views)}

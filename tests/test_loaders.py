@@ -50,6 +50,9 @@ def corrupt_file(tmp_path_factory):
 
 
 def unnormalize(video: torch.Tensor) -> torch.Tensor:
+    """[0, 1] pixels of a shipped clip: training items are uint8, evaluation items normalised."""
+    if video.dtype == torch.uint8:
+        return video.float() / 255
     mean = torch.tensor(VIDEO_MEAN).view(-1, 1, 1, 1)
     std = torch.tensor(VIDEO_STD).view(-1, 1, 1, 1)
     return video * std + mean
@@ -132,7 +135,7 @@ def test_train_sample_decodes_the_drawn_frames(videos):
     for index, (path, label) in enumerate(videos):
         sample = dataset[index]
         assert sample["video"].shape == (3, FRAMES, CROP, CROP)
-        assert sample["video"].dtype == torch.float32
+        assert sample["video"].dtype == torch.uint8  # shipped as decoded; normalised by the training process
         assert sample["label"].dtype == torch.int64 and int(sample["label"]) == label
         assert int(sample["index"]) == index
         clip = unnormalize(sample["video"])
@@ -185,11 +188,11 @@ def test_several_views_decode_the_video_once(videos, monkeypatch):
     assert [frame_numbers(unnormalize(v)) for v in dataset[0]["video"]] == expected
 
 
-def test_sample_transform_sees_unit_range_views(videos):
+def test_sample_transform_sees_uint8_views(videos):
     seen = []
 
     def sample_transform(views, generator):
-        seen.append([(tuple(v.shape), float(v.min()), float(v.max())) for v in views])
+        seen.append([(tuple(v.shape), v.dtype, int(v.max())) for v in views])
         order = torch.randperm(len(views), generator=generator)
         return {"video": torch.stack([views[int(i)] for i in order]), "order": order}
 
@@ -197,9 +200,30 @@ def test_sample_transform_sees_unit_range_views(videos):
     sample = dataset[1]
     assert set(sample) == {"video", "order", "label", "index"}
     assert sample["video"].shape == (2, 3, FRAMES, CROP, CROP)
-    assert [shape for shape, _, _ in seen[0]] == [(3, FRAMES, CROP, CROP)] * 2
-    assert all(0.0 <= low and high <= 1.0 for _, low, high in seen[0])
+    assert [(shape, dtype) for shape, dtype, _ in seen[0]] == [((3, FRAMES, CROP, CROP), torch.uint8)] * 2
+    assert max(high for _, _, high in seen[0]) > 1  # 0..255 pixels, not [0, 1]
+    assert sample["video"].dtype == torch.uint8  # shipped as is: the training process normalises
     assert torch.equal(sample["order"], train_dataset(videos, num_views=2, sample_transform=sample_transform)[1]["order"])
+
+
+def test_training_side_normalisation_is_the_workers_old_arithmetic(videos):
+    """Workers ship uint8 batches; ``normalize_video`` in the training process gives, bit
+    for bit, what the workers computed before: ``(x.float() / 255 - mean) / std``. A method
+    that returns [0, 1] floats (CtP's colour steps) is normalised the same way."""
+    dataset = train_dataset(videos)
+    (batch,) = [b for b in make_train_loader(dataset, batch_size=4, num_workers=1, seed=2)]
+    assert batch["video"].dtype == torch.uint8 and batch["video"].shape == (4, 3, FRAMES, CROP, CROP)
+    mean = torch.tensor(VIDEO_MEAN).view(-1, 1, 1, 1)
+    std = torch.tensor(VIDEO_STD).view(-1, 1, 1, 1)
+    normalised = dataset.normalize_video(batch["video"])
+    assert normalised.dtype == torch.float32
+    for k, index in enumerate(batch["index"].tolist()):
+        item = dataset[index]["video"]
+        assert torch.equal(batch["video"][k], item)
+        expected = (item.to(torch.float32).div(255.0) - mean).div(std)
+        assert torch.equal(normalised[k], expected)
+        assert torch.equal(dataset.normalize_video(item.float() / 255), expected)  # float [0, 1] input
+    assert torch.equal(batch["video"], make_train_loader(dataset, 4, 0, seed=2).__iter__().__next__()["video"])
 
 
 def test_default_sample_transform_matches_the_method_contract():

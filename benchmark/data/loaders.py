@@ -12,13 +12,19 @@ then the augmentation of every view, then the method's ``sample_transform``.
 The short-side resize happens while decoding (``open_video(..., short_side=...)``:
 ffmpeg's swscale scales during its YUV to RGB conversion, cheaper than converting the
 full frame and resizing afterwards; the transforms' ``ShortSideResize`` then finds the
-frames at size and does nothing). Cropping and flipping run on the decoded uint8 frames,
-and only the cropped clips are converted to float [0, 1] (see perf/RESULTS.md).
-``sample_transform`` sees float views. For a batch (``__getitems__``, which a DataLoader
-calls), each sample is normalised straight into one (B, ...) tensor, allocated in shared
-memory inside a worker, and :func:`collate_batch` passes that tensor on instead of
-copying the samples into a new one: one pass and one 19 MB shared-memory allocation less
-per batch of eight 16x112x112 clips. Items and batches hold the same values.
+frames at size and does nothing). Cropping and flipping run on the decoded uint8 frames.
+
+Training clips stay uint8 in the workers: ``sample_transform`` gets uint8 views (C, T, H, W)
+and may return them as they are (then a quarter of the bytes cross the process boundary)
+or as floats in [0, 1] (a method whose colour steps need floats converts them with
+:func:`benchmark.data.transforms.to_unit_float`). The training process normalises the
+batch (:meth:`TrainClipDataset.normalize_video`, on the training device): the same
+conversion and the same ops as before, so the values are bit-identical to normalising in
+the worker. Evaluation clips are converted and normalised in the workers, as before.
+For a batch (``__getitems__``, which a DataLoader calls), each sample's video is written
+straight into one (B, ...) tensor, allocated in shared memory inside a worker, and
+:func:`collate_batch` passes that tensor on instead of copying the samples into a new
+one. Items and batches hold the same values.
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
@@ -41,14 +47,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_
 
 from .clips import ctp_train_clip_indices, eval_clip_indices, train_clip_indices
 from .decoding import open_video
-from .transforms import Normalize, eval_transform, train_transform
+from .transforms import Normalize, eval_transform, to_unit_float, train_transform
 from .transforms import normalization as make_normalize
 
 SampleTransform = Callable[[list[Tensor], torch.Generator], dict[str, Tensor]]
 
 
 def default_sample_transform(views: list[Tensor], generator: torch.Generator) -> dict[str, Tensor]:
-    """``{"video": (C, T, H, W)}`` for one view, ``{"video": (V, C, T, H, W)}`` for several.
+    """``{"video": (C, T, H, W)}`` for one view, ``{"video": (V, C, T, H, W)}`` for several
+    (dtype kept: uint8 views give a uint8 video).
 
     The same as :meth:`benchmark.methods.SSLMethod.sample_transform`.
     """
@@ -102,13 +109,7 @@ def _frame_lookup(frames_thwc: Tensor, union: list[int]) -> Callable[[list[int]]
     return clip
 
 
-def _to_unit_float(clip_uint8: Tensor) -> Tensor:
-    """uint8 (C, T, H, W) -> contiguous float32 in [0, 1].
-
-    Contiguous on purpose: the clips arrive with channels-last strides, on which the
-    broadcast in Normalize is ~4x slower (measured, see perf/RESULTS.md).
-    """
-    return clip_uint8.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+_to_unit_float = to_unit_float  # the evaluation clips' conversion (transforms.to_unit_float)
 
 
 _MADV_POPULATE_WRITE = 23  # Linux >= 5.14 (asm-generic/mman-common.h)
@@ -185,17 +186,27 @@ def collate_batch(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 class _ClipDataset(Dataset):
-    """Shared item logic: ``_unit_sample(index)`` gives the sample with ``"video"`` still
-    in [0, 1]; items normalise it, and batches normalise straight into the batch tensor."""
+    """Shared item logic: ``_unit_sample(index)`` gives the sample with ``"video"`` not yet
+    normalised (uint8, or floats in [0, 1]); with ``normalize_in_worker`` items normalise
+    it and batches normalise straight into the batch tensor, otherwise both ship it as it
+    is (batches: copied into the batch tensor) and the consumer normalises."""
 
     normalize: Normalize
+    normalize_in_worker: bool = True
+
+    def normalize_video(self, video: Tensor) -> Tensor:
+        """Normalise a shipped ``"video"`` (an item's or a batch's, on any device): uint8 ->
+        [0, 1] -> ``(x - mean) / std``, floats in [0, 1] -> ``(x - mean) / std``. Returns a
+        new tensor; the values equal normalising each sample in the worker."""
+        return self.normalize(video)
 
     def _unit_sample(self, index: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         sample = self._unit_sample(index)
-        sample["video"] = self.normalize(sample["video"])
+        if self.normalize_in_worker:
+            sample["video"] = self.normalize(sample["video"])
         return sample
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Tensor]]:
@@ -210,8 +221,9 @@ class _ClipDataset(Dataset):
             if batch_video is None:
                 batch_video = _new_batch_tensor((len(indices), *video.shape), video.dtype)
             if video.shape == batch_video.shape[1:] and video.dtype == batch_video.dtype:
-                sample["video"] = self.normalize(video, out=batch_video[len(samples)])
-            else:  # not stackable: collate will say so, as for separate items
+                slot = batch_video[len(samples)]
+                sample["video"] = self.normalize(video, out=slot) if self.normalize_in_worker else slot.copy_(video)
+            elif self.normalize_in_worker:  # not stackable: collate will say so, as for separate items
                 sample["video"] = self.normalize(video)
             samples.append(sample)
         return samples
@@ -221,14 +233,18 @@ class TrainClipDataset(_ClipDataset):
     """Random training clips, ``num_views`` per video.
 
     Item ``i`` -> dict with
-      ``"video"``: normalised float, (C, T, crop, crop) for one view with the default
-          ``sample_transform``, (V, C, T, crop, crop) for several;
+      ``"video"``: *not normalised* (uint8, or floats in [0, 1] if ``sample_transform``
+          made floats), (C, T, crop, crop) for one view with the default
+          ``sample_transform``, (V, C, T, crop, crop) for several; the training process
+          normalises it with :meth:`normalize_video` (``normalization``: kinetics |
+          imagenet | none), as ``run_local_training`` and the fine-tuning do;
       any other entries ``sample_transform`` returns;
       ``"label"``: int64 scalar; ``"index"``: int64 scalar (= i).
 
-    ``sample_transform(views, generator)`` receives the augmented views, each float
-    (C, T, crop, crop) in [0, 1], and must return a dict with a ``"video"`` tensor whose
-    channel axis is dim -4 (it is normalised with ``normalization``: kinetics | imagenet | none).
+    ``sample_transform(views, generator)`` receives the augmented views, each uint8
+    (C, T, crop, crop) (a permuted view of channels-last frames: not contiguous), and must
+    return a dict with a ``"video"`` tensor whose channel axis is dim -4, uint8 or float
+    in [0, 1].
 
     ``stride`` / ``short_side`` may be lists: a per-item draw picks one (CtP's pretraining
     ``strides=[1..5]``, ``GroupScale([112, 128, 144])``); ``temporal_jitter`` shifts each frame
@@ -273,6 +289,8 @@ class TrainClipDataset(_ClipDataset):
         self.spatial = train_transform(self.short_side, crop_size, flip_prob)
         self.normalize = make_normalize(normalization)
 
+    normalize_in_worker = False  # uint8 clips cross the process boundary (module docstring)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose clips and augmentations items are drawn from."""
         if epoch < 0:
@@ -302,8 +320,8 @@ class TrainClipDataset(_ClipDataset):
             union = sorted({i for clip in clips for i in clip})
             decoded = video.get_frames(union)  # (F, H, W, C) uint8, the only decode of this item
         select = _frame_lookup(decoded, union)
-        # Crop/flip on uint8 (the frames are already at short_side), then to [0, 1] floats.
-        views = [_to_unit_float(spatial(select(clip), generator)) for clip in clips]
+        # Crop/flip on uint8 (the frames are already at short_side); the views stay uint8.
+        views = [spatial(select(clip), generator) for clip in clips]
         sample = self.sample_transform(views, generator)
         if not isinstance(sample, dict) or not isinstance(sample.get("video"), Tensor):
             raise TypeError(

@@ -16,8 +16,11 @@ antialiases, like ``antialias=True``): a deliberate difference, taken for speed 
 scaling is done in the YUV to RGB conversion; perf/RESULTS.md).
 
 ``train_transform`` / ``eval_transform`` are the *spatial* part (resize, crop, flip);
-normalisation is applied separately by the loaders, after the method's
-``sample_transform``, which sees clips in [0, 1].
+normalisation is applied separately, after the method's ``sample_transform``: for
+training clips in the training process (``TrainClipDataset.normalize_video``; the loader
+workers ship uint8 clips, or the [0, 1] floats a method's colour steps made), for
+evaluation clips in the loader workers. :func:`to_unit_float` is the one uint8 -> [0, 1]
+conversion, so a clip normalised on either side has the same values.
 """
 
 from __future__ import annotations
@@ -143,10 +146,26 @@ class RandomHorizontalFlip:
         return video
 
 
+def to_unit_float(clip_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 clip -> contiguous float32 in [0, 1] (``x.to(float32).div_(255)``); floats are
+    returned as they are.
+
+    Contiguous on purpose: the loaders' clips arrive with channels-last strides, on which
+    the broadcast in :class:`Normalize` is ~4x slower (measured, see perf/RESULTS.md).
+    """
+    if clip_uint8.is_floating_point():
+        return clip_uint8
+    if clip_uint8.dtype != torch.uint8:
+        raise TypeError(f"expected a uint8 clip or a float clip in [0, 1], got dtype {clip_uint8.dtype}")
+    return clip_uint8.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
 class Normalize:
     """``(video - mean) / std`` per channel; the channel axis is dim -4.
 
-    Works on one clip (C, T, H, W) and on stacked views (V, C, T, H, W); needs floats.
+    Works on one clip (C, T, H, W), on stacked views (V, C, T, H, W) and on batches of
+    either. Floats are taken as [0, 1] pixels; uint8 clips are converted first with
+    :func:`to_unit_float` (the same values as converting, then normalising, separately).
     """
 
     def __init__(self, mean: Sequence[float] = VIDEO_MEAN, std: Sequence[float] = VIDEO_STD):
@@ -161,15 +180,19 @@ class Normalize:
         self, video: torch.Tensor, generator: torch.Generator | None = None, *, out: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``out``: optional tensor of ``video``'s shape and dtype to write the result into."""
-        if not video.is_floating_point():
-            raise TypeError(f"Normalize: expected a float clip in [0, 1], got dtype {video.dtype}")
+        fresh = video.dtype == torch.uint8
+        if fresh:
+            video = to_unit_float(video)
+        elif not video.is_floating_point():
+            raise TypeError(f"Normalize: expected a uint8 clip or a float clip in [0, 1], got dtype {video.dtype}")
         if video.ndim < 4 or video.shape[-4] != self.mean.shape[0]:
             raise ValueError(
                 f"Normalize: expected (..., C={self.mean.shape[0]}, T, H, W), got shape {tuple(video.shape)}"
             )
-        mean, std = self.mean.to(video.dtype), self.std.to(video.dtype)
+        mean, std = self.mean.to(video.device, video.dtype), self.std.to(video.device, video.dtype)
         if out is None:
-            return (video - mean).div_(std)
+            # a converted uint8 clip is ours to overwrite: same values, one allocation less
+            return video.sub_(mean).div_(std) if fresh else (video - mean).div_(std)
         return torch.sub(video, mean, out=out).div_(std)
 
 
@@ -216,7 +239,7 @@ class CtPColorAugment:
     each applied with its probability and clipped to [0, 1]
     (microsoft/CtP pyvrl/datasets/transforms/color.py; deltas given here in [0, 1] units:
     brightness 32/255, hue 12/180 of the circle). Draws per step: flag, then its deltas.
-    Works on a float (C, T, H, W) clip in [0, 1].
+    Works on a (C, T, H, W) clip, uint8 or float in [0, 1]; returns floats in [0, 1].
     """
 
     def __init__(self, prob: float, brightness_delta: float, contrast_delta: float, hue_delta: float,
@@ -231,6 +254,7 @@ class CtPColorAugment:
         from baselines.ctp import shift_hue_saturation  # CtP's HSV step, shared with its pretraining
 
         _check_video(clip, "CtPColorAugment")
+        clip = to_unit_float(clip)  # uint8 from the loader -> [0, 1]: the colour steps need floats
         flag = float(torch.rand((), generator=generator)) < self.prob
         shift = _uniform(generator, -self.brightness_delta, self.brightness_delta)
         if flag:
@@ -254,7 +278,8 @@ class SimCLRVideoAugment:
 
     On a video clip every random parameter is drawn once per call and applied to all frames,
     so the frames of one view share crop and colour; two calls (two views) draw anew. The
-    horizontal flip is the loader's (p = 0.5, also once per clip). Float (C, T, H, W) in [0, 1].
+    horizontal flip is the loader's (p = 0.5, also once per clip). (C, T, H, W) uint8 or float in
+    [0, 1] -> float in [0, 1].
     """
 
     def __init__(self, crop_scale: Sequence[float] = (0.08, 1.0), jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
@@ -287,6 +312,7 @@ class SimCLRVideoAugment:
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         _check_video(clip, "SimCLRVideoAugment")
+        clip = to_unit_float(clip)  # uint8 from the loader -> [0, 1]: the colour steps need floats
         height, width = clip.shape[-2:]
         top, left, h, w = self.crop_box(height, width, generator)
         frames = clip[..., top : top + h, left : left + w].transpose(0, 1)  # (T, C, h, w)

@@ -107,7 +107,7 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
             total, count = 0.0, 0
             lrs.append(optimizer.param_groups[0]["lr"])
             for batch in loader:
-                x = batch["video"].to(device, non_blocking=True)
+                x = train_set.normalize_video(batch["video"].to(device, non_blocking=True))
                 y = batch["label"].to(device)
                 loss = F.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)

@@ -276,6 +276,8 @@ def run_local_training(
         torch.manual_seed(derive_seed(cfg.seed, _TAG_TRAIN, server_round, client_id))
         for batch in loader:
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            # workers ship uint8 (or [0, 1] float) clips; mean/std on the training device
+            batch["video"] = dataset.normalize_video(batch["video"])
             loss, _logs = method.training_loss(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
