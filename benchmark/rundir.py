@@ -10,7 +10,10 @@ Layout (``outputs/<date>/<time>/`` or ``hydra.run.dir``)::
     split_manifest.json      the clients' videos
     federation_status.json   {"state": connecting | running | completed | failed, "round": ...}
     rounds.jsonl             one RoundRecord per completed round
-    checkpoints/             round_XXXX.pt + latest.json (benchmark.federation.checkpoint)
+    checkpoints/             round_XXXX.pt + latest.json (benchmark.federation.checkpoint);
+                             pruned to ``checkpoint.keep_last`` + every ``keep_every``-th round
+    client_state/            client_XXXX/round_XXXX.pt: a client's own tensors (heads of
+                             exchange=backbone methods), pruned to what a resume reads
     flower.log, logs/        Flower's streamed log, per-process logs
     result.json              the fedvid-result/1 record
 """
@@ -42,7 +45,8 @@ LOGS = "logs"
 RESULT = "result.json"
 
 #: Keys that may change between a run and its resume: they do not shape the training.
-RESUME_MAY_CHANGE = ("resume", "evaluate", "eval", "engine.echo_log", "log")
+RESUME_MAY_CHANGE = ("resume", "evaluate", "eval", "engine.echo_log", "log", "checkpoint")
+CLIENT_STATE = "client_state"
 
 
 class RunDirError(RuntimeError):
@@ -210,6 +214,119 @@ def latest_round(run_dir: str | os.PathLike) -> int | None:
         return int(read_json(checkpoint_dir(run_dir) / LATEST)["round"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return None
+
+
+# ------------------------------------------------------------------ retention
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Which checkpoints stay on disk (``checkpoint.keep_last`` / ``checkpoint.keep_every``).
+
+    Global checkpoints: the newest ``keep_last`` (>= 1; the newest is what ``latest.json``
+    names, what resume and ``fedvid evaluate`` read) plus every round divisible by
+    ``keep_every`` (0: none). Client state, per client: the newest file of a round that is
+    already checkpointed (what a resume of that checkpoint loads), every file of a later
+    round (a round in progress), and rounds divisible by ``keep_every``; older files are
+    never read again.
+    """
+
+    keep_last: int = 2
+    keep_every: int = 100
+
+    def __post_init__(self) -> None:
+        if isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int) or self.keep_last < 1:
+            raise ValueError(f"checkpoint.keep_last={self.keep_last!r}: expected an integer >= 1 "
+                             "(the newest checkpoint is what resume and evaluation read)")
+        if isinstance(self.keep_every, bool) or not isinstance(self.keep_every, int) or self.keep_every < 0:
+            raise ValueError(f"checkpoint.keep_every={self.keep_every!r}: expected an integer >= 0 (0: keep none extra)")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Retention:
+        node = (cfg.get("checkpoint") if hasattr(cfg, "get") else None) or {}
+        return cls(int(node.get("keep_last", cls.keep_last)), int(node.get("keep_every", cls.keep_every)))
+
+    def milestone(self, server_round: int) -> bool:
+        return self.keep_every > 0 and server_round > 0 and server_round % self.keep_every == 0
+
+    def kept_rounds(self, rounds: list[int]) -> set[int]:
+        """Of the checkpointed ``rounds``, those to keep."""
+        newest = sorted(rounds)[-self.keep_last:]
+        return set(newest) | {r for r in rounds if self.milestone(r)}
+
+    def max_checkpoints(self, total_rounds: int, first_round: int = 0) -> int:
+        """The most checkpoint files on disk at once over a run of ``total_rounds`` rounds
+        (+1: a new file is written before an old one is pruned)."""
+        rounds = range(first_round, total_rounds + 1)
+        return min(len(rounds), self.keep_last + 1 + sum(self.milestone(r) for r in rounds))
+
+    def max_client_files(self, num_clients: int, per_round: int, total_rounds: int) -> int:
+        """The most client-state files on disk at once: one per client (its newest
+        checkpointed round), the files of the round in progress (two rounds' worth while
+        the server prunes after a checkpoint) and the milestone rounds' files."""
+        milestones = sum(self.milestone(r) for r in range(1, total_rounds + 1))
+        return min(num_clients * total_rounds, num_clients + 2 * per_round + milestones * per_round)
+
+
+def _round_of(path: Path) -> int | None:
+    stem = path.stem
+    if not stem.startswith("round_"):
+        return None
+    try:
+        return int(stem[len("round_"):])
+    except ValueError:
+        return None
+
+
+def prune_checkpoints(run_dir: str | os.PathLike, retention: Retention) -> list[Path]:
+    """Delete the global checkpoints ``retention`` does not keep; returns what was deleted.
+
+    Runs only after ``latest.json`` names a complete checkpoint, and never deletes the file
+    it names, whatever the settings."""
+    folder = checkpoint_dir(run_dir)
+    pointer = folder / LATEST
+    if not pointer.is_file():
+        return []
+    current = str(read_json(pointer).get("file", ""))
+    files = {r: p for p in folder.glob("round_*.pt") if (r := _round_of(p)) is not None}
+    keep = retention.kept_rounds(list(files))
+    removed = []
+    for r, path in sorted(files.items()):
+        if r not in keep and path.name != current:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def prune_client_state(client_dir: str | os.PathLike, checkpointed_round: int, retention: Retention) -> list[Path]:
+    """Delete one client's state files that no resume can read: of its files of rounds <=
+    ``checkpointed_round`` only the newest (and milestone rounds) stay; files of later rounds
+    (a round in progress) always stay. Returns what was deleted."""
+    files = {r: p for p in Path(client_dir).glob("round_*.pt") if (r := _round_of(p)) is not None}
+    done = sorted(r for r in files if r <= checkpointed_round)
+    removed = []
+    for r in done[:-1]:
+        if not retention.milestone(r):
+            files[r].unlink(missing_ok=True)
+            removed.append(files[r])
+    return removed
+
+
+def prune_all_client_state(state_dir: str | os.PathLike, checkpointed_round: int, retention: Retention) -> int:
+    """:func:`prune_client_state` for every ``client_XXXX`` folder under ``state_dir``
+    (the server does it after each checkpoint when the state lives in the run directory)."""
+    state_dir = Path(state_dir)
+    if not state_dir.is_dir():
+        return 0
+    return sum(len(prune_client_state(d, checkpointed_round, retention)) for d in sorted(state_dir.glob("client_*")))
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def resume_point(run_dir: str | os.PathLike, resume: bool):

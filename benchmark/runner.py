@@ -274,6 +274,8 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
 
     method = build_model(as_config(resolved), 0)
     method_pretext = type(method).pretext or cfg.method.name
+    if console is not None:
+        console.print(disk_plan(cfg, method, run_dir), soft_wrap=True, markup=False)
     if bool(resolved.get("resume")) and (rundir.latest_round(run_dir) or -1) >= rounds_planned:
         # pretraining finished earlier (e.g. its evaluation failed): only evaluate again
         outcome = FederationOutcome(0.0, None, _previous_peak_memory(run_dir), run_dir / rundir.FLOWER_LOG)
@@ -305,6 +307,41 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
         evaluations = report["evaluations"]
         record_videos["evaluation"] = {ds: meta["videos"] for ds, meta in report["datasets"].items() if "videos" in meta}
     return write_record(evaluations, outcome)
+
+
+def disk_plan(cfg: DictConfig, method, run_dir: Path) -> str:
+    """One line, printed before round 1: the most disk the run's checkpoints and client
+    state take at once under ``checkpoint.keep_last`` / ``keep_every`` (sizes from the
+    model as built: exchanged tensors per checkpoint, local tensors per client file), and
+    a warning when the run directory's file system has less free space."""
+    import shutil
+
+    def nbytes(state: dict) -> int:
+        return sum(t.numel() * t.element_size() for t in state.values())
+
+    retention = rundir.Retention.from_config(cfg)
+    rounds = int(cfg.federation.rounds)
+    local = nbytes(method.local_state())
+    centralized = cfg.engine.name == "centralized"
+    ckpt_bytes = nbytes(method.exchanged_state()) + (local if centralized else 0)
+    n_ckpt = retention.max_checkpoints(rounds)
+    total = n_ckpt * ckpt_bytes
+    text = f"disk: at most {n_ckpt} checkpoints x {rundir.format_bytes(ckpt_bytes)}"
+    if local and not centralized:
+        from benchmark.federation.training import clients_per_round
+
+        num_clients = int(cfg.federation.num_clients)
+        per_round = clients_per_round(cfg.federation.clients_per_round, num_clients)
+        n_files = retention.max_client_files(num_clients, per_round, rounds)
+        total += n_files * local
+        text += f" + {n_files} client-state files x {rundir.format_bytes(local)}"
+    text += (f" = {rundir.format_bytes(total)} (checkpoint.keep_last={retention.keep_last}, "
+             f"keep_every={retention.keep_every})")
+    free = shutil.disk_usage(run_dir).free
+    if free < total:
+        text += (f"; WARNING: only {rundir.format_bytes(free)} free under {run_dir}: lower checkpoint.keep_last / "
+                 "raise checkpoint.keep_every (0: no milestones) or free space")
+    return text
 
 
 def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):

@@ -23,7 +23,8 @@ from _federation_helpers import FEDVID, TINY, fedvid, final_weights, flower_proc
 
 # seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
 RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
-       "fault.client_failure_prob=0.3"]
+       "fault.client_failure_prob=0.3",
+       "checkpoint.keep_every=1"]  # keep every checkpoint: the test rewinds to round 2 by hand (pruning: test_retention.py)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import hydra_entry, to_container
-from benchmark.io import atomic_write_json, sha256_file
+from benchmark.io import atomic_write_json, read_json, sha256_file
 
 CHECKPOINT_FORMAT = "fedvid-checkpoint/1"
 
@@ -46,6 +46,26 @@ def extract_backbone_state(obj, path: Path) -> dict[str, torch.Tensor]:
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
+
+
+def resolve_checkpoint_path(path: Path) -> Path:
+    """``checkpoint=`` may name a file, a run directory or its ``checkpoints/`` folder (then
+    the checkpoint ``latest.json`` names). A missing ``round_XXXX.pt`` in a folder pruned by
+    ``checkpoint.keep_last`` / ``keep_every`` is an error that lists the rounds still kept."""
+    from benchmark.rundir import CHECKPOINTS, LATEST
+
+    if path.is_dir():
+        folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+        pointer = folder / LATEST
+        if not pointer.is_file():
+            raise FileNotFoundError(f"checkpoint={path}: a directory without {CHECKPOINTS}/{LATEST}; "
+                                    "name a checkpoint file or a run directory of `fedvid run`")
+        return folder / str(read_json(pointer)["file"])
+    if not path.is_file() and (path.parent / LATEST).is_file():
+        kept = sorted(p.name for p in path.parent.glob("round_*.pt"))
+        raise FileNotFoundError(f"checkpoint={path}: no such file (pruned by checkpoint.keep_last/keep_every?); "
+                                f"kept: {', '.join(kept) or 'none'}; or pass the run directory for the latest")
+    return path
 
 
 def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
@@ -85,7 +105,7 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, progress: bool = True) -
     from benchmark.config_check import check_eval_config
 
     check_eval_config({"eval": to_container(cfg.eval)})
-    path = Path(str(cfg.checkpoint)).expanduser()
+    path = resolve_checkpoint_path(Path(str(cfg.checkpoint)).expanduser())
     backbone = load_backbone(cfg, path)
     checkpoint_sha = sha256_file(path)
     report = evaluate_backbone_report(backbone, cfg, run_dir, checkpoint_sha256=checkpoint_sha, progress=progress)

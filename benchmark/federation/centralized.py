@@ -49,7 +49,16 @@ from omegaconf import OmegaConf
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.engine import FederationOutcome, memory_bytes
 from benchmark.federation.guard import GuardSpec, check_global, float_norm
-from benchmark.rundir import MANIFEST, ROUNDS_LOG, RoundRecord, resume_point, write_round_log, write_status
+from benchmark.rundir import (
+    MANIFEST,
+    ROUNDS_LOG,
+    Retention,
+    RoundRecord,
+    prune_checkpoints,
+    resume_point,
+    write_round_log,
+    write_status,
+)
 from benchmark.federation.training import (
     as_config,
     client_videos,
@@ -193,6 +202,7 @@ def run_centralized(
         weight_norm = check_global(r, result.exchanged, float(result.metrics["loss"]), initial_norm, guard)
         global_state, local_state = result.exchanged, result.local
         save_checkpoint(run_dir, Checkpoint(r, global_state, {"local_state": local_state}))
+        prune_checkpoints(run_dir, Retention.from_config(cfg))  # after latest.json names round r
         compute_s = float(result.metrics["compute_s"])
         rounds_log.append(RoundRecord(
             round=r,

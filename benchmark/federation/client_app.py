@@ -26,7 +26,7 @@ from flwr.clientapp import ClientApp
 
 from benchmark.federation.training import as_config, client_videos, run_local_training
 from benchmark.io import atomic_write_bytes, read_json
-from benchmark.rundir import MANIFEST
+from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, prune_client_state
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.client")
@@ -66,7 +66,7 @@ def _paths(cfg, context: Context) -> tuple[str, str, Path]:
     run_dir = Path(str(context.run_config["config-path"])).parent
     manifest = str(nc.get("manifest") or run_dir / MANIFEST)
     dataset_root = str(nc.get("dataset-root") or cfg.dataset.root)
-    state_dir = Path(str(nc.get("state-dir") or run_dir / "client_state"))
+    state_dir = Path(str(nc.get("state-dir") or run_dir / CLIENT_STATE))
     return manifest, dataset_root, state_dir
 
 
@@ -132,6 +132,10 @@ def _train(msg: Message, context: Context) -> Message:
         buf = io.BytesIO()
         torch.save(result.local, buf)
         atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getvalue())
+        # Round server_round - 1 is checkpointed (the server starts a round after saving the
+        # previous one): of the older files only the newest can still be read by a resume.
+        prune_client_state(_local_state_file(state_dir, cid, server_round).parent, server_round - 1,
+                           Retention.from_config(cfg))
     metrics = {**result.metrics, "num-examples": int(result.num_examples), "client-id": cid}
     content = RecordDict({"arrays": ArrayRecord(result.exchanged), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

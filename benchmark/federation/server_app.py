@@ -25,7 +25,15 @@ from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, initial_global_state
 from benchmark.io import read_json
 from benchmark.registry import build_aggregator
-from benchmark.rundir import resume_point, write_round_log, write_status
+from benchmark.rundir import (
+    CLIENT_STATE,
+    Retention,
+    prune_all_client_state,
+    prune_checkpoints,
+    resume_point,
+    write_round_log,
+    write_status,
+)
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
@@ -140,6 +148,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
     num_rounds = int(fed.rounds)
     aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))
 
+    retention = Retention.from_config(cfg)
     ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
     initial_state = initial_global_state(cfg)
     if ckpt is not None:
@@ -161,6 +170,9 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
     def on_round_end(server_round: int, new_state, record: dict) -> None:
         agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
         save_checkpoint(run_dir, Checkpoint(server_round, new_state, agg_state))
+        # retention: only after latest.json names the new checkpoint (rundir.Retention)
+        prune_checkpoints(run_dir, retention)
+        prune_all_client_state(run_dir / CLIENT_STATE, server_round, retention)
         rounds_log.append(record)
         write_round_log(run_dir, rounds_log)
         write_status(run_dir, round=server_round)

@@ -1,0 +1,151 @@
+"""Checkpoint and client-state retention (checkpoint.keep_last / keep_every), the disk plan
+printed before round 1, and resume + `fedvid evaluate` on pruned run directories."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from benchmark import PROJECT_ROOT
+from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
+from benchmark.rundir import Retention, prune_all_client_state, prune_checkpoints, prune_client_state
+
+from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
+
+
+def _ckpt_rounds(run_dir) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("round_*.pt"))
+
+
+def _client_rounds(run_dir) -> dict[str, list[int]]:
+    return {d.name: sorted(int(p.stem.split("_")[1]) for p in d.glob("round_*.pt"))
+            for d in sorted((run_dir / "client_state").glob("client_*"))}
+
+
+# ------------------------------------------------------------------ policy (fast)
+
+
+def test_retention_keeps_the_newest_and_the_milestones():
+    r = Retention(keep_last=2, keep_every=3)
+    assert r.kept_rounds([0, 1, 2, 3, 4, 5, 6, 7]) == {3, 6, 7}
+    assert Retention(keep_last=1, keep_every=0).kept_rounds([1, 2, 3]) == {3}
+    assert Retention(keep_last=5, keep_every=0).kept_rounds([1, 2]) == {1, 2}
+    assert not r.milestone(0)  # round 0 (the initial model) is no milestone
+
+
+def test_default_retention_keeps_the_fedvssl_run_under_5_gb():
+    """540 rounds, R3D-18 (33.2 M exchanged parameters = 133 MB per checkpoint), 100
+    clients, 5 per round, CtP head of R3D-18 (26.9 MB per client file)."""
+    r = Retention()
+    assert (r.keep_last, r.keep_every) == (2, 100)
+    assert r.max_checkpoints(540) == 8  # newest 2 + 1 being written + rounds 100..500
+    assert r.max_client_files(100, 5, 540) == 135  # 1 per client + 2 rounds in flight + 5 milestone rounds
+    total = r.max_checkpoints(540) * 133e6 + r.max_client_files(100, 5, 540) * 26.9e6
+    assert total < 5e9
+    # keeping every round, as before: 540 x 133 MB = 72 GB of checkpoints alone
+    assert Retention(keep_last=540, keep_every=0).max_checkpoints(540) * 133e6 > 70e9
+
+
+def test_bad_retention_settings_name_the_key():
+    with pytest.raises(ValueError, match=r"checkpoint.keep_last=0: expected an integer >= 1"):
+        Retention(keep_last=0)
+    with pytest.raises(ValueError, match=r"checkpoint.keep_every=-1"):
+        Retention(keep_every=-1)
+    from benchmark.config_check import RUN_RULES
+
+    assert {"checkpoint.keep_last", "checkpoint.keep_every"} <= {rule.key for rule in RUN_RULES}
+
+
+def test_prune_checkpoints_never_deletes_what_latest_names(tmp_path):
+    state = {"w": torch.arange(4.0)}
+    for r in range(1, 8):
+        save_checkpoint(tmp_path, Checkpoint(r, {"w": state["w"] + r}))
+        prune_checkpoints(tmp_path, Retention(keep_last=2, keep_every=3))
+    assert _ckpt_rounds(tmp_path) == [3, 6, 7]
+    assert load_latest(tmp_path).round == 7 and torch.equal(load_latest(tmp_path).global_state["w"], state["w"] + 7)
+    # a latest.json naming an older file (a rewound run): that file is never pruned
+    save_checkpoint(tmp_path, Checkpoint(1, state))
+    prune_checkpoints(tmp_path, Retention(keep_last=1, keep_every=0))
+    assert _ckpt_rounds(tmp_path) == [1, 7]
+    assert load_latest(tmp_path).round == 1
+    # no latest.json: nothing is touched
+    assert prune_checkpoints(tmp_path / "nothing", Retention(keep_last=1, keep_every=0)) == []
+
+
+def test_client_state_keeps_what_a_resume_reads(tmp_path):
+    client = tmp_path / "client_0003"
+    client.mkdir()
+    for r in (1, 4, 6, 9, 10):
+        (client / f"round_{r:04d}.pt").write_bytes(b"x")
+    (client / "notes.txt").write_text("not ours")
+    removed = prune_client_state(client, 9, Retention(keep_last=2, keep_every=4))
+    # rounds <= 9 (checkpointed): the newest (9) and the milestone 4; round 10 is in flight
+    assert sorted(p.name for p in removed) == ["round_0001.pt", "round_0006.pt"]
+    assert sorted(p.name for p in client.iterdir()) == ["notes.txt", "round_0004.pt", "round_0009.pt", "round_0010.pt"]
+    assert prune_all_client_state(tmp_path, 10, Retention(keep_last=2, keep_every=0)) == 2
+    assert sorted(p.name for p in client.glob("round_*")) == ["round_0010.pt"]
+
+
+# ------------------------------------------------------------------ end to end (Flower simulation)
+
+RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
+       "checkpoint.keep_last=1", "checkpoint.keep_every=0"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("fedvid-data-retention")
+
+
+@pytest.mark.slow
+def test_pruned_run_resumes_exactly_and_evaluates(tmp_path, data_root):
+    full = tmp_path / "full"
+    result = fedvid(["run", f"hydra.run.dir={full}", f"data_root={data_root}", *RUN])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert wait_no_flower_processes(full) == []
+    assert "disk: at most 2 checkpoints x" in result.stdout and "client-state files" in result.stdout
+    assert _ckpt_rounds(full) == [4]
+    rounds = [json.loads(line) for line in (full / "rounds.jsonl").read_text().splitlines()]
+    trained = {c: [r["round"] for r in rounds if c in r["replied_clients"]] for c in range(3)}
+    # each client keeps the file of its last round only (CtP's head stays on the client)
+    assert _client_rounds(full) == {f"client_{c:04d}": rs[-1:] for c, rs in trained.items() if rs}
+
+    # killed as soon as a checkpoint exists, resumed from whatever is latest: same weights
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*FEDVID, "run", f"hydra.run.dir={killed}", f"data_root={data_root}", *RUN],
+                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "latest.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_no_flower_processes(killed, timeout=90) == []
+    resumed_from = json.loads((killed / "checkpoints" / "latest.json").read_text())["round"]
+    assert len(_ckpt_rounds(killed)) <= 2  # pruned while it ran
+    result = fedvid(["run", f"hydra.run.dir={killed}", f"data_root={data_root}", *RUN, "resume=true"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert wait_no_flower_processes(killed) == []
+    a, b = final_weights(full), final_weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"resumed after round {resumed_from}"
+    again = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["loss"]) for r in again] == [(r["round"], r["loss"]) for r in rounds]
+    assert _ckpt_rounds(killed) == [4]
+
+    # `fedvid evaluate` reads the pruned directory's latest checkpoint (given the run directory)
+    out = tmp_path / "eval"
+    args = ["eval=smoke", "synthetic_size=tiny", f"data_root={data_root}"]
+    result = fedvid(["evaluate", f"checkpoint={full}", f"hydra.run.dir={out}", *args], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["checkpoint"] == str((full / "checkpoints" / "round_0004.pt").resolve())
+    # a pruned round is an error that lists what is kept
+    result = fedvid(["evaluate", f"checkpoint={full / 'checkpoints' / 'round_0002.pt'}", f"hydra.run.dir={out}2", *args])
+    assert result.returncode != 0
+    assert "round_0002.pt: no such file (pruned by checkpoint.keep_last/keep_every?); kept: round_0004.pt" in (
+        result.stdout + result.stderr)
