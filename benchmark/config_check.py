@@ -149,6 +149,7 @@ RUN_RULES: tuple[Rule, ...] = (
     Rule("engine.name", one_of("simulation", "deployment", "centralized")),
     Rule("federation.num_clients", integer(1)),
     Rule("checkpoint.keep_last", integer(1), required=False),
+    Rule("client.precision", one_of("fp32", "bf16", "fp16"), required=False),
     Rule("checkpoint.keep_every", integer(0), required=False),
     Rule("federation.clients_per_round", clients_per_round),
     Rule("federation.rounds", integer(0)),  # >= 1 unless engine=centralized (cross-key rule)

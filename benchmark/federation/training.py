@@ -122,6 +122,25 @@ def make_optimizer(cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"client.optimizer.name={opt.name!r}: expected one of 'sgd', 'adam', 'adamw'")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_settings(cfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """``client.precision`` -> (autocast dtype or None for fp32, whether a grad scaler is needed).
+
+    bf16 runs on CPU (autocast's CPU bf16 kernels; avx512_bf16/AMX make it pay) and CUDA and
+    needs no scaler; fp16 is CUDA-only and scales the loss (``torch.amp.GradScaler``)."""
+    precision = str(cfg.client.get("precision", "fp32") or "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"client.precision={precision!r}: expected one of {PRECISIONS}")
+    if precision == "fp32":
+        return None, False
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("client.precision=fp16 needs a CUDA device (CPU autocast is bf16); "
+                         "use client.precision=bf16 or fp32")
+    return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
+
+
 def resolve_device(cfg: DictConfig) -> torch.device:
     want = str(cfg.client.get("device", "auto"))
     if want == "auto":
@@ -234,6 +253,10 @@ def run_local_training(
         method.load_partial_state(local_state)
     method.load_partial_state(global_state)
     method.to(device).train()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN pick its fastest kernels once
+    amp_dtype, needs_scaler = autocast_settings(cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
 
     clip = cfg.clip
     dataset = TrainClipDataset(
@@ -278,16 +301,29 @@ def run_local_training(
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             # workers ship uint8 (or [0, 1] float) clips; mean/std on the training device
             batch["video"] = dataset.normalize_video(batch["video"])
-            loss, _logs = method.training_loss(batch)
+            if amp_dtype is None:
+                loss, _logs = method.training_loss(batch)
+            else:  # client.precision: the forward in bf16/fp16, the weights and the optimizer in fp32
+                with torch.autocast(device.type, dtype=amp_dtype):
+                    loss, _logs = method.training_loss(batch)
+                loss = loss.float()
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"client {client_id}, round {server_round}: the loss is {float(loss)} at step {steps}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                if clip_norm:
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
+                optimizer.step()
+            else:  # fp16: scaled loss; unscale before clipping; the step is skipped on inf/nan gradients
+                scaler.scale(loss).backward()
+                if clip_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
+                scaler.step(optimizer)
+                scaler.update()
             losses.append(float(loss.detach()))
             processed += _batch_size(batch)
             steps += 1
