@@ -78,6 +78,12 @@ class SSLMethod(nn.Module):
             return {"video": views[0]}
         return {"video": torch.stack(views)}
 
+    # --- training process, per batch ------------------------------------------------
+    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Trainer-side work on a whole batch, on the training device, after the loader's
+        batch was normalised and before :meth:`training_loss`. Default: the batch as is."""
+        return batch
+
     # --- model side ------------------------------------------------------------------
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Return the scalar loss to minimise and a dict of float logs for this batch."""

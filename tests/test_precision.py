@@ -62,3 +62,22 @@ def test_precision_settings_and_refusals():
         autocast_settings(_cfg("fp16"), cpu)
     with pytest.raises(ValueError, match=r"client.precision='fp8': expected one of"):
         autocast_settings(_cfg("fp8"), cpu)
+
+
+def test_training_loss_sees_normalised_float_batches_after_prepare_batch(tiny_videos, monkeypatch):
+    """Workers ship uint8 (CtP: [0, 1] floats after its colour steps); the training loop
+    normalises on the training side, then calls ``prepare_batch``, then ``training_loss``."""
+    from benchmark.methods import SSLMethod
+
+    seen = []
+
+    def prepare_batch(self, batch):
+        seen.append((batch["video"].dtype, float(batch["video"].min()), float(batch["video"].max())))
+        return batch
+
+    monkeypatch.setattr(SSLMethod, "prepare_batch", prepare_batch)
+    cfg = _cfg("fp32")
+    run_local_training(cfg, 0, 1, initial_global_state(cfg), None, tiny_videos, 0.001)
+    assert len(seen) == 2  # one call per step
+    # kinetics mean/std: [0, 1] pixels map into about [-1.9, 2.9]; uint8 values would exceed 200
+    assert all(dtype == torch.float32 and -2.0 < low < 0.0 < high < 3.0 for dtype, low, high in seen)

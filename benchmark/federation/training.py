@@ -301,6 +301,7 @@ def run_local_training(
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             # workers ship uint8 (or [0, 1] float) clips; mean/std on the training device
             batch["video"] = dataset.normalize_video(batch["video"])
+            batch = method.prepare_batch(batch)
             if amp_dtype is None:
                 loss, _logs = method.training_loss(batch)
             else:  # client.precision: the forward in bf16/fp16, the weights and the optimizer in fp32

@@ -1,0 +1,92 @@
+"""The embedded default (`fedvid run`, seed 0) end to end: old code vs new, side by side.
+
+    .venv/bin/python perf/bench_demo.py [--old-ref 294c33e] [--repeats 1] [--data-root PATH]
+
+Runs the complete `fedvid run` (Flower/Ray start-up, 4 rounds x 2 clients x 75 steps,
+evaluation) of the code at ``--old-ref`` (``git archive`` into a temporary directory, its
+own config) and of this work tree, alternating (old, new, new, old, ...), each in its own
+run directory under a temporary folder. Prints per run: wall time of the command, the
+record's Flower/Ray start-up, the sum of client compute, per-round losses and the learning
+result (retrieval Top-1 and linear probe, trained vs random init vs chance, on both
+synthetic sets), then the ratio new / old of the median wall times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_demo(code_dir: Path, run_dir: Path, data_root: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code_dir)}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", f"hydra.run.dir={run_dir}",
+                           f"data_root={data_root}", "engine.echo_log=false"],
+                          cwd=code_dir, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"fedvid run in {code_dir} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    record = json.loads((run_dir / "result.json").read_text())
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    return {"wall_s": wall, "record": record, "rounds": rounds}
+
+
+def learning(record: dict) -> list[str]:
+    """One line per evaluation figure with its random-init and chance references, as found."""
+    out = []
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            if "top1" in node and isinstance(node["top1"], (int, float)):
+                extra = {k: node[k] for k in ("random_init_top1", "chance") if k in node}
+                out.append(f"{'/'.join(path)} top1 {node['top1']:.3f} {extra if extra else ''}")
+            for k, v in node.items():
+                walk(v, [*path, str(k)])
+
+    walk(record.get("evaluations", {}), [])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old-ref", default="294c33e")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--data-root", default=os.environ.get("FEDVID_DATA_ROOT", str(ROOT / "data")))
+    args = parser.parse_args()
+    walls: dict[str, list[float]] = {"old": [], "new": []}
+    with tempfile.TemporaryDirectory(prefix="fedvid-bench-demo-") as tmp:
+        old = Path(tmp) / "code"
+        old.mkdir()
+        archive = subprocess.run(["git", "archive", args.old_ref], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        order = []
+        for rep in range(args.repeats):
+            order += ["old", "new"] if rep % 2 == 0 else ["new", "old"]
+        for k, name in enumerate(order):
+            code = old if name == "old" else ROOT
+            r = run_demo(code, Path(tmp) / f"run_{k}_{name}", args.data_root)
+            walls[name].append(r["wall_s"])
+            rec = r["record"]
+            compute = sum(c["compute_s"] for rd in r["rounds"] for c in rd["clients"])
+            print(f"{name}: wall {r['wall_s']:.1f} s, start-up {rec['systems'].get('startup_s') or 0:.1f} s, "
+                  f"client compute {compute:.1f} s, losses {[round(rd['loss'], 4) for rd in r['rounds']]}, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            for line in learning(rec):
+                print(f"    {line}", flush=True)
+            print(f"    {json.dumps(rec.get('evaluations', {}))[:1500]}", flush=True)
+    old_m, new_m = statistics.median(walls["old"]), statistics.median(walls["new"])
+    print(f"\nmedian wall: old {old_m:.1f} s, new {new_m:.1f} s, ratio new/old {new_m / old_m:.2f} "
+          "(shared machine: compare only within this run)")
+
+
+if __name__ == "__main__":
+    main()
