@@ -136,7 +136,10 @@ def test_rotation_is_applied_before_the_resize(name, backend, truth):
 
 
 def _unnormalise(video: torch.Tensor) -> torch.Tensor:
-    """(..., C, T, H, W) normalised -> (..., T, H, W, C) grey levels."""
+    """(..., C, T, H, W) normalised (evaluation items) or uint8 (training items, shipped
+    as decoded) -> (..., T, H, W, C) grey levels."""
+    if video.dtype == torch.uint8:
+        return video.float().movedim(-4, -1)
     mean = torch.tensor(VIDEO_MEAN).view(3, 1, 1, 1)
     std = torch.tensor(VIDEO_STD).view(3, 1, 1, 1)
     return ((video * std + mean) * 255).movedim(-4, -1)
