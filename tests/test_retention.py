@@ -149,3 +149,20 @@ def test_pruned_run_resumes_exactly_and_evaluates(tmp_path, data_root):
     assert result.returncode != 0
     assert "round_0002.pt: no such file (pruned by checkpoint.keep_last/keep_every?); kept: round_0004.pt" in (
         result.stdout + result.stderr)
+
+
+def test_evaluate_accepts_a_run_dir_and_names_pruned_rounds(tmp_path):
+    from benchmark.evaluation.cli import resolve_checkpoint_path
+
+    for r in range(1, 5):
+        save_checkpoint(tmp_path, Checkpoint(r, {"w": torch.zeros(2)}))
+        prune_checkpoints(tmp_path, Retention(keep_last=1, keep_every=2))
+    assert resolve_checkpoint_path(tmp_path) == tmp_path / "checkpoints" / "round_0004.pt"
+    assert resolve_checkpoint_path(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "round_0004.pt"
+    assert resolve_checkpoint_path(tmp_path / "checkpoints" / "round_0002.pt").is_file()  # a milestone
+    with pytest.raises(FileNotFoundError, match=r"round_0003.pt: no such file \(pruned by checkpoint.keep_last/"
+                                                r"keep_every\?\); kept: round_0002.pt, round_0004.pt"):
+        resolve_checkpoint_path(tmp_path / "checkpoints" / "round_0003.pt")
+    with pytest.raises(FileNotFoundError, match="a directory without checkpoints/latest.json"):
+        (tmp_path / "empty").mkdir()
+        resolve_checkpoint_path(tmp_path / "empty")

@@ -6,7 +6,8 @@ on it; writes ``evaluation.json`` (and the plots) into the Hydra run directory
 
 Accepted checkpoint files (``torch.load(weights_only=True)``):
 - a ``fedvid-checkpoint/1`` file written by ``fedvid run`` (``checkpoints/round_XXXX.pt``):
-  the backbone is taken from the ``backbone.*`` entries of its ``global_state``;
+  the backbone is taken from the ``backbone.*`` entries of its ``global_state``; a run
+  directory (or its ``checkpoints/``) stands for the checkpoint its ``latest.json`` names;
 - a plain state dict of the backbone, e.g. torchvision's ``r3d_18`` / ``r2plus1d_18``
   weights (``fc.*`` classifier keys are ignored), optionally wrapped as
   ``{"state_dict": ...}`` or ``{"model": ...}`` and/or with ``module.`` prefixes.
