@@ -353,3 +353,19 @@ def test_eval_loader_in_order(videos):
     assert [b["video"].shape for b in batches] == [(3, 2, 3, FRAMES, CROP, CROP), (1, 2, 3, FRAMES, CROP, CROP)]
     assert torch.cat([b["index"] for b in batches]).tolist() == [0, 1, 2, 3]
     assert torch.cat([b["label"] for b in batches]).tolist() == [10, 11, 12, 13]
+
+
+def test_worker_side_normalisation_of_uint8_clips_fills_a_float_batch(videos):
+    """A dataset that normalises in the worker (as evaluation does) gets float32 batch slots
+    even when its clips are uint8; values equal the training side's normalisation."""
+
+    class InWorker(TrainClipDataset):
+        normalize_in_worker = True
+
+    params = dict(frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=3)
+    shipped = TrainClipDataset(videos, **params)
+    in_worker = InWorker(videos, **params)
+    (a,) = list(make_train_loader(in_worker, batch_size=4, num_workers=1, seed=2))
+    (b,) = list(make_train_loader(shipped, batch_size=4, num_workers=1, seed=2))
+    assert a["video"].dtype == torch.float32 and b["video"].dtype == torch.uint8
+    assert torch.equal(a["video"], shipped.normalize_video(b["video"]))

@@ -218,9 +218,11 @@ class _ClipDataset(Dataset):
         for index in indices:
             sample = self._unit_sample(index)
             video = sample["video"]
+            # what the item ships: normalised float32 (uint8 is converted first) or the video as is
+            dtype = torch.float32 if self.normalize_in_worker and video.dtype == torch.uint8 else video.dtype
             if batch_video is None:
-                batch_video = _new_batch_tensor((len(indices), *video.shape), video.dtype)
-            if video.shape == batch_video.shape[1:] and video.dtype == batch_video.dtype:
+                batch_video = _new_batch_tensor((len(indices), *video.shape), dtype)
+            if video.shape == batch_video.shape[1:] and dtype == batch_video.dtype:
                 slot = batch_video[len(samples)]
                 sample["video"] = self.normalize(video, out=slot) if self.normalize_in_worker else slot.copy_(video)
             elif self.normalize_in_worker:  # not stackable: collate will say so, as for separate items
