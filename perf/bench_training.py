@@ -43,7 +43,6 @@ data_root, steps, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 ensure_synthetic(data_root, size="default", seed=0, progress=False)
 with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
     cfg = compose("config", overrides=[f"data_root={data_root}", f"federation.local_steps={steps}", *overrides])
-manifest_dir = sys.argv[0]
 from pathlib import Path
 videos = sorted(str(p) for p in (Path(data_root) / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:60]
 videos = [(v, 0) for v in videos]
