@@ -45,6 +45,8 @@ from .transforms import Normalize, eval_transform, train_transform
 from .transforms import normalization as make_normalize
 
 SampleTransform = Callable[[list[Tensor], torch.Generator], dict[str, Tensor]]
+#: ``SSLMethod.sample_frames``: (num_frames, generator) -> (clips, targets) or None.
+FrameSampler = Callable[[int, torch.Generator], "tuple[list[list[int]], dict[str, Tensor]] | None"]
 
 
 def default_sample_transform(views: list[Tensor], generator: torch.Generator) -> dict[str, Tensor]:
@@ -252,6 +254,7 @@ class TrainClipDataset(_ClipDataset):
         temporal_jitter: bool = False,
         flip_prob: float = 0.5,
         normalization: str = "kinetics",
+        frame_sampler: FrameSampler | None = None,
     ):
         if num_views <= 0:
             raise ValueError(f"num_views={num_views}: expected at least one view per sample")
@@ -266,6 +269,7 @@ class TrainClipDataset(_ClipDataset):
         self.crop_size, self.flip_prob = crop_size, flip_prob
         self.num_views = num_views
         self.sample_transform = sample_transform or default_sample_transform
+        self.frame_sampler = frame_sampler
         self.backend = backend
         self.seed = seed
         self.epoch = 0
@@ -298,7 +302,11 @@ class TrainClipDataset(_ClipDataset):
             short_side = self.short_sides[int(torch.randint(0, len(self.short_sides), (1,), generator=generator))]
             spatial = train_transform(short_side, self.crop_size, self.flip_prob)
         with open_video(path, self.backend, short_side=short_side) as video:
-            clips = [self._clip_indices(video.num_frames, generator) for _ in range(self.num_views)]
+            planned = self.frame_sampler(video.num_frames, generator) if self.frame_sampler else None
+            if planned is None:
+                clips, targets = [self._clip_indices(video.num_frames, generator) for _ in range(self.num_views)], {}
+            else:
+                clips, targets = _checked_plan(planned, video.num_frames, path)
             union = sorted({i for clip in clips for i in clip})
             decoded = video.get_frames(union)  # (F, H, W, C) uint8, the only decode of this item
         select = _frame_lookup(decoded, union)
@@ -311,6 +319,10 @@ class TrainClipDataset(_ClipDataset):
                 f"got {type(sample).__name__}"
             )
         sample = dict(sample)
+        for key, value in targets.items():
+            if key in sample or key in ("label", "index"):
+                raise KeyError(f"sample_frames target {key!r} clashes with a sample entry of the same name; rename it")
+            sample[key] = value
         sample["label"] = torch.tensor(label, dtype=torch.int64)
         sample["index"] = torch.tensor(index, dtype=torch.int64)
         return sample
@@ -319,6 +331,23 @@ class TrainClipDataset(_ClipDataset):
         if len(self.strides) == 1 and not self.temporal_jitter:
             return train_clip_indices(num_frames, self.frames, self.stride, generator)
         return ctp_train_clip_indices(num_frames, self.frames, self.strides, self.temporal_jitter, generator)
+
+
+def _checked_plan(planned, num_frames: int, path: str) -> tuple[list[list[int]], dict[str, Tensor]]:
+    """Validate what ``sample_frames`` returned: (clips of equal length within the video, targets)."""
+    try:
+        clips, targets = planned
+        clips = [[int(i) for i in clip] for clip in clips]
+    except (TypeError, ValueError):
+        raise TypeError(f"sample_frames must return (clips, targets) or None, got {type(planned).__name__}") from None
+    if not clips or len({len(c) for c in clips}) != 1 or not clips[0]:
+        raise ValueError(f"sample_frames returned clips of lengths {[len(c) for c in clips]}: expected non-empty clips of one length")
+    bad = [i for clip in clips for i in clip if not 0 <= i < num_frames]
+    if bad:
+        raise ValueError(f"sample_frames returned frame {bad[0]} for {path}, which has frames 0..{num_frames - 1}")
+    if not isinstance(targets, dict) or not all(isinstance(v, Tensor) for v in targets.values()):
+        raise TypeError("sample_frames targets must be a dict of tensors (e.g. {'speed': torch.tensor(3)})")
+    return clips, dict(targets)
 
 
 class EvalClipDataset(_ClipDataset):
