@@ -115,8 +115,8 @@ TABLES: dict[str, Table] = {
                           "run costs what a fedvssl-k400-noniid row does (about 4-5 GPU-days on one V100-class GPU), a VCOP "
                           "run about 3x that (3 clips per sample); each centralized row the same step budget as its "
                           "FedAvg row; plus 150-epoch fine-tuning per row. Not measured here."),
-            # the rows choose their engine (centralized rows), so the smoke run keeps it
-            smoke_overrides=(*(o for o in _SMOKE_COMMON if not o.startswith("engine=")),
+            # the rows choose their engine (centralized rows, which have no Ray client resources)
+            smoke_overrides=(*(o for o in _SMOKE_COMMON if not o.startswith(("engine=", "engine.client_resources"))),
                              "partition.num_clients=4", "federation.clients_per_round=2"),
         ),
         Table(
@@ -195,9 +195,10 @@ def reproduced_metric(metric: str, scale: str) -> str:
     return f"{kind}.{SMOKE_DATASETS.get(ds, ds)}.{key}"
 
 
-def compare(table: Table, results: dict[str, dict[str, float]], scale: str = "full") -> list[dict]:
+def compare(table: Table, results: dict[str, dict[str, float]], scale: str = "full",
+            rows: tuple[Row, ...] | None = None) -> list[dict]:
     out = []
-    for row in table.rows:
+    for row in table.rows if rows is None else rows:
         rep = _reported(row.reported_record)
         got = results.get(row.label, {})
         for m in table.metrics:
@@ -211,18 +212,31 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fedvid reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", choices=sorted(TABLES))
     parser.add_argument("--list", action="store_true", help="list the tables, their rows and settings")
-    parser.add_argument("args", nargs="*", help="scale=smoke|full, out=DIR, and extra `fedvid run` overrides")
+    parser.add_argument("args", nargs="*", help="scale=smoke|full, out=DIR, rows=I,J (a subset, 0-based), "
+                        "and extra `fedvid run` overrides")
     ns = parser.parse_args(argv)
     if ns.list or not ns.name:
         print_tables()
         return 0
     table = TABLES[ns.name]
     scale, out, extra = "full", None, []
+    selected = list(range(len(table.rows)))
     for a in ns.args:
         if a.startswith("scale="):
             scale = a.split("=", 1)[1]
         elif a.startswith("out="):
             out = Path(a.split("=", 1)[1])
+        elif a.startswith("rows="):
+            picked = a.split("=", 1)[1]
+            try:
+                indices = [int(x) for x in picked.split(",")]
+                if not all(0 <= i < len(table.rows) for i in indices):
+                    raise ValueError
+            except ValueError:
+                print(f"fedvid reproduce: rows={picked!r}; expected comma-separated row numbers 0..{len(table.rows) - 1}",
+                      file=sys.stderr)
+                return 2
+            selected = sorted(set(indices))
         else:
             extra.append(a)
     if scale not in ("smoke", "full"):
@@ -234,7 +248,8 @@ def main(argv: list[str]) -> int:
 
     results: dict[str, dict[str, float]] = {}
     failed = []
-    for i, row in enumerate(table.rows):
+    for i in selected:
+        row = table.rows[i]
         run_dir = (out / f"row{i}").resolve()
         cmd = row_command(table, row, scale, run_dir, extra)
         print(f"[{i + 1}/{len(table.rows)}] {row.label}: {' '.join(cmd[3:])}", flush=True)
@@ -246,7 +261,8 @@ def main(argv: list[str]) -> int:
             continue
         results[row.label] = flatten_metrics(read_json(result)["evaluations"])
 
-    rows = compare(table, results, scale)
+    run_rows = tuple(table.rows[i] for i in selected)
+    rows = compare(table, results, scale, run_rows)
     from rich.console import Console
     from rich.table import Table as RichTable
 
@@ -261,6 +277,7 @@ def main(argv: list[str]) -> int:
         print("scale=smoke: synthetic data and a tiny backbone; the gap is not meaningful, the pipeline is what is checked.")
     from benchmark.io import atomic_write_json
 
-    atomic_write_json(out / "comparison.json", {"table": table.name, "scale": scale, "rows": rows, "failed": failed})
+    atomic_write_json(out / "comparison.json", {"table": table.name, "scale": scale, "rows": rows, "failed": failed,
+                                                  "rows_run": [r.label for r in run_rows]})
     print(f"comparison written to {out / 'comparison.json'}")
     return 1 if failed else 0

@@ -1,0 +1,71 @@
+"""`fedvid reproduce fedvssl-k400-methods` (FedVSSL Table 1): rows, settings, and the smoke table end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmark.reproduce import TABLES, main, row_command
+
+NAME = "fedvssl-k400-methods"
+
+
+def test_rows_are_methods_times_centralized_and_fedavg():
+    t = TABLES[NAME]
+    assert [r.label for r in t.rows] == [f"{m}, {e}" for m in ("VCOP", "Speed", "CtP") for e in ("centralized", "FedAvg")]
+    assert all(r.reported_record is None for r in t.rows)  # no citable Table 1 numbers (docs/protocols/fedvssl.md)
+    assert "GPU-days" in t.full_compute and t.protocol == "fedvssl"
+
+
+def test_full_rows_are_the_paper_setting():
+    from test_protocols import compose
+
+    for row in TABLES[NAME].rows:
+        cfg = compose(list(row.overrides))
+        assert (cfg.federation.rounds, cfg.federation.clients_per_round, cfg.federation.local_epochs) == (540, 5, 1)
+        assert (cfg.partition.num_clients, cfg.aggregator.name, cfg.method.exchange) == (100, "fedavg", "full")
+        assert cfg.split_manifest.endswith("kinetics400-official-fedvssl-noniid-c100.json.gz")
+        assert cfg.engine.name == ("centralized" if "centralized" in row.label else "simulation")
+        assert cfg.method.name == row.label.split(",")[0].lower()
+        assert (cfg.backbone.name, cfg.protocol.name, cfg.client.optimizer.momentum) == ("r3d18", "fedvssl", 0.0)
+
+
+def test_smoke_rows_keep_their_engine_and_method(tmp_path):
+    from test_protocols import compose
+
+    t = TABLES[NAME]
+    for row in t.rows:
+        cmd = row_command(t, row, "smoke", tmp_path / "r", [])
+        overrides = [c for c in cmd if "=" in c and not c.startswith(("data_root=", "hydra."))]
+        overrides = overrides[overrides.index(next(c for c in overrides if c.startswith("experiment="))):]
+        cfg = compose(overrides)
+        assert cfg.engine.name == ("centralized" if "centralized" in row.label else "simulation")
+        assert (cfg.protocol.variant, cfg.backbone.name, cfg.federation.rounds, cfg.clip.frames) == ("smoke", "tiny_r3d", 2, 8)
+
+
+def test_full_scale_prints_the_compute_estimate(capsys):
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert NAME in out and "GPU-days" in out
+
+
+@pytest.mark.slow
+def test_reproduce_methods_smoke_end_to_end(tmp_path, monkeypatch):
+    """Two rows of the table (VCOP centralized, Speed FedAvg) on the synthetic data: Flower or
+    the centralized engine, the new methods' hooks, FedVSSL's evaluation, the comparison."""
+    monkeypatch.setenv("FEDVID_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    assert main([NAME, "scale=smoke", "rows=0,3", f"out={tmp_path / 'out'}"]) == 0
+    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert comparison["failed"] == [] and comparison["rows_run"] == ["VCOP, centralized", "Speed, FedAvg"]
+    got = {(r["row"], r["metric"]): r for r in comparison["rows"]}
+    for row in ("VCOP, centralized", "Speed, FedAvg"):
+        for metric in TABLES[NAME].metrics:
+            r = got[(row, metric)]
+            assert r["reported"] is None and r["gap"] is None and 0.0 <= r["reproduced"] <= 1.0
+    for i, (method, engine) in ((0, ("vcop", "centralized")), (3, ("speed", "simulation"))):
+        record = json.loads((tmp_path / "out" / f"row{i}" / "result.json").read_text())
+        assert record["method"]["pretext"] == method and record["protocol"]["variant"] == "smoke"
+        rounds = [json.loads(line) for line in (tmp_path / "out" / f"row{i}" / "rounds.jsonl").read_text().splitlines()]
+        assert len(rounds) == 2 and all(c["steps"] >= 1 for r in rounds for c in r["clients"])
