@@ -69,3 +69,17 @@ def test_reproduce_methods_smoke_end_to_end(tmp_path, monkeypatch):
         assert record["method"]["pretext"] == method and record["protocol"]["variant"] == "smoke"
         rounds = [json.loads(line) for line in (tmp_path / "out" / f"row{i}" / "rounds.jsonl").read_text().splitlines()]
         assert len(rounds) == 2 and all(c["steps"] >= 1 for r in rounds for c in r["clients"])
+
+
+def test_compare_pretexts_rows_compose():
+    from test_protocols import compose
+
+    names = {}
+    for row in ("vcop_fedavg", "speed_fedavg", "rot3d_fedavg", "moco_fedavg", "ctp_fedavg", "random_init"):
+        cfg = compose(["experiment=compare_pretexts", f"compare_row={row}"])
+        assert (cfg.protocol.variant, cfg.federation.local_steps, cfg.federation.rounds) == (
+            "compare", 40, 0 if row == "random_init" else 3)
+        names[row] = cfg.method.name
+        if row == "moco_fedavg":
+            assert cfg.method.params.queue_size % cfg.client.batch_size == 0
+    assert names["vcop_fedavg"] == "vcop" and names["moco_fedavg"] == "moco" and names["ctp_fedavg"] == "ctp"
