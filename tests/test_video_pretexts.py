@@ -216,3 +216,34 @@ def test_loader_rejects_bad_plans(numbered):
     ds = TrainClipDataset(numbered, frames=4, stride=1, short_side=40, crop_size=32, frame_sampler=clash)
     with pytest.raises(KeyError, match="clashes"):
         ds[0]
+
+
+@pytest.mark.parametrize("name", ["vcop", "speed", "rot3d"])
+def test_classification_pretexts_fit_a_fixed_batch(name):
+    """The loss falls well below chance level when the model fits 4 fixed samples (the head and
+    backbone get gradients; targets are what the loss reads)."""
+    torch.manual_seed(0)
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        if name == "vcop":
+            m = VCOP(tiny(), num_frames=4, hidden_channels=32, dropout_ratio=0.0)
+            batch = {"video": torch.randn(4, 3, 3, 4, 32, 32), "order": torch.tensor([0, 5, 2, 3])}
+            chance = math.log(6)
+        elif name == "speed":
+            m = Speed(tiny(), num_frames=4, dropout_ratio=0.0, init_std=0.01)
+            batch = {"video": torch.randn(4, 3, 4, 32, 32), "speed": torch.tensor([0, 6, 2, 3])}
+            chance = math.log(7)
+        else:
+            m = Rot3D(tiny(), num_frames=4, dropout_ratio=0.0, init_std=0.01)
+            batch = {"video": torch.randn(4, 3, 4, 32, 32), "rotation": torch.tensor([0, 1, 2, 3])}
+            chance = math.log(4)
+        opt = torch.optim.Adam([g for grp in m.parameter_groups() for g in grp["params"]], lr=3e-3)
+        m.train()
+        first, _ = m.training_loss(batch)
+        assert float(first) == pytest.approx(chance, abs=0.3)
+        for _ in range(60):
+            loss, _ = m.training_loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert float(loss) < 0.25 * chance
