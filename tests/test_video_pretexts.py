@@ -247,3 +247,17 @@ def test_classification_pretexts_fit_a_fixed_batch(name):
             loss.backward()
             opt.step()
         assert float(loss) < 0.25 * chance
+
+
+def test_pretexts_pretrain_in_the_downstream_layout_and_evaluation_gets_the_protocols():
+    from benchmark.models.backbones import with_layout
+
+    m = Speed(tiny(), num_frames=8).eval()
+    x = torch.randn(1, 3, 8, 32, 32)
+    assert m.backbone(x).shape[-2:] == (2, 2)  # down_sampling=[F, T, T, T]: stride 16
+    back = with_layout(m.backbone, "pretraining").eval()  # what evaluation under the cpu protocol sees
+    assert back is not m.backbone and back(x).shape[-2:] == (4, 4)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), m.backbone.state_dict().values()))
+    assert with_layout(m.backbone, "downstream") is m.backbone
+    plain = tiny().eval()
+    assert with_layout(plain, "pretraining") is plain and with_layout(plain, "downstream")(x).shape[-2:] == (2, 2)
