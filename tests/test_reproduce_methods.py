@@ -69,6 +69,7 @@ def test_reproduce_methods_smoke_end_to_end(tmp_path, monkeypatch):
         assert record["method"]["pretext"] == method and record["protocol"]["variant"] == "smoke"
         rounds = [json.loads(line) for line in (tmp_path / "out" / f"row{i}" / "rounds.jsonl").read_text().splitlines()]
         assert len(rounds) == 2 and all(c["steps"] >= 1 for r in rounds for c in r["clients"])
+    _check_method_hooks(tmp_path / "out" / "row3")
 
 
 def test_compare_pretexts_rows_compose():
@@ -83,3 +84,31 @@ def test_compare_pretexts_rows_compose():
         if row == "moco_fedavg":
             assert cfg.method.params.queue_size % cfg.client.batch_size == 0
     assert names["vcop_fedavg"] == "vcop" and names["moco_fedavg"] == "moco" and names["ctp_fedavg"] == "ctp"
+
+
+def _check_method_hooks(run_dir):
+    """check-method's hook exercise on a finished run's manifest and data: every overridden hook
+    is called, and a method whose parameter groups leave parameters out is reported."""
+    from omegaconf import OmegaConf
+
+    from baselines.rot3d import Rot3D
+    from benchmark.commands import exercise_hooks
+    from benchmark.registry import register_method
+
+    cfg = OmegaConf.create(json.loads((run_dir / "config.json").read_text()))
+    problems, hooks = exercise_hooks(cfg, run_dir)
+    expected = {"speed": ["sample_frames"], "vcop": ["sample_frames", "sample_transform"]}[cfg.method.name]
+    assert (problems, hooks) == ([], expected)
+    cfg.method = {"name": "moco", "exchange": "full", "params": {"num_frames": 8, "queue_size": 8}}
+    problems, hooks = exercise_hooks(cfg, run_dir)
+    assert (problems, hooks) == ([], ["sample_frames", "after_step", "start_round"])
+
+    @register_method("test_rot3d_head_left_out")
+    class HeadLeftOut(Rot3D):
+        def parameter_groups(self):
+            return [{"params": list(self.backbone.parameters())}]
+
+    cfg.method = {"name": "test_rot3d_head_left_out", "exchange": "full", "params": {"num_frames": 8}}
+    problems, hooks = exercise_hooks(cfg, run_dir)
+    assert hooks == ["sample_frames", "sample_transform", "parameter_groups"]
+    assert problems == ["parameter_groups leaves 2 trainable parameters out of the optimiser"]
