@@ -6,8 +6,9 @@ a video is decoded once per sample and only the needed frames are ever in memory
 
 Randomness of item ``i`` comes from a ``torch.Generator`` seeded from
 ``(seed, epoch, i)`` alone, so a sample is the same whatever the worker count or the
-order in which items are fetched. Draw order per item: the clip start of every view,
-then the augmentation of every view, then the method's ``sample_transform``.
+order in which items are fetched. Draw order per item: the clip start of every view
+(or the method's ``sample_frames``, which then chooses the clips), then the augmentation
+of every view, then the method's ``sample_transform``.
 
 The short-side resize happens while decoding (``open_video(..., short_side=...)``:
 ffmpeg's swscale scales during its YUV to RGB conversion, cheaper than converting the
@@ -236,6 +237,10 @@ class TrainClipDataset(_ClipDataset):
     ``strides=[1..5]``, ``GroupScale([112, 128, 144])``); ``temporal_jitter`` shifts each frame
     as CtP's ``RandomFrameSampler``. With one stride, no jitter and one short side the draws
     are the plain ones (clip start, crop, flip).
+
+    ``frame_sampler(num_frames, generator)`` (``SSLMethod.sample_frames``), when given and not
+    returning None, replaces that clip sampling: it returns ``(clips, targets)``, the clips'
+    frame indices (checked: one length, inside the video) and tensors added to the sample.
     Raises :class:`benchmark.data.decoding.VideoDecodeError` for an undecodable file.
     """
 
