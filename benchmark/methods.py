@@ -101,7 +101,9 @@ class SSLMethod(nn.Module):
         return None
 
     def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Per-sample work on the augmented views, each (C, T, H, W) float in [0, 1]."""
+        """Per-sample work on the augmented views, each (C, T, H, W): floats in [0, 1] today,
+        uint8 once normalisation moves to the training process, so keep it dtype-preserving
+        (index selection, flips, rot90, permutations, stacking). Draw only from ``generator``."""
         if len(views) == 1:
             return {"video": views[0]}
         return {"video": torch.stack(views)}
