@@ -188,6 +188,13 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
                 if not c.get("restored_local_state"):
                     problems.append(f"round {r['round']}: client {c['client_id']} did not get its heads back "
                                     "from its local state")
+    try:
+        hook_problems, exercised = exercise_hooks(cfg, run_dir)
+    except Exception as e:  # noqa: BLE001
+        hook_problems, exercised = [f"exercising the method's hooks failed: {type(e).__name__}: {e}"], []
+    problems += hook_problems
+    if exercised:
+        console.print(f"check-method {name}: exercised the hooks it overrides: {', '.join(exercised)}")
     initial = initial_global_state(as_config(cfg))
     final = final_global_state(run_dir)
     if set(initial) != set(final):
@@ -195,6 +202,81 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     elif all(torch.equal(initial[k], final[k]) for k in initial):
         problems.append("the global weights did not change in 2 rounds (no gradient reaches the exchanged parameters?)")
     return problems
+
+
+def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
+    """Call every hook the method overrides (benchmark.methods.HOOKS) directly on client 0's
+    first two videos and check what each returns; (problems, hooks exercised)."""
+    import torch
+
+    from benchmark.data.loaders import TrainClipDataset, collate_batch
+    from benchmark.federation.training import (
+        _int_or_list, as_config, build_model, client_init_seed, client_videos, initial_global_state,
+    )
+    from benchmark.rundir import MANIFEST
+
+    cfg = as_config(cfg)
+    problems: list[str] = []
+    method = build_model(cfg, client_init_seed(cfg, 0))
+    hooks = method.overridden_hooks()
+    if "set_client_context" in hooks:
+        method.set_client_context(0, int(cfg.federation.num_clients))
+    glob = initial_global_state(cfg)
+    if "start_round" in hooks:
+        method.start_round(glob, None, 1)
+        method.start_round(glob, method.local_state(), 2)
+        if not method.local_state() and method.exchange == "backbone":
+            problems.append("start_round: the method kept no local tensors although exchange=backbone")
+    else:
+        method.start_round(glob, None, 1)
+    videos = client_videos(str(run_dir / MANIFEST), str(cfg.dataset.root), 0)[:2]
+    clip = cfg.clip
+    dataset = TrainClipDataset(
+        videos, frames=int(clip.frames), stride=_int_or_list(clip.stride), short_side=_int_or_list(clip.short_side),
+        crop_size=int(clip.size), num_views=method.num_views, sample_transform=method.sample_transform,
+        backend=str(clip.get("backend", "decord")), seed=0, temporal_jitter=bool(clip.get("temporal_jitter", False)),
+        normalization=str(clip.get("normalization") or "kinetics"),
+        frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
+        **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
+    )
+    if "sample_frames" in hooks:
+        from benchmark.data.decoding import open_video
+
+        with open_video(videos[0][0], str(clip.get("backend", "decord"))) as video:
+            planned = method.sample_frames(video.num_frames, dataset.generator_for(0))
+        if planned is None:
+            problems.append("sample_frames is overridden but returned None (the loader's own sampling)")
+    samples = [dataset[i % len(dataset)] for i in range(2)]  # validates plans and sample_transform
+    if "sample_frames" in hooks and planned is not None:
+        missing = [k for k in planned[1] if k not in samples[0]]
+        if missing:
+            problems.append(f"sample_frames targets {missing} are not in the loader's sample")
+    batch = collate_batch(samples)
+    method.train()
+    groups = method.parameter_groups()
+    listed = [id(p) for g in groups for p in g["params"]]
+    trainable = {id(p) for p in method.parameters() if p.requires_grad}
+    if len(listed) != len(set(listed)):
+        problems.append("parameter_groups lists a parameter twice")
+    if not set(listed) <= {id(p) for p in method.parameters()}:
+        problems.append("parameter_groups lists tensors that are not parameters of the method")
+    if trainable - set(listed):
+        problems.append(f"parameter_groups leaves {len(trainable - set(listed))} trainable parameters out of the optimiser")
+    optimizer = torch.optim.SGD(groups, lr=0.01)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    loss, _ = method.training_loss(batch)
+    if not torch.isfinite(loss):
+        problems.append(f"training_loss on a batch from the hooks is {float(loss)}")
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    if "after_step" in hooks:
+        with torch.no_grad():
+            method.after_step(0)
+        frozen = [k for k, p in method.named_parameters() if not p.requires_grad]
+        if frozen and all(torch.equal(before[k], method.state_dict()[k]) for k in frozen):
+            problems.append("after_step changed none of the method's non-trainable parameters")
+    return problems, hooks
 
 
 if __name__ == "__main__":

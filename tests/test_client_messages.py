@@ -116,9 +116,10 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
         assert set(content["metrics"]) == TRAIN_METRICS
         assert content["metrics"]["client-id"] == 0 and content["metrics"]["samples_processed"] == 2
         assert content["metrics"]["num-examples"] == len(videos)  # the training-set size: FedAvg's weight
-        assert content["metrics"]["restored_local_state"] == float(exchange == "backbone" and server_round == 2)
+        # kept: heads under exchange=backbone, and a method's local_only state (MoCo's key encoder and queue)
+        assert content["metrics"]["restored_local_state"] == float(bool(kept) and server_round == 2)
         # the client's own tensors stay in its node state, never in the reply
-        if exchange == "backbone":
+        if kept:
             assert set(context.state[LOCAL_STATE_KEY].to_torch_state_dict()) == kept
         else:
             assert LOCAL_STATE_KEY not in context.state

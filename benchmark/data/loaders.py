@@ -6,8 +6,9 @@ a video is decoded once per sample and only the needed frames are ever in memory
 
 Randomness of item ``i`` comes from a ``torch.Generator`` seeded from
 ``(seed, epoch, i)`` alone, so a sample is the same whatever the worker count or the
-order in which items are fetched. Draw order per item: the clip start of every view,
-then the augmentation of every view, then the method's ``sample_transform``.
+order in which items are fetched. Draw order per item: the clip start of every view
+(or the method's ``sample_frames``, which then chooses the clips), then the augmentation
+of every view, then the method's ``sample_transform``.
 
 The short-side resize happens while decoding (``open_video(..., short_side=...)``:
 ffmpeg's swscale scales during its YUV to RGB conversion, cheaper than converting the
@@ -51,6 +52,8 @@ from .transforms import Normalize, eval_transform, to_unit_float, train_transfor
 from .transforms import normalization as make_normalize
 
 SampleTransform = Callable[[list[Tensor], torch.Generator], dict[str, Tensor]]
+#: ``SSLMethod.sample_frames``: (num_frames, generator) -> (clips, targets) or None.
+FrameSampler = Callable[[int, torch.Generator], "tuple[list[list[int]], dict[str, Tensor]] | None"]
 
 
 def default_sample_transform(views: list[Tensor], generator: torch.Generator) -> dict[str, Tensor]:
@@ -252,6 +255,10 @@ class TrainClipDataset(_ClipDataset):
     ``strides=[1..5]``, ``GroupScale([112, 128, 144])``); ``temporal_jitter`` shifts each frame
     as CtP's ``RandomFrameSampler``. With one stride, no jitter and one short side the draws
     are the plain ones (clip start, crop, flip).
+
+    ``frame_sampler(num_frames, generator)`` (``SSLMethod.sample_frames``), when given and not
+    returning None, replaces that clip sampling: it returns ``(clips, targets)``, the clips'
+    frame indices (checked: one length, inside the video) and tensors added to the sample.
     Raises :class:`benchmark.data.decoding.VideoDecodeError` for an undecodable file.
     """
 
@@ -270,6 +277,7 @@ class TrainClipDataset(_ClipDataset):
         temporal_jitter: bool = False,
         flip_prob: float = 0.5,
         normalization: str = "kinetics",
+        frame_sampler: FrameSampler | None = None,
     ):
         if num_views <= 0:
             raise ValueError(f"num_views={num_views}: expected at least one view per sample")
@@ -284,6 +292,7 @@ class TrainClipDataset(_ClipDataset):
         self.crop_size, self.flip_prob = crop_size, flip_prob
         self.num_views = num_views
         self.sample_transform = sample_transform or default_sample_transform
+        self.frame_sampler = frame_sampler
         self.backend = backend
         self.seed = seed
         self.epoch = 0
@@ -318,7 +327,11 @@ class TrainClipDataset(_ClipDataset):
             short_side = self.short_sides[int(torch.randint(0, len(self.short_sides), (1,), generator=generator))]
             spatial = train_transform(short_side, self.crop_size, self.flip_prob)
         with open_video(path, self.backend, short_side=short_side) as video:
-            clips = [self._clip_indices(video.num_frames, generator) for _ in range(self.num_views)]
+            planned = self.frame_sampler(video.num_frames, generator) if self.frame_sampler else None
+            if planned is None:
+                clips, targets = [self._clip_indices(video.num_frames, generator) for _ in range(self.num_views)], {}
+            else:
+                clips, targets = _checked_plan(planned, video.num_frames, path)
             union = sorted({i for clip in clips for i in clip})
             decoded = video.get_frames(union)  # (F, H, W, C) uint8, the only decode of this item
         select = _frame_lookup(decoded, union)
@@ -331,6 +344,10 @@ class TrainClipDataset(_ClipDataset):
                 f"got {type(sample).__name__}"
             )
         sample = dict(sample)
+        for key, value in targets.items():
+            if key in sample or key in ("label", "index"):
+                raise KeyError(f"sample_frames target {key!r} clashes with a sample entry of the same name; rename it")
+            sample[key] = value
         sample["label"] = torch.tensor(label, dtype=torch.int64)
         sample["index"] = torch.tensor(index, dtype=torch.int64)
         return sample
@@ -339,6 +356,23 @@ class TrainClipDataset(_ClipDataset):
         if len(self.strides) == 1 and not self.temporal_jitter:
             return train_clip_indices(num_frames, self.frames, self.stride, generator)
         return ctp_train_clip_indices(num_frames, self.frames, self.strides, self.temporal_jitter, generator)
+
+
+def _checked_plan(planned, num_frames: int, path: str) -> tuple[list[list[int]], dict[str, Tensor]]:
+    """Validate what ``sample_frames`` returned: (clips of equal length within the video, targets)."""
+    try:
+        clips, targets = planned
+        clips = [[int(i) for i in clip] for clip in clips]
+    except (TypeError, ValueError):
+        raise TypeError(f"sample_frames must return (clips, targets) or None, got {type(planned).__name__}") from None
+    if not clips or len({len(c) for c in clips}) != 1 or not clips[0]:
+        raise ValueError(f"sample_frames returned clips of lengths {[len(c) for c in clips]}: expected non-empty clips of one length")
+    bad = [i for clip in clips for i in clip if not 0 <= i < num_frames]
+    if bad:
+        raise ValueError(f"sample_frames returned frame {bad[0]} for {path}, which has frames 0..{num_frames - 1}")
+    if not isinstance(targets, dict) or not all(isinstance(v, Tensor) for v in targets.values()):
+        raise TypeError("sample_frames targets must be a dict of tensors (e.g. {'speed': torch.tensor(3)})")
+    return clips, dict(targets)
 
 
 class EvalClipDataset(_ClipDataset):

@@ -249,14 +249,13 @@ def run_local_training(
     method = build_model(cfg, client_init_seed(cfg, client_id))
     method.set_client_context(client_id, int(cfg.federation.num_clients))
     restored = bool(local_state)
-    if local_state:
-        method.load_partial_state(local_state)
-    method.load_partial_state(global_state)
+    method.start_round(global_state, local_state or None, server_round)
     method.to(device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN pick its fastest kernels once
     amp_dtype, needs_scaler = autocast_settings(cfg, device)
     scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
+    hooks = method.overridden_hooks()
 
     clip = cfg.clip
     dataset = TrainClipDataset(
@@ -271,6 +270,8 @@ def run_local_training(
         seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
         temporal_jitter=bool(clip.get("temporal_jitter", False)),
         normalization=str(clip.get("normalization") or "kinetics"),
+        frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
+        **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
     )
     clip_norm = cfg.client.get("grad_clip_norm")
     local_steps = cfg.federation.get("local_steps")
@@ -290,7 +291,7 @@ def run_local_training(
         drop_last=len(videos) > batch_size,  # as epoch_batches counts
         epochs=[server_round * 1000 + epoch for epoch in range(num_epochs)],
     )
-    optimizer = make_optimizer(cfg, [p for p in method.parameters() if p.requires_grad], lr)
+    optimizer = make_optimizer(cfg, method.parameter_groups(), lr)
 
     losses: list[float] = []
     processed = 0
@@ -325,6 +326,9 @@ def run_local_training(
                     torch.nn.utils.clip_grad_norm_(method.parameters(), float(clip_norm))
                 scaler.step(optimizer)
                 scaler.update()
+            if "after_step" in hooks:
+                with torch.no_grad():
+                    method.after_step(steps)
             losses.append(float(loss.detach()))
             processed += _batch_size(batch)
             steps += 1

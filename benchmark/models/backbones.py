@@ -152,7 +152,9 @@ BACKBONE_LAYOUTS = ("pretraining", "downstream")
 
 
 def with_layout(backbone: nn.Module, layout: str) -> nn.Module:
-    """``backbone`` itself (``pretraining``) or a deep copy rebuilt in CtP's downstream layout.
+    """``backbone`` itself when it is in ``layout``, else a deep copy rebuilt in it (CtP's
+    downstream layout, or back to the pretraining one for a backbone a method pretrained
+    in the downstream layout, as VCOP/Speed/Rot3D/MoCo do).
 
     Strides carry no weights, so the copy has exactly the same state dict; only the first
     block of ``layer4`` changes its spatial stride from 1 to 2 (its first conv and its
@@ -161,7 +163,11 @@ def with_layout(backbone: nn.Module, layout: str) -> nn.Module:
     """
     if layout not in BACKBONE_LAYOUTS:
         raise ValueError(f"eval.backbone_layout={layout!r}: expected one of {BACKBONE_LAYOUTS}")
-    if layout == "pretraining":
+    want = 16 if layout == "downstream" else 8
+    # a backbone already in the layout is returned as is; one in the other layout (a method
+    # that pretrains in the downstream layout, e.g. VCOP) is rebuilt, so evaluation always
+    # sees the protocol's layout
+    if getattr(backbone, "spatial_stride", 8) == want and (layout == "pretraining" or isinstance(backbone, CtPResNet3D)):
         return backbone
     if not isinstance(backbone, CtPResNet3D):
         raise ValueError(
@@ -174,8 +180,8 @@ def with_layout(backbone: nn.Module, layout: str) -> nn.Module:
     block = model.layer4[0]
     for conv in (block.conv1[0], block.downsample[0]):
         spatial = conv[0] if isinstance(conv, Conv2Plus1DStrided) else conv  # (2+1)D: the (1, 3, 3) conv
-        spatial.stride = (spatial.stride[0], 2, 2)
-    model.spatial_stride = 16
+        spatial.stride = (spatial.stride[0], want // 8, want // 8)
+    model.spatial_stride = want
     return model
 
 
