@@ -357,3 +357,134 @@ def image_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
         source_sha256={"wnids.txt": sha256_file(wnids),
                        "val/val_annotations.txt": sha256_file(_tiny_base(root) / "val" / "val_annotations.txt")},
     )
+
+
+# ----------------------------------------------------------------------------- training input
+
+import functools  # noqa: E402
+
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+
+def is_image_dataset(dataset_cfg: Mapping) -> bool:
+    """True for the image track's dataset configs (``modality: image``)."""
+    return str(dataset_cfg.get("modality") or "video") == "image"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_set(name: str, root: str, train: bool, size: int | None) -> ImageSet:
+    if name in CIFAR_SPECS:
+        return read_cifar(root, name, train)
+    return read_tiny_imagenet(root, train, size)
+
+
+def load_image_set(dataset_cfg: Mapping, train: bool = True) -> ImageSet:
+    """The dataset's train (or test) images, read once per process. Tiny-ImageNet is resized
+    to ``dataset.image_size`` (32 in hc-fang/ssd) when that key is set."""
+    name = str(dataset_cfg.get("name"))
+    size = dataset_cfg.get("image_size")
+    return _cached_set(name, str(dataset_cfg.get("root")), bool(train), int(size) if size else None)
+
+
+def record_indices(dataset_cfg: Mapping, records: Sequence[str], train: bool = True) -> list[int]:
+    """Positions in :func:`load_image_set`'s order of manifest records (CIFAR ``train/<i>``,
+    Tiny-ImageNet relative paths)."""
+    name = str(dataset_cfg.get("name"))
+    if name in CIFAR_SPECS:
+        return [record_index(r) for r in records]
+    _, listed = tiny_imagenet_records(str(dataset_cfg.get("root")), train)
+    where = {p: i for i, (p, _) in enumerate(listed)}
+    missing = [r for r in records if r not in where]
+    if missing:
+        raise ImageDataError(f"{dataset_cfg.get('root')}: {len(missing)} listed images are missing (e.g. {missing[:3]})")
+    return [where[r] for r in records]
+
+
+class ImageItems:
+    """The image track's answer to ``resolve_videos``: every manifest item checked against
+    the dataset files (index in range); ``present`` = (record, index) pairs."""
+
+    def __init__(self, records: Sequence[Any], dataset_cfg: Mapping):
+        data = load_image_set(dataset_cfg, train=True)
+        idx = record_indices(dataset_cfg, [r.path for r in records])
+        bad = [r.path for r, i in zip(records, idx) if not 0 <= i < len(data)]
+        if bad:
+            raise ImageDataError(
+                f"{dataset_cfg.get('root')}: the split names {len(bad)} images beyond the {len(data)} train images "
+                f"of the files there (e.g. {bad[:3]}); the split is for another dataset or the files are incomplete"
+            )
+        self.present = list(zip(records, idx))
+        self.num_records = len(records)
+
+    def summary(self) -> dict[str, int]:
+        return {"listed": self.num_records, "present": len(self.present), "skipped": 0, "missing": 0, "empty": 0,
+                "undecodable": 0, "unusable": 0, "case_mismatch_resolved": 0}
+
+
+class TrainImageDataset(Dataset):
+    """One client's training images as method samples.
+
+    images: uint8 (N, H, W, 3) of the whole train set; items: (index into ``images``, label)
+    of the client. An item draws ``num_views`` views of its image: each is the uint8 image
+    (C, H, W), horizontally flipped with p = ``flip_prob`` (its own draw), then
+    ``sample_transform(views, generator)`` applies the method's augmentation (SSD: the
+    SimCLR crop / jitter / grayscale on floats in [0, 1], as hc-fang/ssd applies its
+    torchvision transforms after ``ToTensor``). No mean/std normalisation: the official
+    training and evaluation use ``ToTensor()`` only. The official flip comes after the crop;
+    flipping first gives the same distribution (the crop box is drawn independently of
+    the flip and its position distribution is mirror-symmetric).
+    Keys (epoch, index) as :class:`benchmark.data.loaders.EpochBatchSampler` hands them out;
+    draws come from ``item_seed(seed, epoch, index)``.
+    """
+
+    def __init__(self, images: np.ndarray, items: Sequence[tuple[int, int]], num_views: int, sample_transform,
+                 seed: int, flip_prob: float = 0.5):
+        self.images, self.items = images, [(int(i), int(lab)) for i, lab in items]
+        self.num_views, self.sample_transform = int(num_views), sample_transform
+        self.seed, self.flip_prob, self.epoch = int(seed), float(flip_prob), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        from benchmark.data.loaders import item_seed
+
+        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
+        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, index))
+        position, label = self.items[index]
+        image = torch.from_numpy(np.ascontiguousarray(self.images[position])).permute(2, 0, 1)  # (C, H, W) uint8
+        views = []
+        for _ in range(self.num_views):
+            flip = float(torch.rand((), generator=generator)) < self.flip_prob
+            views.append(image.flip(-1) if flip else image)
+        sample = dict(self.sample_transform(views, generator))
+        sample["label"] = torch.tensor(label, dtype=torch.int64)
+        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        return sample
+
+
+def train_image_dataset(dataset_cfg: Mapping, videos: Sequence[tuple[str, int]], num_views: int, sample_transform,
+                        seed: int) -> TrainImageDataset:
+    """A client's :class:`TrainImageDataset` from its manifest entries ``(record, label)``;
+    labels -1 (an imported index split) are replaced by the dataset files' labels."""
+    data = load_image_set(dataset_cfg, train=True)
+    idx = record_indices(dataset_cfg, [v for v, _ in videos])
+    items = [(i, int(data.labels[i]) if lab < 0 else lab) for i, (_, lab) in zip(idx, videos)]
+    return TrainImageDataset(data.images, items, num_views, sample_transform, seed)
+
+
+def ensure_standin(dataset_cfg: Mapping) -> Path:
+    """Generate the CIFAR-format stand-in under ``dataset.root`` unless its files are there
+    (``dataset.standin``: per_class_train, per_class_test, seed)."""
+    name = str(dataset_cfg.get("name"))
+    spec = CIFAR_SPECS[name]
+    base = Path(str(dataset_cfg.get("root"))) / spec.folder
+    if all((base / f).is_file() for f in (*spec.train_files, *spec.test_files, spec.meta_file)):
+        return base
+    opts = dict(dataset_cfg.get("standin") or {})
+    return make_cifar_standin(str(dataset_cfg.get("root")), name, int(opts.get("per_class_train", 20)),
+                              int(opts.get("per_class_test", 10)), int(opts.get("seed", 0)))

@@ -254,7 +254,8 @@ class SimCLRVideoAugment:
 
     On a video clip every random parameter is drawn once per call and applied to all frames,
     so the frames of one view share crop and colour; two calls (two views) draw anew. The
-    horizontal flip is the loader's (p = 0.5, also once per clip). Float (C, T, H, W) in [0, 1].
+    horizontal flip is the loader's (p = 0.5, also once per clip). Float (C, T, H, W) in [0, 1];
+    an image (C, H, W) is treated as a one-frame clip, and uint8 input is first divided by 255.
     """
 
     def __init__(self, crop_scale: Sequence[float] = (0.08, 1.0), jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
@@ -286,6 +287,10 @@ class SimCLRVideoAugment:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if clip.dtype == torch.uint8:  # torchvision ToTensor: x / 255 (the image track ships uint8)
+            clip = clip.float().div_(255.0)
+        if clip.ndim == 3:  # an image (C, H, W): a one-frame clip, same draws
+            return self(clip.unsqueeze(1), generator).squeeze(1)
         _check_video(clip, "SimCLRVideoAugment")
         height, width = clip.shape[-2:]
         top, left, h, w = self.crop_box(height, width, generator)
