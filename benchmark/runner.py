@@ -349,6 +349,10 @@ def _previous_peak_memory(run_dir: Path) -> int:
 def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
     """The shared evaluation (``benchmark.evaluation``): its report, whose ``evaluations`` go
     into the record and whose ``datasets[...]["videos"]`` give the skipped-video counts."""
+    if cfg.dataset.get("modality") == "image":  # image track: SSD's linear_eval.py / semi_eval.py
+        from benchmark.evaluation.image_eval import evaluate_image_backbone
+
+        return evaluate_image_backbone(backbone, cfg, progress=console is not None)
     from benchmark.evaluation.pipeline import evaluate_backbone_report
 
     return evaluate_backbone_report(backbone, cfg, run_dir, progress=console is not None)
