@@ -68,6 +68,8 @@ class AlignUniform(SSLMethod):
     pretext = "align_uniform"
     num_views = 2
     default_exchange = "full"
+    #: inputs it trains on: clips (B, 2, C, T, H, W) and images (B, 2, C, H, W) (``fedvid check-method`` runs both)
+    modalities = ("video", "image")
 
     def __init__(self, backbone: nn.Module, exchange: str | None = None, hidden_dim: int = 2048,
                  uniform_coeff: float = 1.0, view_augment: dict | None = None, **params):

@@ -480,11 +480,22 @@ def train_image_dataset(dataset_cfg: Mapping, videos: Sequence[tuple[str, int]],
 def ensure_standin(dataset_cfg: Mapping) -> Path:
     """Generate the CIFAR-format stand-in under ``dataset.root`` unless its files are there
     (``dataset.standin``: per_class_train, per_class_test, seed)."""
+    import json
+
+    from benchmark.io import atomic_write_text
+
     name = str(dataset_cfg.get("name"))
     spec = CIFAR_SPECS[name]
     base = Path(str(dataset_cfg.get("root"))) / spec.folder
-    if all((base / f).is_file() for f in (*spec.train_files, *spec.test_files, spec.meta_file)):
-        return base
     opts = dict(dataset_cfg.get("standin") or {})
-    return make_cifar_standin(str(dataset_cfg.get("root")), name, int(opts.get("per_class_train", 20)),
-                              int(opts.get("per_class_test", 10)), int(opts.get("seed", 0)))
+    params = {"name": name, "per_class_train": int(opts.get("per_class_train", 20)),
+              "per_class_test": int(opts.get("per_class_test", 10)), "seed": int(opts.get("seed", 0))}
+    stamp = base / "standin.json"  # which parameters made the files: other parameters regenerate them
+    present = all((base / f).is_file() for f in (*spec.train_files, *spec.test_files, spec.meta_file))
+    if present and stamp.is_file() and json.loads(stamp.read_text()) == params:
+        return base
+    make_cifar_standin(str(dataset_cfg.get("root")), name, params["per_class_train"], params["per_class_test"],
+                       params["seed"])
+    _cached_set.cache_clear()
+    atomic_write_text(stamp, json.dumps(params, sort_keys=True))
+    return base
