@@ -118,6 +118,14 @@ def stratified_subset(labels: Sequence[int], ratio: float, seed: int = 17) -> li
     rng = np.random.RandomState(seed)
     classes, y_indices = np.unique(y, return_inverse=True)
     class_counts = np.bincount(y_indices)
+    # scikit-learn's checks (train_test_split / StratifiedShuffleSplit refuse these draws)
+    if n_train == 0:
+        raise ValueError(f"semi-supervised subset: {ratio} of {n} train images is empty; use more images or a larger ratio")
+    if class_counts.min() < 2:
+        raise ValueError("semi-supervised subset: a class has only 1 image; stratification needs at least 2 per class")
+    if n_train < len(classes) or n_test < len(classes):
+        raise ValueError(f"semi-supervised subset: {n_train} labelled images for {len(classes)} classes; a stratified "
+                         f"draw needs at least one per class (use at least {len(classes) / ratio:.0f} train images)")
     class_indices = np.split(np.argsort(y_indices, kind="mergesort"), np.cumsum(class_counts)[:-1])
     n_i = _approximate_mode(class_counts, n_train, rng)
     t_i = _approximate_mode(class_counts - n_i, n_test, rng)
