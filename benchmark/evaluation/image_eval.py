@@ -223,7 +223,9 @@ def evaluate_image_backbone(backbone: nn.Module, cfg: Any, progress: bool = Fals
     ds_id = str(ds.id)
     linear = linear_eval(train_z, torch.as_tensor(train.labels), test_z, torch.as_tensor(test.labels), k,
                          int(lin.epochs), int(lin.batch_size), float(lin.lr), int(lin.seed))
-    common = {"dataset": ds_id, "num_train": len(train), "num_test": len(test), "num_classes": k,
+    from benchmark.evaluation.pipeline import evaluation_protocol_id
+
+    common = {**evaluation_protocol_id(cfg), "dataset": ds_id, "num_train": len(train), "num_test": len(test), "num_classes": k,
               "feature_dim": int(train_z.shape[1]), "pooling": "avg"}
     out: dict[str, Any] = {
         "image_linear_probe": {ds_id: {**linear, "protocol": {**common, "source": "hc-fang/ssd linear_eval.py",
