@@ -68,6 +68,8 @@ class AlignUniform(SSLMethod):
     pretext = "align_uniform"
     num_views = 2
     default_exchange = "full"
+    #: inputs it trains on: clips (B, 2, C, T, H, W) and images (B, 2, C, H, W) (``fedvid check-method`` runs both)
+    modalities = ("video", "image")
 
     def __init__(self, backbone: nn.Module, exchange: str | None = None, hidden_dim: int = 2048,
                  uniform_coeff: float = 1.0, view_augment: dict | None = None, **params):
@@ -81,20 +83,23 @@ class AlignUniform(SSLMethod):
         self.projector = Projector(dim, int(hidden_dim))
 
     def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Two loader views (C, T, H, W) in [0, 1] -> ``{"video": (2, C, T, H, W)}``, each SimCLR-augmented."""
+        """Two loader views (C, T, H, W) or images (C, H, W) -> ``{"video": (2, C, [T,] H, W)}`` floats in
+        [0, 1], each SimCLR-augmented (uint8 views are divided by 255 first, as ToTensor)."""
         return {"video": torch.stack([self.view_augment(v, generator) for v in views])}
 
     def embed(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """clip (B, C, T, H, W) → (z_enc (B, d) pooled backbone feature, z_proj (B, d) raw projector output)."""
-        fmap = self.backbone(clip)  # (B, d, T', H', W')
+        """clip (B, C, T, H, W) or image (B, C, H, W) → (z_enc (B, d): the backbone's map averaged over
+        every axis after the channel, z_proj (B, d) raw projector output)."""
+        fmap = self.backbone(clip)  # (B, d, T', H', W') or (B, d, H', W')
         z_enc = fmap.flatten(2).mean(dim=2)
         return z_enc, self.projector(z_enc)
 
     def _views(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         video = batch["video"]
-        if video.dim() != 6 or video.shape[1] != 2:
+        if video.dim() not in (5, 6) or video.shape[1] != 2:
             raise ValueError(
-                f"{type(self).__name__} expects batch['video'] of shape (B, 2, C, T, H, W), got {tuple(video.shape)}"
+                f"{type(self).__name__} expects batch['video'] of shape (B, 2, C, T, H, W) (clips) or "
+                f"(B, 2, C, H, W) (images), got {tuple(video.shape)}"
             )
         return video[:, 0], video[:, 1]
 

@@ -75,6 +75,30 @@ SMOKE_OVERRIDES = [
 ]
 
 
+#: The image-track smoke run (methods whose ``modalities`` include "image"): the generated
+#: CIFAR-10-format stand-in, a narrow CIFAR ResNet-18, 2 clients, 2 rounds, no evaluation.
+IMAGE_SMOKE_OVERRIDES = [
+    "dataset=synthetic_cifar10",
+    "dataset.standin.per_class_train=2",
+    "dataset.standin.per_class_test=1",
+    "backbone=cifar_resnet18",
+    "backbone.params.width=8",
+    "clip.frames=1",
+    "clip.stride=1",
+    "clip.size=32",
+    "clip.short_side=32",
+    "clip.normalization=none",
+    "client.batch_size=4",
+]
+
+
+def method_modalities(name: str) -> tuple[str, ...]:
+    """The inputs a registered method trains on (class attribute ``modalities``; default video)."""
+    from benchmark.registry import METHODS
+
+    return tuple(getattr(METHODS.get(name), "modalities", ("video",)))
+
+
 def smoke_overrides(name: str) -> list[str]:
     if (CONF_DIR / "method" / f"{name}.yaml").is_file():
         return [f"method={name}", *SMOKE_OVERRIDES]
@@ -111,26 +135,39 @@ def check_method_main(argv: list[str]) -> int:
         return 1
     from benchmark.config import hydra_entry
 
-    with tempfile.TemporaryDirectory(prefix=f"fedvid-check-{name}-") as tmp:
-        outcome: dict = {}
-
-        def task(cfg):
-            outcome["problems"] = run_check(cfg, Path(tmp) / "run", console)
-            return 0
-
-        hydra_entry("fedvid check-method", "config", task,
-                    [*smoke_overrides(name), *smoke_data_root(extra), *extra, f"hydra.run.dir={tmp}/run"])
-    problems = outcome.get("problems")
-    if problems is None:
+    modalities = method_modalities(name)
+    for arg in extra:  # `modality=video|image` checks one of them only
+        if arg.startswith("modality="):
+            modalities = tuple(m for m in modalities if m == arg.split("=", 1)[1])
+    extra = [a for a in extra if not a.startswith("modality=")]
+    if not modalities:
+        console.print(f"[red]check-method: {name} supports {', '.join(method_modalities(name))} only[/]")
         return 1
-    if problems:
-        console.print(f"[bold red]check-method {name}: {len(problems)} problem(s)[/]")
-        for p in problems:
-            console.print(f"  - {p}")
-        return 1
-    console.print(f"[bold green]check-method {name}: OK[/] (2 rounds, 2 clients, finite losses, "
-                  "weights changed, exchange respected)")
-    return 0
+    status = 0
+    for modality in modalities:
+        with tempfile.TemporaryDirectory(prefix=f"fedvid-check-{name}-") as tmp:
+            outcome: dict = {}
+
+            def task(cfg):
+                outcome["problems"] = run_check(cfg, Path(tmp) / "run", console)
+                return 0
+
+            image = IMAGE_SMOKE_OVERRIDES if modality == "image" else []
+            hydra_entry("fedvid check-method", "config", task,
+                        [*smoke_overrides(name), *image, *smoke_data_root(extra), *extra, f"hydra.run.dir={tmp}/run"])
+        problems = outcome.get("problems")
+        if problems is None:
+            status = 1
+            continue
+        if problems:
+            console.print(f"[bold red]check-method {name}: {len(problems)} problem(s)[/] ({modality})")
+            for p in problems:
+                console.print(f"  - {p}")
+            status = 1
+            continue
+        console.print(f"[bold green]check-method {name}: OK[/] ({modality}: 2 rounds, 2 clients, finite losses, "
+                      "weights changed, exchange respected)")
+    return status
 
 
 def run_check(cfg, run_dir: Path, console) -> list[str]:

@@ -309,6 +309,29 @@ def _connection_problems(cfg: Mapping) -> list[str]:
     return []
 
 
+#: The image track's evaluation (``eval.image``, benchmark/evaluation/image_eval.py); the video
+#: rules above do not apply to an image dataset (``dataset.modality: image``).
+IMAGE_EVAL_RULES: tuple[Rule, ...] = (
+    Rule("eval.image.linear.epochs", integer(1)),
+    Rule("eval.image.linear.batch_size", integer(1)),
+    Rule("eval.image.linear.lr", number(0, None, lo_open=True)),
+    Rule("eval.image.linear.seed", integer(0)),
+    Rule("eval.image.semi.ratios", list_of(number(0, 1, lo_open=True))),
+    Rule("eval.image.semi.epochs", integer(1)),
+    Rule("eval.image.semi.batch_size", integer(2)),
+    Rule("eval.image.semi.encoder_lr", number(0)),
+    Rule("eval.image.semi.head_lr", number(0)),
+    Rule("eval.image.semi.momentum", number(0, 1)),
+    Rule("eval.image.semi.test_every", integer(1)),
+    Rule("eval.image.semi.seed", integer(0)),
+)
+
+
+def _is_image(cfg: Mapping) -> bool:
+    dataset = cfg.get("dataset")
+    return isinstance(dataset, Mapping) and dataset.get("modality") == "image"
+
+
 def run_config_problems(cfg: Mapping) -> list[str]:
     """Every problem of a resolved ``fedvid run`` config (a plain dict); [] when valid."""
     problems = (rule_problems(cfg, RUN_RULES) + _cross_key_problems(cfg) + _registry_problems(cfg)
@@ -320,6 +343,8 @@ def run_config_problems(cfg: Mapping) -> list[str]:
 
 def eval_config_problems(cfg: Mapping) -> list[str]:
     """Every problem of the ``eval`` block (shared by ``fedvid run`` and ``fedvid evaluate``)."""
+    if _is_image(cfg):
+        return rule_problems(cfg, IMAGE_EVAL_RULES)
     return rule_problems(cfg, EVAL_RULES) + _eval_dataset_problems(cfg)
 
 

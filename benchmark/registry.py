@@ -23,6 +23,7 @@ T = TypeVar("T")
 _BUILTIN_MODULES = (
     "benchmark.federation.aggregators",
     "benchmark.models.backbones",
+    "benchmark.models.image_backbones",
     "baselines",
 )
 

@@ -88,7 +88,11 @@ def resume_command(run_dir: Path) -> str:
 
 def prepare_data(cfg: DictConfig, console=None) -> None:
     """Generate the synthetic datasets when the pretraining set is synthetic and missing."""
-    if cfg.dataset.get("synthetic", False):
+    if cfg.dataset.get("synthetic", False) and cfg.dataset.get("modality") == "image":
+        from benchmark.data.images import ensure_standin
+
+        ensure_standin(cfg.dataset)
+    elif cfg.dataset.get("synthetic", False):
         from benchmark.data.synthetic import ensure_synthetic
 
         ensure_synthetic(cfg.data_root, size=str(cfg.get("synthetic_size", "default")), seed=0,
@@ -154,6 +158,10 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
             f"split manifest {where} names {len(unknown)} videos that are not in the train list of dataset "
             f"{annotations.dataset!r} (e.g. {unknown[:3]}); it does not match this dataset's annotations"
         )
+    if cfg.dataset.get("modality") == "image":  # image track: items checked against the dataset files
+        from benchmark.data.images import ImageItems
+
+        return manifest, ImageItems([train_paths[rel] for rel, _ in listed], cfg.dataset)
     resolved = resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
                               allow_missing=bool(cfg.get("allow_missing_videos", False)))
     return manifest, resolved
@@ -378,6 +386,10 @@ def _previous_peak_memory(run_dir: Path) -> int:
 def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
     """The shared evaluation (``benchmark.evaluation``): its report, whose ``evaluations`` go
     into the record and whose ``datasets[...]["videos"]`` give the skipped-video counts."""
+    if cfg.dataset.get("modality") == "image":  # image track: SSD's linear_eval.py / semi_eval.py
+        from benchmark.evaluation.image_eval import evaluate_image_backbone
+
+        return evaluate_image_backbone(backbone, cfg, progress=console is not None)
     from benchmark.evaluation.pipeline import evaluate_backbone_report
 
     return evaluate_backbone_report(backbone, cfg, run_dir, progress=console is not None)

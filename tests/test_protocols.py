@@ -24,7 +24,7 @@ from benchmark.protocols import MODIFIED_VARIANT, protocol_id, protocol_settings
 from benchmark.protocols import same_value as same
 
 CARDS = PROJECT_ROOT / "docs" / "protocols"
-PROTOCOLS = ("cpu", "ctp", "fedvssl", "ssd")
+PROTOCOLS = ("cpu", "ctp", "fedvssl", "ssd", "ssd_image")
 
 
 def compose(overrides: list[str]):

@@ -173,7 +173,7 @@ def test_manifest_layout_and_hash(annotations):
 def test_committed_standard_set():
     paths = committed_manifests()
     names = sorted(p.name for p in paths)
-    assert len(paths) == len(STANDARD_SPLITS) == 18
+    assert len(paths) == len(STANDARD_SPLITS) == 22
     for want in (
         "ucf101-s1-iid-c5-seed0.json",
         "ucf101-s1-iid-c10-seed0.json",
@@ -188,10 +188,14 @@ def test_committed_standard_set():
         "kinetics400-official-pathological-k8-c100-seed0.json.gz",
         "kinetics400-official-fedvssl-iid-c100.json.gz",
         "kinetics400-official-fedvssl-noniid-c100.json.gz",
+        "cifar10-official-ssd-dir0.1-c10.json.gz",
+        "cifar10-official-ssd-dir0.1-c50.json.gz",
+        "cifar100-official-ssd-dir0.1-c10.json.gz",
+        "cifar100-official-ssd-dir0.1-c50.json.gz",
     ):
         assert want in names
     hashes = standard_split_hashes()
-    assert len(hashes) == 18
+    assert len(hashes) == 22
     ucf = load_manifest(UCF_SPLITS / "ucf101-s1-dirichlet0.5-c10-seed0.json")
     assert hashes[ucf.content_sha256] == ucf.manifest_id == "ucf101-s1-dirichlet0.5-c10-seed0"
     assert sum(p.stat().st_size for p in paths) < 32 * 2**20

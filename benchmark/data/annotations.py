@@ -37,7 +37,7 @@ from benchmark.data.resolve import check_relative_path
 from benchmark.io import sha256_file
 
 #: dataset_cfg["name"] values understood by load_annotations.
-READERS = ("ucf101", "hmdb51", "kinetics400", "kinetics")
+READERS = ("ucf101", "hmdb51", "kinetics400", "kinetics", "cifar10", "cifar100", "tiny_imagenet")
 KINETICS_VIDEO_EXT = ".mp4"
 
 
@@ -474,6 +474,10 @@ def load_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
     name = dataset_cfg.get("name")
     if name not in READERS:
         raise ValueError(f"dataset.name must be one of {', '.join(READERS)} (the annotation reader); got {name!r}")
+    if name in ("cifar10", "cifar100", "tiny_imagenet"):  # image datasets: benchmark.data.images
+        from benchmark.data.images import image_annotations
+
+        return image_annotations(dataset_cfg)
     directory = Path(str(_cfg_value(dataset_cfg, "annotations", name)))
     if name == "ucf101":
         result = read_ucf101(directory, _cfg_value(dataset_cfg, "split", name))

@@ -254,7 +254,7 @@ class CtPColorAugment:
         from baselines.ctp import shift_hue_saturation  # CtP's HSV step, shared with its pretraining
 
         _check_video(clip, "CtPColorAugment")
-        clip = to_unit_float(clip)  # uint8 from the loader -> [0, 1]: the colour steps need floats
+        clip = to_unit_float(clip)  # uint8 from the loader -> [0, 1] (torchvision's ToTensor): colour steps need floats
         flag = float(torch.rand((), generator=generator)) < self.prob
         shift = _uniform(generator, -self.brightness_delta, self.brightness_delta)
         if flag:
@@ -279,7 +279,7 @@ class SimCLRVideoAugment:
     On a video clip every random parameter is drawn once per call and applied to all frames,
     so the frames of one view share crop and colour; two calls (two views) draw anew. The
     horizontal flip is the loader's (p = 0.5, also once per clip). (C, T, H, W) uint8 or float in
-    [0, 1] -> float in [0, 1].
+    [0, 1] -> float in [0, 1]; an image (C, H, W) is treated as a one-frame clip.
     """
 
     def __init__(self, crop_scale: Sequence[float] = (0.08, 1.0), jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
@@ -311,8 +311,10 @@ class SimCLRVideoAugment:
         return (height - h) // 2, (width - w) // 2, h, w
 
     def __call__(self, clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if clip.ndim == 3:  # an image (C, H, W): a one-frame clip, same draws
+            return self(clip.unsqueeze(1), generator).squeeze(1)
         _check_video(clip, "SimCLRVideoAugment")
-        clip = to_unit_float(clip)  # uint8 from the loader -> [0, 1]: the colour steps need floats
+        clip = to_unit_float(clip)  # uint8 from the loader -> [0, 1] (torchvision's ToTensor): colour steps need floats
         height, width = clip.shape[-2:]
         top, left, h, w = self.crop_box(height, width, generator)
         frames = clip[..., top : top + h, left : left + w].transpose(0, 1)  # (T, C, h, w)

@@ -120,7 +120,8 @@ def _train(msg: Message, context: Context) -> Message:
         server_round=server_round,
         global_state=global_state,
         local_state=local_state,
-        videos=client_videos(manifest, dataset_root, cid, bool(cfg.get("allow_missing_videos", False))),
+        videos=client_videos(manifest, dataset_root, cid, bool(cfg.get("allow_missing_videos", False)),
+                             image=str(cfg.dataset.get("modality") or "video") == "image"),
         lr=float(conf["lr"]),
     )
     if result.local:

@@ -157,11 +157,13 @@ def _load_manifest(path: str):
     return load_manifest(path)
 
 
-def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_missing: bool = False) -> list[tuple[str, int]]:
+def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_missing: bool = False,
+                  image: bool = False) -> list[tuple[str, int]]:
     """(absolute video path, label) of one client's manifest entry, resolved under ``dataset_root``.
 
     Uses ``benchmark.data.resolve.resolve_videos`` (case-mismatch lookup, missing/empty
-    files reported by path; skipped only with ``allow_missing_videos=true``).
+    files reported by path; skipped only with ``allow_missing_videos=true``). ``image``: the
+    entries as listed (image records; the runner checked them against the files).
     """
     from benchmark.data.records import VideoRecord
     from benchmark.data.resolve import resolve_videos
@@ -172,6 +174,8 @@ def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_m
             f"client id {client_id} is not in {manifest_path} (it has clients 0..{manifest.num_clients - 1}); "
             "check the SuperNode's --node-config client-id"
         )
+    if image:  # image track: manifest records name images of the dataset files (benchmark/data/images.py)
+        return [(rel, int(label)) for rel, label in manifest.client_videos(client_id)]
     records = [VideoRecord(path=rel, label=int(label), class_name="") for rel, label in manifest.client_videos(client_id)]
     resolved = resolve_videos(records, dataset_root, allow_missing=allow_missing, show_progress=False)
     return [(str(path), int(rec.label)) for rec, path in resolved.present]
@@ -235,6 +239,7 @@ def run_local_training(
         heads initialised from ``client_init_seed``).
     videos: (path, label) pairs of the client's manifest entry.
     """
+    from benchmark.data.images import is_image_dataset, train_image_dataset
     from benchmark.data.loaders import TrainClipDataset, make_train_loader
 
     cfg = as_config(cfg)
@@ -258,21 +263,25 @@ def run_local_training(
     hooks = method.overridden_hooks()
 
     clip = cfg.clip
-    dataset = TrainClipDataset(
-        videos,
-        frames=int(clip.frames),
-        stride=_int_or_list(clip.stride),
-        short_side=_int_or_list(clip.short_side),
-        crop_size=int(clip.size),
-        num_views=method.num_views,
-        sample_transform=method.sample_transform,
-        backend=str(clip.get("backend", "decord")),
-        seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
-        temporal_jitter=bool(clip.get("temporal_jitter", False)),
-        normalization=str(clip.get("normalization") or "kinetics"),
-        frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
-        **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
-    )
+    if is_image_dataset(cfg.dataset):  # the image track (benchmark/data/images.py)
+        dataset = train_image_dataset(cfg.dataset, videos, method.num_views, method.sample_transform,
+                                      seed=derive_seed(cfg.seed, _TAG_DATA, client_id))
+    else:
+        dataset = TrainClipDataset(
+            videos,
+            frames=int(clip.frames),
+            stride=_int_or_list(clip.stride),
+            short_side=_int_or_list(clip.short_side),
+            crop_size=int(clip.size),
+            num_views=method.num_views,
+            sample_transform=method.sample_transform,
+            backend=str(clip.get("backend", "decord")),
+            seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
+            temporal_jitter=bool(clip.get("temporal_jitter", False)),
+            normalization=str(clip.get("normalization") or "kinetics"),
+            frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
+            **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
+        )
     clip_norm = cfg.client.get("grad_clip_norm")
     local_steps = cfg.federation.get("local_steps")
     max_steps = int(local_steps) if local_steps else None

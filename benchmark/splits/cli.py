@@ -165,7 +165,7 @@ def make_standard_main(argv: list[str]) -> int:
     cache: dict = {}  # each dataset's lists are read once
     for spec in track(specs, description="making standard splits", console=console):
         published = [o.split("=", 1)[1] for o in spec.overrides if o.startswith("partition.path=")]
-        if published and not (PROJECT_ROOT / published[0]).is_dir():
+        if published and not (PROJECT_ROOT / published[0]).exists():
             console.print(f"[yellow]skipped[/yellow] {' '.join(spec.overrides)}: {PROJECT_ROOT / published[0]} not found")
             continue
         manifest = make_from_overrides(spec.overrides, cache)

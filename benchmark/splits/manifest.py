@@ -122,26 +122,29 @@ def client_statistics(clients: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-client sizes and class counts (integers only)."""
     rows = []
     for c in clients:
-        counts = Counter(v["label"] for v in c["videos"])
-        rows.append(
-            {
-                "client_id": c["client_id"],
-                "num_videos": len(c["videos"]),
-                "num_classes": len(counts),
-                "class_counts": [[label, counts[label]] for label in sorted(counts)],
-            }
-        )
+        counts = Counter(v["label"] for v in c["videos"] if v["label"] >= 0)
+        row = {
+            "client_id": c["client_id"],
+            "num_videos": len(c["videos"]),
+            "num_classes": len(counts),
+            "class_counts": [[label, counts[label]] for label in sorted(counts)],
+        }
+        unlabelled = sum(1 for v in c["videos"] if v["label"] < 0)
+        if unlabelled:  # label -1: not recorded (an imported index split; the dataset files have it)
+            row["unlabelled"] = unlabelled
+        rows.append(row)
     return {"clients": rows}
 
 
 def split_properties(clients: Sequence[Mapping[str, Any]], num_classes: int) -> dict[str, Any]:
     """Facts a user comparing against this split needs, computed from the clients."""
     per_video = Counter(v["video"] for c in clients for v in c["videos"])
-    class_sets = [frozenset(v["label"] for v in c["videos"]) for c in clients]
+    class_sets = [frozenset(v["label"] for v in c["videos"] if v["label"] >= 0) for c in clients]
     sizes = [len(c["videos"]) for c in clients]
     groups: dict[frozenset, list[int]] = {}
     for c, s in zip(clients, class_sets):
-        groups.setdefault(s, []).append(c["client_id"])
+        if s:  # unlabelled clients (label -1) have no class set to compare
+            groups.setdefault(s, []).append(c["client_id"])
     shared = sorted(ids for ids in groups.values() if len(ids) > 1)
     shared_disjoint = all(
         len({v["video"] for i in ids for v in clients[i]["videos"]}) == sum(sizes[i] for i in ids) for ids in shared
@@ -164,6 +167,9 @@ def split_properties(clients: Sequence[Mapping[str, Any]], num_classes: int) -> 
         "identical_class_set_groups": shared,
         "identical_class_set_groups_disjoint_videos": shared_disjoint,
     }
+    unlabelled = sum(1 for c in clients for v in c["videos"] if v["label"] < 0)
+    if unlabelled:
+        props["unlabelled_entries"] = unlabelled
     props["notes"] = _notes(props, len(clients))
     return props
 
@@ -175,6 +181,12 @@ def _notes(p: Mapping[str, Any], num_clients: int) -> str:
         f"{p['classes_per_client']['min']}-{p['classes_per_client']['max']} classes and "
         f"{p['videos_per_client']['min']:,}-{p['videos_per_client']['max']:,} videos per client."
     ]
+    if p.get("unlabelled_entries"):
+        text = [
+            f"{p['total_entries']:,} entries over {num_clients} clients: {p['unique_videos']:,} unique items, "
+            f"{p['videos_per_client']['min']:,}-{p['videos_per_client']['max']:,} per client. Labels are not recorded "
+            f"(label -1: a published index split; the labels are read from the dataset files at run time)."
+        ]
     shared_videos = sum(n for k, n in p["clients_per_video"].items() if int(k) > 1)
     if shared_videos:
         most = max(int(k) for k in p["clients_per_video"])
@@ -259,9 +271,12 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
         folder = _resolve_project_path(str(params["path"]))
         params["path"] = str(folder)
         header_params["path"] = _relative_to_project(folder)
-        header_params[_IMPORTED_ID_PARAM] = params.get(_IMPORTED_ID_PARAM) or folder.name
-        class_file, _ = fedvssl_class_index(folder)
-        files = [*fedvssl_client_files(folder), class_file]
+        header_params[_IMPORTED_ID_PARAM] = params.get(_IMPORTED_ID_PARAM) or folder.name.split(".")[0]
+        if folder.is_file():  # an index-list split (hc-fang/ssd data/fed/*.json)
+            files = [folder]
+        else:
+            class_file, _ = fedvssl_class_index(folder)
+            files = [*fedvssl_client_files(folder), class_file]
         extra["imported_sha256"] = {_relative_to_project(f): sha256_file(f) for f in files}
     groups = PARTITIONERS[name](annotations.train, num_clients, params, seed)
     clients = [
@@ -620,7 +635,7 @@ def verify_manifest(
     if regenerate and not problems:
         if data["partitioner"] == "imported":
             folder = _resolve_project_path(data["params"]["path"])
-            if not folder.is_dir():
+            if not folder.exists():
                 return problems  # the published files are not here; nothing more to compare
             for rel, sha in data.get("imported_sha256", {}).items():
                 f = _resolve_project_path(rel)
@@ -680,6 +695,16 @@ def _standard_splits() -> list[StandardSplit]:
             compress=True,
         )
     )
+    for dataset in ("cifar10", "cifar100"):  # hc-fang/ssd's published splits (datasets/<name>/ssd_splits/)
+        out += [
+            StandardSplit(
+                (f"dataset={dataset}", "partition=imported",
+                 f"partition.path=datasets/{dataset}/ssd_splits/{dataset}_dir_client{n}_alpha0.1.json.gz",
+                 "partition.tag=ssd-dir0.1", f"partition.num_clients={n}"),
+                compress=True,
+            )
+            for n in (10, 50)
+        ]
     fedvssl = "../shared/annotations/kinetics400/fedvssl_splits"
     out += [
         StandardSplit(

@@ -290,6 +290,8 @@ def imported(records: Sequence[Any], num_clients: int, params: Mapping[str, Any]
     if not params.get("path"):
         raise PartitionError("partition.path is required for the imported partitioner (a FedVSSL split folder)")
     directory = Path(str(params["path"]))
+    if directory.is_file():
+        return imported_index_lists(records, num_clients, directory)
     if not directory.is_dir():
         raise PartitionError(f"partition.path={directory}: no such folder")
     files = fedvssl_client_files(directory)
@@ -330,6 +332,48 @@ def imported(records: Sequence[Any], num_clients: int, params: Mapping[str, Any]
                 raise PartitionError(f"{f}: {entry['name']!r} is listed twice")
             videos[record.path] = int(record.label)
         clients.append(sorted(videos.items()))
+    return clients
+
+
+def read_index_lists(file: Path) -> list[list[int]]:
+    """A published index split (hc-fang/ssd ``data/fed/*.json``; ``.json.gz`` = the same bytes gzipped):
+    a JSON list with one list of 0-based dataset indices per client."""
+    import gzip
+
+    try:
+        raw = file.read_bytes()
+        data = json.loads(gzip.decompress(raw) if file.name.endswith(".gz") else raw)
+    except (OSError, EOFError, ValueError) as e:
+        raise PartitionError(f"{file}: not a readable JSON index split ({type(e).__name__}: {e}); restore the file") from None
+    if not isinstance(data, list) or not all(
+        isinstance(c, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in c) for c in data
+    ):
+        raise PartitionError(f"{file}: expected a JSON list of client lists of integer indices")
+    return data
+
+
+def imported_index_lists(records: Sequence[Any], num_clients: int, file: Path) -> list[list[Pair]]:
+    """A published split given as index lists into the train set's torchvision order (SSD's format).
+
+    ``records`` sorted by path must be that order (the CIFAR readers name records
+    ``train/<index:05d>``). List ``k`` becomes client ``k``; an index outside the train
+    set or listed twice in one client is an error; labels are the records' labels.
+    """
+    pairs = as_pairs(records)
+    clients_idx = read_index_lists(file)
+    if num_clients != len(clients_idx):
+        raise PartitionError(
+            f"partition.num_clients={num_clients} but {file} has {len(clients_idx)} clients; "
+            f"set partition.num_clients={len(clients_idx)}"
+        )
+    clients: list[list[Pair]] = []
+    for k, idx in enumerate(clients_idx):
+        bad = [i for i in idx if not 0 <= i < len(pairs)]
+        if bad:
+            raise PartitionError(f"{file}: client {k} has index {bad[0]} outside the {len(pairs)} train images")
+        if len(set(idx)) != len(idx):
+            raise PartitionError(f"{file}: client {k} lists an index twice")
+        clients.append(sorted(pairs[i] for i in idx))
     return clients
 
 
