@@ -300,7 +300,7 @@ def test_fedvssl_style_list_maps_ids_by_name_and_reports_bad_lines(tmp_path):
 
 def test_dataset_configs_have_required_keys_and_synthetic_layouts(tmp_path):
     options = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-    assert options == ["cifar10", "cifar100", "hmdb51", "kinetics400", "synthetic_cifar10", "synthetic_hmdb51",
+    assert options == ["cifar10", "cifar100", "hmdb51", "kinetics400", "synthetic_cifar10", "synthetic_cifar100", "synthetic_hmdb51",
                        "synthetic_kinetics", "synthetic_ucf101", "tiny_imagenet", "ucf101"]
     for option in options:
         cfg = dataset_cfg(option, tmp_path)

@@ -263,7 +263,7 @@ def run_local_training(
     hooks = method.overridden_hooks()
 
     clip = cfg.clip
-    if is_image_dataset(cfg.dataset):  # the image track (benchmark/data/images.py)
+    if is_image_dataset(cfg.get("dataset") or {}):  # the image track (benchmark/data/images.py)
         dataset = train_image_dataset(cfg.dataset, videos, method.num_views, method.sample_transform,
                                       seed=derive_seed(cfg.seed, _TAG_DATA, client_id))
     else:
