@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import message_to_proto
 
-from benchmark.commands import smoke_overrides
+from benchmark.commands.check_method import smoke_overrides
 from benchmark.federation.client_app import LOCAL_STATE_KEY, app
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import as_config, build_model, initial_global_state
@@ -21,7 +21,7 @@ from benchmark.registry import METHODS
 from benchmark import rundir
 from benchmark.config import to_container
 from benchmark.data.annotations import load_annotations
-from benchmark.runner import prepare_data, prepare_manifest, save_config
+from benchmark.commands.run import prepare_data, prepare_manifest, save_config
 from benchmark.splits.manifest import write_manifest
 
 #: The metrics of a train reply (docs/deployment.md, "What a client sends").

@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 
 from benchmark.data import synthetic
 from benchmark.evaluation import evaluate_backbone
-from benchmark.evaluation.cli import extract_backbone_state
-from benchmark.evaluation.cli import main as evaluate_main
+from benchmark.commands.evaluate import extract_backbone_state
+from benchmark.commands.evaluate import main as evaluate_main
 from benchmark.registry import build_backbone
 
 #: Test-only preset between "tiny" (8 UCF test videos: too few to compare models) and

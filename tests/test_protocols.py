@@ -132,7 +132,7 @@ def test_plain_protocols_and_their_experiments_keep_their_protocol(overrides, cl
 
 
 def test_smoke_variant_keeps_its_name_despite_its_size_overrides():
-    from benchmark.reproduce import TABLES
+    from benchmark.commands.reproduce import TABLES
 
     table = TABLES["fedvssl-k400-noniid"]
     pid = protocol_id(compose([*table.rows[0].overrides, *table.smoke_overrides]))
@@ -151,7 +151,7 @@ def test_protocol_owns_the_keys_its_files_set():
 def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track():
     from leaderboard.build import build_leaderboard, protocol_label
 
-    from benchmark.results import record_protocol
+    from leaderboard.record import record_protocol
 
     plain = protocol_id(compose(["protocol=fedvssl"]))
     avg = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg"]))

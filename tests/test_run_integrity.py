@@ -281,7 +281,7 @@ def _round(r, sampled, failed=()):
 
 
 def test_a_client_that_fails_every_round_makes_the_record_degraded():
-    from benchmark.results import participation, run_status
+    from leaderboard.record import participation, run_status
 
     rounds = [_round(1, [0, 1]), _round(2, [1, 2], failed=[2]), _round(3, [0, 2], failed=[2])]
     part = participation(rounds)
@@ -296,7 +296,7 @@ def test_a_client_that_fails_every_round_makes_the_record_degraded():
 
 
 def test_a_run_is_reproduced_only_within_the_thresholds_and_failed_when_a_stage_failed():
-    from benchmark.results import participation, run_status
+    from leaderboard.record import participation, run_status
 
     # 1 failure in 20 sampled updates (5 %), and the client replied in another round
     rounds = [_round(r, [0, 1], failed=[1] if r == 1 else []) for r in range(1, 11)]

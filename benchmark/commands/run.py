@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark import rundir
 from benchmark.config import debug_enabled, error_lines, hydra_entry, to_container
 from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes, read_json, sha256_bytes
-from benchmark.results import utc_now
+from leaderboard.record import utc_now
 
 
 class RunError(RuntimeError):
@@ -173,7 +173,7 @@ def lists_sha256(annotations) -> dict[str, str]:
 
 def code_version() -> dict[str, Any]:
     from benchmark import __version__
-    from benchmark.results import git_state
+    from leaderboard.record import git_state
 
     return {"version": __version__, "commit": git_state()[0]}
 
@@ -255,7 +255,7 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.federation.engine import FederationOutcome
     from benchmark.federation.training import as_config, build_model
-    from benchmark.results import build_result_record
+    from leaderboard.record import build_result_record
 
     rounds_planned = int(cfg.federation.rounds)
     record_videos: dict[str, Any] = {"pretraining": videos.summary()}

@@ -7,7 +7,7 @@ dataset the retrieval Top-1 / Top-5, the linear-probe video-level top-1 and the
 perturbation k½, as mean ± std over seeds (sample std, ddof = 1; no ± with one seed).
 
     fedvid run experiment=compare             # runs the sweep; the callback prints the table
-    python -m benchmark.compare multirun/2026-11-21/23-00-00    # re-print it from the records
+    fedvid compare multirun/2026-11-21/23-00-00    # re-print it from the records
 
 Written into the sweep dir: ``compare_table.md`` (markdown) and ``compare_table.json``
 (every cell's per-seed values, mean and std).
@@ -312,14 +312,14 @@ class CompareTableCallback(_HydraCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.compare",
+    parser = argparse.ArgumentParser(prog="fedvid compare",
                                      description="Print (and rewrite) the comparison table of a multirun directory.")
     parser.add_argument("sweep_dir", help="the multirun directory of `fedvid run experiment=compare`")
     args = parser.parse_args(argv)
     try:
         write_table(args.sweep_dir)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"python -m benchmark.compare: error: {e}", file=sys.stderr)
+        print(f"fedvid compare: error: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -140,7 +140,7 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.rundir import STATUS, read_round_log
     from benchmark.federation.training import as_config, build_model, initial_global_state
-    from benchmark.runner import execute_run
+    from benchmark.commands.run import execute_run
 
     problems: list[str] = []
     name = cfg.method.name
