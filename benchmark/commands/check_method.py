@@ -1,4 +1,4 @@
-"""``fedvid methods`` and ``fedvid check-method NAME``."""
+"""``fedvid check-method NAME``: a 2-round, 2-client smoke run of a method."""
 
 from __future__ import annotations
 
@@ -9,56 +9,8 @@ import tempfile
 from pathlib import Path
 
 from benchmark import CONF_DIR
+from benchmark.config import TINY_INPUT_OVERRIDES
 
-
-def methods_main(argv: list[str]) -> int:
-    """List the registered methods, aggregators and backbones (built-in and entry points)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from benchmark.registry import AGGREGATORS, BACKBONES, METHODS
-
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: fedvid methods\n\nList registered methods, aggregators and backbones.")
-        return 0
-    console = Console()
-    table = Table(title="methods (client side)")
-    for col in ("name", "pretext", "views", "default exchange", "config", "defined in"):
-        table.add_column(col)
-    for name in METHODS.names():
-        cls = METHODS.get(name)
-        conf = CONF_DIR / "method" / f"{name}.yaml"
-        table.add_row(name, getattr(cls, "pretext", ""), str(getattr(cls, "num_views", "")),
-                      getattr(cls, "default_exchange", ""), f"method={name}" if conf.is_file() else "-",
-                      getattr(cls, "__module__", "?"))
-    console.print(table)
-    for title, registry, group in (("aggregators (server side)", AGGREGATORS, "aggregator"),
-                                   ("backbones", BACKBONES, "backbone")):
-        t = Table(title=title)
-        t.add_column("name")
-        t.add_column("config")
-        t.add_column("defined in")
-        for name in registry.names():
-            obj = registry.get(name)
-            conf = CONF_DIR / group / f"{name}.yaml"
-            t.add_row(name, f"{group}={name}" if conf.is_file() else "-", getattr(obj, "__module__", "?"))
-        console.print(t)
-    return 0
-
-
-#: The smallest real input (tiny synthetic sets, 8x32x32 clips, one thread per client),
-#: shared by check-method, `fedvid reproduce ... scale=smoke` and the tests.
-TINY_INPUT_OVERRIDES = [
-    "synthetic_size=tiny",
-    "client.batch_size=2",
-    "client.num_workers=0",
-    "client.num_threads=1",
-    "clip.frames=8",
-    "clip.stride=1",
-    "clip.size=32",
-    "clip.short_side=40",
-    "engine.client_resources.num_cpus=1",
-]
 
 #: Overrides of the smoke run: 2 clients, 2 rounds, tiny inputs, no evaluation.
 SMOKE_OVERRIDES = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark import PROJECT_ROOT
-from benchmark.commands.check_method import TINY_INPUT_OVERRIDES
+from benchmark.config import TINY_INPUT_OVERRIDES
 from benchmark.io import read_json
 from benchmark.rundir import RESULT
 
