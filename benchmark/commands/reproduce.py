@@ -27,6 +27,7 @@ from benchmark import PROJECT_ROOT
 from benchmark.config import TINY_INPUT_OVERRIDES
 from benchmark.io import read_json
 from benchmark.rundir import RESULT
+from leaderboard.record import ResultRecord
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Table:
     name: str
     title: str
     source: str
-    metrics: tuple[str, ...]  # flattened metric paths compared (leaderboard.build.flatten_metrics)
+    metrics: tuple[str, ...]  # flattened metric paths compared (leaderboard.record.Evaluations.metrics)
     rows: tuple[Row, ...]
     full_compute: str
     protocol: str  # conf/protocol/<name>.yaml, docs/protocols/<name>.md: the settings behind every row
@@ -121,10 +122,8 @@ TABLES: dict[str, Table] = {
 def _reported(record_id: str | None) -> dict[str, float]:
     if record_id is None:
         return {}
-    from leaderboard.build import flatten_metrics
-
     path = PROJECT_ROOT / "leaderboard" / "reported" / f"{record_id}.json"
-    return flatten_metrics(read_json(path)["evaluations"])
+    return ResultRecord.from_json(read_json(path)).evaluations.metrics()
 
 
 def print_tables() -> None:
@@ -202,8 +201,6 @@ def main(argv: list[str]) -> int:
         return 2
     out = out or Path("outputs") / "reproduce" / f"{table.name}-{scale}"
 
-    from leaderboard.build import flatten_metrics
-
     results: dict[str, dict[str, float]] = {}
     failed = []
     for i, row in enumerate(table.rows):
@@ -216,7 +213,7 @@ def main(argv: list[str]) -> int:
             failed.append(row.label)
             print(f"  row failed (exit {proc.returncode}); see {run_dir}", file=sys.stderr)
             continue
-        results[row.label] = flatten_metrics(read_json(result)["evaluations"])
+        results[row.label] = ResultRecord.from_json(read_json(result)).evaluations.metrics()
 
     rows = compare(table, results, scale)
     from rich.console import Console

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark import rundir
 from benchmark.config import debug_enabled, error_lines, hydra_entry, to_container
 from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes, read_json, sha256_bytes
-from leaderboard.record import utc_now
+from leaderboard.record import ResultRecord, utc_now
 
 
 class RunError(RuntimeError):
@@ -267,10 +267,10 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
             started_at=started_at, finished_at=utc_now(), method_pretext=method_pretext,
             startup_s=outcome.startup_s, videos=record_videos, failure=failure,
         )
-        atomic_write_json(run_dir / rundir.RESULT, record)
+        atomic_write_json(run_dir / rundir.RESULT, record.to_json())
         if console is not None:
             print_summary(console, record, rundir.read_round_log(run_dir), run_dir)
-        return record
+        return record.to_json()
 
     method = build_model(as_config(resolved), 0)
     method_pretext = type(method).pretext or cfg.method.name
@@ -333,7 +333,7 @@ def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):
 
 def _previous_peak_memory(run_dir: Path) -> int:
     try:
-        return int(read_json(run_dir / rundir.RESULT)["systems"]["peak_memory_bytes"])
+        return int(ResultRecord.from_json(read_json(run_dir / rundir.RESULT)).systems["peak_memory_bytes"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return 0
 
@@ -395,16 +395,16 @@ class _RunProgress:
         self.progress.update(self.task, completed=done, description=desc)
 
 
-def status_line(record: dict) -> str:
+def status_line(record: ResultRecord) -> str:
     """The record's status, why, client participation and skipped videos, in plain lines."""
-    lines = [f"status: {record['status']}" + "".join(f"\n  - {r}" for r in record.get("status_reasons", []))]
-    part = record.get("participation")
+    lines = [f"status: {record.status}" + "".join(f"\n  - {r}" for r in record.status_reasons or [])]
+    part = record.participation
     if part:
         by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(part["failed_by_reason"].items()))
         lines.append(f"client updates: {part['sampled']} sampled, {part['replied']} used, {part['failed']} failed"
                      + (f" ({by_reason})" if by_reason else "")
                      + (f"; clients never used: {part['excluded_clients']}" if part["excluded_clients"] else ""))
-    videos = record.get("videos") or {}
+    videos = record.videos or {}
     counts = [("pretraining", videos["pretraining"])] if videos.get("pretraining") else []
     counts += [(f"{ds} {split}", c) for ds, splits in sorted((videos.get("evaluation") or {}).items())
                for split, c in sorted(splits.items())]
@@ -415,10 +415,10 @@ def status_line(record: dict) -> str:
     return "\n".join(lines)
 
 
-def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> None:
+def print_summary(console, record: ResultRecord, rounds: list[dict], run_dir: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"FedVid-Bench run: {record['method']['name']}")
+    table = Table(title=f"FedVid-Bench run: {record.name}")
     table.add_column("round", justify="right")
     table.add_column("clients")
     table.add_column("loss", justify="right")
@@ -432,18 +432,18 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
                       f"{r['round_wall_s']:.1f}", f"{r['client_compute_s']:.1f}",
                       f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}")
     console.print(table)
-    ev = record.get("evaluations") or {}
-    if ev.get("retrieval"):
+    ev = record.evaluations
+    if ev.datasets("retrieval"):
         t = Table(title="Retrieval Top-1 (%) on the downstream sets")
         for col in ("dataset", "pretrained (global model)", "random init", "chance"):
             t.add_column(col, justify="right")
-        for name, entry in ev["retrieval"].items():
-            rand = ev.get("random_init", {}).get("retrieval", {}).get(name, {}).get("topk", {}).get("1")
-            t.add_row(name, f"{100 * entry['topk']['1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
-                      f"{100 * entry['chance_top1']:.1f}")
+        for name in ev.datasets("retrieval"):
+            top1, chance = ev.metric("retrieval", name, "top1"), ev.metric("retrieval", name, "chance_top1")
+            rand = ev.random_init.metric("retrieval", name, "top1")
+            t.add_row(name, f"{100 * top1:.1f}", "-" if rand is None else f"{100 * rand:.1f}", f"{100 * chance:.1f}")
         console.print(t)
     console.print(status_line(record), soft_wrap=True, markup=False)
-    sysd = record["systems"]
+    sysd = record.systems
     console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
                   f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")
     console.print("files:")
