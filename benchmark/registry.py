@@ -21,7 +21,6 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 _BUILTIN_MODULES = (
-    "benchmark.federation.aggregators",
     "benchmark.models.backbones",
     "baselines",
 )
