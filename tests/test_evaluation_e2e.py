@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from benchmark.data import synthetic
 from benchmark.evaluation import evaluate_backbone
-from benchmark.commands.evaluate import extract_backbone_state
+from benchmark.federation.checkpoint import extract_backbone_state
 from benchmark.commands.evaluate import main as evaluate_main
 from benchmark.registry import build_backbone
 

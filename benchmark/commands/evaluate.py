@@ -5,11 +5,9 @@ on it; writes ``evaluation.json`` (and the plots) into the Hydra run directory
 (``outputs/evaluate/<date>/<time>`` unless ``hydra.run.dir=...``).
 
 Accepted checkpoint files (``torch.load(weights_only=True)``):
-- a ``fedvid-checkpoint/1`` file written by ``fedvid run`` (``checkpoints/round_XXXX.pt``):
-  the backbone is taken from the ``backbone.*`` entries of its ``global_state``;
-- a plain state dict of the backbone, e.g. torchvision's ``r3d_18`` / ``r2plus1d_18``
-  weights (``fc.*`` classifier keys are ignored), optionally wrapped as
-  ``{"state_dict": ...}`` or ``{"model": ...}`` and/or with ``module.`` prefixes.
+what :func:`benchmark.federation.checkpoint.load_backbone_state` reads — a
+``fedvid-checkpoint/1`` file written by ``fedvid run`` or a plain state dict of the
+backbone (e.g. torchvision's ``r3d_18`` / ``r2plus1d_18`` weights).
 """
 
 from __future__ import annotations
@@ -22,48 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark.config import hydra_entry, to_container
 from benchmark.io import atomic_write_json, sha256_file
 
-CHECKPOINT_FORMAT = "fedvid-checkpoint/1"
-
-
-def extract_backbone_state(obj, path: Path) -> dict[str, torch.Tensor]:
-    """The backbone's state dict out of a loaded checkpoint object (see module doc)."""
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        state = obj.get("global_state")
-    elif isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        wrapped = [k for k in ("state_dict", "model", "backbone") if isinstance(obj.get(k), dict)]
-        if not wrapped:
-            raise ValueError(
-                f"checkpoint={path}: expected a {CHECKPOINT_FORMAT} checkpoint or a state dict of tensors; "
-                f"got a dict with keys {sorted(map(str, obj))[:8]}"
-            )
-        state = obj[wrapped[0]]
-    else:
-        state = obj
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint={path}: no tensors found (expected name -> tensor entries)")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    return state
 
 
 def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
     """Build ``cfg.backbone`` and load the checkpoint's backbone weights into it."""
+    from benchmark.federation.checkpoint import load_backbone_state
     from benchmark.models.backbones import CtPResNet3D, load_pretrained_backbone
     from benchmark.registry import build_backbone
 
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={path}: no such file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"checkpoint={path}: not loadable with torch.load(weights_only=True) ({e})") from e
-    state = extract_backbone_state(obj, path)
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
-    if bad:
-        raise ValueError(f"checkpoint={path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]}); the model "
-                         "diverged. Evaluate an earlier checkpoint (checkpoints/round_XXXX.pt)")
+    state = load_backbone_state(path)
     params = OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True)
     backbone = build_backbone(str(cfg.backbone.name), **params)
     try:

@@ -20,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from benchmark import CONF_DIR
+from benchmark.device import resolve_device
 from benchmark.evaluation.features import (
     ClipSettings,
     ClipSource,
     SplitFeatures,
     cached_features,
     compute_features,
-    resolve_device,
     state_dict_sha256,
 )
 from benchmark.evaluation.linear_probe import linear_probe
@@ -233,7 +233,7 @@ def evaluate_backbone_report(
     ev = cfg.eval
     run_dir = Path(run_dir)
     clip = feature_clip_settings(cfg)
-    device = resolve_device(str(ev.get("device", "auto")))
+    device = resolve_device(str(ev.get("device", "auto")), "eval.device")
     ks = [int(k) for k in ev.retrieval.ks]
     pooling = str(ev.pooling)
     # Features are keyed by the backbone's weights themselves, so `fedvid run` and a later

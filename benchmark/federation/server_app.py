@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = config_path.parent
     _exit_with_launcher()
     try:
-        run_federation(grid, as_config(read_json(config_path)), run_dir)
+        serve_rounds(grid, as_config(read_json(config_path)), run_dir)
     except Exception as exc:
         write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                      resumable=bool(getattr(exc, "resumable", True)))
@@ -135,7 +135,8 @@ def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, 
     return node_of_client
 
 
-def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
+def serve_rounds(grid: Grid, cfg, run_dir: Path) -> None:
+    """The ServerApp's work: identify the SuperNodes, run the rounds from the resume point, checkpoint each."""
     fed = cfg.federation
     num_rounds = int(fed.rounds)
     aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.device import resolve_device
 from benchmark.registry import build_backbone, build_method
 
 # Domain tags keep the seed streams of different uses apart.
@@ -122,15 +123,6 @@ def make_optimizer(cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"client.optimizer.name={opt.name!r}: expected one of 'sgd', 'adam', 'adamw'")
 
 
-def resolve_device(cfg: DictConfig) -> torch.device:
-    want = str(cfg.client.get("device", "auto"))
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("client.device=cuda but no CUDA device is available; use client.device=auto or cpu")
-    return torch.device(want)
-
-
 @lru_cache(maxsize=4)
 def _load_manifest(path: str):
     from benchmark.splits.manifest import load_manifest
@@ -226,7 +218,7 @@ def run_local_training(
     if not videos:
         raise ValueError(f"client {client_id} has no videos in the split manifest")
 
-    device = resolve_device(cfg)
+    device = resolve_device(str(cfg.client.get("device", "auto")), "client.device")
     method = build_model(cfg, client_init_seed(cfg, client_id))
     method.set_client_context(client_id, int(cfg.federation.num_clients))
     restored = bool(local_state)
