@@ -317,19 +317,21 @@ def test_fedavg_weights_follow_dataset_sizes_with_local_steps(tiny_videos):
     from benchmark.federation.base import ClientUpdate
     from benchmark.federation.training import initial_global_state, run_local_training
     from benchmark.registry import build_aggregator
+    from benchmark.specs import LocalTrainingSpec
 
     videos = tiny_videos
     cfg = OmegaConf.create({
         "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
         "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
-        "federation": {"num_clients": 2, "local_epochs": 1, "local_steps": 1},
+        "federation": {"num_clients": 2, "local_epochs": 1, "local_steps": 1, "rounds": 1},
         "client": {"batch_size": 2, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": None,
                    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}},
         "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
     })
-    state = initial_global_state(cfg)
-    small = run_local_training(cfg, 0, 1, state, None, videos[:2], lr=0.01)
-    large = run_local_training(cfg, 1, 1, state, None, videos[2:], lr=0.01)
+    spec = LocalTrainingSpec.from_config(cfg)
+    state = initial_global_state(spec.model, spec.seed)
+    small = run_local_training(spec, 0, 1, state, None, videos[:2], lr=0.01)
+    large = run_local_training(spec, 1, 1, state, None, videos[2:], lr=0.01)
     assert (small.metrics["samples_processed"], large.metrics["samples_processed"]) == (2, 2)
     assert (small.num_examples, large.num_examples) == (2, 6)
     updates = [ClientUpdate(arrays=r.exchanged, num_examples=r.num_examples, client_id=i)

@@ -18,6 +18,7 @@ from benchmark import PROJECT_ROOT
 from benchmark.federation.strategy import FedVidStrategy, RoundFailed
 from benchmark.federation.training import clients_per_round, derive_seed, sample_clients
 from benchmark.registry import build_aggregator
+from benchmark.specs import FederationSpec, OptimizerSpec
 
 from _federation_helpers import FEDVID, TINY, fedvid, final_weights, flower_processes, wait_no_flower_processes
 
@@ -56,10 +57,9 @@ def task_identity(monkeypatch):
 
 
 def _strategy(min_clients: int):
-    cfg = OmegaConf.create({"seed": 0, "aggregator": {"name": "fedavg"},
-                            "federation": {"clients_per_round": 3, "min_clients": min_clients, "rounds": 1},
-                            "client": {"optimizer": {"lr": 0.1, "schedule": "constant"}}})
-    strategy = FedVidStrategy(cfg, build_aggregator("fedavg"), {0: 100, 1: 101, 2: 102})
+    spec = FederationSpec(seed=0, rounds=1, num_clients=3, clients_per_round=3, min_clients=min_clients,
+                          aggregator="fedavg", optimizer=OptimizerSpec("sgd", lr=0.1, rounds=1, schedule="constant"))
+    strategy = FedVidStrategy(spec, build_aggregator("fedavg"), {0: 100, 1: 101, 2: 102})
     strategy.global_state = {"backbone.w": torch.zeros(2)}
     messages = list(strategy.configure_train(1, ArrayRecord({"backbone.w": torch.zeros(2)}), ConfigRecord(), None))
     assert [m.metadata.dst_node_id for m in messages] == [100, 101, 102]

@@ -91,13 +91,15 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
 
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.rundir import STATUS, read_round_log
-    from benchmark.federation.training import as_config, build_model, initial_global_state
     from benchmark.commands.run import execute_run
+    from benchmark.federation.training import build_model, initial_global_state
+    from benchmark.specs import ModelSpec
 
     problems: list[str] = []
     name = cfg.method.name
+    model_spec = ModelSpec.from_config(cfg)
     try:
-        model = build_model(cfg, 0)
+        model = build_model(model_spec, 0)
     except Exception as e:  # noqa: BLE001 - reported in words
         return [f"building {name} around backbone {cfg.backbone.name} failed: {type(e).__name__}: {e}"]
     exchange = model.exchange
@@ -140,7 +142,7 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
                 if not c.get("restored_local_state"):
                     problems.append(f"round {r['round']}: client {c['client_id']} did not get its heads back "
                                     "from its local state")
-    initial = initial_global_state(as_config(cfg))
+    initial = initial_global_state(model_spec, int(cfg.seed))
     final = final_global_state(run_dir)
     if set(initial) != set(final):
         problems.append("the global model's tensor names changed during the run")

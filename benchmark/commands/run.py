@@ -208,12 +208,12 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
     Order: config check (every problem at once) -> run lock -> data, manifest and resume
     checks (nothing written yet) -> manifest/config/inputs written -> engine -> evaluation.
     """
-    from benchmark.config_check import check_run_config
+    from benchmark.specs import RunSpec
 
     started_at = utc_now()
     t0 = time.perf_counter()
     resolved = to_container(cfg)
-    check_run_config(resolved)
+    spec = RunSpec.from_config(resolved)  # validates every key first
     from rich.text import Text
 
     from benchmark.protocols import override_warning
@@ -240,7 +240,7 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         write_manifest(manifest.data, run_dir / rundir.MANIFEST)
         save_config(resolved, run_dir)
         inputs.write(run_dir)
-        return _federate_and_evaluate(cfg, resolved, run_dir, manifest, videos, console=console,
+        return _federate_and_evaluate(cfg, resolved, spec, run_dir, manifest, videos, console=console,
                                       evaluate=evaluate, started_at=started_at, t0=t0)
 
 
@@ -250,14 +250,14 @@ class EvaluationFailed(RunError):
     resumable = True
 
 
-def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manifest, videos, *, console,
+def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path, manifest, videos, *, console,
                            evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.federation.engine import FederationOutcome
-    from benchmark.federation.training import as_config, build_model
+    from benchmark.federation.training import build_model
     from leaderboard.record import build_result_record
 
-    rounds_planned = int(cfg.federation.rounds)
+    rounds_planned = spec.federation.rounds
     record_videos: dict[str, Any] = {"pretraining": videos.summary()}
 
     def write_record(evaluations: dict, outcome, failure: dict | None = None) -> dict:
@@ -272,8 +272,8 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
             print_summary(console, record, rundir.read_round_log(run_dir), run_dir)
         return record.to_json()
 
-    method = build_model(as_config(resolved), 0)
-    method_pretext = type(method).pretext or cfg.method.name
+    method = build_model(spec.model, 0)
+    method_pretext = type(method).pretext or spec.model.method
     if bool(resolved.get("resume")) and (rundir.latest_round(run_dir) or -1) >= rounds_planned:
         # pretraining finished earlier (e.g. its evaluation failed): only evaluate again
         outcome = FederationOutcome(0.0, None, _previous_peak_memory(run_dir), run_dir / rundir.FLOWER_LOG)
@@ -281,7 +281,7 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
             console.print(f"pretraining already complete ({rounds_planned} rounds); evaluating the saved model")
     else:
         try:
-            outcome = _run_engine(cfg, resolved, run_dir, console)
+            outcome = _run_engine(cfg, spec, run_dir, console)
         except Exception as e:
             write_record({}, FederationOutcome(0.0, None, 0, run_dir / rundir.FLOWER_LOG),
                          {"stage": "federation", "message": str(e)})
@@ -307,25 +307,23 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
     return write_record(evaluations, outcome)
 
 
-def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):
+def _run_engine(cfg: DictConfig, spec, run_dir: Path, console):
     from benchmark.federation.centralized import run_centralized
     from benchmark.federation.engine import run_federation
-    from benchmark.federation.training import as_config
 
-    progress = _RunProgress(console, run_dir, int(cfg.federation.rounds)) if console is not None else None
+    progress = _RunProgress(console, run_dir, spec.federation.rounds) if console is not None else None
     echo = bool(cfg.engine.get("echo_log", True)) and console is not None
     try:
         if progress is not None:
             progress.start()
-        # engine=centralized: one in-process model on the pooled data (benchmark/federation/centralized.py)
-        run_engine = run_centralized if cfg.engine.name == "centralized" else run_federation
-        return run_engine(
-            as_config(resolved),
-            run_dir,
-            run_dir / rundir.CONFIG_JSON,
-            on_line=(progress.log_line if echo and progress is not None else None),
-            on_poll=(progress.update if progress is not None else None),
-        )
+        on_line = progress.log_line if echo and progress is not None else None
+        on_poll = progress.update if progress is not None else None
+        if cfg.engine.name == "centralized":
+            # one in-process model on the pooled data (benchmark/federation/centralized.py)
+            return run_centralized(spec, run_dir, str(cfg.dataset.root), resume=bool(cfg.get("resume", False)),
+                                   allow_missing_videos=bool(cfg.get("allow_missing_videos", False)),
+                                   on_line=on_line, on_poll=on_poll)
+        return run_federation(cfg, run_dir, run_dir / rundir.CONFIG_JSON, on_line=on_line, on_poll=on_poll)
     finally:
         if progress is not None:
             progress.stop()
