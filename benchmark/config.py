@@ -92,7 +92,7 @@ def report_errors(prog: str, func: Callable[..., Any], *args: Any, **kwargs: Any
     """``func(*args)``; a failure is printed as :func:`error_lines` (exit code 1) unless debugging."""
     try:
         return func(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the user sees the message; --debug shows the traceback
+    except Exception as exc:  # the user sees the message; --debug shows the traceback
         if debug_enabled():
             raise
         print(error_lines(prog, exc), file=sys.stderr)

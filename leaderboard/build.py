@@ -143,7 +143,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
                 **({"unverified": unverified} if (unverified := unverified_evaluations(members)) else {}),
             })
 
-        def sort_key(e: dict) -> tuple:
+        def sort_key(e: dict, primary: str = primary, tiebreak: str = tiebreak) -> tuple:  # bound per track
             p = e["metrics"].get(primary, {}).get("mean")
             t = e["metrics"].get(tiebreak, {}).get("mean", -1.0)
             unranked = p is None or e["status"] in UNRANKED_STATUSES

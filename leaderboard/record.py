@@ -24,7 +24,7 @@ from typing import Any
 
 from benchmark import PROJECT_ROOT, __version__
 from benchmark.config import config_sha256
-from benchmark.io import sha256_bytes, canonical_json_bytes
+from benchmark.io import canonical_json_bytes, sha256_bytes
 
 RESULT_FORMAT = "fedvid-result/1"
 #: ``degraded`` when more than this fraction of the sampled client updates failed (a

@@ -12,17 +12,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import message_to_proto
 
+from benchmark import rundir
 from benchmark.commands.check_method import smoke_overrides
+from benchmark.commands.run import prepare_data, prepare_manifest, save_config
+from benchmark.config import to_container
+from benchmark.data.annotations import load_annotations
 from benchmark.federation.client_app import LOCAL_STATE_KEY, app
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import build_model, initial_global_state
-from benchmark.specs import RunSpec
 from benchmark.methods import EXCHANGE_CHOICES
 from benchmark.registry import METHODS
-from benchmark import rundir
-from benchmark.config import to_container
-from benchmark.data.annotations import load_annotations
-from benchmark.commands.run import prepare_data, prepare_manifest, save_config
+from benchmark.specs import RunSpec
 from benchmark.splits.manifest import write_manifest
 
 #: The metrics of a train reply (docs/deployment.md, "What a client sends").
@@ -31,9 +31,9 @@ NODE_OF_CLIENT = {0: 1001, 1: 1002}
 
 
 def _compose(overrides: list[str]):
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from hydra import compose, initialize_config_dir
 
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from benchmark import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from benchmark.commands.evaluate import main as evaluate_main
 from benchmark.data import synthetic
 from benchmark.evaluation import evaluate_backbone
 from benchmark.federation.checkpoint import extract_backbone_state
-from benchmark.commands.evaluate import main as evaluate_main
 from benchmark.registry import build_backbone
 
 #: Test-only preset between "tiny" (8 UCF test videos: too few to compare models) and

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import PROJECT_ROOT
 from leaderboard.build import build_leaderboard, render_markdown, write_leaderboard
 from leaderboard.export import to_eee, to_model_index, to_pwc
 from leaderboard.record import Evaluations
@@ -61,13 +60,20 @@ def test_valid_record_passes(tmp_path):
 def _bad_records() -> dict[str, tuple[object, str]]:
     """name -> (file content, substring the error must contain)."""
     base = make_record()
-    wrong_type = copy.deepcopy(base); wrong_type["track"]["num_clients"] = "five"
-    missing = copy.deepcopy(base); del missing["method"]
-    top5_lt_top1 = copy.deepcopy(base); top5_lt_top1["evaluations"]["retrieval"]["ucf101"]["topk"]["5"] = 0.1
-    unknown_split = copy.deepcopy(base); unknown_split["track"]["split_content_sha256"] = "c" * 64
-    out_of_range = copy.deepcopy(base); out_of_range["evaluations"]["linear_probe"]["ucf101"]["top1"] = 1.5
-    reported_no_source = copy.deepcopy(base); reported_no_source["status"] = "reported"
-    lp_top5_lt_top1 = copy.deepcopy(base); lp_top5_lt_top1["evaluations"]["linear_probe"]["ucf101"]["top5"] = 0.1
+    wrong_type = copy.deepcopy(base)
+    wrong_type["track"]["num_clients"] = "five"
+    missing = copy.deepcopy(base)
+    del missing["method"]
+    top5_lt_top1 = copy.deepcopy(base)
+    top5_lt_top1["evaluations"]["retrieval"]["ucf101"]["topk"]["5"] = 0.1
+    unknown_split = copy.deepcopy(base)
+    unknown_split["track"]["split_content_sha256"] = "c" * 64
+    out_of_range = copy.deepcopy(base)
+    out_of_range["evaluations"]["linear_probe"]["ucf101"]["top1"] = 1.5
+    reported_no_source = copy.deepcopy(base)
+    reported_no_source["status"] = "reported"
+    lp_top5_lt_top1 = copy.deepcopy(base)
+    lp_top5_lt_top1["evaluations"]["linear_probe"]["ucf101"]["top5"] = 0.1
     nan_text = json.dumps(base).replace('"top1": 0.5', '"top1": NaN')
     inf_text = json.dumps(base).replace('"wall_time_s": 10.0', '"wall_time_s": Infinity')
     return {

@@ -7,7 +7,6 @@ experiments that claim the protocol compose them.
 from __future__ import annotations
 
 import importlib
-import math
 import re
 from pathlib import Path
 
@@ -28,9 +27,10 @@ PROTOCOLS = ("cpu", "ctp", "fedvssl", "ssd")
 
 
 def compose(overrides: list[str]):
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -150,7 +150,6 @@ def test_protocol_owns_the_keys_its_files_set():
 
 def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track():
     from leaderboard.build import build_leaderboard, protocol_label
-
     from leaderboard.record import record_protocol
 
     plain = protocol_id(compose(["protocol=fedvssl"]))
@@ -350,3 +349,17 @@ def test_finetune_video_consensus_averages_logits_as_ctp():
     scores = torch.tensor([[[-3.0, 1.0, -1.0], [3.0, -2.0, 2.0]]])
     assert clip_and_video_metrics(scores, torch.tensor([2]), 3, consensus="logits")["video_top1"] == 1.0
     assert clip_and_video_metrics(scores, torch.tensor([2]), 3)["video_top1"] == 0.0
+
+
+def test_evaluate_config_has_the_run_configs_clip_defaults():
+    """`fedvid evaluate` and `fedvid run` compose the same clip and eval.clip blocks by default."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from benchmark import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        run = compose("config")
+        evaluate = compose("evaluate", overrides=["checkpoint=x.pt"])
+    for key in ("clip", "eval.clip"):
+        assert OmegaConf.to_container(OmegaConf.select(evaluate, key)) == OmegaConf.to_container(OmegaConf.select(run, key)), key

@@ -57,7 +57,7 @@ PAPER_CONFIGS = [["protocol=ctp"], ["protocol=fedvssl"], ["protocol=ssd"], ["exp
 def test_every_protocol_and_paper_experiment_passes_the_check():
     """The check follows the protocols' own values (a stride list to draw from, ImageNet
     normalisation, the downstream layout, CtP/VCOP clip sampling)."""
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
+    import benchmark.config  # registers ${project_root:}
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -193,7 +193,7 @@ def test_a_refused_resume_writes_nothing_and_says_what_differs(tmp_path, data_ro
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
 
     # another split of the same dataset (seed 9) and a changed training key
-    from benchmark.config import CONF_DIR  # noqa: F401  (registers resolvers)
+    from benchmark.config import CONF_DIR
     from omegaconf import OmegaConf
 
     ds = OmegaConf.merge({"data_root": str(data_root)},

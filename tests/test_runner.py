@@ -20,7 +20,7 @@ from benchmark.federation.training import clients_per_round, derive_seed, sample
 from benchmark.registry import build_aggregator
 from benchmark.specs import FederationSpec, OptimizerSpec
 
-from _federation_helpers import FEDVID, TINY, fedvid, final_weights, flower_processes, wait_no_flower_processes
+from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
 # seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
 RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
@@ -255,11 +255,10 @@ def test_missing_dataset_root_names_the_key_and_the_fix(tmp_path):
 
 
 def test_a_manifest_of_another_dataset_is_rejected(tmp_path, data_root):
+    from benchmark.config import CONF_DIR
     from benchmark.data.annotations import load_annotations
     from benchmark.data.synthetic import ensure_synthetic
     from benchmark.splits.manifest import make_manifest, write_manifest
-
-    from benchmark.config import CONF_DIR  # noqa: F401  (registers resolvers)
 
     ensure_synthetic(data_root, size="tiny", progress=False)
     ucf = OmegaConf.load(CONF_DIR / "dataset" / "synthetic_ucf101.yaml")

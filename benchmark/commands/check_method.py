@@ -11,7 +11,6 @@ from pathlib import Path
 from benchmark import CONF_DIR
 from benchmark.config import TINY_INPUT_OVERRIDES
 
-
 #: Overrides of the smoke run: 2 clients, 2 rounds, tiny inputs, no evaluation.
 SMOKE_OVERRIDES = [
     *TINY_INPUT_OVERRIDES,
@@ -89,10 +88,10 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     """Run the smoke federation and return the problems found (empty: the method works)."""
     import torch
 
-    from benchmark.federation.checkpoint import final_global_state
-    from benchmark.rundir import STATUS, read_round_log
     from benchmark.commands.run import execute_run
+    from benchmark.federation.checkpoint import final_global_state
     from benchmark.federation.training import build_model, initial_global_state
+    from benchmark.rundir import STATUS, read_round_log
     from benchmark.specs import ModelSpec
 
     problems: list[str] = []

@@ -21,7 +21,6 @@ from benchmark.config import hydra_entry, to_container
 from benchmark.io import atomic_write_json, sha256_file
 
 
-
 def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
     """Build ``cfg.backbone`` and load the checkpoint's backbone weights into it."""
     from benchmark.federation.checkpoint import load_backbone_state
@@ -45,9 +44,8 @@ def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
 
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict:
     """Load ``cfg.checkpoint``, evaluate it, write ``run_dir/evaluation.json``; returns the record."""
-    from benchmark.evaluation import evaluate_backbone_report
-
     from benchmark.config_check import check_eval_config
+    from benchmark.evaluation import evaluate_backbone_report
 
     check_eval_config({"eval": to_container(cfg.eval)})
     path = Path(str(cfg.checkpoint)).expanduser()

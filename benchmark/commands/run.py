@@ -353,7 +353,14 @@ class _RunProgress:
     """Rich progress (rounds, clients, ETA) fed from the run dir's status and round log."""
 
     def __init__(self, console, run_dir: Path, rounds: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.run_dir = run_dir
         self.rounds = rounds

@@ -47,7 +47,6 @@ from pathlib import Path
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.engine import FederationOutcome, memory_bytes
 from benchmark.federation.guard import check_global, float_norm
-from benchmark.rundir import MANIFEST, ROUNDS_LOG, RoundRecord, resume_point, write_round_log, write_status
 from benchmark.federation.training import (
     client_videos,
     epoch_batches,
@@ -56,8 +55,8 @@ from benchmark.federation.training import (
     run_local_training,
     sample_clients,
 )
+from benchmark.rundir import MANIFEST, ROUNDS_LOG, RoundRecord, resume_point, write_round_log, write_status
 from benchmark.specs import FederationSpec, LocalTrainingSpec, RunSpec
-
 
 
 def client_steps(num_videos: int, batch_size: int, local_epochs: int, local_steps: int | None) -> int:

@@ -68,7 +68,7 @@ def load_checkpoint_file(path: str | Path) -> Checkpoint:
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:  # re-raised with the file named
         raise ValueError(f"{path}: not a readable FedVid-Bench checkpoint ({e})") from e
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: expected a {CHECKPOINT_FORMAT} checkpoint")
@@ -141,7 +141,7 @@ def load_backbone_state(path: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint={path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:  # re-raised with the file named
         raise ValueError(f"checkpoint={path}: not loadable with torch.load(weights_only=True) ({e})") from e
     state = extract_backbone_state(obj, path)
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))

@@ -532,7 +532,7 @@ def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None]
             if on_line is not None:
                 try:
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-                except Exception:  # noqa: BLE001 - the console must never stop the log
+                except Exception:  # the console must never stop the log
                     pass
 
 
@@ -541,7 +541,7 @@ def _install_sigterm() -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -184,7 +184,7 @@ def serve_rounds(grid: Grid, spec: RunSpec, run_dir: Path, *, resume: bool = Fal
     if writer is not None:
         inner = on_round_end
 
-        def on_round_end(server_round: int, new_state, record: dict) -> None:  # noqa: F811 - wraps the above
+        def on_round_end(server_round: int, new_state, record: dict) -> None:  # wraps the above
             inner(server_round, new_state, record)
             _tensorboard_round(writer, record)
 
