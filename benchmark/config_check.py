@@ -276,7 +276,25 @@ def _registry_problems(cfg: Mapping) -> list[str]:
         if isinstance(name, str) and name not in registry:
             out.append(f"{key}={name!r}: not registered; expected one of {', '.join(registry.names())} "
                        "(or register it, docs/adding-a-method.md)")
-    return out
+    return out + _partition_problems(cfg)
+
+
+def _partition_problems(cfg: Mapping) -> list[str]:
+    """``partition.name`` registered and its declared parameters valid (``Partitioner.params``)."""
+    from benchmark.registry import PARTITIONERS
+    from benchmark.splits.partition import PartitionError
+
+    partition = cfg.get("partition")
+    name = partition.get("name") if isinstance(partition, Mapping) else None
+    if not isinstance(name, str):
+        return []
+    if name not in PARTITIONERS:
+        return [f"partition.name={name!r}: not registered; expected one of {', '.join(PARTITIONERS.names())}"]
+    try:
+        PARTITIONERS.get(name)().check_params(partition)
+    except PartitionError as e:
+        return [str(e)]
+    return []
 
 
 def _eval_dataset_problems(cfg: Mapping) -> list[str]:

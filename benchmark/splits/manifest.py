@@ -36,12 +36,8 @@ from typing import Any
 
 from benchmark import DATASETS_DIR, PROJECT_ROOT
 from benchmark.io import atomic_write_json, canonical_json_bytes, dumps_json, read_json, sha256_bytes, sha256_file
-from benchmark.splits.partition import (
-    PARTITIONERS,
-    PartitionError,
-    fedvssl_class_index,
-    fedvssl_client_files,
-)
+from benchmark.registry import PARTITIONERS, build_partitioner
+from benchmark.splits.partition import Imported, PartitionError, fedvssl_class_index, fedvssl_client_files, format_value
 
 FORMAT = "fedvid-split/1"
 
@@ -68,7 +64,7 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
 #: Keys of a ``partition`` config that are not partitioner parameters.
 _NOT_PARAMS = ("name", "num_clients")
 #: Imported-split parameters that only name the split (kept in the header, not in the id).
-_IMPORTED_ID_PARAM = "tag"
+_IMPORTED_ID_PARAM = Imported.id_param
 
 
 class ManifestError(ValueError):
@@ -78,26 +74,14 @@ class ManifestError(ValueError):
 # ----------------------------------------------------------------------------- making
 
 
-def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def _split_tag(dataset: str, split: str) -> str:
     return f"{dataset}-s{split}" if str(split).isdigit() else f"{dataset}-{split}"
 
 
 def manifest_id_for(dataset: str, split: str, partitioner: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
-    """``<dataset>-s<split>-<partitioner[param]>-c<clients>-seed<seed>`` (imported: no seed)."""
-    head = _split_tag(dataset, split)
-    if partitioner == "imported":
-        return f"{head}-{params[_IMPORTED_ID_PARAM]}-c{num_clients}"
-    part = {
-        "iid": "iid",
-        "dirichlet": f"dirichlet{_fmt(params.get('alpha'))}",
-        "pathological": f"pathological-k{params.get('classes_per_client')}",
-        "quantity": f"quantity-sigma{_fmt(params.get('sigma'))}",
-    }.get(partitioner, partitioner)
-    return f"{head}-{part}-c{num_clients}-seed{seed}"
+    """``<dataset>-s<split>-<partitioner[param]>-c<clients>-seed<seed>``: the partitioner's
+    declared id parameters name it (:meth:`Partitioner.manifest_id`; imported: its tag, no seed)."""
+    return build_partitioner(partitioner).manifest_id(_split_tag(dataset, split), params, num_clients, seed)
 
 
 def _relative_to_project(path: str | os.PathLike) -> str:
@@ -197,7 +181,7 @@ def _make_command(dataset_choice: str, split: str, partition: Mapping[str, Any],
                   inputs: Sequence[str] = ()) -> str:
     parts = ["fedvid splits make", f"dataset={dataset_choice}", f"dataset.split={split}", *inputs,
              f"partition={partition['name']}"]
-    parts += [f"partition.{k}={_fmt(v)}" for k, v in sorted(partition.items()) if k != "name" and v is not None]
+    parts += [f"partition.{k}={format_value(v)}" for k, v in sorted(partition.items()) if k != "name" and v is not None]
     parts.append(f"seed={seed}")
     return " ".join(parts)
 
@@ -245,7 +229,8 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
     partition = _plain(partition_cfg)
     name = partition.get("name")
     if name not in PARTITIONERS:
-        raise PartitionError(f"partition.name={name!r} is not one of {sorted(PARTITIONERS)}")
+        raise PartitionError(f"partition.name={name!r} is not one of {PARTITIONERS.names()}")
+    partitioner = build_partitioner(name)
     num_clients = partition.get("num_clients")
     params = {k: v for k, v in sorted(partition.items()) if k not in _NOT_PARAMS}
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -263,13 +248,13 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
         class_file, _ = fedvssl_class_index(folder)
         files = [*fedvssl_client_files(folder), class_file]
         extra["imported_sha256"] = {_relative_to_project(f): sha256_file(f) for f in files}
-    groups = PARTITIONERS[name](annotations.train, num_clients, params, seed)
+    groups = partitioner.split(annotations.train, num_clients, params, seed)
     clients = [
         {"client_id": c, "videos": [{"video": v, "label": lab} for v, lab in videos]} for c, videos in enumerate(groups)
     ]
     props = split_properties(clients, len(annotations.classes))
     overlap = props["total_entries"] != props["unique_videos"]
-    if overlap and name != "imported":
+    if overlap and not partitioner.allows_overlap:
         raise PartitionError(f"partitioner {name!r} gave a video to two clients (a bug: partitions must be disjoint)")
     split = str(annotations.split)
     partition_for_command = {**partition, **({"path": header_params["path"]} if name == "imported" else {})}
@@ -525,8 +510,9 @@ def _dataset_choice(overrides: Sequence[str]) -> str | None:
 
 def annotations_for(cfg: Any, cache: dict | None = None) -> Any:
     """``load_annotations(cfg.dataset)``, memoised in ``cache`` by the resolved dataset config."""
-    from benchmark.data.annotations import load_annotations
     from omegaconf import OmegaConf
+
+    from benchmark.data.annotations import load_annotations
 
     key = canonical_json_bytes(OmegaConf.to_container(cfg.dataset, resolve=True))
     if cache is None:
@@ -577,7 +563,7 @@ def verify_manifest(
         cfg = compose_splits_config(overrides)
         if annotations is None:
             annotations = annotations_for(cfg, cache)
-    except Exception as e:  # report it against this file; do not crash the whole verify run
+    except Exception as e:  # noqa: BLE001 - reported against this file; the other files are still verified
         problem(f"cannot read the config/annotation lists named by make_command ({type(e).__name__}: {e})")
         return problems
     if (annotations.dataset, str(annotations.split)) != (data["dataset"], data["annotation_split"]):
@@ -629,7 +615,7 @@ def verify_manifest(
         try:
             fresh = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=_dataset_choice(overrides),
                                   inputs=input_overrides(overrides))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported against this file; the other files are still verified
             problem(f"cannot regenerate with {data['make_command']!r} ({type(e).__name__}: {e})")
             return problems
         if manifest_bytes(fresh) != read_manifest_bytes(path):

@@ -8,7 +8,10 @@ Every partitioner is a pure function ``(records, num_clients, params, seed) -> c
 - All randomness comes from one ``numpy.random.default_rng(seed)`` stream; nothing
   depends on ``hash()``, dict order or global RNG state.
 
-``PARTITIONERS`` maps the names used in ``conf/partition/*.yaml`` to the functions.
+Each is registered (``benchmark.registry.PARTITIONERS``, under the name used in
+``conf/partition/*.yaml``) as a :class:`Partitioner` subclass that declares its parameters;
+the manifest id and the early config check come from that declaration. Adding a
+partitioner is one registered class plus one config file.
 ``imported`` takes a published split as-is (it reads files, draws nothing, and may give
 one video to several clients when the published split does).
 """
@@ -16,14 +19,16 @@ one video to several clients when the published split does).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from benchmark.registry import register_partitioner
+
 Pair = tuple[str, int]
-Partitioner = Callable[[Sequence[Any], int, Mapping[str, Any], int], list[list[Pair]]]
 
 #: How many times the Dirichlet draw is repeated before giving up on ``min_size``.
 DIRICHLET_MAX_RETRIES = 1000
@@ -333,10 +338,105 @@ def imported(records: Sequence[Any], num_clients: int, params: Mapping[str, Any]
     return clients
 
 
-PARTITIONERS: dict[str, Partitioner] = {
-    "iid": iid,
-    "dirichlet": dirichlet,
-    "pathological": pathological,
-    "quantity": quantity,
-    "imported": imported,
-}
+# ----------------------------------------------------------------------------- registered
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared ``partition.<name>`` parameter.
+
+    kind: int or float. positive: must be > 0 (else >= 0 is checked by the partitioner).
+    id_label: when not None, the value is part of the manifest id, after this label
+    (``dirichlet`` + ``""`` + ``0.5`` -> ``dirichlet0.5``).
+    """
+
+    name: str
+    kind: type
+    positive: bool = True
+    id_label: str | None = None
+
+
+def format_value(value: Any) -> str:
+    """How a parameter value is written in manifest ids and make commands (floats by repr)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+class Partitioner:
+    """Base of the registered partitioners: ``split(records, num_clients, params, seed)``.
+
+    params: the declared parameters (``partition.*`` besides ``name`` and ``num_clients``).
+    allows_overlap: whether one video may go to several clients.
+    """
+
+    registry_name: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    allows_overlap: ClassVar[bool] = False
+
+    def split(self, records: Sequence[Any], num_clients: int, params: Mapping[str, Any], seed: int) -> list[list[Pair]]:
+        raise NotImplementedError
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Every declared parameter present and of its kind (PartitionError naming ``partition.<key>``)."""
+        for p in self.params:
+            _param(params, p.name, p.kind, positive=p.positive)
+
+    def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
+        """``<head>-<name><label><value>...-c<clients>-seed<seed>`` from the declared id parameters."""
+        part = self.registry_name + "".join(f"{p.id_label}{format_value(params.get(p.name))}" for p in self.params
+                                            if p.id_label is not None)
+        return f"{head}-{part}-c{num_clients}-seed{seed}"
+
+
+@register_partitioner("iid")
+class IID(Partitioner):
+    __doc__ = iid.__doc__
+
+    def split(self, records, num_clients, params, seed):
+        return iid(records, num_clients, params, seed)
+
+
+@register_partitioner("dirichlet")
+class Dirichlet(Partitioner):
+    __doc__ = dirichlet.__doc__
+    params = (Param("alpha", float, id_label=""), Param("min_size", int, positive=False))
+
+    def split(self, records, num_clients, params, seed):
+        return dirichlet(records, num_clients, params, seed)
+
+
+@register_partitioner("pathological")
+class Pathological(Partitioner):
+    __doc__ = pathological.__doc__
+    params = (Param("classes_per_client", int, id_label="-k"),)
+
+    def split(self, records, num_clients, params, seed):
+        return pathological(records, num_clients, params, seed)
+
+
+@register_partitioner("quantity")
+class Quantity(Partitioner):
+    __doc__ = quantity.__doc__
+    params = (Param("sigma", float, id_label="-sigma"), Param("min_size", int))
+
+    def split(self, records, num_clients, params, seed):
+        return quantity(records, num_clients, params, seed)
+
+
+@register_partitioner("imported")
+class Imported(Partitioner):
+    """A published split taken as-is (:func:`imported`): it draws nothing (no seed in its id),
+    names itself by ``tag`` and may give one video to several clients."""
+
+    allows_overlap = True
+    #: The parameter that names the split in the manifest id (kept in the header).
+    id_param: ClassVar[str] = "tag"
+
+    def split(self, records, num_clients, params, seed):
+        return imported(records, num_clients, params, seed)
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        if not params.get("path"):
+            raise PartitionError("partition.path is required for the imported partitioner (a FedVSSL split folder)")
+
+    def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
+        return f"{head}-{params[self.id_param]}-c{num_clients}"
