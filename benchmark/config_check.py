@@ -304,8 +304,13 @@ def _eval_dataset_problems(cfg: Mapping) -> list[str]:
     if not isinstance(names, list):
         return []
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-    return [f"eval.datasets: {n!r} is not a dataset config; expected names from conf/dataset/ ({', '.join(known)})"
-            for n in names if isinstance(n, str) and n not in known]
+    problems = [f"eval.datasets: {n!r} is not a dataset config; expected names from conf/dataset/ ({', '.join(known)})"
+                for n in names if isinstance(n, str) and n not in known]
+    overrides = select(cfg, "eval.dataset_overrides")
+    if isinstance(overrides, Mapping):
+        problems += [f"eval.dataset_overrides.{n}: {n!r} is not in eval.datasets {names}; override a dataset that is "
+                     "evaluated" for n in overrides if n not in names]
+    return problems
 
 
 def _connection_problems(cfg: Mapping) -> list[str]:

@@ -12,13 +12,49 @@ backbone (e.g. torchvision's ``r3d_18`` / ``r2plus1d_18`` weights).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark import CONF_DIR
 from benchmark.config import hydra_entry, to_container
+from benchmark.evaluation.spec import DownstreamDatasetSpec, EvaluationSpec
 from benchmark.io import atomic_write_json, sha256_file
+
+
+def compose_eval_dataset(name: str, data_root: str, overrides: Mapping | None = None) -> DownstreamDatasetSpec:
+    """conf/dataset/<name>.yaml with ``overrides`` (``eval.dataset_overrides.<name>``: e.g. ``root``,
+    ``annotations``) merged on top, resolved against ``data_root``."""
+    path = CONF_DIR / "dataset" / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
+        raise FileNotFoundError(
+            f"eval.datasets: no dataset config {name!r} ({path} does not exist); available: {', '.join(available)}"
+        )
+    merged = OmegaConf.merge({"data_root": str(data_root)}, {"dataset": OmegaConf.load(path)},
+                             {"dataset": overrides or {}})
+    return DownstreamDatasetSpec(id=name, config=OmegaConf.to_container(merged.dataset, resolve=True))
+
+
+def evaluation_spec(cfg: DictConfig) -> EvaluationSpec:
+    """The :class:`EvaluationSpec` of a ``fedvid run`` / ``fedvid evaluate`` config: its ``eval`` block,
+    the evaluation datasets composed here, and the protocol the entries claim."""
+    from benchmark.protocols import protocol_id
+
+    overrides = cfg.eval.get("dataset_overrides") or {}
+    datasets = tuple(compose_eval_dataset(str(name), str(cfg.data_root), overrides.get(name))
+                     for name in cfg.eval.datasets)
+    claimed = protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None}
+    plain = {
+        "eval": OmegaConf.to_container(cfg.eval, resolve=True),
+        "clip": OmegaConf.to_container(cfg.get("clip") or {}, resolve=True),
+        "data_root": str(cfg.data_root),
+        "synthetic_size": cfg.get("synthetic_size"),
+        "allow_missing_videos": cfg.get("allow_missing_videos", False),
+    }
+    return EvaluationSpec.from_config(plain, datasets, claimed)
 
 
 def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
@@ -51,7 +87,8 @@ def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, progress: bool = True) -
     path = Path(str(cfg.checkpoint)).expanduser()
     backbone = load_backbone(cfg, path)
     checkpoint_sha = sha256_file(path)
-    report = evaluate_backbone_report(backbone, cfg, run_dir, checkpoint_sha256=checkpoint_sha, progress=progress)
+    spec = evaluation_spec(cfg)
+    report = evaluate_backbone_report(backbone, spec, run_dir, checkpoint_sha256=checkpoint_sha, progress=progress)
     record = {"checkpoint": str(path.resolve()), "backbone": to_container(cfg.backbone), **report}
     atomic_write_json(run_dir / "evaluation.json", record)
     return record

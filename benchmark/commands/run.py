@@ -339,9 +339,10 @@ def _previous_peak_memory(run_dir: Path) -> int:
 def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
     """The shared evaluation (``benchmark.evaluation``): its report, whose ``evaluations`` go
     into the record and whose ``datasets[...]["videos"]`` give the skipped-video counts."""
+    from benchmark.commands.evaluate import evaluation_spec
     from benchmark.evaluation.pipeline import evaluate_backbone_report
 
-    return evaluate_backbone_report(backbone, cfg, run_dir, progress=console is not None)
+    return evaluate_backbone_report(backbone, evaluation_spec(cfg), run_dir, progress=console is not None)
 
 
 # ------------------------------------------------------------------------------------
