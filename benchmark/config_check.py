@@ -315,15 +315,14 @@ def _eval_dataset_problems(cfg: Mapping) -> list[str]:
 
 def _connection_problems(cfg: Mapping) -> list[str]:
     """Plaintext to a non-loopback SuperLink without engine.trusted_network, or a missing CA file."""
-    from omegaconf import OmegaConf
-
     from benchmark.federation.engine import FederationError, check_connection_security
+    from benchmark.specs import EngineSpec
 
     engine = cfg.get("engine")
     if not isinstance(engine, Mapping):
         return []
     try:
-        check_connection_security(OmegaConf.create(dict(engine)))
+        check_connection_security(EngineSpec.from_config(engine))
     except FederationError as e:
         return [str(e)]
     return []

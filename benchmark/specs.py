@@ -188,11 +188,52 @@ class FederationSpec:
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """How the apps are started (``engine.*``): Flower simulation, deployment, or centralized.
+
+    superlink: an existing SuperLink's address (deployment; None: start one locally).
+    client_num_cpus / client_num_gpus: Ray resources of one virtual client (simulation).
+    """
+
+    name: str
+    echo_log: bool = True
+    superlink: str | None = None
+    insecure: bool = False
+    trusted_network: bool = False
+    root_certificates: str | None = None
+    superlink_port: int | None = None
+    startup_timeout_s: float = 60.0
+    ray_address: str | None = None
+    ray_num_cpus: int | None = None
+    client_num_cpus: int = 1
+    client_num_gpus: float = 0.0
+
+    @classmethod
+    def from_config(cls, engine: Mapping) -> EngineSpec:
+        resources = engine.get("client_resources") or {}
+        return cls(
+            name=str(engine["name"]),
+            echo_log=bool(engine.get("echo_log", True)),
+            superlink=str(engine["superlink"]) if engine.get("superlink") else None,
+            insecure=bool(engine.get("insecure", False)),
+            trusted_network=bool(engine.get("trusted_network", False)),
+            root_certificates=str(engine["root_certificates"]) if engine.get("root_certificates") else None,
+            superlink_port=int(engine["superlink_port"]) if engine.get("superlink_port") else None,
+            startup_timeout_s=float(engine.get("startup_timeout_s", 60)),
+            ray_address=str(engine["ray_address"]) if engine.get("ray_address") else None,
+            ray_num_cpus=int(engine["ray_num_cpus"]) if engine.get("ray_num_cpus") else None,
+            client_num_cpus=int(resources.get("num_cpus", 1)),
+            client_num_gpus=float(resources.get("num_gpus", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """The specs of one run, built once from its resolved config."""
 
     training: LocalTrainingSpec
     federation: FederationSpec
+    engine: EngineSpec
 
     @property
     def model(self) -> ModelSpec:
@@ -207,4 +248,5 @@ class RunSpec:
         plain = _plain(cfg)
         if check:
             check_run_config(plain)
-        return cls(training=LocalTrainingSpec.from_config(plain), federation=FederationSpec.from_config(plain))
+        return cls(training=LocalTrainingSpec.from_config(plain), federation=FederationSpec.from_config(plain),
+                   engine=EngineSpec.from_config(plain["engine"]))

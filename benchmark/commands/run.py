@@ -312,18 +312,19 @@ def _run_engine(cfg: DictConfig, spec, run_dir: Path, console):
     from benchmark.federation.engine import run_federation
 
     progress = _RunProgress(console, run_dir, spec.federation.rounds) if console is not None else None
-    echo = bool(cfg.engine.get("echo_log", True)) and console is not None
+    echo = spec.engine.echo_log and console is not None
     try:
         if progress is not None:
             progress.start()
         on_line = progress.log_line if echo and progress is not None else None
         on_poll = progress.update if progress is not None else None
-        if cfg.engine.name == "centralized":
+        if spec.engine.name == "centralized":
             # one in-process model on the pooled data (benchmark/federation/centralized.py)
             return run_centralized(spec, run_dir, str(cfg.dataset.root), resume=bool(cfg.get("resume", False)),
                                    allow_missing_videos=bool(cfg.get("allow_missing_videos", False)),
                                    on_line=on_line, on_poll=on_poll)
-        return run_federation(cfg, run_dir, run_dir / rundir.CONFIG_JSON, on_line=on_line, on_poll=on_poll)
+        return run_federation(spec.engine, spec.federation.num_clients, str(cfg.dataset.root), run_dir,
+                              run_dir / rundir.CONFIG_JSON, on_line=on_line, on_poll=on_poll)
     finally:
         if progress is not None:
             progress.stop()
