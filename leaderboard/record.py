@@ -4,8 +4,8 @@
 ``fedvid run``'s summary, ``fedvid compare``, ``fedvid reproduce``, ``fedvid leaderboard
 build`` — goes through it, and :meth:`Evaluations.metrics` is the one place that names a
 metric (``retrieval.<dataset>.top1``, ``linear_probe.<dataset>.video_top1``, ...).
-:func:`build_result_record` assembles the record of a run from the resolved config, the
-split manifest, the per-round log, the evaluation block and the run's timings;
+:func:`build_result_record` assembles the record of a run from its specs (``RunSpec``), the
+config hash and claimed protocol, the split manifest, the per-round log, the evaluation block and the run's timings;
 ``benchmark.io.atomic_write_json`` writes it. Section and key names are part of the
 leaderboard contract (``leaderboard/schema/result.schema.json``); validation lives in
 :mod:`leaderboard.records`.
@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark import PROJECT_ROOT, __version__
-from benchmark.config import config_sha256
 from benchmark.io import canonical_json_bytes, sha256_bytes
+
+if TYPE_CHECKING:
+    from benchmark.specs import RunSpec
 
 RESULT_FORMAT = "fedvid-result/1"
 #: ``degraded`` when more than this fraction of the sampled client updates failed (a
@@ -201,11 +203,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _aggregator_label(cfg: dict) -> str:
+def _aggregator_label(spec: RunSpec) -> str:
     """engine=centralized trains no federation: "centralized", or "none" with 0 rounds (random init)."""
-    if (cfg.get("engine") or {}).get("name") == "centralized":
-        return "centralized" if int(cfg["federation"]["rounds"]) > 0 else "none"
-    return cfg["aggregator"]["name"]
+    if spec.engine.name == "centralized":
+        return "centralized" if spec.federation.rounds > 0 else "none"
+    return spec.federation.aggregator
 
 
 def display_name(method: str, aggregator: dict) -> str:
@@ -277,11 +279,15 @@ def record_protocol(cfg: dict) -> dict[str, Any] | None:
 
 
 def build_result_record(
-    cfg: dict,
+    spec: RunSpec,
     manifest,
     rounds: list[dict],
     evaluations: dict,
     *,
+    dataset_id: str,
+    method_display_name: str | None,
+    config_sha256: str,
+    protocol: dict[str, Any] | None,
     wall_time_s: float,
     peak_memory_bytes: int,
     started_at: str,
@@ -293,7 +299,10 @@ def build_result_record(
 ) -> ResultRecord:
     """The ``fedvid-result/1`` record.
 
-    cfg: the resolved run config (plain dict). manifest: the run's ``SplitManifest``.
+    spec: the run's specs. manifest: the run's ``SplitManifest``. dataset_id: the pretraining
+    dataset's id. method_display_name: ``method.display_name`` (None: ``method + aggregator (params)``).
+    config_sha256: of the resolved run config. protocol: the claimed protocol
+    (:func:`record_protocol`) or None.
     rounds: the records of ``rounds.jsonl``. evaluations: ``evaluate_backbone``'s block
     (``{}`` when evaluation was switched off). videos: listed/present/skipped counts,
     ``{"pretraining": {...}, "evaluation": {dataset: {split: {...}}}}``. failure: the stage
@@ -301,22 +310,21 @@ def build_result_record(
     """
     from benchmark.federation.training import clients_per_round
 
-    fed, clip = cfg["federation"], cfg["clip"]
+    fed, training, model = spec.federation, spec.training, spec.model
     commit, dirty = git_state()
     bytes_per_round = [{"round": r["round"], "up": int(r["bytes_up"]), "down": int(r["bytes_down"])} for r in rounds]
-    method = cfg["method"]
     track = {
-        "dataset": cfg["dataset"]["id"],
+        "dataset": dataset_id,
         "split_manifest_id": manifest.manifest_id,
         "split_content_sha256": manifest.content_sha256,
-        "num_clients": int(fed["num_clients"]),
+        "num_clients": fed.num_clients,
         # the number actually sampled each round (a fraction in the config is resolved here)
-        "clients_per_round": clients_per_round(fed["clients_per_round"], int(fed["num_clients"])),
-        "rounds": int(fed["rounds"]),
-        "local_epochs": int(fed["local_epochs"]),
-        "local_steps": fed.get("local_steps"),
-        "backbone": cfg["backbone"]["name"],
-        "input_size": [int(clip["frames"]), int(clip["size"]), int(clip["size"])],
+        "clients_per_round": clients_per_round(fed.clients_per_round, fed.num_clients),
+        "rounds": fed.rounds,
+        "local_epochs": training.local_epochs,
+        "local_steps": training.local_steps,
+        "backbone": model.backbone,
+        "input_size": [training.clip.frames, training.clip.size, training.clip.size],
     }
     videos = videos or {}
     part = participation(rounds)
@@ -327,11 +335,12 @@ def build_result_record(
         "status_reasons": reasons,
         "track": track,
         "method": {
-            "name": method.get("display_name") or display_name(method["name"], cfg["aggregator"]),
+            "name": method_display_name or display_name(
+                model.method, {"name": fed.aggregator, "params": dict(fed.aggregator_params)}),
             "pretext": method_pretext,
-            "aggregator": _aggregator_label(cfg),
-            "params": {"method": method.get("params") or {}, "aggregator": cfg["aggregator"].get("params") or {}},
-            "exchange": method.get("exchange"),
+            "aggregator": _aggregator_label(spec),
+            "params": {"method": dict(model.method_params), "aggregator": dict(fed.aggregator_params)},
+            "exchange": model.exchange,
             "code": {"package": "fedvid-bench", "version": __version__, "commit": commit},
         },
         "evaluations": evaluations,
@@ -351,15 +360,14 @@ def build_result_record(
             "git_commit": commit,
             "git_dirty": dirty,
             "packages": package_versions(),
-            "config_sha256": config_sha256(cfg),
-            "seeds": {"seed": int(cfg["seed"])},
+            "config_sha256": config_sha256,
+            "seeds": {"seed": fed.seed},
             "started_at": started_at,
             "finished_at": finished_at,
         },
     }
     if failure:
         record["failure"] = failure
-    protocol = record_protocol(cfg)
     if protocol is not None:
         record["protocol"] = protocol
     from benchmark.splits.manifest import standard_split_hashes

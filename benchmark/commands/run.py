@@ -252,17 +252,20 @@ class EvaluationFailed(RunError):
 
 def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path, manifest, videos, *, console,
                            evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
+    from benchmark.config import config_sha256
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.federation.engine import FederationOutcome
     from benchmark.federation.training import build_model
-    from leaderboard.record import build_result_record
+    from leaderboard.record import build_result_record, record_protocol
 
     rounds_planned = spec.federation.rounds
     record_videos: dict[str, Any] = {"pretraining": videos.summary()}
 
     def write_record(evaluations: dict, outcome, failure: dict | None = None) -> dict:
         record = build_result_record(
-            resolved, manifest, rundir.read_round_log(run_dir), evaluations,
+            spec, manifest, rundir.read_round_log(run_dir), evaluations,
+            dataset_id=str(resolved["dataset"]["id"]), method_display_name=resolved["method"].get("display_name"),
+            config_sha256=config_sha256(resolved), protocol=record_protocol(resolved),
             wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
             started_at=started_at, finished_at=utc_now(), method_pretext=method_pretext,
             startup_s=outcome.startup_s, videos=record_videos, failure=failure,
