@@ -370,7 +370,7 @@ def build_result_record(
         record["failure"] = failure
     if protocol is not None:
         record["protocol"] = protocol
-    from benchmark.splits.manifest import standard_split_hashes
+    from benchmark.splits.standard import standard_split_hashes
 
     if manifest.content_sha256 not in standard_split_hashes():
         record["nonstandard"] = True  # a split made for this run, not a committed standard one

@@ -23,7 +23,7 @@ from benchmark.federation.training import build_model, initial_global_state
 from benchmark.methods import EXCHANGE_CHOICES
 from benchmark.registry import METHODS
 from benchmark.specs import RunSpec
-from benchmark.splits.manifest import write_manifest
+from benchmark.splits.format import write_manifest
 
 #: The metrics of a train reply (docs/deployment.md, "What a client sends").
 TRAIN_METRICS = {"loss", "compute_s", "cpu_s", "steps", "samples_processed", "restored_local_state", "num-examples", "client-id"}

@@ -122,7 +122,8 @@ def test_data_check_reports_caches_and_feeds_resolve(data_root, capsys):
 def test_data_check_covers_a_split_manifest(data_root, capsys):
     from benchmark.data.annotations import load_annotations
     from benchmark.commands.data import dataset_config
-    from benchmark.splits.manifest import make_manifest, write_manifest
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import make_manifest
 
     manifest = make_manifest(load_annotations(dataset_config("synthetic_ucf101", data_root)), {"name": "iid", "num_clients": 2}, 0)
     path = write_manifest(manifest, data_root / "split.json")

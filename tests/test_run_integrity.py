@@ -180,16 +180,18 @@ def test_a_second_run_in_a_locked_directory_is_refused_and_a_dead_holders_lock_i
 @pytest.mark.slow
 def test_a_refused_resume_writes_nothing_and_says_what_differs(tmp_path, data_root):
     from benchmark.data.annotations import load_annotations
-    from benchmark.splits.manifest import make_manifest, write_manifest
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import make_manifest
 
     run_dir = tmp_path / "run"
     result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     # the manifest the run made names the overrides that shaped its lists: it verifies (case 7)
-    from benchmark.splits.manifest import verify_manifest
+    from benchmark.commands.splits import compose_splits_config
+    from benchmark.splits.verify import verify_manifest
 
     assert f"data_root={data_root}" in json.loads((run_dir / rundir.MANIFEST).read_text())["make_command"]
-    assert verify_manifest(run_dir / rundir.MANIFEST) == []
+    assert verify_manifest(run_dir / rundir.MANIFEST, compose_splits_config) == []
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
 
     # another split of the same dataset (seed 9) and a changed training key

@@ -156,7 +156,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert json.loads((full / "config.json").read_text())["fault"]["client_failure_prob"] == 0.3
     rounds = [json.loads(line) for line in (full / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     manifest = load_manifest(full / "split_manifest.json")
     sizes = {c: len(manifest.client_videos(c)) for c in range(manifest.num_clients)}
@@ -258,7 +258,8 @@ def test_a_manifest_of_another_dataset_is_rejected(tmp_path, data_root):
     from benchmark.config import CONF_DIR
     from benchmark.data.annotations import load_annotations
     from benchmark.data.synthetic import ensure_synthetic
-    from benchmark.splits.manifest import make_manifest, write_manifest
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import make_manifest
 
     ensure_synthetic(data_root, size="tiny", progress=False)
     ucf = OmegaConf.load(CONF_DIR / "dataset" / "synthetic_ucf101.yaml")

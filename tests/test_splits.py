@@ -15,25 +15,26 @@ import pytest
 
 from benchmark import DATASETS_DIR
 from benchmark.cli import main as fedvid
+from benchmark.commands.splits import compose_splits_config
 from benchmark.io import atomic_write_json, canonical_json_bytes, sha256_bytes
 from benchmark.registry import build_partitioner
-from benchmark.splits.manifest import (
+from benchmark.splits.format import (
     FORMAT,
-    STANDARD_SPLITS,
     ManifestError,
-    annotations_for,
     client_statistics,
-    committed_manifests,
-    compose_splits_config,
     load_manifest,
-    make_manifest,
     manifest_bytes,
     split_properties,
+)
+from benchmark.splits.make import make_manifest
+from benchmark.splits.partition import PartitionError
+from benchmark.splits.standard import (
+    STANDARD_SPLITS,
+    committed_manifests,
     standard_manifest_path,
     standard_split_hashes,
-    verify_manifest,
 )
-from benchmark.splits.partition import PartitionError
+from benchmark.splits.verify import annotations_for, verify_manifest
 
 UCF_SPLITS = DATASETS_DIR / "ucf101" / "splits"
 HMDB_SPLITS = DATASETS_DIR / "hmdb51" / "splits"
@@ -210,7 +211,7 @@ def test_committed_manifest_regenerates_byte_identical(tmp_path, monkeypatch, pa
     assert fedvid(["splits", "make", *overrides, f"out={out}"]) == 0
     assert out.read_bytes() == path.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no outputs/, .hydra/ or log file
-    assert verify_manifest(path) == []
+    assert verify_manifest(path, compose_splits_config) == []
 
 
 def test_cli_make_gz_stats_and_client_videos(tmp_path, monkeypatch, capsys):
@@ -257,7 +258,7 @@ def test_tampered_manifest_fails_naming_the_file(tmp_path, capsys):
     _tampered_copy(src, bad, rehash=False)
     with pytest.raises(ManifestError, match=rf"{bad}: key 'content_sha256' is .* but the clients hash to"):
         load_manifest(bad)
-    problems = verify_manifest(bad)
+    problems = verify_manifest(bad, compose_splits_config)
     assert len(problems) == 1 and problems[0].startswith(f"{bad}: key 'content_sha256'")
     capsys.readouterr()
     assert fedvid(["splits", "verify", str(src), str(bad)]) == 1
@@ -267,7 +268,7 @@ def test_tampered_manifest_fails_naming_the_file(tmp_path, capsys):
     forged = tmp_path / "ucf101-forged.json"
     label, video = _tampered_copy(src, forged, rehash=True)
     load_manifest(forged)  # internally consistent ...
-    problems = verify_manifest(forged)  # ... but not what the official list says
+    problems = verify_manifest(forged, compose_splits_config)  # ... but not what the official list says
     assert problems and all(p.startswith(f"{forged}: ") for p in problems)
     assert f"{video!r} has label {label}" in problems[0]
 
@@ -286,7 +287,7 @@ def test_verify_catches_test_videos_overlap_and_bad_format(tmp_path, annotations
     m["overlap"] = True  # declared, so the duplicate itself is allowed ...
     path = tmp_path / "bad.json"
     atomic_write_json(path, m)
-    problems = verify_manifest(path, ann, regenerate=False)
+    problems = verify_manifest(path, compose_splits_config, ann, regenerate=False)
     assert any(f"{test_video.path!r} is a test video" in p for p in problems)
     m["overlap"] = False  # ... but undeclared overlap is caught by load_manifest
     atomic_write_json(path, m)
@@ -393,7 +394,7 @@ def test_a_manifest_without_clients_is_refused_naming_the_file(tmp_path):
 
 def test_a_partitioner_is_one_registered_class_whose_declaration_names_and_checks_it():
     from benchmark.registry import PARTITIONERS, Registry
-    from benchmark.splits.manifest import manifest_id_for
+    from benchmark.splits.make import manifest_id_for
     from benchmark.splits.partition import Param, Partitioner
 
     assert PARTITIONERS.names() == ["dirichlet", "iid", "imported", "pathological", "quantity"]

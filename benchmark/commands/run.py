@@ -109,13 +109,8 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
     client, every video is in the dataset's train list and present under ``dataset.root``.
     """
     from benchmark.data.resolve import resolve_videos
-    from benchmark.splits.manifest import (
-        SplitManifest,
-        input_overrides,
-        load_manifest,
-        make_manifest,
-        validate_manifest_data,
-    )
+    from benchmark.splits.format import SplitManifest, load_manifest, validate_manifest_data
+    from benchmark.splits.make import input_overrides, make_manifest
 
     target = run_dir / rundir.MANIFEST
     if cfg.get("split_manifest"):
@@ -235,7 +230,7 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         if resume:
             rundir.check_resume(run_dir, inputs)
             _check_legacy_resume(run_dir, resolved)
-        from benchmark.splits.manifest import write_manifest
+        from benchmark.splits.format import write_manifest
 
         write_manifest(manifest.data, run_dir / rundir.MANIFEST)
         save_config(resolved, run_dir)

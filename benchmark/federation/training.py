@@ -115,7 +115,7 @@ def make_optimizer(opt: OptimizerSpec, params, lr: float) -> torch.optim.Optimiz
 
 @lru_cache(maxsize=4)
 def _load_manifest(path: str):
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     return load_manifest(path)
 
