@@ -4,22 +4,17 @@ the format (:mod:`benchmark.splits.format`) requires come from here."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark import PROJECT_ROOT
-from benchmark.io import sha256_file
 from benchmark.registry import PARTITIONERS, build_partitioner
 from benchmark.splits.format import FORMAT, client_statistics, content_sha256, split_properties
-from benchmark.splits.partition import Imported, PartitionError, fedvssl_class_index, fedvssl_client_files, format_value
+from benchmark.splits.partition import PartitionError, format_value
 from benchmark.splits.standard import standard_split_hashes
 
 #: Keys of a ``partition`` config that are not partitioner parameters.
 _NOT_PARAMS = ("name", "num_clients")
-#: Imported-split parameters that only name the split (kept in the header, not in the id).
-_IMPORTED_ID_PARAM = Imported.id_param
 
 
 
@@ -29,18 +24,8 @@ def _split_tag(dataset: str, split: str) -> str:
 
 def manifest_id_for(dataset: str, split: str, partitioner: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
     """``<dataset>-s<split>-<partitioner[param]>-c<clients>-seed<seed>``: the partitioner's
-    declared id parameters name it (:meth:`Partitioner.manifest_id`; imported: its tag, no seed)."""
+    declared id parameters name it (:meth:`Partitioner.manifest_id`)."""
     return build_partitioner(partitioner).manifest_id(_split_tag(dataset, split), params, num_clients, seed)
-
-
-def _relative_to_project(path: str | os.PathLike) -> str:
-    """A path as recorded in a manifest: relative to the repository, POSIX separators."""
-    return Path(os.path.relpath(Path(path).resolve(), PROJECT_ROOT)).as_posix()
-
-
-def _resolve_project_path(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
 
 
 def _plain(cfg: Any) -> dict[str, Any]:
@@ -110,19 +95,9 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PartitionError(f"seed must be an integer, got {seed!r}")
     _check_disjoint_lists(annotations)
-    header_params = dict(params)
-    extra: dict[str, Any] = {}
-    if name == "imported":
-        if not params.get("path"):
-            raise PartitionError("partition.path is required for the imported partitioner (a FedVSSL split folder)")
-        folder = _resolve_project_path(str(params["path"]))
-        params["path"] = str(folder)
-        header_params["path"] = _relative_to_project(folder)
-        header_params[_IMPORTED_ID_PARAM] = params.get(_IMPORTED_ID_PARAM) or folder.name
-        class_file, _ = fedvssl_class_index(folder)
-        files = [*fedvssl_client_files(folder), class_file]
-        extra["imported_sha256"] = {_relative_to_project(f): sha256_file(f) for f in files}
-    groups = partitioner.split(annotations.train, num_clients, params, seed)
+    prepared = partitioner.prepare(params)
+    header_params = prepared.recorded
+    groups = partitioner.split(annotations.train, num_clients, prepared.for_split, seed)
     clients = [
         {"client_id": c, "videos": [{"video": v, "label": lab} for v, lab in videos]} for c, videos in enumerate(groups)
     ]
@@ -131,9 +106,7 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
     if overlap and not partitioner.allows_overlap:
         raise PartitionError(f"partitioner {name!r} gave a video to two clients (a bug: partitions must be disjoint)")
     split = str(annotations.split)
-    partition_for_command = {**partition, **({"path": header_params["path"]} if name == "imported" else {})}
-    if name == "imported":
-        partition_for_command[_IMPORTED_ID_PARAM] = header_params[_IMPORTED_ID_PARAM]
+    partition_for_command = {**partition, **header_params}
     manifest_id = manifest_id_for(annotations.dataset, split, name, header_params, num_clients, seed)
     content = content_sha256(clients)
     if inputs and manifest_id in standard_split_hashes().values() and content not in standard_split_hashes():
@@ -156,7 +129,7 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
         "statistics": client_statistics(clients),
         "properties": props,
         "content_sha256": content,
-        **extra,
+        **prepared.header,
     }
 
 

@@ -19,6 +19,7 @@ one video to several clients when the published split does).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from benchmark import PROJECT_ROOT
+from benchmark.io import sha256_file
 from benchmark.registry import register_partitioner
 
 Pair = tuple[str, int]
@@ -361,6 +364,27 @@ def format_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def relative_to_project(path: str | os.PathLike) -> str:
+    """A path as recorded in a manifest: relative to the repository, POSIX separators."""
+    return Path(os.path.relpath(Path(path).resolve(), PROJECT_ROOT)).as_posix()
+
+
+def project_path(path: str) -> Path:
+    """A path recorded in a manifest (relative to the repository, or absolute) on this machine."""
+    p = Path(path)
+    return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+
+
+@dataclass(frozen=True)
+class PreparedParams:
+    """A partitioner's parameters as ``split`` takes them (``for_split``) and as the manifest records
+    them (``recorded``: its ``params`` and ``make_command``), plus further header fields (``header``)."""
+
+    for_split: dict[str, Any]
+    recorded: dict[str, Any]
+    header: dict[str, Any]
+
+
 class Partitioner:
     """Base of the registered partitioners: ``split(records, num_clients, params, seed)``.
 
@@ -379,6 +403,15 @@ class Partitioner:
         """Every declared parameter present and of its kind (PartitionError naming ``partition.<key>``)."""
         for p in self.params:
             _param(params, p.name, p.kind, positive=p.positive)
+
+    def prepare(self, params: Mapping[str, Any]) -> PreparedParams:
+        """The parameters to split with and to record; the same, with no further header, by default."""
+        return PreparedParams(dict(params), dict(params), {})
+
+    def recorded_input_problems(self, manifest: Mapping[str, Any]) -> list[str] | None:
+        """Problems with inputs a manifest records besides the annotation lists (``fedvid splits
+        verify``); None when those inputs are not on this machine, so it cannot be regenerated here."""
+        return []
 
     def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
         """``<head>-<name><label><value>...-c<clients>-seed<seed>`` from the declared id parameters."""
@@ -437,6 +470,24 @@ class Imported(Partitioner):
     def check_params(self, params: Mapping[str, Any]) -> None:
         if not params.get("path"):
             raise PartitionError("partition.path is required for the imported partitioner (a FedVSSL split folder)")
+
+    def prepare(self, params: Mapping[str, Any]) -> PreparedParams:
+        """Split from the folder's absolute path; record it relative to the repository, with its
+        ``tag`` (default: the folder name) and the published files' hashes (``imported_sha256``)."""
+        self.check_params(params)
+        folder = project_path(str(params["path"]))
+        recorded = {**params, "path": relative_to_project(folder), self.id_param: params.get(self.id_param) or folder.name}
+        class_file, _ = fedvssl_class_index(folder)
+        files = [*fedvssl_client_files(folder), class_file]
+        hashes = {relative_to_project(f): sha256_file(f) for f in files}
+        return PreparedParams({**params, "path": str(folder)}, recorded, {"imported_sha256": hashes})
+
+    def recorded_input_problems(self, manifest: Mapping[str, Any]) -> list[str] | None:
+        if not project_path(manifest["params"]["path"]).is_dir():
+            return None  # the published files are not here; nothing more to compare
+        return [f"imported_sha256: {rel} is missing or changed since the split was imported"
+                for rel, sha in manifest.get("imported_sha256", {}).items()
+                if not project_path(rel).is_file() or sha256_file(project_path(rel)) != sha]
 
     def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
         return f"{head}-{params[self.id_param]}-c{num_clients}"

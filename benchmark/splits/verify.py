@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.io import canonical_json_bytes, sha256_file
+from benchmark.io import canonical_json_bytes
+from benchmark.registry import PARTITIONERS, build_partitioner
 from benchmark.splits.format import ManifestError, load_manifest, manifest_bytes, read_manifest_bytes
-from benchmark.splits.make import _resolve_project_path, dataset_choice, input_overrides, make_manifest
+from benchmark.splits.make import dataset_choice, input_overrides, make_manifest
 
 
 def command_overrides(make_command: str) -> list[str]:
@@ -43,8 +44,9 @@ def verify_manifest(
     Checks: format, keys, content_sha256, statistics (``load_manifest``); clients disjoint
     unless the manifest declares ``overlap``; every video in the train split with its
     label; no test video; ``source_sha256`` equal to the annotation lists' hashes; and,
-    with ``regenerate``, that ``make_command`` reproduces the file byte for byte (imported
-    splits only when their published files are present).
+    with ``regenerate``, the inputs the partitioner recorded (``recorded_input_problems``; an
+    imported split's published files) and that ``make_command`` reproduces the file byte for
+    byte (only when those inputs are on this machine).
     compose: Hydra overrides -> the composed ``fedvid splits make`` config (``dataset``, ``partition``,
     ``seed``); the command layer's ``compose_splits_config``.
     annotations: the ``AnnotationSplit`` to check against (default: read the lists that
@@ -108,14 +110,12 @@ def verify_manifest(
             owner.setdefault(video, c["client_id"])
 
     if regenerate and not problems:
-        if data["partitioner"] == "imported":
-            folder = _resolve_project_path(data["params"]["path"])
-            if not folder.is_dir():
-                return problems  # the published files are not here; nothing more to compare
-            for rel, sha in data.get("imported_sha256", {}).items():
-                f = _resolve_project_path(rel)
-                if not f.is_file() or sha256_file(f) != sha:
-                    problem(f"imported_sha256: {rel} is missing or changed since the split was imported")
+        if data["partitioner"] in PARTITIONERS:  # an unknown one is reported by make_manifest below
+            recorded_problems = build_partitioner(data["partitioner"]).recorded_input_problems(data)
+            if recorded_problems is None:
+                return problems  # inputs the manifest records are not on this machine
+            for text in recorded_problems:
+                problem(text)
         try:
             fresh = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice(overrides),
                                   inputs=input_overrides(overrides))
