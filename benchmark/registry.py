@@ -1,11 +1,14 @@
-"""Registries by name for methods, aggregators, backbones and partitioners (timm / lm-eval-harness style).
+"""Registries by name for methods, aggregators, backbones, partitioners and dataset readers
+(timm / lm-eval-harness style).
 
 Built-in components register with a decorator when their module is imported; external
 packages register through the entry-point groups ``fedvid.methods``,
-``fedvid.aggregators``, ``fedvid.backbones`` and ``fedvid.partitioners`` (the entry
+``fedvid.aggregators``, ``fedvid.backbones``, ``fedvid.partitioners`` and
+``fedvid.dataset_readers`` (the entry
 point's object is imported, which runs its decorator, or is registered under the entry
 point's name if it is a class). Every entry must subclass its registry's base class
-(``SSLMethod``, ``Aggregator``, ``nn.Module``, ``Partitioner``), checked at registration.
+(``SSLMethod``, ``Aggregator``, ``nn.Module``, ``Partitioner``, ``DatasetReader``), checked at
+registration.
 
     @register_aggregator("fedavg")
     class FedAvg(Aggregator): ...
@@ -99,11 +102,14 @@ AGGREGATORS = Registry("aggregator", "fedvid.aggregators", "benchmark.federation
 BACKBONES = Registry("backbone", "fedvid.backbones", "torch.nn:Module")
 PARTITIONERS = Registry("partitioner", "fedvid.partitioners", "benchmark.splits.partition:Partitioner",
                         modules=("benchmark.splits.partition",))
+DATASET_READERS = Registry("dataset reader", "fedvid.dataset_readers", "benchmark.data.annotations:DatasetReader",
+                           modules=("benchmark.data.annotations",))
 
 register_method = METHODS.register
 register_aggregator = AGGREGATORS.register
 register_backbone = BACKBONES.register
 register_partitioner = PARTITIONERS.register
+register_dataset_reader = DATASET_READERS.register
 
 
 def build_aggregator(name: str, **params: Any):
@@ -118,6 +124,11 @@ def build_backbone(name: str, **params: Any):
 def build_partitioner(name: str):
     """The registered partitioner ``name`` (``conf/partition/<name>.yaml``'s ``name``)."""
     return PARTITIONERS.get(name)()
+
+
+def build_dataset_reader(name: str):
+    """The registered annotation reader ``name`` (a ``conf/dataset`` config's ``name``)."""
+    return DATASET_READERS.get(name)()
 
 
 def build_method(name: str, backbone, **params: Any):
