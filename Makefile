@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(VENV)/bin/fedvid leaderboard build $$run leaderboard/reported out=$$run/leaderboard
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q
 
 clean:

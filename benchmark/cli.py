@@ -13,15 +13,16 @@ import sys
 
 # name -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": ("benchmark.runner", "main", "federated pretraining + evaluation (Hydra overrides; -m for multirun)"),
-    "evaluate": ("benchmark.evaluation.cli", "main", "evaluate a saved checkpoint: fedvid evaluate checkpoint=PATH"),
-    "splits": ("benchmark.splits.cli", "main", "make | stats | verify federated split manifests"),
-    "data": ("benchmark.data.cli", "main", "generate the synthetic datasets, check a dataset root"),
-    "methods": ("benchmark.commands", "methods_main", "list registered methods, aggregators and backbones"),
-    "check-method": ("benchmark.commands", "check_method_main", "2-round, 2-client smoke run of a method"),
-    "leaderboard": ("leaderboard.cli", "main", "validate | build | export result records"),
-    "reproduce": ("benchmark.reproduce", "main", "re-run a published table and compare (--list for tables)"),
-    "deploy": ("benchmark.federation.security", "main", "certs: CA, SuperLink TLS certificate, SuperNode key pairs"),
+    "run": ("benchmark.commands.run", "main", "federated pretraining + evaluation (Hydra overrides; -m for multirun)"),
+    "evaluate": ("benchmark.commands.evaluate", "main", "evaluate a saved checkpoint: fedvid evaluate checkpoint=PATH"),
+    "splits": ("benchmark.commands.splits", "main", "make | stats | verify federated split manifests"),
+    "data": ("benchmark.commands.data", "main", "generate the synthetic datasets, check a dataset root"),
+    "methods": ("benchmark.commands.methods", "main", "list registered methods, aggregators and backbones"),
+    "check-method": ("benchmark.commands.check_method", "check_method_main", "2-round, 2-client smoke run of a method"),
+    "leaderboard": ("benchmark.commands.leaderboard", "main", "validate | build | export result records"),
+    "reproduce": ("benchmark.commands.reproduce", "main", "re-run a published table and compare (--list for tables)"),
+    "compare": ("benchmark.commands.compare", "main", "re-print the comparison table of a multirun directory"),
+    "deploy": ("benchmark.commands.deploy", "main", "certs: CA, SuperLink TLS certificate, SuperNode key pairs"),
 }
 
 

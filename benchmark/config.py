@@ -16,6 +16,21 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 
 
+#: The smallest real input (tiny synthetic sets, 8x32x32 clips, one thread per client),
+#: shared by check-method, `fedvid reproduce ... scale=smoke` and the tests.
+TINY_INPUT_OVERRIDES = [
+    "synthetic_size=tiny",
+    "client.batch_size=2",
+    "client.num_workers=0",
+    "client.num_threads=1",
+    "clip.frames=8",
+    "clip.stride=1",
+    "clip.size=32",
+    "clip.short_side=40",
+    "engine.client_resources.num_cpus=1",
+]
+
+
 def hydra_entry(prog: str, config_name: str, task: Callable[[DictConfig], Any], argv: list[str]) -> int:
     """Run ``task`` under ``@hydra.main`` with ``argv`` as its command line.
 
@@ -77,7 +92,7 @@ def report_errors(prog: str, func: Callable[..., Any], *args: Any, **kwargs: Any
     """``func(*args)``; a failure is printed as :func:`error_lines` (exit code 1) unless debugging."""
     try:
         return func(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - the user sees the message; --debug shows the traceback
+    except Exception as exc:  # the user sees the message; --debug shows the traceback
         if debug_enabled():
             raise
         print(error_lines(prog, exc), file=sys.stderr)

@@ -279,7 +279,25 @@ def _registry_problems(cfg: Mapping) -> list[str]:
         if isinstance(name, str) and name not in registry:
             out.append(f"{key}={name!r}: not registered; expected one of {', '.join(registry.names())} "
                        "(or register it, docs/adding-a-method.md)")
-    return out
+    return out + _partition_problems(cfg)
+
+
+def _partition_problems(cfg: Mapping) -> list[str]:
+    """``partition.name`` registered and its declared parameters valid (``Partitioner.params``)."""
+    from benchmark.registry import PARTITIONERS
+    from benchmark.splits.partition import PartitionError
+
+    partition = cfg.get("partition")
+    name = partition.get("name") if isinstance(partition, Mapping) else None
+    if not isinstance(name, str):
+        return []
+    if name not in PARTITIONERS:
+        return [f"partition.name={name!r}: not registered; expected one of {', '.join(PARTITIONERS.names())}"]
+    try:
+        PARTITIONERS.get(name)().check_params(partition)
+    except PartitionError as e:
+        return [str(e)]
+    return []
 
 
 def _eval_dataset_problems(cfg: Mapping) -> list[str]:
@@ -289,21 +307,25 @@ def _eval_dataset_problems(cfg: Mapping) -> list[str]:
     if not isinstance(names, list):
         return []
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-    return [f"eval.datasets: {n!r} is not a dataset config; expected names from conf/dataset/ ({', '.join(known)})"
-            for n in names if isinstance(n, str) and n not in known]
+    problems = [f"eval.datasets: {n!r} is not a dataset config; expected names from conf/dataset/ ({', '.join(known)})"
+                for n in names if isinstance(n, str) and n not in known]
+    overrides = select(cfg, "eval.dataset_overrides")
+    if isinstance(overrides, Mapping):
+        problems += [f"eval.dataset_overrides.{n}: {n!r} is not in eval.datasets {names}; override a dataset that is "
+                     "evaluated" for n in overrides if n not in names]
+    return problems
 
 
 def _connection_problems(cfg: Mapping) -> list[str]:
     """Plaintext to a non-loopback SuperLink without engine.trusted_network, or a missing CA file."""
-    from omegaconf import OmegaConf
-
     from benchmark.federation.engine import FederationError, check_connection_security
+    from benchmark.specs import EngineSpec
 
     engine = cfg.get("engine")
     if not isinstance(engine, Mapping):
         return []
     try:
-        check_connection_security(OmegaConf.create(dict(engine)))
+        check_connection_security(EngineSpec.from_config(engine))
     except FederationError as e:
         return [str(e)]
     return []

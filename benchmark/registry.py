@@ -1,9 +1,14 @@
-"""Registries by name for methods, aggregators and backbones (timm / lm-eval-harness style).
+"""Registries by name for methods, aggregators, backbones, partitioners and dataset readers
+(timm / lm-eval-harness style).
 
 Built-in components register with a decorator when their module is imported; external
 packages register through the entry-point groups ``fedvid.methods``,
-``fedvid.aggregators`` and ``fedvid.backbones`` (the entry point's object is imported,
-which runs its decorator, or is registered under the entry point's name if it is a class).
+``fedvid.aggregators``, ``fedvid.backbones``, ``fedvid.partitioners`` and
+``fedvid.dataset_readers`` (the entry
+point's object is imported, which runs its decorator, or is registered under the entry
+point's name if it is a class). Every entry must subclass its registry's base class
+(``SSLMethod``, ``Aggregator``, ``nn.Module``, ``Partitioner``, ``DatasetReader``), checked at
+registration.
 
     @register_aggregator("fedavg")
     class FedAvg(Aggregator): ...
@@ -21,7 +26,6 @@ from typing import Any, Callable, TypeVar
 T = TypeVar("T")
 
 _BUILTIN_MODULES = (
-    "benchmark.federation.aggregators",
     "benchmark.models.backbones",
     "benchmark.models.image_backbones",
     "baselines",
@@ -29,14 +33,29 @@ _BUILTIN_MODULES = (
 
 
 class Registry:
-    def __init__(self, kind: str, group: str):
+    """Named classes of one kind (``method``, ``aggregator``, ...), each a subclass of ``base``.
+
+    base: ``"module:Class"``, imported on first use (the base's module may itself register).
+    modules: the built-in modules imported before a lookup; entry points of ``group`` add more.
+    """
+
+    def __init__(self, kind: str, group: str, base: str, modules: tuple[str, ...] = _BUILTIN_MODULES):
         self.kind = kind
         self.group = group
+        self.base = base
+        self.modules = modules
         self._items: dict[str, Any] = {}
         self._loaded = False
 
+    def _base_class(self) -> type:
+        module, _, name = self.base.partition(":")
+        return getattr(importlib.import_module(module), name)
+
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
+            base = self._base_class()
+            if not (isinstance(obj, type) and issubclass(obj, base)):
+                raise TypeError(f"{self.kind} {name!r}: {obj!r} is not a subclass of {base.__module__}.{base.__qualname__}")
             existing = self._items.get(name)
             if existing is not None and existing is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {existing!r}")
@@ -53,7 +72,7 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        for mod in _BUILTIN_MODULES:
+        for mod in self.modules:
             importlib.import_module(mod)
         for ep in entry_points(group=self.group):
             obj = ep.load()
@@ -79,13 +98,19 @@ class Registry:
         return name in self._items
 
 
-METHODS = Registry("method", "fedvid.methods")
-AGGREGATORS = Registry("aggregator", "fedvid.aggregators")
-BACKBONES = Registry("backbone", "fedvid.backbones")
+METHODS = Registry("method", "fedvid.methods", "benchmark.methods:SSLMethod")
+AGGREGATORS = Registry("aggregator", "fedvid.aggregators", "benchmark.federation.base:Aggregator")
+BACKBONES = Registry("backbone", "fedvid.backbones", "torch.nn:Module")
+PARTITIONERS = Registry("partitioner", "fedvid.partitioners", "benchmark.splits.partition:Partitioner",
+                        modules=("benchmark.splits.partition",))
+DATASET_READERS = Registry("dataset reader", "fedvid.dataset_readers", "benchmark.data.annotations:DatasetReader",
+                           modules=("benchmark.data.annotations",))
 
 register_method = METHODS.register
 register_aggregator = AGGREGATORS.register
 register_backbone = BACKBONES.register
+register_partitioner = PARTITIONERS.register
+register_dataset_reader = DATASET_READERS.register
 
 
 def build_aggregator(name: str, **params: Any):
@@ -95,6 +120,16 @@ def build_aggregator(name: str, **params: Any):
 
 def build_backbone(name: str, **params: Any):
     return BACKBONES.get(name)(**params)
+
+
+def build_partitioner(name: str):
+    """The registered partitioner ``name`` (``conf/partition/<name>.yaml``'s ``name``)."""
+    return PARTITIONERS.get(name)()
+
+
+def build_dataset_reader(name: str):
+    """The registered annotation reader ``name`` (a ``conf/dataset`` config's ``name``)."""
+    return DATASET_READERS.get(name)()
 
 
 def build_method(name: str, backbone, **params: Any):

@@ -31,36 +31,11 @@ from typing import Any
 import jsonschema
 
 from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes
+from leaderboard.record import ResultRecord
 from leaderboard.records import load_schema
 
 LEADERBOARD_FORMAT = "fedvid-leaderboard/1"
-_SKIP_KEYS = {"protocol", "curve", "split", "random_init"}
 
-
-def flatten_metrics(evaluations: dict[str, Any]) -> dict[str, float]:
-    """``{"retrieval": {"ucf101": {"topk": {"1": .3}}}}`` -> ``{"retrieval.ucf101.top1": .3}``.
-
-    Numeric leaves only; protocol settings, curves and the random-init reference are skipped.
-    """
-    out: dict[str, float] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, bool):
-            return
-        if isinstance(node, (int, float)):
-            out[prefix] = float(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if key in _SKIP_KEYS:
-                    continue
-                if key == "topk" and isinstance(value, dict):
-                    for k, v in value.items():
-                        walk(f"{prefix}.top{k}", v)
-                else:
-                    walk(f"{prefix}.{key}" if prefix else key, value)
-
-    walk("", evaluations)
-    return out
 
 
 def _label(proto: dict[str, Any]) -> str:
@@ -151,7 +126,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
             members = sorted(members, key=lambda r: r["record_id"])
             per_metric: dict[str, list[float]] = defaultdict(list)
             for r in members:
-                for name, value in flatten_metrics(r["evaluations"]).items():
+                for name, value in ResultRecord.from_json(r).evaluations.metrics().items():
                     per_metric[name].append(value)
             first = members[0]
             m = first["method"]
@@ -168,7 +143,7 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
                 **({"unverified": unverified} if (unverified := unverified_evaluations(members)) else {}),
             })
 
-        def sort_key(e: dict) -> tuple:
+        def sort_key(e: dict, primary: str = primary, tiebreak: str = tiebreak) -> tuple:  # bound per track
             p = e["metrics"].get(primary, {}).get("mean")
             t = e["metrics"].get(tiebreak, {}).get("mean", -1.0)
             unranked = p is None or e["status"] in UNRANKED_STATUSES

@@ -54,7 +54,7 @@ def _json_path(parts: Iterable[Any]) -> str:
 
 def standard_split_hashes() -> dict[str, str]:
     """content_sha256 -> manifest id of every committed standardized split."""
-    from benchmark.splits.manifest import standard_split_hashes as _hashes
+    from benchmark.splits.standard import standard_split_hashes as _hashes
 
     return _hashes()
 

@@ -34,9 +34,10 @@ def run(method: str, seed: int, args, data_root: str) -> dict:
     from benchmark.evaluation.representation import effective_rank, uniformity
     from benchmark.data.images import ensure_standin, load_image_set
     from benchmark.federation.base import ClientUpdate
-    from benchmark.federation.training import as_config, build_model, initial_global_state, run_local_training
+    from benchmark.federation.training import build_model, initial_global_state, run_local_training
     from benchmark.registry import build_aggregator
-    from benchmark.splits.manifest import make_manifest
+    from benchmark.specs import LocalTrainingSpec
+    from benchmark.splits.make import make_manifest
     from test_protocols import compose  # noqa: F401  (tests/ on sys.path: the shared Hydra composer)
 
     cfg = compose([
@@ -46,21 +47,21 @@ def run(method: str, seed: int, args, data_root: str) -> dict:
         f"client.batch_size={args.batch}", f"client.optimizer.lr={0.2 * args.batch / 256}", "client.num_workers=0",
         "federation.local_epochs=1", f"federation.rounds={args.rounds}", f"seed={seed}",
     ])
-    cfg = as_config(cfg)
+    spec = LocalTrainingSpec.from_config(cfg)
     ensure_standin(cfg.dataset)
     manifest = make_manifest(load_annotations(cfg.dataset), cfg.partition, seed)
     clients = [[(v["video"], v["label"]) for v in c["videos"]] for c in manifest["clients"]]
-    state = initial_global_state(cfg)
+    state = initial_global_state(spec.model, spec.seed)
     agg = build_aggregator("fedavg")
     losses = []
     for rnd in range(1, args.rounds + 1):
         updates = []
         for cid, items in enumerate(clients):
-            res = run_local_training(cfg, cid, rnd, state, None, items, float(cfg.client.optimizer.lr))
+            res = run_local_training(spec, cid, rnd, state, None, items, spec.optimizer.lr)
             updates.append(ClientUpdate(res.exchanged, res.num_examples, res.metrics, cid))
         state = agg.aggregate(updates, state, rnd)
         losses.append(sum(u.metrics["loss"] * u.num_examples for u in updates) / sum(u.num_examples for u in updates))
-    model = build_model(cfg, 0)
+    model = build_model(spec.model, 0)
     model.load_partial_state(state)
     train, test = load_image_set(cfg.dataset, True), load_image_set(cfg.dataset, False)
     ztr = extract_features(model.backbone, train.images)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from benchmark import PROJECT_ROOT
-from benchmark.commands import TINY_INPUT_OVERRIDES
+from benchmark.config import TINY_INPUT_OVERRIDES
 
 FEDVID = [sys.executable, "-m", "benchmark.cli"]
 

@@ -337,3 +337,27 @@ def test_dataset_configs_have_required_keys_and_synthetic_layouts(tmp_path):
         load_annotations({"name": "ucf-101", "annotations": str(UCF_DIR), "split": 1})
     with pytest.raises(ValueError, match="'dataset.annotations' is missing"):
         load_annotations({"name": "ucf101", "split": 1})
+
+
+def test_a_new_dataset_reader_is_one_registered_class(tmp_path):
+    """load_annotations dispatches on dataset.name through the DATASET_READERS registry; an entry
+    must subclass DatasetReader (checked at registration)."""
+    from benchmark.data.annotations import DatasetReader, read_ucf101
+    from benchmark.registry import DATASET_READERS, register_dataset_reader
+
+    assert {"ucf101", "hmdb51", "kinetics400", "kinetics"} <= set(DATASET_READERS.names())
+    with pytest.raises(TypeError, match="is not a subclass of benchmark.data.annotations.DatasetReader"):
+        register_dataset_reader("not_a_reader")(dict)
+
+    @register_dataset_reader("ucf101_copy_for_test")
+    class UCFCopy(DatasetReader):
+        def read(self, dataset_cfg, directory):
+            return read_ucf101(directory, dataset_cfg["split"])
+
+    try:
+        split = load_annotations({"name": "ucf101_copy_for_test", "annotations": str(UCF_DIR), "split": 1})
+        official = load_annotations({"name": "ucf101", "annotations": str(UCF_DIR), "split": 1})
+        assert split.train == official.train and split.test == official.test and len(split.classes) == 101
+        assert split.dataset == "ucf101_copy_for_test"  # no dataset.id: the reader's name
+    finally:
+        DATASET_READERS._items.pop("ucf101_copy_for_test")

@@ -12,16 +12,22 @@ from omegaconf import OmegaConf
 
 from benchmark.federation.centralized import client_steps, federated_step_budget
 from benchmark.federation.training import initial_global_state, run_local_training, sample_clients
+from benchmark.specs import FederationSpec, LocalTrainingSpec, ModelSpec, OptimizerSpec, TrainClipSpec
 
 from _federation_helpers import TINY, fedvid
 
 
 def _cfg(**fed):
-    base = {"seed": 3, "client": {"batch_size": 4},
-            "federation": {"num_clients": 4, "clients_per_round": 2, "rounds": 5, "local_epochs": 2,
-                           "local_steps": None}}
-    base["federation"].update(fed)
-    return OmegaConf.create(base)
+    """(federation, training) specs of 4 clients, batch 4, seed 3."""
+    f = {"clients_per_round": 2, "rounds": 5, "local_epochs": 2, "local_steps": None, **fed}
+    opt = OptimizerSpec("sgd", 0.01, rounds=f["rounds"])
+    federation = FederationSpec(seed=3, rounds=f["rounds"], num_clients=4, clients_per_round=f["clients_per_round"],
+                                min_clients=1, aggregator="fedavg", optimizer=opt)
+    training = LocalTrainingSpec(seed=3, model=ModelSpec("tiny_r3d", "align_uniform"),
+                                 clip=TrainClipSpec(frames=4, stride=1, short_side=40, size=32), optimizer=opt,
+                                 batch_size=4, num_workers=0, num_clients=4, local_epochs=f["local_epochs"],
+                                 local_steps=f["local_steps"])
+    return federation, training
 
 
 def test_budget_is_the_sum_over_sampled_clients_of_their_local_steps_partial_participation():
@@ -29,7 +35,7 @@ def test_budget_is_the_sum_over_sampled_clients_of_their_local_steps_partial_par
     # 9 -> 2*2, 4 -> 2*1, 1 -> 2*1 (one short batch), 13 -> 2*3
     sizes = [9, 4, 1, 13]
     per_client = {0: 4, 1: 2, 2: 2, 3: 6}
-    budget = federated_step_budget(_cfg(), sizes)
+    budget = federated_step_budget(*_cfg(), sizes)
     assert [b.round for b in budget] == [1, 2, 3, 4, 5]
     for b in budget:
         # the federation's own seeded sampling picks the same 2 of 4 clients
@@ -42,19 +48,19 @@ def test_budget_is_the_sum_over_sampled_clients_of_their_local_steps_partial_par
     assert total == sum(per_client[c] for r in range(1, 6) for c in sample_clients(3, r, [0, 1, 2, 3], 2))
 
     # local_steps overrides the epochs: 7 steps per sampled client; a fraction of 0.5 = 2 clients
-    budget = federated_step_budget(_cfg(local_steps=7, clients_per_round=0.5), sizes)
+    budget = federated_step_budget(*_cfg(local_steps=7, clients_per_round=0.5), sizes)
     assert [b.total_steps for b in budget] == [14] * 5
     # all clients every round
-    budget = federated_step_budget(_cfg(clients_per_round=1.0, rounds=2), sizes)
+    budget = federated_step_budget(*_cfg(clients_per_round=1.0, rounds=2), sizes)
     assert [b.total_steps for b in budget] == [14, 14]
-    assert federated_step_budget(_cfg(rounds=0), sizes) == []
+    assert federated_step_budget(*_cfg(rounds=0), sizes) == []
 
 
 def test_budget_rejects_wrong_client_counts_and_empty_clients():
     with pytest.raises(ValueError, match="federation.num_clients=4"):
-        federated_step_budget(_cfg(), [3, 3, 3])
+        federated_step_budget(*_cfg(), [3, 3, 3])
     with pytest.raises(ValueError, match=r"clients \[2\] have no videos"):
-        federated_step_budget(_cfg(), [3, 3, 0, 3])
+        federated_step_budget(*_cfg(), [3, 3, 0, 3])
 
 
 def test_client_steps_matches_the_local_training_loop(tmp_path):
@@ -67,17 +73,18 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     cfg = OmegaConf.create({
         "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
         "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
-        "federation": {"num_clients": 1, "local_epochs": 2, "local_steps": None},
+        "federation": {"num_clients": 1, "local_epochs": 2, "local_steps": None, "rounds": 1},
         "client": {"batch_size": 3, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": None,
                    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}},
         "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
     })
-    state = initial_global_state(cfg)
-    result = run_local_training(cfg, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
+    spec = LocalTrainingSpec.from_config(cfg)
+    state = initial_global_state(spec.model, spec.seed)
+    result = run_local_training(spec, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
     assert result.metrics["steps"] == client_steps(5, 3, 2, None) == 2 * (5 // 3) == 2
     assert result.metrics["samples_processed"] == 6  # per epoch one full batch of 3; the ragged batch of 2 is dropped
     assert result.num_examples == 5  # the training-set size, what FedAvg weights by
-    few = run_local_training(cfg, 0, 1, state, None, [(str(v), 0) for v in videos[:2]], lr=0.01)
+    few = run_local_training(spec, 0, 1, state, None, [(str(v), 0) for v in videos[:2]], lr=0.01)
     assert few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.metrics["samples_processed"] == 4  # n <= batch
     assert few.num_examples == 2
 
@@ -160,7 +167,7 @@ def test_rounds_zero_evaluates_the_initial_model(tmp_path, data_root):
     ckpt = load_latest(run_dir)
     assert ckpt is not None and ckpt.round == 0
     cfg = OmegaConf.create(json.loads((run_dir / "config.json").read_text()))
-    expected = initial_global_state(cfg)
+    expected = initial_global_state(ModelSpec.from_config(cfg), int(cfg.seed))
     assert ckpt.global_state.keys() == expected.keys()
     assert all(torch.equal(ckpt.global_state[k], expected[k]) for k in expected)
     assert (run_dir / "rounds.jsonl").read_text() == ""

@@ -12,17 +12,18 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import message_to_proto
 
-from benchmark.commands import smoke_overrides
-from benchmark.federation.client_app import LOCAL_STATE_KEY, app
-from benchmark.federation.strategy import FedVidStrategy
-from benchmark.federation.training import as_config, build_model, initial_global_state
-from benchmark.methods import EXCHANGE_CHOICES
-from benchmark.registry import METHODS
 from benchmark import rundir
+from benchmark.commands.check_method import smoke_overrides
+from benchmark.commands.run import prepare_data, prepare_manifest, save_config
 from benchmark.config import to_container
 from benchmark.data.annotations import load_annotations
-from benchmark.runner import prepare_data, prepare_manifest, save_config
-from benchmark.splits.manifest import write_manifest
+from benchmark.federation.client_app import LOCAL_STATE_KEY, app
+from benchmark.federation.strategy import FedVidStrategy
+from benchmark.federation.training import build_model, initial_global_state
+from benchmark.methods import EXCHANGE_CHOICES
+from benchmark.registry import METHODS
+from benchmark.specs import RunSpec
+from benchmark.splits.format import write_manifest
 
 #: The metrics of a train reply (docs/deployment.md, "What a client sends").
 TRAIN_METRICS = {"loss", "compute_s", "cpu_s", "steps", "samples_processed", "restored_local_state", "num-examples", "client-id"}
@@ -30,9 +31,9 @@ NODE_OF_CLIENT = {0: 1001, 1: 1002}
 
 
 def _compose(overrides: list[str]):
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from hydra import compose, initialize_config_dir
 
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from benchmark import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -43,9 +44,9 @@ def _wire_bytes(msg: Message) -> bytes:
     return message_to_proto(msg).SerializeToString()
 
 
-def _train_message(cfg, global_state: dict[str, torch.Tensor], server_round: int) -> Message:
+def _train_message(federation, global_state: dict[str, torch.Tensor], server_round: int) -> Message:
     """The train Message the server sends to client 0 (built by the real strategy)."""
-    strategy = FedVidStrategy(cfg, aggregator=None, node_of_client=NODE_OF_CLIENT)
+    strategy = FedVidStrategy(federation, aggregator=None, node_of_client=NODE_OF_CLIENT)
     messages = strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid=None)
     (msg,) = [m for m in messages if m.metadata.dst_node_id == NODE_OF_CLIENT[0]] or [None]
     assert msg is not None, "client 0 must be sampled (clients_per_round = all)"
@@ -82,8 +83,8 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
     write_manifest(manifest.data, run_dir / rundir.MANIFEST)
     config = to_container(cfg)
     save_config(config, run_dir)
-    resolved = as_config(config)
-    model = build_model(resolved, 0)
+    spec = RunSpec.from_config(config)
+    model = build_model(spec.model, 0)
     declared, kept = set(model.exchanged_state()), set(model.local_state())
     non_persistent = {name for name, _ in model.named_buffers()} - set(model.state_dict())
     assert declared and not declared & kept
@@ -101,9 +102,9 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
     # no path, directory or video name of the client's data (names without extension: class/video ids)
     videos = [rel for rel, _ in manifest.client_videos(0)]
     private = [str(data_root), str(run_dir), *videos, *(v.rsplit("/", 1)[-1].rsplit(".", 1)[0] for v in videos)]
-    global_state = initial_global_state(resolved)
+    global_state = initial_global_state(spec.model, spec.training.seed)
     for server_round in (1, 2):
-        reply = app(_train_message(resolved, global_state, server_round), context)
+        reply = app(_train_message(spec.federation, global_state, server_round), context)
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         content = reply.content
         assert set(content.keys()) == {"arrays", "metrics"}

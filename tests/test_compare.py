@@ -9,7 +9,7 @@ import math
 import pytest
 
 from benchmark import CONF_DIR
-from benchmark.compare import Cell, build_table, collect_records, main, render_markdown, write_table
+from benchmark.commands.compare import Cell, build_table, collect_records, main, render_markdown, write_table
 from benchmark.io import atomic_write_json
 
 ROWS = ["ctp_fedavg", "ctp_fvssl", "ssd", "align_uniform", "ctp_ldawa", "centralized", "random_init"]
@@ -112,7 +112,7 @@ def test_experiment_compare_composes_21_jobs_rows_by_seeds():
         cfg = compose("config", overrides=["experiment=compare"], return_hydra_config=True)
         hydra = cfg.hydra
         assert str(hydra.mode) in ("MULTIRUN", "RunMode.MULTIRUN")
-        assert hydra.callbacks.compare_table._target_ == "benchmark.compare.CompareTableCallback"
+        assert hydra.callbacks.compare_table._target_ == "benchmark.commands.compare.CompareTableCallback"
         params = OmegaConf.to_container(hydra.sweeper.params)
         overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
         sweeps = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in overrides]

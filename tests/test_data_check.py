@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.data.check import check_video, load_cache
-from benchmark.data.cli import main as data_main
+from benchmark.commands.data import main as data_main
 from benchmark.data.records import VideoRecord
 from benchmark.data.resolve import MissingVideosError, resolve_videos
 from benchmark.io import read_json
@@ -121,8 +121,9 @@ def test_data_check_reports_caches_and_feeds_resolve(data_root, capsys):
 
 def test_data_check_covers_a_split_manifest(data_root, capsys):
     from benchmark.data.annotations import load_annotations
-    from benchmark.data.cli import dataset_config
-    from benchmark.splits.manifest import make_manifest, write_manifest
+    from benchmark.commands.data import dataset_config
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import make_manifest
 
     manifest = make_manifest(load_annotations(dataset_config("synthetic_ucf101", data_root)), {"name": "iid", "num_clients": 2}, 0)
     path = write_manifest(manifest, data_root / "split.json")

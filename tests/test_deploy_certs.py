@@ -9,11 +9,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.supercore.primitives.asymmetric import uses_nist_ec_curve
-from omegaconf import OmegaConf
 
 from benchmark.cli import main as fedvid_main
 from benchmark.federation.engine import FederationError, check_connection_security, is_loopback
 from benchmark.federation.security import CredentialsError, Layout, make_credentials
+from benchmark.specs import EngineSpec
 
 
 def _cert(path) -> x509.Certificate:
@@ -111,8 +111,8 @@ def test_deploy_certs_bad_input_names_the_value(tmp_path):
 
 
 def _engine(**kw):
-    return OmegaConf.create({"name": "deployment", "superlink": None, "insecure": False, "trusted_network": False,
-                             "root_certificates": None, **kw})
+    return EngineSpec.from_config({"name": "deployment", "superlink": None, "insecure": False, "trusted_network": False,
+                                   "root_certificates": None, **kw})
 
 
 def test_deployment_plaintext_to_a_non_loopback_superlink_is_refused_unless_the_network_is_trusted(tmp_path):

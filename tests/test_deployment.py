@@ -42,7 +42,7 @@ def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_facto
     assert all(creds.node_key(f"client-{cid}").stat().st_mode & 0o077 == 0 for cid in range(3))
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     manifest = load_manifest(run_dir / "split_manifest.json")
     for r in rounds:

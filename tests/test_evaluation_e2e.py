@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from benchmark.commands.evaluate import main as evaluate_main
 from benchmark.data import synthetic
 from benchmark.evaluation import evaluate_backbone
-from benchmark.evaluation.cli import extract_backbone_state
-from benchmark.evaluation.cli import main as evaluate_main
+from benchmark.federation.checkpoint import extract_backbone_state
 from benchmark.registry import build_backbone
 
 #: Test-only preset between "tiny" (8 UCF test videos: too few to compare models) and
@@ -120,6 +120,40 @@ def test_fedvid_evaluate_on_a_run_checkpoint_and_a_plain_state_dict(data_root, t
     assert err.startswith("fedvid evaluate: error: ") and "Traceback" not in err
 
 
+def test_an_overridden_evaluation_dataset_root_is_honoured(data_root, tmp_path):
+    """eval.dataset_overrides.<id>.root (composed by the command, not re-read by the pipeline)
+    moves where that evaluation dataset's videos are read; the other dataset keeps its root."""
+    import shutil
+
+    from benchmark.commands.evaluate import compose_eval_dataset, evaluation_spec
+    from benchmark.evaluation.pipeline import load_downstream
+
+    conf = Path(__file__).parents[1] / "conf"
+    default_hmdb = compose_eval_dataset("synthetic_hmdb51", str(data_root))
+    moved = tmp_path / "hmdb_elsewhere"
+    shutil.copytree(default_hmdb.root, moved)
+    cfg = OmegaConf.create({"data_root": str(data_root), "clip": CLIP, "eval": OmegaConf.merge(
+        OmegaConf.load(conf / "eval/default.yaml"), OmegaConf.load(conf / "protocol/cpu.yaml").eval)})
+    cfg.eval.dataset_overrides = {"synthetic_hmdb51": {"root": str(moved)}}
+    spec = evaluation_spec(cfg)
+    by_id = {d.id: d for d in spec.datasets}
+    hmdb, ucf = by_id["synthetic_hmdb51"], by_id["synthetic_ucf101"]
+    assert hmdb.root == str(moved) and hmdb.config["annotations"] == default_hmdb.config["annotations"]
+    assert ucf.root == compose_eval_dataset("synthetic_ucf101", str(data_root)).root
+    before = load_downstream(default_hmdb, data_root=data_root)
+    after = load_downstream(hmdb, data_root=data_root)
+    assert len(after.train) == len(before.train) == 48 and len(after.test) == len(before.test) == 24
+    assert all(Path(path).is_relative_to(moved) for path, _ in after.train + after.test)
+    relative = [(Path(p).relative_to(default_hmdb.root), y) for p, y in before.train + before.test]
+    assert [(Path(p).relative_to(moved), y) for p, y in after.train + after.test] == relative
+
+    from benchmark.config_check import ConfigError, check_eval_config
+
+    cfg.eval.dataset_overrides = {"ucf101": {"root": str(moved)}}
+    with pytest.raises(ConfigError, match=r"eval.dataset_overrides.ucf101: 'ucf101' is not in eval.datasets"):
+        check_eval_config(OmegaConf.to_container(cfg, resolve=True))
+
+
 def validate_against_result_schema(evaluations: dict) -> None:
     """The block must fit `evaluations` of the fedvid-result/1 schema (leaderboard/schema)."""
     import jsonschema
@@ -168,6 +202,7 @@ def train_supervised(backbone, clips: torch.Tensor, labels: torch.Tensor, num_cl
 def test_trained_backbone_beats_random_init(data_root, tmp_path):
     """Train on the HMDB-style train split, evaluate with the standard protocol (queries =
     the unseen test videos), compare with the random-init baseline evaluate_backbone adds."""
+    from benchmark.commands.evaluate import compose_eval_dataset, evaluation_spec
     from benchmark.evaluation.features import ClipSettings, ClipSource
     from benchmark.evaluation.pipeline import load_downstream
 
@@ -187,13 +222,13 @@ def test_trained_backbone_beats_random_init(data_root, tmp_path):
     try:
         torch.manual_seed(0)
         backbone = build_backbone("tiny_r3d", width=8)
-        hmdb = load_downstream("synthetic_hmdb51", cfg)
+        hmdb = load_downstream(compose_eval_dataset("synthetic_hmdb51", str(data_root)), data_root=data_root)
         source = ClipSource(hmdb.train, ClipSettings(3, 8, 2, 40, 32), batch_size=16, num_workers=0, max_bytes=0)
         batches = list(source)
         clips = torch.cat([c for c, _ in batches])  # (V, 3, C, T, H, W)
         labels = torch.cat([y for _, y in batches]).repeat_interleave(3)
         final_loss = train_supervised(backbone, clips.flatten(0, 1), labels, len(hmdb.classes), steps=200)
-        ev = evaluate_backbone(backbone, cfg, tmp_path, progress=False)
+        ev = evaluate_backbone(backbone, evaluation_spec(cfg), tmp_path, progress=False)
     finally:
         torch.set_num_threads(saved_threads)
     assert final_loss < 0.8 * math.log(len(hmdb.classes))  # it learned the training videos

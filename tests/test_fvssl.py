@@ -156,9 +156,10 @@ def test_config_builds_the_paper_default():
 
 
 def compose(overrides: list[str]):
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -166,7 +167,7 @@ def compose(overrides: list[str]):
 
 @pytest.mark.parametrize("alpha,beta", [(0, 0), (0.9, 1), (1, 0)])
 def test_k400_noniid_experiment_is_the_papers_setup(alpha, beta):
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     cfg = compose(["experiment=fvssl_k400_noniid", f"aggregator.params.alpha={alpha}", f"aggregator.params.beta={beta}"])
     assert (cfg.dataset.id, cfg.backbone.name, cfg.method.name, cfg.method.exchange) == ("kinetics400", "r3d18", "ctp", "backbone")
@@ -182,7 +183,7 @@ def test_k400_noniid_experiment_is_the_papers_setup(alpha, beta):
 
 
 def test_ucf101_crosssilo_experiment():
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     cfg = compose(["experiment=fvssl_ucf101_crosssilo"])
     assert (cfg.dataset.id, cfg.federation.num_clients, cfg.federation.clients_per_round, cfg.federation.rounds) == (

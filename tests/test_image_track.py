@@ -142,7 +142,7 @@ def test_semi_eval_fine_tunes_a_copy_and_reports_the_best_check(tmp_path):
 
 
 def test_ssd_tables_rows_smoke_and_compute():
-    from benchmark.reproduce import TABLES, reproduced_metric
+    from benchmark.commands.reproduce import TABLES, reproduced_metric
 
     from test_protocols import compose
 
@@ -164,7 +164,7 @@ def test_ssd_tables_rows_smoke_and_compute():
 @pytest.mark.slow
 def test_reproduce_ssd_cifar10_crosssilo_smoke_end_to_end(tmp_path, monkeypatch):
     """Both rows through `fedvid run` (Flower simulation) on the generated CIFAR-format stand-in."""
-    from benchmark.reproduce import main
+    from benchmark.commands.reproduce import main
 
     monkeypatch.setenv("FEDVID_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)

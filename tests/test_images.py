@@ -25,7 +25,9 @@ from benchmark.data.images import (
     write_cifar,
     write_tiny_imagenet,
 )
-from benchmark.splits.manifest import load_manifest, verify_manifest
+from benchmark.commands.splits import compose_splits_config
+from benchmark.splits.format import load_manifest
+from benchmark.splits.verify import verify_manifest
 from benchmark.splits.partition import PartitionError, imported_index_lists
 
 
@@ -107,7 +109,7 @@ def test_tiny_imagenet_reader_follows_image_folder_order_and_val_annotations(tmp
     # dirichlet splits of Tiny-ImageNet from the real layout
     ann = load_annotations({"name": "tiny_imagenet", "id": "tiny_imagenet", "root": str(tmp_path)})
     assert len(ann.train) == 36 and ann.train[0].label == 0 and ann.test[0].class_name == "n03"
-    from benchmark.splits.manifest import make_manifest
+    from benchmark.splits.make import make_manifest
 
     m = make_manifest(ann, {"name": "dirichlet", "alpha": 0.1, "num_clients": 3, "min_size": 1}, 0)
     assert sum(len(c["videos"]) for c in m["clients"]) == 36 and m["manifest_id"] == "tiny_imagenet-official-dirichlet0.1-c3-seed0"
@@ -170,12 +172,12 @@ def test_ssd_split_manifests_have_the_client_sizes_of_the_published_files(datase
 
 def test_splits_verify_accepts_the_ssd_manifests_and_rejects_an_edit(tmp_path):
     path = DATASETS_DIR / "cifar10" / "splits" / "cifar10-official-ssd-dir0.1-c10.json.gz"
-    assert verify_manifest(path) == []
+    assert verify_manifest(path, compose_splits_config) == []
     data = json.loads(gzip.decompress(path.read_bytes()))
     data["clients"][0]["videos"].pop()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    assert "content_sha256" in verify_manifest(bad)[0]
+    assert "content_sha256" in verify_manifest(bad, compose_splits_config)[0]
 
 
 def test_index_list_import_errors_name_the_file(tmp_path):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from leaderboard.build import build_leaderboard, flatten_metrics, render_markdown, write_leaderboard
+from leaderboard.build import build_leaderboard, render_markdown, write_leaderboard
 from leaderboard.export import to_eee, to_model_index, to_pwc
+from leaderboard.record import Evaluations
 from leaderboard.records import validate_records
 
 SPLIT_SHA = "a" * 64
@@ -59,13 +60,20 @@ def test_valid_record_passes(tmp_path):
 def _bad_records() -> dict[str, tuple[object, str]]:
     """name -> (file content, substring the error must contain)."""
     base = make_record()
-    wrong_type = copy.deepcopy(base); wrong_type["track"]["num_clients"] = "five"
-    missing = copy.deepcopy(base); del missing["method"]
-    top5_lt_top1 = copy.deepcopy(base); top5_lt_top1["evaluations"]["retrieval"]["ucf101"]["topk"]["5"] = 0.1
-    unknown_split = copy.deepcopy(base); unknown_split["track"]["split_content_sha256"] = "c" * 64
-    out_of_range = copy.deepcopy(base); out_of_range["evaluations"]["linear_probe"]["ucf101"]["top1"] = 1.5
-    reported_no_source = copy.deepcopy(base); reported_no_source["status"] = "reported"
-    lp_top5_lt_top1 = copy.deepcopy(base); lp_top5_lt_top1["evaluations"]["linear_probe"]["ucf101"]["top5"] = 0.1
+    wrong_type = copy.deepcopy(base)
+    wrong_type["track"]["num_clients"] = "five"
+    missing = copy.deepcopy(base)
+    del missing["method"]
+    top5_lt_top1 = copy.deepcopy(base)
+    top5_lt_top1["evaluations"]["retrieval"]["ucf101"]["topk"]["5"] = 0.1
+    unknown_split = copy.deepcopy(base)
+    unknown_split["track"]["split_content_sha256"] = "c" * 64
+    out_of_range = copy.deepcopy(base)
+    out_of_range["evaluations"]["linear_probe"]["ucf101"]["top1"] = 1.5
+    reported_no_source = copy.deepcopy(base)
+    reported_no_source["status"] = "reported"
+    lp_top5_lt_top1 = copy.deepcopy(base)
+    lp_top5_lt_top1["evaluations"]["linear_probe"]["ucf101"]["top5"] = 0.1
     nan_text = json.dumps(base).replace('"top1": 0.5', '"top1": NaN')
     inf_text = json.dumps(base).replace('"wall_time_s": 10.0', '"wall_time_s": Infinity')
     return {
@@ -109,7 +117,7 @@ def test_nonstandard_flag_allows_unknown_split(tmp_path):
 
 
 def test_flatten_metrics():
-    flat = flatten_metrics(make_record()["evaluations"])
+    flat = Evaluations.from_json(make_record()["evaluations"]).metrics()
     assert flat["retrieval.ucf101.top1"] == pytest.approx(0.30)
     assert flat["retrieval.hmdb51.top5"] == pytest.approx(0.30)
     assert flat["linear_probe.ucf101.top5"] == 0.8
@@ -175,7 +183,7 @@ def test_reported_fedvssl_entries_are_exact_and_valid():
     files = find_record_files([PROJECT_ROOT / "leaderboard" / "reported"])
     good, problems = validate_records(files)
     assert problems == []
-    by_id = {r["record_id"]: flatten_metrics(r["evaluations"]) for _, r in good}
+    by_id = {r["record_id"]: Evaluations.from_json(r["evaluations"]).metrics() for _, r in good}
     expected = {  # (alpha, beta): UCF R@1, HMDB R@1, UCF fine-tune top-1 — README figures
         "a0-b0": (34.34, 15.82, 79.91), "a1-b0": (34.23, 16.73, 79.14), "a0-b1": (35.61, 16.93, 79.43),
         "a1-b1": (35.66, 16.41, 78.99), "a0p9-b0": (35.50, 16.27, 80.62), "a0p9-b1": (35.34, 16.93, 79.41),
@@ -264,3 +272,19 @@ def test_rows_are_ranked_together_only_under_one_protocol(tmp_path):
     bad = make_record("bad", protocol={"name": "fedvssl"})
     _, problems = validate_records([write(tmp_path, "bad.json", bad)], HASHES)
     assert problems and "version" in str(problems[0])
+
+
+def test_result_record_round_trips_every_reported_entry():
+    from benchmark.io import read_json
+    from leaderboard.record import ResultRecord
+
+    paths = sorted((PROJECT_ROOT / "leaderboard" / "reported").glob("*.json"))
+    assert paths
+    for path in paths:
+        data = read_json(path)
+        record = ResultRecord.from_json(data)
+        assert record.to_json() == data, path
+        assert record.systems is None  # reported entries carry no systems section
+        # the record's metric names are the leaderboard's
+        for ds in record.evaluations.datasets("retrieval"):
+            assert record.evaluations.metric("retrieval", ds, "top1") == data["evaluations"]["retrieval"][ds]["topk"]["1"]

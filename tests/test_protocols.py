@@ -7,7 +7,6 @@ experiments that claim the protocol compose them.
 from __future__ import annotations
 
 import importlib
-import math
 import re
 from pathlib import Path
 
@@ -28,9 +27,10 @@ PROTOCOLS = ("cpu", "ctp", "fedvssl", "ssd", "ssd_image")
 
 
 def compose(overrides: list[str]):
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -132,7 +132,7 @@ def test_plain_protocols_and_their_experiments_keep_their_protocol(overrides, cl
 
 
 def test_smoke_variant_keeps_its_name_despite_its_size_overrides():
-    from benchmark.reproduce import TABLES
+    from benchmark.commands.reproduce import TABLES
 
     table = TABLES["fedvssl-k400-noniid"]
     pid = protocol_id(compose([*table.rows[0].overrides, *table.smoke_overrides]))
@@ -150,8 +150,7 @@ def test_protocol_owns_the_keys_its_files_set():
 
 def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track():
     from leaderboard.build import build_leaderboard, protocol_label
-
-    from benchmark.results import record_protocol
+    from leaderboard.record import record_protocol
 
     plain = protocol_id(compose(["protocol=fedvssl"]))
     avg = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg"]))
@@ -317,19 +316,21 @@ def test_fedavg_weights_follow_dataset_sizes_with_local_steps(tiny_videos):
     from benchmark.federation.base import ClientUpdate
     from benchmark.federation.training import initial_global_state, run_local_training
     from benchmark.registry import build_aggregator
+    from benchmark.specs import LocalTrainingSpec
 
     videos = tiny_videos
     cfg = OmegaConf.create({
         "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
         "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
-        "federation": {"num_clients": 2, "local_epochs": 1, "local_steps": 1},
+        "federation": {"num_clients": 2, "local_epochs": 1, "local_steps": 1, "rounds": 1},
         "client": {"batch_size": 2, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": None,
                    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}},
         "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
     })
-    state = initial_global_state(cfg)
-    small = run_local_training(cfg, 0, 1, state, None, videos[:2], lr=0.01)
-    large = run_local_training(cfg, 1, 1, state, None, videos[2:], lr=0.01)
+    spec = LocalTrainingSpec.from_config(cfg)
+    state = initial_global_state(spec.model, spec.seed)
+    small = run_local_training(spec, 0, 1, state, None, videos[:2], lr=0.01)
+    large = run_local_training(spec, 1, 1, state, None, videos[2:], lr=0.01)
     assert (small.metrics["samples_processed"], large.metrics["samples_processed"]) == (2, 2)
     assert (small.num_examples, large.num_examples) == (2, 6)
     updates = [ClientUpdate(arrays=r.exchanged, num_examples=r.num_examples, client_id=i)
@@ -348,3 +349,17 @@ def test_finetune_video_consensus_averages_logits_as_ctp():
     scores = torch.tensor([[[-3.0, 1.0, -1.0], [3.0, -2.0, 2.0]]])
     assert clip_and_video_metrics(scores, torch.tensor([2]), 3, consensus="logits")["video_top1"] == 1.0
     assert clip_and_video_metrics(scores, torch.tensor([2]), 3)["video_top1"] == 0.0
+
+
+def test_evaluate_config_has_the_run_configs_clip_defaults():
+    """`fedvid evaluate` and `fedvid run` compose the same clip and eval.clip blocks by default."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from benchmark import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        run = compose("config")
+        evaluate = compose("evaluate", overrides=["checkpoint=x.pt"])
+    for key in ("clip", "eval.clip"):
+        assert OmegaConf.to_container(OmegaConf.select(evaluate, key)) == OmegaConf.to_container(OmegaConf.select(run, key)), key

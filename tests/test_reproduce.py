@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmark import PROJECT_ROOT
-from benchmark.reproduce import TABLES, compare, main, reproduced_metric, row_command
+from benchmark.commands.reproduce import TABLES, compare, main, reproduced_metric, row_command
 
 
 def test_every_reported_row_has_its_record():

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmark.reproduce import TABLES, main, row_command
+from benchmark.commands.reproduce import TABLES, main, row_command
 
 NAME = "fedvssl-k400-methods"
 

@@ -152,7 +152,7 @@ def test_pruned_run_resumes_exactly_and_evaluates(tmp_path, data_root):
 
 
 def test_evaluate_accepts_a_run_dir_and_names_pruned_rounds(tmp_path):
-    from benchmark.evaluation.cli import resolve_checkpoint_path
+    from benchmark.federation.checkpoint import resolve_checkpoint_path
 
     for r in range(1, 5):
         save_checkpoint(tmp_path, Checkpoint(r, {"w": torch.zeros(2)}))

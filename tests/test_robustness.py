@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
+from benchmark.commands.evaluate import compose_eval_dataset
 from benchmark.evaluation.features import ClipSettings, ClipSource, compute_features
 from benchmark.evaluation.pipeline import load_downstream, robustness_curve
 from benchmark.evaluation.retrieval import retrieval_topk
@@ -19,6 +19,7 @@ from benchmark.evaluation.robustness import (
     random_direction,
     summarize_curve,
 )
+from benchmark.evaluation.spec import RobustnessSpec
 
 
 def small_net() -> nn.Module:
@@ -91,8 +92,7 @@ def tiny_synthetic(tmp_path_factory):
 def test_k0_reproduces_clean_top1_exactly_on_decoded_videos(tiny_synthetic):
     from benchmark.registry import build_backbone
 
-    cfg = OmegaConf.create({"data_root": str(tiny_synthetic), "seed": 0})
-    ds = load_downstream("synthetic_hmdb51", cfg)
+    ds = load_downstream(compose_eval_dataset("synthetic_hmdb51", str(tiny_synthetic)), data_root=tiny_synthetic)
     clip = ClipSettings(num_clips=2, frames=4, stride=2, short_side=40, crop_size=32)
     sources = {
         split: ClipSource(videos, clip, batch_size=4, num_workers=0, max_bytes=64 << 20, description=split)
@@ -104,7 +104,7 @@ def test_k0_reproduces_clean_top1_exactly_on_decoded_videos(tiny_synthetic):
     assert all(src.in_memory for src in sources.values())  # decoded once, reused below
     clean_top1 = retrieval_topk(clean["test"].video_features, clean["test"].labels,
                                 clean["train"].video_features, clean["train"].labels, (1,))[1]
-    rcfg = OmegaConf.create({"ks": [0.0, 0.5], "seeds": [0, 1], "direction": "gaussian"})
+    rcfg = RobustnessSpec(enabled=True, ks=(0.0, 0.5), seeds=(0, 1), direction="gaussian")
     curve = robustness_curve(backbone, sources, clean, [1, 5], "avg", torch.device("cpu"), rcfg)
     assert curve["clean_top1"] == clean_top1
     assert [row[0] for row in curve["top1_by_seed"]] == [clean_top1, clean_top1]  # exact, every seed

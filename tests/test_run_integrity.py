@@ -57,7 +57,7 @@ PAPER_CONFIGS = [["protocol=ctp"], ["protocol=fedvssl"], ["protocol=ssd"], ["exp
 def test_every_protocol_and_paper_experiment_passes_the_check():
     """The check follows the protocols' own values (a stride list to draw from, ImageNet
     normalisation, the downstream layout, CtP/VCOP clip sampling)."""
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
+    import benchmark.config  # registers ${project_root:}
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -180,20 +180,22 @@ def test_a_second_run_in_a_locked_directory_is_refused_and_a_dead_holders_lock_i
 @pytest.mark.slow
 def test_a_refused_resume_writes_nothing_and_says_what_differs(tmp_path, data_root):
     from benchmark.data.annotations import load_annotations
-    from benchmark.splits.manifest import make_manifest, write_manifest
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import make_manifest
 
     run_dir = tmp_path / "run"
     result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL], timeout=300)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     # the manifest the run made names the overrides that shaped its lists: it verifies (case 7)
-    from benchmark.splits.manifest import verify_manifest
+    from benchmark.commands.splits import compose_splits_config
+    from benchmark.splits.verify import verify_manifest
 
     assert f"data_root={data_root}" in json.loads((run_dir / rundir.MANIFEST).read_text())["make_command"]
-    assert verify_manifest(run_dir / rundir.MANIFEST) == []
+    assert verify_manifest(run_dir / rundir.MANIFEST, compose_splits_config) == []
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
 
     # another split of the same dataset (seed 9) and a changed training key
-    from benchmark.config import CONF_DIR  # noqa: F401  (registers resolvers)
+    from benchmark.config import CONF_DIR
     from omegaconf import OmegaConf
 
     ds = OmegaConf.merge({"data_root": str(data_root)},
@@ -281,7 +283,7 @@ def _round(r, sampled, failed=()):
 
 
 def test_a_client_that_fails_every_round_makes_the_record_degraded():
-    from benchmark.results import participation, run_status
+    from leaderboard.record import participation, run_status
 
     rounds = [_round(1, [0, 1]), _round(2, [1, 2], failed=[2]), _round(3, [0, 2], failed=[2])]
     part = participation(rounds)
@@ -296,7 +298,7 @@ def test_a_client_that_fails_every_round_makes_the_record_degraded():
 
 
 def test_a_run_is_reproduced_only_within_the_thresholds_and_failed_when_a_stage_failed():
-    from benchmark.results import participation, run_status
+    from leaderboard.record import participation, run_status
 
     # 1 failure in 20 sampled updates (5 %), and the client replied in another round
     rounds = [_round(r, [0, 1], failed=[1] if r == 1 else []) for r in range(1, 11)]

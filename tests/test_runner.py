@@ -18,8 +18,9 @@ from benchmark import PROJECT_ROOT
 from benchmark.federation.strategy import FedVidStrategy, RoundFailed
 from benchmark.federation.training import clients_per_round, derive_seed, sample_clients
 from benchmark.registry import build_aggregator
+from benchmark.specs import FederationSpec, OptimizerSpec
 
-from _federation_helpers import FEDVID, TINY, fedvid, final_weights, flower_processes, wait_no_flower_processes
+from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
 # seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
 RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
@@ -57,10 +58,9 @@ def task_identity(monkeypatch):
 
 
 def _strategy(min_clients: int):
-    cfg = OmegaConf.create({"seed": 0, "aggregator": {"name": "fedavg"},
-                            "federation": {"clients_per_round": 3, "min_clients": min_clients, "rounds": 1},
-                            "client": {"optimizer": {"lr": 0.1, "schedule": "constant"}}})
-    strategy = FedVidStrategy(cfg, build_aggregator("fedavg"), {0: 100, 1: 101, 2: 102})
+    spec = FederationSpec(seed=0, rounds=1, num_clients=3, clients_per_round=3, min_clients=min_clients,
+                          aggregator="fedavg", optimizer=OptimizerSpec("sgd", lr=0.1, rounds=1, schedule="constant"))
+    strategy = FedVidStrategy(spec, build_aggregator("fedavg"), {0: 100, 1: 101, 2: 102})
     strategy.global_state = {"backbone.w": torch.zeros(2)}
     messages = list(strategy.configure_train(1, ArrayRecord({"backbone.w": torch.zeros(2)}), ConfigRecord(), None))
     assert [m.metadata.dst_node_id for m in messages] == [100, 101, 102]
@@ -157,7 +157,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert json.loads((full / "config.json").read_text())["fault"]["client_failure_prob"] == 0.3
     rounds = [json.loads(line) for line in (full / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     manifest = load_manifest(full / "split_manifest.json")
     sizes = {c: len(manifest.client_videos(c)) for c in range(manifest.num_clients)}
@@ -256,11 +256,11 @@ def test_missing_dataset_root_names_the_key_and_the_fix(tmp_path):
 
 
 def test_a_manifest_of_another_dataset_is_rejected(tmp_path, data_root):
+    from benchmark.config import CONF_DIR
     from benchmark.data.annotations import load_annotations
     from benchmark.data.synthetic import ensure_synthetic
-    from benchmark.splits.manifest import make_manifest, write_manifest
-
-    from benchmark.config import CONF_DIR  # noqa: F401  (registers resolvers)
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import make_manifest
 
     ensure_synthetic(data_root, size="tiny", progress=False)
     ucf = OmegaConf.load(CONF_DIR / "dataset" / "synthetic_ucf101.yaml")

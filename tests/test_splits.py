@@ -15,24 +15,26 @@ import pytest
 
 from benchmark import DATASETS_DIR
 from benchmark.cli import main as fedvid
+from benchmark.commands.splits import compose_splits_config
 from benchmark.io import atomic_write_json, canonical_json_bytes, sha256_bytes
-from benchmark.splits.manifest import (
+from benchmark.registry import build_partitioner
+from benchmark.splits.format import (
     FORMAT,
-    STANDARD_SPLITS,
     ManifestError,
-    annotations_for,
     client_statistics,
-    committed_manifests,
-    compose_splits_config,
     load_manifest,
-    make_manifest,
     manifest_bytes,
     split_properties,
+)
+from benchmark.splits.make import make_manifest
+from benchmark.splits.partition import PartitionError
+from benchmark.splits.standard import (
+    STANDARD_SPLITS,
+    committed_manifests,
     standard_manifest_path,
     standard_split_hashes,
-    verify_manifest,
 )
-from benchmark.splits.partition import PARTITIONERS, PartitionError
+from benchmark.splits.verify import annotations_for, verify_manifest
 
 UCF_SPLITS = DATASETS_DIR / "ucf101" / "splits"
 HMDB_SPLITS = DATASETS_DIR / "hmdb51" / "splits"
@@ -72,7 +74,7 @@ CASES = [
 @pytest.mark.parametrize("name,params,num_clients", CASES)
 def test_partition_invariants(annotations, dataset, name, params, num_clients):
     ann = annotations[dataset]
-    clients = PARTITIONERS[name](ann.train, num_clients, params, 0)
+    clients = build_partitioner(name).split(ann.train, num_clients, params, 0)
     train = {(r.path, r.label) for r in ann.train}
     videos = [v for c in clients for v, _ in c]
     assert len(clients) == num_clients
@@ -97,7 +99,7 @@ def test_pathological_k8_over_400_classes_pairs_clients():
     rng = np.random.default_rng(5)
     records = [(f"c{lab}/v{i:05d}.mp4", int(lab)) for i, lab in enumerate(np.repeat(np.arange(400), 11))]
     rng.shuffle(records)
-    clients = PARTITIONERS["pathological"](records, 100, {"classes_per_client": 8}, 0)
+    clients = build_partitioner("pathological").split(records, 100, {"classes_per_client": 8}, 0)
     owners: dict[int, set[int]] = {}
     for cid, c in enumerate(clients):
         assert len({lab for _, lab in c}) == 8
@@ -111,14 +113,14 @@ def test_dirichlet_skew_increases_as_alpha_falls(annotations):
     ann = annotations["hmdb51"]
     alphas = [10.0, 1.0, 0.5, 0.1, 0.05]
     skew = [
-        np.mean([_kl_to_global(PARTITIONERS["dirichlet"](ann.train, 10, {"alpha": a, "min_size": 10}, s), 51) for s in range(3)])
+        np.mean([_kl_to_global(build_partitioner("dirichlet").split(ann.train, 10, {"alpha": a, "min_size": 10}, s), 51) for s in range(3)])
         for a in alphas
     ]
     assert all(lo < hi for lo, hi in zip(skew, skew[1:])), dict(zip(alphas, skew))
     assert skew[0] < 0.1 and skew[-1] > 1.5  # near-IID at alpha 10, strongly skewed at 0.05
     # Classes seen per client fall with alpha, too.
     classes = [
-        np.mean([len({lab for _, lab in c}) for c in PARTITIONERS["dirichlet"](ann.train, 10, {"alpha": a, "min_size": 10}, 0)])
+        np.mean([len({lab for _, lab in c}) for c in build_partitioner("dirichlet").split(ann.train, 10, {"alpha": a, "min_size": 10}, 0)])
         for a in (10.0, 0.1)
     ]
     assert classes[0] > 2 * classes[1]
@@ -127,16 +129,16 @@ def test_dirichlet_skew_increases_as_alpha_falls(annotations):
 def test_partition_errors_name_the_key(annotations):
     train = annotations["hmdb51"].train
     with pytest.raises(PartitionError, match=r"min_size=400.*exceeds"):
-        PARTITIONERS["dirichlet"](train, 10, {"alpha": 0.1, "min_size": 400}, 0)
+        build_partitioner("dirichlet").split(train, 10, {"alpha": 0.1, "min_size": 400}, 0)
     small = [(f"c{i % 4}/v{i:03d}.avi", i % 4) for i in range(200)]
     with pytest.raises(PartitionError, match=r"alpha=0.01.*no draw in 1000 gave every client >= min_size=19"):
-        PARTITIONERS["dirichlet"](small, 10, {"alpha": 0.01, "min_size": 19}, 0)
+        build_partitioner("dirichlet").split(small, 10, {"alpha": 0.01, "min_size": 19}, 0)
     with pytest.raises(PartitionError, match=r"classes_per_client >= 6"):
-        PARTITIONERS["pathological"](train, 10, {"classes_per_client": 5}, 0)
+        build_partitioner("pathological").split(train, 10, {"classes_per_client": 5}, 0)
     with pytest.raises(PartitionError, match=r"partition.alpha must be a positive number"):
-        PARTITIONERS["dirichlet"](train, 10, {"alpha": 0, "min_size": 1}, 0)
+        build_partitioner("dirichlet").split(train, 10, {"alpha": 0, "min_size": 1}, 0)
     with pytest.raises(PartitionError, match=r"partition.num_clients=4000 is more than the 3570 videos"):
-        PARTITIONERS["iid"](train, 4000, {}, 0)
+        build_partitioner("iid").split(train, 4000, {}, 0)
 
 
 @pytest.mark.parametrize("name,params", [(n, p) for n, p, _ in CASES[:4]])
@@ -213,7 +215,7 @@ def test_committed_manifest_regenerates_byte_identical(tmp_path, monkeypatch, pa
     assert fedvid(["splits", "make", *overrides, f"out={out}"]) == 0
     assert out.read_bytes() == path.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no outputs/, .hydra/ or log file
-    assert verify_manifest(path) == []
+    assert verify_manifest(path, compose_splits_config) == []
 
 
 def test_cli_make_gz_stats_and_client_videos(tmp_path, monkeypatch, capsys):
@@ -260,7 +262,7 @@ def test_tampered_manifest_fails_naming_the_file(tmp_path, capsys):
     _tampered_copy(src, bad, rehash=False)
     with pytest.raises(ManifestError, match=rf"{bad}: key 'content_sha256' is .* but the clients hash to"):
         load_manifest(bad)
-    problems = verify_manifest(bad)
+    problems = verify_manifest(bad, compose_splits_config)
     assert len(problems) == 1 and problems[0].startswith(f"{bad}: key 'content_sha256'")
     capsys.readouterr()
     assert fedvid(["splits", "verify", str(src), str(bad)]) == 1
@@ -270,7 +272,7 @@ def test_tampered_manifest_fails_naming_the_file(tmp_path, capsys):
     forged = tmp_path / "ucf101-forged.json"
     label, video = _tampered_copy(src, forged, rehash=True)
     load_manifest(forged)  # internally consistent ...
-    problems = verify_manifest(forged)  # ... but not what the official list says
+    problems = verify_manifest(forged, compose_splits_config)  # ... but not what the official list says
     assert problems and all(p.startswith(f"{forged}: ") for p in problems)
     assert f"{video!r} has label {label}" in problems[0]
 
@@ -289,7 +291,7 @@ def test_verify_catches_test_videos_overlap_and_bad_format(tmp_path, annotations
     m["overlap"] = True  # declared, so the duplicate itself is allowed ...
     path = tmp_path / "bad.json"
     atomic_write_json(path, m)
-    problems = verify_manifest(path, ann, regenerate=False)
+    problems = verify_manifest(path, compose_splits_config, ann, regenerate=False)
     assert any(f"{test_video.path!r} is a test video" in p for p in problems)
     m["overlap"] = False  # ... but undeclared overlap is caught by load_manifest
     atomic_write_json(path, m)
@@ -392,3 +394,31 @@ def test_a_manifest_without_clients_is_refused_naming_the_file(tmp_path):
     atomic_write_json(tmp_path / "empty.json", data)
     with pytest.raises(ManifestError, match=r"empty.json: has no clients"):
         load_manifest(tmp_path / "empty.json")
+
+
+def test_a_partitioner_is_one_registered_class_whose_declaration_names_and_checks_it():
+    from benchmark.registry import PARTITIONERS, Registry
+    from benchmark.splits.make import manifest_id_for
+    from benchmark.splits.partition import Param, Partitioner
+
+    assert PARTITIONERS.names() == ["dirichlet", "iid", "imported", "pathological", "quantity"]
+    # the ids of the committed splits come from the declarations
+    assert manifest_id_for("ucf101", "1", "dirichlet", {"alpha": 0.5, "min_size": 10}, 10, 0) == "ucf101-s1-dirichlet0.5-c10-seed0"
+    assert manifest_id_for("ucf101", "1", "pathological", {"classes_per_client": 11}, 10, 0) == "ucf101-s1-pathological-k11-c10-seed0"
+    assert manifest_id_for("ucf101", "1", "quantity", {"sigma": 1.0, "min_size": 10}, 10, 3) == "ucf101-s1-quantity-sigma1.0-c10-seed3"
+    assert manifest_id_for("k400", "train", "imported", {"tag": "fedvssl-iid"}, 100, 0) == "k400-train-fedvssl-iid-c100"
+    with pytest.raises(PartitionError, match="partition.alpha is required"):
+        build_partitioner("dirichlet").check_params({"min_size": 1})
+
+    registry = Registry("partitioner", "fedvid.test-partitioners", "benchmark.splits.partition:Partitioner", modules=())
+
+    @registry.register("round_robin")
+    class RoundRobin(Partitioner):
+        params = (Param("offset", int, positive=False, id_label="-o"),)
+
+        def split(self, records, num_clients, params, seed):
+            return [[p for i, p in enumerate(records) if (i + params["offset"]) % num_clients == c] for c in range(num_clients)]
+
+    assert registry.get("round_robin")().manifest_id("ds-s1", {"offset": 2}, 4, 7) == "ds-s1-round_robin-o2-c4-seed7"
+    with pytest.raises(TypeError, match="not a subclass of benchmark.splits.partition.Partitioner"):
+        registry.register("plain")(object)

@@ -242,9 +242,10 @@ def test_configs_build_the_methods():
 
 
 def compose(overrides: list[str]):
-    import benchmark.config  # noqa: F401  (registers ${project_root:})
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    import benchmark.config  # noqa: F401  (registers ${project_root:})
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
@@ -253,7 +254,7 @@ def compose(overrides: list[str]):
 @pytest.mark.parametrize("experiment,clients,per_round", [("ssd_crosssilo", 10, 1.0), ("ssd_crossdevice", 50, 0.2)])
 @pytest.mark.parametrize("method", ["ssd", "align_uniform"])
 def test_ssd_experiments(experiment, clients, per_round, method):
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     cfg = compose([f"experiment={experiment}", f"method={method}"])
     assert (cfg.method.name, cfg.method.exchange, cfg.aggregator.name) == (method, "full", "fedavg")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from benchmark.data import synthetic
-from benchmark.data.cli import main as data_cli
+from benchmark.commands.data import main as data_cli
 from benchmark.data.synthetic import (
     HMDB_CLASSES,
     KINETICS_CLASSES,

@@ -3,7 +3,9 @@
 Each reader returns an :class:`AnnotationSplit`: the train and test ``VideoRecord``s of
 one split (path relative to the dataset root, 0-based class index, class name) and the
 sha256 of every source list it read (keys are stable relative names, so manifests can
-record them). ``load_annotations(cfg)`` picks the reader from a ``conf/dataset`` config.
+record them). ``load_annotations(cfg)`` picks the registered :class:`DatasetReader` named by a
+``conf/dataset`` config's ``name``; a new dataset format is one class registered with
+``@register_dataset_reader(name)``.
 
 Formats (the copies in ``datasets/<name>/`` are byte-for-byte; see their SOURCES.md):
 
@@ -31,13 +33,13 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from benchmark.data.records import AnnotationSplit, VideoRecord
 from benchmark.data.resolve import check_relative_path
 from benchmark.io import sha256_file
+from benchmark.registry import DATASET_READERS, register_dataset_reader
 
-#: dataset_cfg["name"] values understood by load_annotations.
-READERS = ("ucf101", "hmdb51", "kinetics400", "kinetics", "cifar10", "cifar100", "tiny_imagenet")
 KINETICS_VIDEO_EXT = ".mp4"
 
 
@@ -456,11 +458,79 @@ def read_kinetics(
 # ---------------------------------------------------------------------------- dispatch
 
 
+class DatasetReader:
+    """Base of the registered annotation readers: ``read(dataset_cfg, directory)`` returns the
+    :class:`AnnotationSplit` of the lists under ``directory`` (``dataset.annotations``) that the
+    ``conf/dataset`` config names; errors name the ``dataset.<key>`` at fault."""
+
+    registry_name: ClassVar[str]
+
+    def read(self, dataset_cfg: Mapping, directory: Path) -> AnnotationSplit:
+        raise NotImplementedError
+
+
+@register_dataset_reader("ucf101")
+class UCF101Reader(DatasetReader):
+    __doc__ = read_ucf101.__doc__
+
+    def read(self, dataset_cfg: Mapping, directory: Path) -> AnnotationSplit:
+        return read_ucf101(directory, _cfg_value(dataset_cfg, "split", str(dataset_cfg["name"])))
+
+
+@register_dataset_reader("hmdb51")
+class HMDB51Reader(DatasetReader):
+    __doc__ = read_hmdb51.__doc__
+
+    def read(self, dataset_cfg: Mapping, directory: Path) -> AnnotationSplit:
+        return read_hmdb51(directory, _cfg_value(dataset_cfg, "split", str(dataset_cfg["name"])))
+
+
+@register_dataset_reader("kinetics")
+@register_dataset_reader("kinetics400")
+class KineticsReader(DatasetReader):
+    """Kinetics CSV or FedVSSL-style lists: ``label_map``, ``train_list``, ``test_list``,
+    ``train_class_index``, ``test_class_index`` (relative to ``annotations``), ``train_subdir``,
+    ``test_subdir``, ``split`` (default ``official``)."""
+
+    def read(self, dataset_cfg: Mapping, directory: Path) -> AnnotationSplit:
+        name = str(dataset_cfg["name"])
+
+        def path(key: str, required: bool = True) -> Path | None:
+            value = _cfg_value(dataset_cfg, key, name) if required else dataset_cfg.get(key)
+            return None if value in (None, "") else directory / str(value)
+
+        return read_kinetics(
+            path("label_map", required=False),
+            train=path("train_list"),
+            test=path("test_list"),
+            train_subdir=str(dataset_cfg.get("train_subdir") or ""),
+            test_subdir=str(dataset_cfg.get("test_subdir") or ""),
+            train_class_index=path("train_class_index", required=False),
+            test_class_index=path("test_class_index", required=False),
+            split=str(dataset_cfg.get("split") or "official"),
+            base_dir=directory,
+        )
+
+
+
 def _cfg_value(cfg: Mapping, key: str, dataset: str) -> object:
     value = cfg.get(key)
     if value is None or value == "":
         raise ValueError(f"dataset config ({dataset}): key 'dataset.{key}' is missing or empty")
     return value
+
+
+@register_dataset_reader("cifar10")
+@register_dataset_reader("cifar100")
+@register_dataset_reader("tiny_imagenet")
+class ImageDatasetReader(DatasetReader):
+    """The image track's sets (CIFAR-10/100 pickle batches, Tiny-ImageNet-200 folders):
+    :func:`benchmark.data.images.image_annotations`."""
+
+    def read(self, dataset_cfg: Mapping, directory: Path) -> AnnotationSplit:
+        from benchmark.data.images import image_annotations
+
+        return image_annotations(dataset_cfg)
 
 
 def load_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
@@ -472,34 +542,14 @@ def load_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
     ``test_class_index``, ``train_subdir``, ``test_subdir`` (paths relative to ``annotations``).
     """
     name = dataset_cfg.get("name")
-    if name not in READERS:
-        raise ValueError(f"dataset.name must be one of {', '.join(READERS)} (the annotation reader); got {name!r}")
-    if name in ("cifar10", "cifar100", "tiny_imagenet"):  # image datasets: benchmark.data.images
-        from benchmark.data.images import image_annotations
-
-        return image_annotations(dataset_cfg)
+    if not isinstance(name, str) or name not in DATASET_READERS:
+        raise ValueError(f"dataset.name must be one of {', '.join(DATASET_READERS.names())} (the annotation reader); "
+                         f"got {name!r}")
+    reader = DATASET_READERS.get(name)()
+    if isinstance(reader, ImageDatasetReader):  # image sets read their own files (benchmark.data.images)
+        return reader.read(dataset_cfg, Path(str(dataset_cfg.get("annotations") or "")))
     directory = Path(str(_cfg_value(dataset_cfg, "annotations", name)))
-    if name == "ucf101":
-        result = read_ucf101(directory, _cfg_value(dataset_cfg, "split", name))
-    elif name == "hmdb51":
-        result = read_hmdb51(directory, _cfg_value(dataset_cfg, "split", name))
-    else:
-
-        def path(key: str, required: bool = True) -> Path | None:
-            value = _cfg_value(dataset_cfg, key, name) if required else dataset_cfg.get(key)
-            return None if value in (None, "") else directory / str(value)
-
-        result = read_kinetics(
-            path("label_map", required=False),
-            train=path("train_list"),
-            test=path("test_list"),
-            train_subdir=str(dataset_cfg.get("train_subdir") or ""),
-            test_subdir=str(dataset_cfg.get("test_subdir") or ""),
-            train_class_index=path("train_class_index", required=False),
-            test_class_index=path("test_class_index", required=False),
-            split=str(dataset_cfg.get("split") or "official"),
-            base_dir=directory,
-        )
+    result = reader.read(dataset_cfg, directory)
     for part in ("train", "test"):
         if not getattr(result, part):
             raise ValueError(f"{name}: the {part} list is empty ({', '.join(sorted(result.source_sha256))} under "

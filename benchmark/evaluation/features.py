@@ -102,14 +102,6 @@ class SplitFeatures:
         return self.features.mean(dim=1)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"eval.device={name!r}: expected auto, cpu or cuda[:N]")
-    return torch.device(name)
-
-
 class ClipSource:
     """Decoded, normalised evaluation clips of one split, in list order.
 

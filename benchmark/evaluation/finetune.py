@@ -26,6 +26,7 @@ from torch import nn
 
 from benchmark.evaluation.features import ClipSettings, ClipSource
 from benchmark.evaluation.metrics import clip_and_video_metrics
+from benchmark.evaluation.spec import FinetuneSpec
 
 
 class ClassifierHead(nn.Module):
@@ -66,16 +67,17 @@ def color_transform(color) -> ColorView | None:
     return ColorView(color) if color else None
 
 
-def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.device, progress=None) -> dict:
+def finetune(backbone: nn.Module, ds, ft: FinetuneSpec, clip: ClipSettings, device: torch.device, *,
+             test_batch_size: int, test_num_workers: int, progress=None) -> dict:
     """Fine-tune on ``ds.train``, test on ``ds.test``; returns metrics and the training log.
 
-    ds: a :class:`benchmark.evaluation.pipeline.Downstream` ((path, label) lists, classes).
+    ds: a :class:`benchmark.evaluation.pipeline.Downstream` ((path, label) lists, classes); ft: the
+    recipe (``eval.finetune``); test clips are decoded test_batch_size videos at a time.
     Returns clip_/video_ top1, top5, mean_class_accuracy (fractions), ``epochs``,
     ``train_loss`` (mean per epoch) and ``lr`` (per epoch).
     """
     from benchmark.data.loaders import TrainClipDataset, make_train_loader
 
-    ft = cfg.eval.finetune
     seed = int(ft.seed)
     num_classes = len(ds.classes)
     epochs = int(ft.epochs)
@@ -85,14 +87,14 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
         torch.manual_seed(seed)
         model = ClassifierHead(copy.deepcopy(backbone), num_classes, float(ft.dropout),
                                torch.Generator().manual_seed(seed), float(ft.head_init_std)).to(device)
-        sides = ft.get("train_short_sides")
+        sides = ft.train_short_sides
         train_set = TrainClipDataset(
             ds.train, frames=clip.frames, stride=clip.stride,
             short_side=[int(x) for x in sides] if sides else clip.short_side,
             crop_size=clip.crop_size, backend=clip.backend, seed=seed, flip_prob=float(ft.flip_prob),
-            sample_transform=color_transform(ft.get("color")), normalization=clip.normalization,
+            sample_transform=color_transform(ft.color), normalization=clip.normalization,
         )
-        clip_norm = ft.get("grad_clip_norm")
+        clip_norm = ft.grad_clip_norm
         loader = make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers),
                                    seed=seed)
         optimizer = torch.optim.SGD(model.parameters(), lr=float(ft.lr), momentum=float(ft.momentum),
@@ -125,7 +127,7 @@ def finetune(backbone: nn.Module, ds, cfg, clip: ClipSettings, device: torch.dev
             progress.remove_task(task)
 
         model.eval()
-        source = ClipSource(ds.test, clip, batch_size=int(cfg.eval.batch_size), num_workers=int(cfg.eval.num_workers),
+        source = ClipSource(ds.test, clip, batch_size=test_batch_size, num_workers=test_num_workers,
                             max_bytes=0, description=f"{ds.id}/test")
         scores, labels = [], []
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """The one evaluation code path every method goes through (``evaluate_backbone``).
 
-For each downstream dataset of ``cfg.eval.datasets`` (split 1 train/test):
+For each downstream dataset of the :class:`~benchmark.evaluation.spec.EvaluationSpec` (split 1 train/test):
 features (cached) -> retrieval Top-k (+ chance level) -> representation metrics ->
 linear probe -> fine-tuning (optional) -> perturbation robustness (optional); then the
 random-init baseline (optional), PNG plots and a summary table. The returned dict is what
@@ -12,27 +12,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from benchmark import CONF_DIR
+from benchmark.device import resolve_device
 from benchmark.evaluation.features import (
-    ClipSettings,
     ClipSource,
     SplitFeatures,
     cached_features,
     compute_features,
-    resolve_device,
     state_dict_sha256,
 )
 from benchmark.evaluation.linear_probe import linear_probe
 from benchmark.evaluation.representation import representation_metrics
 from benchmark.evaluation.retrieval import chance_topk, retrieval_topk, topk_key
 from benchmark.evaluation.robustness import check_grid, perturbed_copy, summarize_curve
+from benchmark.evaluation.spec import DownstreamDatasetSpec, EvaluationSpec, RobustnessSpec
 from benchmark.io import sha256_bytes
 from benchmark.models.backbones import with_layout
 
@@ -53,44 +51,27 @@ class Downstream:
     skipped: dict
 
 
-def load_dataset_config(name: str, cfg: DictConfig) -> DictConfig:
-    """conf/dataset/<name>.yaml with ``${data_root}`` (and other root keys) resolved against ``cfg``."""
-    import benchmark.config  # noqa: F401  (registers the ${project_root:} resolver)
+def load_downstream(dataset: DownstreamDatasetSpec, *, data_root: Path, synthetic_size: str = "default",
+                    allow_missing_videos: bool = False) -> Downstream:
+    """Annotations of split ``dataset.split`` of a downstream dataset, mapped to files under its root.
 
-    path = CONF_DIR / "dataset" / f"{name}.yaml"
-    if not path.is_file():
-        available = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-        raise FileNotFoundError(
-            f"eval.datasets: no dataset config {name!r} ({path} does not exist); available: {', '.join(available)}"
-        )
-    root = OmegaConf.create({"data_root": str(cfg.data_root)})
-    merged = OmegaConf.merge(root, {"dataset": OmegaConf.load(path)})
-    ds = merged.dataset
-    OmegaConf.resolve(merged)
-    return ds
-
-
-def load_downstream(name: str, cfg: DictConfig) -> Downstream:
-    """Annotations of split ``dataset.split`` of a downstream dataset, mapped to files.
-
-    Synthetic sets are generated on first use (``ensure_synthetic``); missing videos are an
-    error unless ``cfg.allow_missing_videos`` is true.
+    Synthetic sets are generated on first use under ``data_root`` (``ensure_synthetic``, preset
+    ``synthetic_size``); missing videos are an error unless ``allow_missing_videos``.
     """
     from benchmark.data.annotations import load_annotations
     from benchmark.data.resolve import resolve_videos
 
-    ds = load_dataset_config(name, cfg)
-    if ds.get("synthetic") and not Path(str(ds.annotations)).exists():
+    ds = dataset.config
+    if dataset.synthetic and not Path(str(ds["annotations"])).exists():
         # Generated on first use; an existing stamp (e.g. size=tiny in tests) is kept as is.
         from benchmark.data.synthetic import ensure_synthetic
 
-        ensure_synthetic(cfg.data_root, size=str(cfg.get("synthetic_size") or "default"), seed=0)
+        ensure_synthetic(data_root, size=synthetic_size, seed=0)
     split = load_annotations(ds)
-    allow_missing = bool(cfg.get("allow_missing_videos", False))
-    train = resolve_videos(split.train, ds.root, allow_missing=allow_missing)
-    test = resolve_videos(split.test, ds.root, allow_missing=allow_missing)
+    train = resolve_videos(split.train, dataset.root, allow_missing=allow_missing_videos)
+    test = resolve_videos(split.test, dataset.root, allow_missing=allow_missing_videos)
     return Downstream(
-        id=name,
+        id=dataset.id,
         name=split.dataset,
         split=str(split.split),
         classes=list(split.classes),
@@ -98,51 +79,6 @@ def load_downstream(name: str, cfg: DictConfig) -> Downstream:
         test=[(path, record.label) for record, path in test.present],
         skipped={"train": train.summary(), "test": test.summary()},
     )
-
-
-def clip_settings(cfg: DictConfig) -> ClipSettings:
-    """eval.clip entries, each null entry inherited from the run's ``clip`` block."""
-    ev, run = cfg.eval.clip, cfg.get("clip", {}) or {}
-
-    def pick(key: str, run_key: str):
-        value = ev.get(key)
-        if value is None:
-            value = run.get(run_key)
-        if value is None:
-            raise ValueError(f"eval.clip.{key} is null and the run config has no clip.{run_key} to inherit")
-        return value
-
-    return ClipSettings(
-        num_clips=int(pick("num_clips", "num_clips")),
-        frames=int(pick("frames", "frames")),
-        stride=int(pick("stride", "stride")),
-        short_side=int(pick("short_side", "short_side")),
-        crop_size=int(pick("crop_size", "size")),
-        backend=str(ev.get("backend") or run.get("backend") or "auto"),
-        sampling=str(ev.get("sampling") or "uniform"),
-        normalization=str(ev.get("normalization") or run.get("normalization") or "kinetics"),
-    )
-
-
-def feature_clip_settings(cfg: DictConfig) -> ClipSettings:
-    """Clips of the feature protocols (retrieval, linear probe, representation, robustness):
-    :func:`clip_settings` with the non-null entries of ``eval.retrieval.clip`` on top (the paper
-    protocol's VCOP retrieval clips differ from CtP's fine-tuning test clips)."""
-    base = clip_settings(cfg)
-    overrides = {k: v for k, v in (cfg.eval.retrieval.get("clip") or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(asdict(base)))
-    if unknown:
-        raise ValueError(f"eval.retrieval.clip has unknown keys {unknown}; expected some of {sorted(asdict(base))}")
-    return replace(base, **overrides)
-
-
-def evaluation_protocol_id(cfg: DictConfig) -> dict:
-    """``{"name", "version", "variant"}`` of the protocol the evaluation runs under (``cfg.protocol``;
-    ``variant: "modified"`` and ``overridden`` when protocol-owned keys were changed, see
-    :func:`benchmark.protocols.protocol_id`); ``{"name": "unnamed", "version": 0}`` without one."""
-    from benchmark.protocols import protocol_id
-
-    return protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None}
 
 
 def _cache_id(weights_sha256: str, layout: str) -> str:
@@ -194,17 +130,16 @@ def _progress(enabled: bool):
 
 def evaluate_backbone(
     backbone: nn.Module,
-    cfg: DictConfig,
+    spec: EvaluationSpec,
     run_dir: Path,
     *,
     checkpoint_sha256: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Evaluate a pretrained backbone with the settings under ``cfg.eval``.
+    """Evaluate a pretrained backbone as ``spec`` says (built from ``eval`` by the command).
 
     backbone: forward (B, 3, T, H, W) -> (B, C, T', H', W'); it is not modified (its
-    train/eval mode is restored). cfg: the full run config (``eval``, ``data_root``,
-    ``clip``, ``synthetic_size``). run_dir: where plots go. checkpoint_sha256: recorded
+    train/eval mode is restored). run_dir: where plots go. checkpoint_sha256: recorded
     in the report (feature cache entries are keyed by the hash of the backbone's weights).
 
     Returns the ``evaluations`` block of a ``fedvid-result/1`` record (retrieval,
@@ -212,13 +147,13 @@ def evaluate_backbone(
     ``protocol`` that produced it). See docs/evaluation.md.
     """
     return evaluate_backbone_report(
-        backbone, cfg, run_dir, checkpoint_sha256=checkpoint_sha256, progress=progress
+        backbone, spec, run_dir, checkpoint_sha256=checkpoint_sha256, progress=progress
     )["evaluations"]
 
 
 def evaluate_backbone_report(
     backbone: nn.Module,
-    cfg: DictConfig,
+    spec: EvaluationSpec,
     run_dir: Path,
     *,
     checkpoint_sha256: str | None = None,
@@ -230,31 +165,27 @@ def evaluate_backbone_report(
     "datasets" (per-dataset facts and timings), "plots", "wall_time_s"}.
     """
     started = time.perf_counter()
-    ev = cfg.eval
     run_dir = Path(run_dir)
-    clip = feature_clip_settings(cfg)
-    device = resolve_device(str(ev.get("device", "auto")))
-    ks = [int(k) for k in ev.retrieval.ks]
-    pooling = str(ev.pooling)
+    clip = spec.feature_clip
+    device = resolve_device(spec.device, "eval.device")
+    ks = list(spec.retrieval_ks)
+    pooling = spec.pooling
     # Features are keyed by the backbone's weights themselves, so `fedvid run` and a later
     # `fedvid evaluate` of its checkpoint share cache entries.
     model_sha = state_dict_sha256(backbone)
-    layout = str(ev.get("backbone_layout") or "pretraining")
+    layout = spec.backbone_layout
     # Every evaluation sees the backbone in the protocol's layout (CtP: downstream strides, same weights).
     backbone = with_layout(backbone, layout)
     cache_id = _cache_id(model_sha, layout)
-    cache_dir = None
-    if ev.feature_cache:
-        cache_dir = Path(ev.feature_cache_dir) if ev.get("feature_cache_dir") else Path(cfg.data_root) / ".feature_cache"
-    robust_cfg = ev.robustness
-    if robust_cfg.enabled:
-        check_grid(list(robust_cfg.ks), list(robust_cfg.seeds))
+    cache_dir = spec.feature_cache_dir
+    if spec.robustness.enabled:
+        check_grid(list(spec.robustness.ks), list(spec.robustness.seeds))
 
-    settings = OmegaConf.to_container(ev, resolve=True)
+    settings = copy.deepcopy(dict(spec.settings))
     settings["clip_resolved"] = asdict(clip)
-    settings["finetune_clip_resolved"] = asdict(clip_settings(cfg))
+    settings["finetune_clip_resolved"] = asdict(spec.finetune_clip)
     settings["backbone_layout"] = layout
-    settings["protocol_id"] = evaluation_protocol_id(cfg)
+    settings["protocol_id"] = dict(spec.protocol_id)
     out: dict = {
         "format": EVALUATION_FORMAT,
         "settings": settings,
@@ -265,25 +196,27 @@ def evaluate_backbone_report(
         "representation": {},
         "linear_probe": {},
     }
-    if ev.finetune.enabled:
+    if spec.finetune.enabled:
         out["finetune"] = {}
-    if robust_cfg.enabled:
+    if spec.robustness.enabled:
         out["robustness"] = {}
-    random_model = random_init_copy(backbone, int(ev.random_init_seed)).to(device) if ev.random_init_baseline else None
+    random_seed = spec.random_init_seed
+    random_model = random_init_copy(backbone, random_seed).to(device) if random_seed is not None else None
     if random_model is not None:
-        out["random_init"] = {"seed": int(ev.random_init_seed), "retrieval": {}, "linear_probe": {}}
+        out["random_init"] = {"seed": random_seed, "retrieval": {}, "linear_probe": {}}
 
     original_device = next(backbone.parameters()).device
     backbone.to(device)
     saved_threads = torch.get_num_threads()
-    if ev.get("num_threads"):
+    if spec.num_threads:
         # Small 3-D convolutions on a busy CPU run many times faster on one thread.
-        torch.set_num_threads(int(ev.num_threads))
+        torch.set_num_threads(spec.num_threads)
     try:
         with _progress(progress) as bar:
-            for name in ev.datasets:
-                ds = load_downstream(str(name), cfg)
-                _evaluate_dataset(backbone, random_model, ds, cfg, clip, pooling, ks, device, cache_id, cache_dir,
+            for dataset in spec.datasets:
+                ds = load_downstream(dataset, data_root=spec.data_root, synthetic_size=spec.synthetic_size,
+                                     allow_missing_videos=spec.allow_missing_videos)
+                _evaluate_dataset(backbone, random_model, ds, spec, clip, pooling, ks, device, cache_id, cache_dir,
                                   bar, out)
     finally:
         backbone.to(original_device)
@@ -292,7 +225,7 @@ def evaluate_backbone_report(
     from benchmark.evaluation.plots import plot_confusion_matrix, plot_perturbation_curves, plot_retrieval_bars
 
     plots = {}
-    if ev.plots:
+    if spec.plots:
         baseline = out["random_init"]["retrieval"] if random_model is not None else None
         plots["retrieval"] = plot_retrieval_bars(out["retrieval"], run_dir / "retrieval_topk.png", baseline)
         if out.get("robustness"):
@@ -411,9 +344,8 @@ def record_block(out: dict) -> dict:
     return block
 
 
-def _evaluate_dataset(backbone, random_model, ds: Downstream, cfg, clip, pooling, ks, device, model_sha, cache_dir,
-                      bar, out) -> None:
-    ev = cfg.eval
+def _evaluate_dataset(backbone, random_model, ds: Downstream, spec: EvaluationSpec, clip, pooling, ks, device,
+                      model_sha, cache_dir, bar, out) -> None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     num_classes = len(ds.classes)
@@ -421,9 +353,9 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, cfg, clip, pooling
         split: ClipSource(
             videos,
             clip,
-            batch_size=int(ev.batch_size),
-            num_workers=int(ev.num_workers),
-            max_bytes=int(ev.clip_cache_max_mib) << 20,
+            batch_size=spec.batch_size,
+            num_workers=spec.num_workers,
+            max_bytes=spec.clip_cache_max_mib << 20,
             description=f"{ds.id}/{split}",
         )
         for split, videos in (("train", ds.train), ("test", ds.test))
@@ -457,56 +389,53 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, cfg, clip, pooling
     out["representation"][ds.id] = representation_metrics(both)
     timings["representation"] = time.perf_counter() - t
 
-    lp_cfg = ev.linear_probe
-    lp_kwargs = dict(
-        weight_decays=[float(x) for x in lp_cfg.weight_decays],
-        val_fraction=float(lp_cfg.val_fraction),
-        seed=int(lp_cfg.seed),
-        max_iter=int(lp_cfg.max_iter),
-    )
-    if lp_cfg.enabled:
+    lp_kwargs = spec.linear_probe.fit_kwargs()
+    if spec.linear_probe.enabled:
         t = time.perf_counter()
         out["linear_probe"][ds.id] = linear_probe(feats["train"], feats["test"], num_classes, **lp_kwargs)
         timings["linear_probe"] = time.perf_counter() - t
 
     if random_model is not None:
         t = time.perf_counter()
-        rsha = _cache_id(state_dict_sha256(random_model), str(ev.get("backbone_layout") or "pretraining"))
+        rsha = _cache_id(state_dict_sha256(random_model), spec.backbone_layout)
         rfeats = {
             split: cached_features(random_model, source, model_sha256=rsha, dataset_id=ds.id, split=split,
                                    pooling=pooling, device=device, cache_dir=cache_dir, progress=bar)[0]
             for split, source in sources.items()
         }
         out["random_init"]["retrieval"][ds.id] = _retrieval_entry(rfeats["train"], rfeats["test"], ks)
-        if lp_cfg.enabled:
+        if spec.linear_probe.enabled:
             lp = linear_probe(rfeats["train"], rfeats["test"], num_classes, **lp_kwargs)
             lp.pop("confusion_matrix")
             out["random_init"]["linear_probe"][ds.id] = lp
         timings["random_init"] = time.perf_counter() - t
 
-    if ev.finetune.enabled:
+    if spec.finetune.enabled:
         from benchmark.evaluation.finetune import finetune
 
         t = time.perf_counter()
-        out["finetune"][ds.id] = finetune(backbone, ds, cfg, clip_settings(cfg), device, progress=bar)
+        out["finetune"][ds.id] = finetune(backbone, ds, spec.finetune, spec.finetune_clip, device,
+                                          test_batch_size=spec.batch_size, test_num_workers=spec.num_workers,
+                                          progress=bar)
         timings["finetune"] = time.perf_counter() - t
 
-    if ev.robustness.enabled:
+    if spec.robustness.enabled:
         t = time.perf_counter()
-        out["robustness"][ds.id] = robustness_curve(backbone, sources, feats, ks, pooling, device, ev.robustness, bar)
+        out["robustness"][ds.id] = robustness_curve(backbone, sources, feats, ks, pooling, device, spec.robustness,
+                                                    bar)
         timings["robustness"] = time.perf_counter() - t
     out["datasets"][ds.id]["seconds"] = {k: round(v, 3) for k, v in timings.items()}
 
 
 def robustness_curve(backbone, sources: dict[str, ClipSource], clean: dict[str, SplitFeatures], ks, pooling, device,
-                     rcfg, bar=None) -> dict:
+                     robustness: RobustnessSpec, bar=None) -> dict:
     """Retrieval Top-1/Top-5 of perturbed copies over the (k, seed) grid; see robustness.py.
 
     k = 0 leaves the weights unchanged, so it is evaluated once (identical for every seed).
     """
-    grid = [float(k) for k in rcfg.ks]
-    seeds = [int(s) for s in rcfg.seeds]
-    direction = str(rcfg.direction)
+    grid = [float(k) for k in robustness.ks]
+    seeds = [int(s) for s in robustness.seeds]
+    direction = str(robustness.direction)
     measure_ks = sorted({1, 5} | {k for k in ks if k <= 5})
     clean_hits = retrieval_topk(clean["test"].video_features, clean["test"].labels,
                                 clean["train"].video_features, clean["train"].labels, measure_ks)

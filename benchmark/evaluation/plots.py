@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from benchmark.io import atomic_write_bytes  # noqa: E402
+from benchmark.io import atomic_write_bytes
 
 
 def _save(fig, path: Path) -> Path:

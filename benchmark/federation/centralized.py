@@ -15,7 +15,7 @@ manifest sizes without training.
 
 How it trains. Each federated round becomes one call of
 :func:`~benchmark.federation.training.run_local_training` on the pooled video list with
-``federation.local_steps`` set to that round's total, the round's learning rate
+the run's :class:`~benchmark.specs.LocalTrainingSpec` set to that round's total steps, the round's learning rate
 (``round_learning_rate``, so a cosine schedule steps per round as in the federation) and
 the model's full state (exchanged + local tensors) carried from the previous round. The
 pooled pseudo-client has id K = ``federation.num_clients`` (an id no real client has) for its
@@ -41,26 +41,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from omegaconf import OmegaConf
 
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.engine import FederationOutcome, memory_bytes
-from benchmark.federation.guard import GuardSpec, check_global, float_norm
-from benchmark.rundir import (
-    MANIFEST,
-    ROUNDS_LOG,
-    Retention,
-    RoundRecord,
-    prune_checkpoints,
-    resume_point,
-    write_round_log,
-    write_status,
-)
+from benchmark.federation.guard import check_global, float_norm
 from benchmark.federation.training import (
-    as_config,
     client_videos,
     epoch_batches,
     initial_global_state,
@@ -68,7 +55,8 @@ from benchmark.federation.training import (
     run_local_training,
     sample_clients,
 )
-
+from benchmark.rundir import MANIFEST, ROUNDS_LOG, RoundRecord, prune_checkpoints, resume_point, write_round_log, write_status
+from benchmark.specs import FederationSpec, LocalTrainingSpec, RunSpec
 
 
 def client_steps(num_videos: int, batch_size: int, local_epochs: int, local_steps: int | None) -> int:
@@ -95,7 +83,8 @@ class RoundBudget:
         return sum(self.client_steps.values())
 
 
-def federated_step_budget(cfg, client_sizes: Sequence[int]) -> list[RoundBudget]:
+def federated_step_budget(federation: FederationSpec, training: LocalTrainingSpec,
+                          client_sizes: Sequence[int]) -> list[RoundBudget]:
     """Per round, the clients the federated run samples and the steps each would make.
 
     client_sizes: number of (present) training videos of client 0..K-1 (K = len, must be
@@ -103,9 +92,7 @@ def federated_step_budget(cfg, client_sizes: Sequence[int]) -> list[RoundBudget]
     ``federation.clients_per_round``; nothing is trained. Returns one entry per round
     1..``federation.rounds`` (empty for 0 rounds).
     """
-    cfg = as_config(cfg)
-    fed = cfg.federation
-    num_clients = int(fed.num_clients)
+    num_clients = federation.num_clients
     if len(client_sizes) != num_clients:
         raise ValueError(
             f"got the sizes of {len(client_sizes)} clients but federation.num_clients={num_clients}"
@@ -113,48 +100,46 @@ def federated_step_budget(cfg, client_sizes: Sequence[int]) -> list[RoundBudget]
     empty = [c for c, n in enumerate(client_sizes) if int(n) <= 0]
     if empty:
         raise ValueError(f"clients {empty} have no videos in the split manifest; every client needs at least one")
-    batch_size = int(cfg.client.batch_size)
+    batch_size = training.batch_size
     if batch_size < 1:
         raise ValueError(f"client.batch_size={batch_size}: expected a positive integer")
-    local_steps = fed.get("local_steps")
-    per_round = fed.clients_per_round
+    local_steps = training.local_steps
+    per_round = federation.clients_per_round
     budget = []
-    for server_round in range(1, int(fed.rounds) + 1):
-        sampled = sample_clients(int(cfg.seed), server_round, list(range(num_clients)), per_round)
-        steps = {c: client_steps(client_sizes[c], batch_size, int(fed.local_epochs), local_steps) for c in sampled}
+    for server_round in range(1, federation.rounds + 1):
+        sampled = sample_clients(federation.seed, server_round, list(range(num_clients)), per_round)
+        steps = {c: client_steps(client_sizes[c], batch_size, training.local_epochs, local_steps) for c in sampled}
         budget.append(RoundBudget(server_round, sampled, steps))
     return budget
 
 
-def pooled_client_videos(cfg, run_dir: Path) -> list[list[tuple[str, int]]]:
+def pooled_client_videos(run_dir: Path, dataset_root: str, num_clients: int,
+                         allow_missing: bool) -> list[list[tuple[str, int]]]:
     """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp would see it."""
-    allow_missing = bool(cfg.get("allow_missing_videos", False))
     manifest = str(Path(run_dir) / MANIFEST)
-    return [
-        client_videos(manifest, str(cfg.dataset.root), c, allow_missing)
-        for c in range(int(cfg.federation.num_clients))
-    ]
+    return [client_videos(manifest, dataset_root, c, allow_missing) for c in range(num_clients)]
 
 
 def run_centralized(
-    cfg,
+    spec: RunSpec,
     run_dir: Path,
-    config_path: Path,
+    dataset_root: str,
+    *,
+    resume: bool = False,
+    allow_missing_videos: bool = False,
     on_line: Callable[[str], None] | None = None,
     on_poll: Callable[[], None] | None = None,
 ) -> FederationOutcome:
     """Train one model on the pooled videos for the federated step budget (module docstring).
 
-    Same signature and outcome as :func:`benchmark.federation.engine.run_federation`
-    (``config_path`` is unused: the config is in-process). ``federation.rounds=0`` writes
-    the round-0 global model (``initial_global_state``) as checkpoint 0 and trains nothing.
+    Same outcome as :func:`benchmark.federation.engine.run_federation` (the run directory's
+    checkpoints, round log and status). ``federation.rounds=0`` writes the round-0 global
+    model (``initial_global_state``) as checkpoint 0 and trains nothing.
     """
-    del config_path
-    cfg = as_config(cfg)
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
-    num_rounds = int(cfg.federation.rounds)
-    num_clients = int(cfg.federation.num_clients)
+    num_rounds = spec.federation.rounds
+    num_clients = spec.federation.num_clients
 
     def say(line: str) -> None:
         if on_line is not None:
@@ -162,13 +147,13 @@ def run_centralized(
 
     # PSS of this process sampled at round ends (ru_maxrss would carry over earlier jobs of a multirun)
     peak = memory_bytes([os.getpid()])
-    per_client = pooled_client_videos(cfg, run_dir)
-    budget = federated_step_budget(cfg, [len(v) for v in per_client])
+    per_client = pooled_client_videos(run_dir, dataset_root, num_clients, allow_missing_videos)
+    budget = federated_step_budget(spec.federation, spec.training, [len(v) for v in per_client])
     pooled = [video for videos in per_client for video in videos]
 
-    ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
-    guard = GuardSpec.from_config(cfg.federation.get("guard"))
-    initial_norm = float_norm(initial_global_state(cfg))
+    ckpt, rounds_log = resume_point(run_dir, resume)
+    guard = spec.federation.guard
+    initial_norm = float_norm(initial_global_state(spec.model, spec.training.seed))
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
@@ -176,7 +161,7 @@ def run_centralized(
         say(f"resuming after round {ckpt.round}")
     else:
         first_round = 1
-        global_state = initial_global_state(cfg)
+        global_state = initial_global_state(spec.model, spec.training.seed)
         local_state = None
         if num_rounds == 0:
             save_checkpoint(run_dir, Checkpoint(0, global_state, {"local_state": {}}))
@@ -187,22 +172,20 @@ def run_centralized(
     if on_poll is not None:
         on_poll()
 
-    # Only the step count and failures differ from a client's round; everything else
-    # (optimizer, clipping, clip sampling, method) is the run's config.
-    base = OmegaConf.to_container(cfg, resolve=True)
-    base.setdefault("fault", {})["client_failure_prob"] = 0.0
+    # Only the step count, the client context and failures differ from a client's round;
+    # everything else (optimizer, clipping, clip sampling, method) is the run's.
+    pooled_spec = replace(spec.training, num_clients=num_clients + 1,  # the pseudo-client's context: K of K + 1
+                          failure_prob=0.0)
     for plan in budget[first_round - 1:]:
         r = plan.round
         started = time.perf_counter()
-        lr = round_learning_rate(cfg, r)
-        round_cfg = OmegaConf.create(base)
-        round_cfg.federation.local_steps = plan.total_steps
-        round_cfg.federation.num_clients = num_clients + 1  # the pseudo-client's context: K of K + 1
-        result = run_local_training(round_cfg, num_clients, r, global_state, local_state, pooled, lr)
+        lr = round_learning_rate(spec.training.optimizer, r)
+        round_spec = replace(pooled_spec, local_steps=plan.total_steps or None)
+        result = run_local_training(round_spec, num_clients, r, global_state, local_state, pooled, lr)
         weight_norm = check_global(r, result.exchanged, float(result.metrics["loss"]), initial_norm, guard)
         global_state, local_state = result.exchanged, result.local
         save_checkpoint(run_dir, Checkpoint(r, global_state, {"local_state": local_state}))
-        prune_checkpoints(run_dir, Retention.from_config(cfg))  # after latest.json names round r
+        prune_checkpoints(run_dir, spec.retention)  # after latest.json names round r
         compute_s = float(result.metrics["compute_s"])
         rounds_log.append(RoundRecord(
             round=r,

@@ -68,7 +68,7 @@ def load_checkpoint_file(path: str | Path) -> Checkpoint:
     path = Path(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:  # re-raised with the file named
         raise ValueError(f"{path}: not a readable FedVid-Bench checkpoint ({e})") from e
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: expected a {CHECKPOINT_FORMAT} checkpoint")
@@ -103,3 +103,69 @@ def final_global_state(run_dir: str | Path) -> dict[str, torch.Tensor]:
     if ckpt is None:
         raise FileNotFoundError(f"{checkpoint_dir(run_dir)}: the run wrote no checkpoint")
     return ckpt.global_state
+
+
+def extract_backbone_state(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The backbone's state dict out of a loaded checkpoint object (see :func:`load_backbone_state`)."""
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        state = obj.get("global_state")
+    elif isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrapped = [k for k in ("state_dict", "model", "backbone") if isinstance(obj.get(k), dict)]
+        if not wrapped:
+            raise ValueError(
+                f"checkpoint={path}: expected a {CHECKPOINT_FORMAT} checkpoint or a state dict of tensors; "
+                f"got a dict with keys {sorted(map(str, obj))[:8]}"
+            )
+        state = obj[wrapped[0]]
+    else:
+        state = obj
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint={path}: no tensors found (expected name -> tensor entries)")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    return state
+
+
+def resolve_checkpoint_path(path: Path) -> Path:
+    """``checkpoint=`` may name a file, a run directory or its ``checkpoints/`` folder (then
+    the checkpoint ``latest.json`` names). A missing ``round_XXXX.pt`` in a folder pruned by
+    ``checkpoint.keep_last`` / ``keep_every`` is an error that lists the rounds still kept."""
+    from benchmark.rundir import CHECKPOINTS
+
+    if path.is_dir():
+        folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+        pointer = folder / LATEST
+        if not pointer.is_file():
+            raise FileNotFoundError(f"checkpoint={path}: a directory without {CHECKPOINTS}/{LATEST}; "
+                                    "name a checkpoint file or a run directory of `fedvid run`")
+        return folder / str(read_json(pointer)["file"])
+    if not path.is_file() and (path.parent / LATEST).is_file():
+        kept = sorted(p.name for p in path.parent.glob("round_*.pt"))
+        raise FileNotFoundError(f"checkpoint={path}: no such file (pruned by checkpoint.keep_last/keep_every?); "
+                                f"kept: {', '.join(kept) or 'none'}; or pass the run directory for the latest")
+    return path
+
+
+def load_backbone_state(path: Path) -> dict[str, torch.Tensor]:
+    """The backbone weights of a checkpoint file, loaded weights-only and checked finite.
+
+    Accepted: a ``fedvid-checkpoint/1`` file written by ``fedvid run``
+    (``checkpoints/round_XXXX.pt``; the ``backbone.*`` entries of its ``global_state``), or a
+    plain state dict of the backbone, e.g. torchvision's ``r3d_18`` / ``r2plus1d_18`` weights
+    (``fc.*`` classifier keys are ignored), optionally wrapped as ``{"state_dict": ...}`` or
+    ``{"model": ...}`` and/or with ``module.`` prefixes. Errors name ``checkpoint=PATH``.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint={path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # re-raised with the file named
+        raise ValueError(f"checkpoint={path}: not loadable with torch.load(weights_only=True) ({e})") from e
+    state = extract_backbone_state(obj, path)
+    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"checkpoint={path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]}); the model "
+                         "diverged. Evaluate an earlier checkpoint (checkpoints/round_XXXX.pt)")
+    return state

@@ -24,9 +24,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from benchmark.federation.training import as_config, client_videos, run_local_training
+from benchmark.federation.training import client_videos, run_local_training
 from benchmark.io import atomic_write_bytes, read_json
 from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, prune_client_state
+from benchmark.specs import LocalTrainingSpec
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.client")
@@ -40,10 +41,12 @@ app = ClientApp()
 
 
 @lru_cache(maxsize=2)
-def _load_run_config(path: str):
+def _load_run_config(path: str) -> tuple[dict, LocalTrainingSpec]:
+    """The run's resolved config (checked by the runner that wrote it) and its training spec."""
     if not path:
         raise ValueError("run config `config-path` is empty: start runs with `fedvid run`, which sets it")
-    return as_config(read_json(path))
+    config = read_json(path)
+    return config, LocalTrainingSpec.from_config(config)
 
 
 def client_identity(node_config: dict, num_clients: int) -> int:
@@ -65,15 +68,15 @@ def _paths(cfg, context: Context) -> tuple[str, str, Path]:
     nc = context.node_config
     run_dir = Path(str(context.run_config["config-path"])).parent
     manifest = str(nc.get("manifest") or run_dir / MANIFEST)
-    dataset_root = str(nc.get("dataset-root") or cfg.dataset.root)
+    dataset_root = str(nc.get("dataset-root") or cfg["dataset"]["root"])
     state_dir = Path(str(nc.get("state-dir") or run_dir / CLIENT_STATE))
     return manifest, dataset_root, state_dir
 
 
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
-    cfg = _load_run_config(str(context.run_config["config-path"]))
-    cid = client_identity(dict(context.node_config), int(cfg.federation.num_clients))
+    _, spec = _load_run_config(str(context.run_config["config-path"]))
+    cid = client_identity(dict(context.node_config), spec.num_clients)
     return Message(RecordDict({"identity": ConfigRecord({"client-id": cid})}), reply_to=msg)
 
 
@@ -106,8 +109,8 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train(msg: Message, context: Context) -> Message:
-    cfg = _load_run_config(str(context.run_config["config-path"]))
-    cid = client_identity(dict(context.node_config), int(cfg.federation.num_clients))
+    cfg, spec = _load_run_config(str(context.run_config["config-path"]))
+    cid = client_identity(dict(context.node_config), spec.num_clients)
     conf = msg.content["config"]
     server_round = int(conf["server-round"])
     manifest, dataset_root, state_dir = _paths(cfg, context)
@@ -115,13 +118,13 @@ def _train(msg: Message, context: Context) -> Message:
     global_state = msg.content["arrays"].to_torch_state_dict()
     local_state = _restore_local_state(context, state_dir, cid, server_round)
     result = run_local_training(
-        cfg,
+        spec,
         client_id=cid,
         server_round=server_round,
         global_state=global_state,
         local_state=local_state,
         videos=client_videos(manifest, dataset_root, cid, bool(cfg.get("allow_missing_videos", False)),
-                             image=str(cfg.dataset.get("modality") or "video") == "image"),
+                             image=spec.image_dataset is not None),
         lr=float(conf["lr"]),
     )
     if result.local:

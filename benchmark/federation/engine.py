@@ -41,11 +41,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark import PROJECT_ROOT, __version__, rundir
 from benchmark.federation.reaper import RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
 from benchmark.federation.security import Layout, make_credentials
 from benchmark.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from benchmark.specs import EngineSpec
 
 #: PID of `fedvid run`; the ServerApp exits when that process is gone (see server_app).
 LAUNCHER_PID_ENV = "FEDVID_LAUNCHER_PID"
@@ -313,20 +317,22 @@ class FederationOutcome:
 
 
 def run_federation(
-    cfg,
+    engine: EngineSpec,
+    num_clients: int,
+    dataset_root: str,
     run_dir: Path,
     config_path: Path,
     on_line: Callable[[str], None] | None = None,
     on_poll: Callable[[], None] | None = None,
 ) -> FederationOutcome:
-    """Start the engine named by ``cfg.engine.name``, run the apps to the end, stop everything.
+    """Start ``engine`` (simulation or deployment) with ``num_clients`` clients reading their videos
+    under ``dataset_root``, run the apps on ``config_path`` to the end, stop everything.
 
     Raises :class:`FederationError` when the ServerApp did not report completion.
     """
     run_dir = Path(run_dir)
     logs = run_dir / rundir.LOGS
     logs.mkdir(parents=True, exist_ok=True)
-    engine = cfg.engine
     check_connection_security(engine)
     procs = Processes(run_dir)
     procs.start_reaper()
@@ -340,16 +346,16 @@ def run_federation(
         rundir.clear_status(run_dir)
         app_dir = write_flower_app(run_dir)
         extra_env: dict[str, str] = {}
-        if engine.name == "simulation" and engine.get("ray_address"):
-            extra_env["RAY_ADDRESS"] = str(engine.ray_address)
-        external = engine.name == "deployment" and engine.get("superlink")
+        if engine.name == "simulation" and engine.ray_address:
+            extra_env["RAY_ADDRESS"] = engine.ray_address
+        external = engine.name == "deployment" and engine.superlink
         if external:
-            address = str(engine.superlink)
-            write_flower_home(run_dir, address, bool(engine.get("insecure", False)), engine.get("root_certificates"))
+            address = engine.superlink
+            write_flower_home(run_dir, address, engine.insecure, engine.root_certificates)
         else:
-            port = int(engine.get("superlink_port") or free_port())
+            port = engine.superlink_port or free_port()
             address = f"127.0.0.1:{port}"
-            creds = _local_credentials(run_dir, int(cfg.federation.num_clients)) if _secure_local(engine) else None
+            creds = _local_credentials(run_dir, num_clients) if _secure_local(engine) else None
             write_flower_home(run_dir, address, creds is None, str(creds.ca_cert) if creds else None)
             cmd = [
                 _bin("flower-superlink"), *superlink_security_args(creds), "--disable-runtime-dependency-installation",
@@ -358,14 +364,14 @@ def run_federation(
             if engine.name == "simulation":
                 cmd.append("--simulation")
             superlink = procs.spawn("superlink", cmd, logs / "superlink.log", extra_env)
-            wait_for_health(address, superlink, float(engine.get("startup_timeout_s", 60)), logs / "superlink.log",
+            wait_for_health(address, superlink, engine.startup_timeout_s, logs / "superlink.log",
                             "flower-superlink", creds.ca_cert if creds else None)
             if engine.name == "deployment":
-                _start_supernodes(procs, cfg, run_dir, address, logs, creds)
+                _start_supernodes(procs, num_clients, dataset_root, run_dir, address, logs, creds)
         run_cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream",
                     "--run-config", f"config-path='{config_path}'"]
         if engine.name == "simulation":
-            run_cmd += ["--federation-config", _simulation_config(cfg)]
+            run_cmd += ["--federation-config", _simulation_config(engine, num_clients)]
         flwr_run = procs.spawn("flwr run", run_cmd, None, extra_env, pipe=True)
         reader = threading.Thread(target=_pump, args=(flwr_run, flower_log, on_line), daemon=True)
         reader.start()
@@ -401,14 +407,14 @@ def run_federation(
             on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
 
 
-def _start_supernodes(procs: Processes, cfg, run_dir: Path, address: str, logs: Path,
+def _start_supernodes(procs: Processes, num_clients: int, dataset_root: str, run_dir: Path, address: str, logs: Path,
                       creds: Layout | None) -> None:
     manifest = run_dir / rundir.MANIFEST
     if creds is not None:  # a SuperNode whose key is not registered is refused
-        for cid in range(int(cfg.federation.num_clients)):
+        for cid in range(num_clients):
             register_supernode(procs, creds.registered_key(local_node_name(cid)), local_node_name(cid))
-    for cid in range(int(cfg.federation.num_clients)):
-        node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{cfg.dataset.root}'"
+    for cid in range(num_clients):
+        node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{dataset_root}'"
         procs.spawn(
             f"supernode {cid}",
             [_bin("flower-supernode"), *supernode_security_args(creds, local_node_name(cid)), "--superlink", address,
@@ -443,32 +449,32 @@ def split_host(address: str) -> str:
     return address.rsplit(":", 1)[0]
 
 
-def check_connection_security(engine) -> None:
+def check_connection_security(engine: EngineSpec) -> None:
     """Refuse plaintext to a non-loopback SuperLink unless the network is declared trusted,
     and a missing CA file; runs before any process is started."""
-    if engine.name != "deployment" or not engine.get("superlink"):
+    if engine.name != "deployment" or not engine.superlink:
         return  # self-started SuperLinks listen on 127.0.0.1 only
-    address = str(engine.superlink)
-    if bool(engine.get("insecure", False)):
-        if not is_loopback(split_host(address)) and not bool(engine.get("trusted_network", False)):
+    address = engine.superlink
+    if engine.insecure:
+        if not is_loopback(split_host(address)) and not engine.trusted_network:
             raise FederationError(
                 f"engine.insecure=true sends model updates unencrypted to engine.superlink={address}, which is not a "
                 "loopback address. Use TLS (engine.insecure=false engine.root_certificates=CA.crt; `fedvid deploy "
                 "certs` makes them), or add engine.trusted_network=true if this network is private and trusted."
             )
         return
-    ca = engine.get("root_certificates")
-    if ca and not Path(str(ca)).is_file():
+    ca = engine.root_certificates
+    if ca and not Path(ca).is_file():
         raise FederationError(
             f"engine.root_certificates={ca}: no such file; give the CA certificate (PEM) that signed the "
             "SuperLink's certificate (ca.crt from `fedvid deploy certs`)"
         )
 
 
-def _secure_local(engine) -> bool:
+def _secure_local(engine: EngineSpec) -> bool:
     """A self-started deployment uses TLS + SuperNode auth unless engine.insecure=true;
     the simulation's SuperLink has no SuperNodes and listens on 127.0.0.1 only."""
-    return engine.name == "deployment" and not bool(engine.get("insecure", False))
+    return engine.name == "deployment" and not engine.insecure
 
 
 def local_node_name(cid: int) -> str:
@@ -510,16 +516,14 @@ def register_supernode(procs: Processes, public_key: Path, name: str, timeout: f
                               f"{done.stderr[-500:]}")
 
 
-def _simulation_config(cfg) -> str:
-    engine = cfg.engine
-    res = engine.get("client_resources") or {}
+def _simulation_config(engine: EngineSpec, num_clients: int) -> str:
     parts = [
-        f"num-supernodes={int(cfg.federation.num_clients)}",
-        f"client-resources-num-cpus={int(res.get('num_cpus', 1))}",
-        f"client-resources-num-gpus={float(res.get('num_gpus', 0.0))}",
+        f"num-supernodes={num_clients}",
+        f"client-resources-num-cpus={engine.client_num_cpus}",
+        f"client-resources-num-gpus={engine.client_num_gpus}",
     ]
-    if engine.get("ray_num_cpus") and not engine.get("ray_address"):
-        parts.append(f"init-args-num-cpus={int(engine.ray_num_cpus)}")
+    if engine.ray_num_cpus and not engine.ray_address:
+        parts.append(f"init-args-num-cpus={engine.ray_num_cpus}")
     return " ".join(parts)
 
 
@@ -532,7 +536,7 @@ def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None]
             if on_line is not None:
                 try:
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-                except Exception:  # noqa: BLE001 - the console must never stop the log
+                except Exception:  # the console must never stop the log
                     pass
 
 
@@ -541,7 +545,7 @@ def _install_sigterm() -> Callable[[], None]:
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, handler)

@@ -22,18 +22,18 @@ from flwr.serverapp import Grid, ServerApp
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.guard import float_norm
 from benchmark.federation.strategy import FedVidStrategy
-from benchmark.federation.training import as_config, initial_global_state
+from benchmark.federation.training import initial_global_state
 from benchmark.io import read_json
 from benchmark.registry import build_aggregator
 from benchmark.rundir import (
     CLIENT_STATE,
-    Retention,
     prune_all_client_state,
     prune_checkpoints,
     resume_point,
     write_round_log,
     write_status,
 )
+from benchmark.specs import RunSpec
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
@@ -47,7 +47,11 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = config_path.parent
     _exit_with_launcher()
     try:
-        run_federation(grid, as_config(read_json(config_path)), run_dir)
+        config = read_json(config_path)  # checked by the runner that wrote it
+        serve_rounds(grid, RunSpec.from_config(config, check=False), run_dir,
+                     resume=bool(config.get("resume", False)),
+                     node_wait_timeout_s=float((config.get("engine") or {}).get("node_wait_timeout_s", 300)),
+                     tensorboard=bool((config.get("log") or {}).get("tensorboard", False)))
     except Exception as exc:
         write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
                      resumable=bool(getattr(exc, "resumable", True)))
@@ -143,14 +147,16 @@ def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, 
     return node_of_client
 
 
-def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
-    fed = cfg.federation
-    num_rounds = int(fed.rounds)
-    aggregator = build_aggregator(cfg.aggregator.name, **dict(cfg.aggregator.get("params") or {}))
+def serve_rounds(grid: Grid, spec: RunSpec, run_dir: Path, *, resume: bool = False, node_wait_timeout_s: float = 300,
+                 tensorboard: bool = False) -> None:
+    """The ServerApp's work: identify the SuperNodes, run the rounds from the resume point, checkpoint each."""
+    fed = spec.federation
+    num_rounds = fed.rounds
+    aggregator = build_aggregator(fed.aggregator, **dict(fed.aggregator_params))
 
-    retention = Retention.from_config(cfg)
-    ckpt, rounds_log = resume_point(run_dir, bool(cfg.get("resume", False)))
-    initial_state = initial_global_state(cfg)
+    retention = spec.retention
+    ckpt, rounds_log = resume_point(run_dir, resume)
+    initial_state = initial_global_state(spec.model, spec.training.seed)
     if ckpt is not None:
         first_round = ckpt.round + 1
         global_state = ckpt.global_state
@@ -164,7 +170,7 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
     write_status(run_dir, state="connecting", round=first_round - 1, rounds=num_rounds, first_round=first_round)
 
     t_connect = time.perf_counter()
-    node_of_client = identify_clients(grid, int(fed.num_clients), float(cfg.engine.get("node_wait_timeout_s", 300)))
+    node_of_client = identify_clients(grid, fed.num_clients, node_wait_timeout_s)
     write_status(run_dir, state="running", connect_s=time.perf_counter() - t_connect)
 
     def on_round_end(server_round: int, new_state, record: dict) -> None:
@@ -185,33 +191,31 @@ def run_federation(grid: Grid, cfg, run_dir: Path) -> None:
             record["round_wall_s"],
         )
 
-    tensorboard = _tensorboard_writer(cfg, run_dir)
-    if tensorboard is not None:
+    writer = _tensorboard_writer(run_dir) if tensorboard else None
+    if writer is not None:
         inner = on_round_end
 
-        def on_round_end(server_round: int, new_state, record: dict) -> None:  # noqa: F811 - wraps the above
+        def on_round_end(server_round: int, new_state, record: dict) -> None:  # wraps the above
             inner(server_round, new_state, record)
-            _tensorboard_round(tensorboard, record)
+            _tensorboard_round(writer, record)
 
     previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
-    strategy = FedVidStrategy(cfg, aggregator, node_of_client, on_round_end=on_round_end,
+    strategy = FedVidStrategy(fed, aggregator, node_of_client, on_round_end=on_round_end,
                               previous_update_norms=previous_norms, initial_norm=float_norm(initial_state))
     if first_round <= num_rounds:
         strategy.start(
             grid,
             ArrayRecord(global_state),
             num_rounds=num_rounds,
-            timeout=float(fed.get("round_timeout_s", 3600)),
+            timeout=fed.round_timeout_s,
             first_round=first_round,
         )
-    if tensorboard is not None:
-        tensorboard.close()
+    if writer is not None:
+        writer.close()
     write_status(run_dir, state="completed", round=num_rounds)
 
 
-def _tensorboard_writer(cfg, run_dir: Path):
-    if not cfg.get("log", {}).get("tensorboard", False):
-        return None
+def _tensorboard_writer(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:

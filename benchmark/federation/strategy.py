@@ -33,9 +33,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
-from benchmark.federation.guard import GuardSpec, check_global, float_norm, screen_updates
+from benchmark.federation.guard import check_global, float_norm, screen_updates
 from benchmark.federation.training import round_learning_rate, sample_clients
 from benchmark.rundir import ClientFailure, RoundRecord
+from benchmark.specs import FederationSpec
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
@@ -77,6 +78,7 @@ def l2_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: li
 class FedVidStrategy(Strategy):
     """Seeded sampling by client id + a registered aggregator (see the module docstring).
 
+    spec: seeded sampling, rounds, minimum clients, update guard, learning-rate schedule.
     node_of_client: manifest client id -> Flower node id (from the identity handshake).
     aggregator: an object with ``aggregate(updates, previous, server_round)``.
     on_round_end: called with (server_round, new global state, round record) after each
@@ -87,20 +89,20 @@ class FedVidStrategy(Strategy):
 
     def __init__(
         self,
-        cfg,
+        spec: FederationSpec,
         aggregator,
         node_of_client: dict[int, int],
         on_round_end: Callable[[int, dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
         previous_update_norms: list[float] | None = None,
         initial_norm: float = 0.0,
     ) -> None:
-        self.cfg = cfg
+        self.spec = spec
         self.aggregator = aggregator
         self.node_of_client = dict(node_of_client)
         self.client_of_node = {n: c for c, n in node_of_client.items()}
         self.on_round_end = on_round_end
-        self.min_clients = int(cfg.federation.min_clients)
-        self.guard = GuardSpec.from_config(cfg.federation.get("guard"))
+        self.min_clients = spec.min_clients
+        self.guard = spec.guard
         self.previous_update_norms = list(previous_update_norms or [])
         self.initial_norm = initial_norm  # of the round-0 model: the divergence check's scale
         self.global_state: dict[str, torch.Tensor] = {}
@@ -108,20 +110,17 @@ class FedVidStrategy(Strategy):
 
     # --- Strategy interface -----------------------------------------------------------
     def summary(self) -> None:
-        fed = self.cfg.federation
         log.info(
             "FedVidStrategy: aggregator=%s, %s clients, clients_per_round=%s, min_clients=%s",
-            self.cfg.aggregator.name,
+            self.spec.aggregator,
             len(self.node_of_client),
-            fed.clients_per_round,
-            fed.min_clients,
+            self.spec.clients_per_round,
+            self.spec.min_clients,
         )
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        sampled = sample_clients(
-            int(self.cfg.seed), server_round, list(self.node_of_client), self.cfg.federation.clients_per_round
-        )
-        lr = round_learning_rate(self.cfg, server_round)
+        sampled = sample_clients(self.spec.seed, server_round, list(self.node_of_client), self.spec.clients_per_round)
+        lr = round_learning_rate(self.spec.optimizer, server_round)
         config["server-round"] = server_round
         config["lr"] = lr
         content = RecordDict({"arrays": arrays, "config": config})

@@ -1,7 +1,7 @@
 """One client's local training for one round, independent of Flower.
 
-The ClientApp (and ``fedvid check-method``) call :func:`run_local_training`; it builds the
-backbone + method from the run config, loads the global (exchanged) weights and the
+The ClientApp and the centralized engine call :func:`run_local_training` with a
+:class:`~benchmark.specs.LocalTrainingSpec`; it builds the backbone + method, loads the global (exchanged) weights and the
 client's own local tensors, trains over the client's manifest videos and returns the new
 exchanged weights, the new local tensors and the metrics.
 
@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from benchmark.device import resolve_device
 from benchmark.registry import build_backbone, build_method
+from benchmark.specs import LocalTrainingSpec, ModelSpec, OptimizerSpec
 
 # Domain tags keep the seed streams of different uses apart.
 _TAG_INIT, _TAG_DATA, _TAG_TRAIN, _TAG_FAULT, _TAG_SAMPLE = 11, 23, 37, 41, 53
@@ -34,36 +36,27 @@ def derive_seed(*parts: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
 
 
-def as_config(cfg: DictConfig | dict) -> DictConfig:
-    return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-
-
-def build_model(cfg: DictConfig, init_seed: int):
-    """Backbone + method from the run config, initialised from ``init_seed``.
+def build_model(model: ModelSpec, init_seed: int):
+    """Backbone + method, initialised from ``init_seed``.
 
     Module initialisation draws from torch's default generator, so it runs inside
     ``fork_rng`` with an explicit seed and leaves the caller's RNG state untouched.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        backbone = build_backbone(cfg.backbone.name, **OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True))
-        method = build_method(
-            cfg.method.name,
-            backbone,
-            exchange=cfg.method.get("exchange"),
-            **OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True),
-        )
+        backbone = build_backbone(model.backbone, **model.backbone_params)
+        method = build_method(model.method, backbone, exchange=model.exchange, **model.method_params)
     return method
 
 
-def initial_global_state(cfg: DictConfig) -> dict[str, torch.Tensor]:
-    """The round-0 global model: the exchanged tensors of a model initialised from ``seed``."""
-    return build_model(cfg, derive_seed(cfg.seed, _TAG_INIT)).exchanged_state()
+def initial_global_state(model: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
+    """The round-0 global model: the exchanged tensors of a model initialised from the run's ``seed``."""
+    return build_model(model, derive_seed(seed, _TAG_INIT)).exchanged_state()
 
 
-def client_init_seed(cfg: DictConfig, client_id: int) -> int:
+def client_init_seed(seed: int, client_id: int) -> int:
     """Seed of a client's own (never exchanged) heads before its first round."""
-    return derive_seed(cfg.seed, _TAG_INIT, client_id + 1)
+    return derive_seed(seed, _TAG_INIT, client_id + 1)
 
 
 def sample_clients(seed: int, server_round: int, client_ids: list[int], per_round: int | float) -> list[int]:
@@ -93,28 +86,26 @@ def clients_per_round(per_round: int | float, num_clients: int) -> int:
     return int(per_round)
 
 
-def round_learning_rate(cfg: DictConfig, server_round: int) -> float:
+def round_learning_rate(opt: OptimizerSpec, server_round: int) -> float:
     """Learning rate of a round: ``client.optimizer.lr`` under ``client.optimizer.schedule``.
 
     constant: the same every round; cosine: lr · ½(1 + cos(π (r-1) / R)) over R rounds.
     """
-    opt = cfg.client.optimizer
-    base = float(opt.lr)
-    schedule = opt.get("schedule", "constant")
+    base = opt.lr
+    schedule = opt.schedule
     if schedule == "constant":
         return base
     if schedule == "cosine":
-        total = int(cfg.federation.rounds)
+        total = opt.rounds
         return base * 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / max(1, total)))
     raise ValueError(f"client.optimizer.schedule={schedule!r}: expected 'constant' or 'cosine'")
 
 
-def make_optimizer(cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
-    opt = cfg.client.optimizer
-    name = str(opt.name).lower()
-    wd = float(opt.get("weight_decay", 0.0))
+def make_optimizer(opt: OptimizerSpec, params, lr: float) -> torch.optim.Optimizer:
+    name = opt.name
+    wd = opt.weight_decay
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(opt.get("momentum", 0.0)), weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=wd)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if name == "adamw":
@@ -125,12 +116,11 @@ def make_optimizer(cfg: DictConfig, params, lr: float) -> torch.optim.Optimizer:
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def autocast_settings(cfg: DictConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """``client.precision`` -> (autocast dtype or None for fp32, whether a grad scaler is needed).
 
     bf16 runs on CPU (autocast's CPU bf16 kernels; avx512_bf16/AMX make it pay) and CUDA and
     needs no scaler; fp16 is CUDA-only and scales the loss (``torch.amp.GradScaler``)."""
-    precision = str(cfg.client.get("precision", "fp32") or "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"client.precision={precision!r}: expected one of {PRECISIONS}")
     if precision == "fp32":
@@ -141,18 +131,9 @@ def autocast_settings(cfg: DictConfig, device: torch.device) -> tuple[torch.dtyp
     return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
 
 
-def resolve_device(cfg: DictConfig) -> torch.device:
-    want = str(cfg.client.get("device", "auto"))
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("client.device=cuda but no CUDA device is available; use client.device=auto or cpu")
-    return torch.device(want)
-
-
 @lru_cache(maxsize=4)
 def _load_manifest(path: str):
-    from benchmark.splits.manifest import load_manifest
+    from benchmark.splits.format import load_manifest
 
     return load_manifest(path)
 
@@ -210,12 +191,11 @@ class LocalResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def maybe_inject_failure(cfg: DictConfig, server_round: int, client_id: int) -> None:
+def maybe_inject_failure(seed: int, prob: float, server_round: int, client_id: int) -> None:
     """``fault.client_failure_prob``: raise in a seeded, reproducible subset of (round, client)."""
-    prob = float(cfg.get("fault", {}).get("client_failure_prob", 0.0) or 0.0)
     if prob <= 0.0:
         return
-    draw = np.random.default_rng(derive_seed(cfg.seed, _TAG_FAULT, server_round, client_id)).random()
+    draw = np.random.default_rng(derive_seed(seed, _TAG_FAULT, server_round, client_id)).random()
     if draw < prob:
         raise RuntimeError(
             f"injected failure of client {client_id} in round {server_round} "
@@ -224,7 +204,7 @@ def maybe_inject_failure(cfg: DictConfig, server_round: int, client_id: int) -> 
 
 
 def run_local_training(
-    cfg: DictConfig | dict,
+    spec: LocalTrainingSpec,
     client_id: int,
     server_round: int,
     global_state: dict[str, torch.Tensor],
@@ -232,40 +212,39 @@ def run_local_training(
     videos: list[tuple[str, int]],
     lr: float,
 ) -> LocalResult:
-    """Train one client for one round (``federation.local_steps`` or ``local_epochs``).
+    """Train one client for one round (``spec.local_steps`` or ``spec.local_epochs``).
 
     global_state: exchanged tensors received from the server.
     local_state: the client's own tensors from its previous round, or None (first round:
         heads initialised from ``client_init_seed``).
     videos: (path, label) pairs of the client's manifest entry.
     """
-    from benchmark.data.images import is_image_dataset, train_image_dataset
+    from benchmark.data.images import train_image_dataset
     from benchmark.data.loaders import TrainClipDataset, make_train_loader
 
-    cfg = as_config(cfg)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    torch.set_num_threads(max(1, int(cfg.client.get("num_threads", 1) or 1)))
-    maybe_inject_failure(cfg, server_round, client_id)
+    torch.set_num_threads(spec.num_threads)
+    maybe_inject_failure(spec.seed, spec.failure_prob, server_round, client_id)
     if not videos:
         raise ValueError(f"client {client_id} has no videos in the split manifest")
 
-    device = resolve_device(cfg)
-    method = build_model(cfg, client_init_seed(cfg, client_id))
-    method.set_client_context(client_id, int(cfg.federation.num_clients))
+    device = resolve_device(spec.device, "client.device")
+    method = build_model(spec.model, client_init_seed(spec.seed, client_id))
+    method.set_client_context(client_id, spec.num_clients)
     restored = bool(local_state)
     method.start_round(global_state, local_state or None, server_round)
     method.to(device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN pick its fastest kernels once
-    amp_dtype, needs_scaler = autocast_settings(cfg, device)
+    amp_dtype, needs_scaler = autocast_settings(spec.precision, device)
     scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
     hooks = method.overridden_hooks()
 
-    clip = cfg.clip
-    if is_image_dataset(cfg.get("dataset") or {}):  # the image track (benchmark/data/images.py)
-        dataset = train_image_dataset(cfg.dataset, videos, method.num_views, method.sample_transform,
-                                      seed=derive_seed(cfg.seed, _TAG_DATA, client_id))
+    clip = spec.clip
+    if spec.image_dataset is not None:  # the image track (benchmark/data/images.py)
+        dataset = train_image_dataset(spec.image_dataset, videos, method.num_views, method.sample_transform,
+                                      seed=derive_seed(spec.seed, _TAG_DATA, client_id))
     else:
         dataset = TrainClipDataset(
             videos,
@@ -275,38 +254,37 @@ def run_local_training(
             crop_size=int(clip.size),
             num_views=method.num_views,
             sample_transform=method.sample_transform,
-            backend=str(clip.get("backend", "decord")),
-            seed=derive_seed(cfg.seed, _TAG_DATA, client_id),
-            temporal_jitter=bool(clip.get("temporal_jitter", False)),
-            normalization=str(clip.get("normalization") or "kinetics"),
+            backend=clip.backend,
+            seed=derive_seed(spec.seed, _TAG_DATA, client_id),
+            temporal_jitter=clip.temporal_jitter,
+            normalization=clip.normalization,
             frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
             **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
         )
-    clip_norm = cfg.client.get("grad_clip_norm")
-    local_steps = cfg.federation.get("local_steps")
-    max_steps = int(local_steps) if local_steps else None
-    batch_size = int(cfg.client.batch_size)
+    clip_norm = spec.grad_clip_norm
+    max_steps = spec.local_steps
+    batch_size = spec.batch_size
     num_epochs = (
         math.ceil(max_steps / epoch_batches(len(videos), batch_size))
         if max_steps is not None
-        else int(cfg.federation.local_epochs)
+        else spec.local_epochs
     )
     # epoch ids are unique per (round, epoch), so every round draws new clips and patches
     loader = make_train_loader(
         dataset,
         batch_size=batch_size,
-        num_workers=int(cfg.client.num_workers),
-        seed=derive_seed(cfg.seed, _TAG_DATA, server_round, client_id),
+        num_workers=spec.num_workers,
+        seed=derive_seed(spec.seed, _TAG_DATA, server_round, client_id),
         drop_last=len(videos) > batch_size,  # as epoch_batches counts
         epochs=[server_round * 1000 + epoch for epoch in range(num_epochs)],
     )
-    optimizer = make_optimizer(cfg, method.parameter_groups(), lr)
+    optimizer = make_optimizer(spec.optimizer, method.parameter_groups(), lr)
 
     losses: list[float] = []
     processed = 0
     steps = 0
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, _TAG_TRAIN, server_round, client_id))
+        torch.manual_seed(derive_seed(spec.seed, _TAG_TRAIN, server_round, client_id))
         for batch in loader:
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
             # workers ship uint8 (or [0, 1] float) clips; mean/std on the training device
@@ -346,7 +324,7 @@ def run_local_training(
     if steps == 0:
         raise ValueError(
             f"client {client_id} made no training step: its loader is empty "
-            f"({len(videos)} videos, client.batch_size={cfg.client.batch_size})"
+            f"({len(videos)} videos, client.batch_size={spec.batch_size})"
         )
     method.cpu()
     metrics = {

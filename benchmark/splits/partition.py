@@ -8,7 +8,10 @@ Every partitioner is a pure function ``(records, num_clients, params, seed) -> c
 - All randomness comes from one ``numpy.random.default_rng(seed)`` stream; nothing
   depends on ``hash()``, dict order or global RNG state.
 
-``PARTITIONERS`` maps the names used in ``conf/partition/*.yaml`` to the functions.
+Each is registered (``benchmark.registry.PARTITIONERS``, under the name used in
+``conf/partition/*.yaml``) as a :class:`Partitioner` subclass that declares its parameters;
+the manifest id and the early config check come from that declaration. Adding a
+partitioner is one registered class plus one config file.
 ``imported`` takes a published split as-is (it reads files, draws nothing, and may give
 one video to several clients when the published split does).
 """
@@ -16,14 +19,19 @@ one video to several clients when the published split does).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from benchmark import PROJECT_ROOT
+from benchmark.io import sha256_file
+from benchmark.registry import register_partitioner
+
 Pair = tuple[str, int]
-Partitioner = Callable[[Sequence[Any], int, Mapping[str, Any], int], list[list[Pair]]]
 
 #: How many times the Dirichlet draw is repeated before giving up on ``min_size``.
 DIRICHLET_MAX_RETRIES = 1000
@@ -377,10 +385,158 @@ def imported_index_lists(records: Sequence[Any], num_clients: int, file: Path) -
     return clients
 
 
-PARTITIONERS: dict[str, Partitioner] = {
-    "iid": iid,
-    "dirichlet": dirichlet,
-    "pathological": pathological,
-    "quantity": quantity,
-    "imported": imported,
-}
+# ----------------------------------------------------------------------------- registered
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared ``partition.<name>`` parameter.
+
+    kind: int or float. positive: must be > 0 (else >= 0 is checked by the partitioner).
+    id_label: when not None, the value is part of the manifest id, after this label
+    (``dirichlet`` + ``""`` + ``0.5`` -> ``dirichlet0.5``).
+    """
+
+    name: str
+    kind: type
+    positive: bool = True
+    id_label: str | None = None
+
+
+def format_value(value: Any) -> str:
+    """How a parameter value is written in manifest ids and make commands (floats by repr)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def relative_to_project(path: str | os.PathLike) -> str:
+    """A path as recorded in a manifest: relative to the repository, POSIX separators."""
+    return Path(os.path.relpath(Path(path).resolve(), PROJECT_ROOT)).as_posix()
+
+
+def project_path(path: str) -> Path:
+    """A path recorded in a manifest (relative to the repository, or absolute) on this machine."""
+    p = Path(path)
+    return p if p.is_absolute() else (PROJECT_ROOT / p).resolve()
+
+
+@dataclass(frozen=True)
+class PreparedParams:
+    """A partitioner's parameters as ``split`` takes them (``for_split``) and as the manifest records
+    them (``recorded``: its ``params`` and ``make_command``), plus further header fields (``header``)."""
+
+    for_split: dict[str, Any]
+    recorded: dict[str, Any]
+    header: dict[str, Any]
+
+
+class Partitioner:
+    """Base of the registered partitioners: ``split(records, num_clients, params, seed)``.
+
+    params: the declared parameters (``partition.*`` besides ``name`` and ``num_clients``).
+    allows_overlap: whether one video may go to several clients.
+    """
+
+    registry_name: ClassVar[str]
+    params: ClassVar[tuple[Param, ...]] = ()
+    allows_overlap: ClassVar[bool] = False
+
+    def split(self, records: Sequence[Any], num_clients: int, params: Mapping[str, Any], seed: int) -> list[list[Pair]]:
+        raise NotImplementedError
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Every declared parameter present and of its kind (PartitionError naming ``partition.<key>``)."""
+        for p in self.params:
+            _param(params, p.name, p.kind, positive=p.positive)
+
+    def prepare(self, params: Mapping[str, Any]) -> PreparedParams:
+        """The parameters to split with and to record; the same, with no further header, by default."""
+        return PreparedParams(dict(params), dict(params), {})
+
+    def recorded_input_problems(self, manifest: Mapping[str, Any]) -> list[str] | None:
+        """Problems with inputs a manifest records besides the annotation lists (``fedvid splits
+        verify``); None when those inputs are not on this machine, so it cannot be regenerated here."""
+        return []
+
+    def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
+        """``<head>-<name><label><value>...-c<clients>-seed<seed>`` from the declared id parameters."""
+        part = self.registry_name + "".join(f"{p.id_label}{format_value(params.get(p.name))}" for p in self.params
+                                            if p.id_label is not None)
+        return f"{head}-{part}-c{num_clients}-seed{seed}"
+
+
+@register_partitioner("iid")
+class IID(Partitioner):
+    __doc__ = iid.__doc__
+
+    def split(self, records, num_clients, params, seed):
+        return iid(records, num_clients, params, seed)
+
+
+@register_partitioner("dirichlet")
+class Dirichlet(Partitioner):
+    __doc__ = dirichlet.__doc__
+    params = (Param("alpha", float, id_label=""), Param("min_size", int, positive=False))
+
+    def split(self, records, num_clients, params, seed):
+        return dirichlet(records, num_clients, params, seed)
+
+
+@register_partitioner("pathological")
+class Pathological(Partitioner):
+    __doc__ = pathological.__doc__
+    params = (Param("classes_per_client", int, id_label="-k"),)
+
+    def split(self, records, num_clients, params, seed):
+        return pathological(records, num_clients, params, seed)
+
+
+@register_partitioner("quantity")
+class Quantity(Partitioner):
+    __doc__ = quantity.__doc__
+    params = (Param("sigma", float, id_label="-sigma"), Param("min_size", int))
+
+    def split(self, records, num_clients, params, seed):
+        return quantity(records, num_clients, params, seed)
+
+
+@register_partitioner("imported")
+class Imported(Partitioner):
+    """A published split taken as-is (:func:`imported`): it draws nothing (no seed in its id),
+    names itself by ``tag`` and may give one video to several clients."""
+
+    allows_overlap = True
+    #: The parameter that names the split in the manifest id (kept in the header).
+    id_param: ClassVar[str] = "tag"
+
+    def split(self, records, num_clients, params, seed):
+        return imported(records, num_clients, params, seed)
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        if not params.get("path"):
+            raise PartitionError("partition.path is required for the imported partitioner "
+                                 "(a FedVSSL split folder or an SSD index-list file)")
+
+    def prepare(self, params: Mapping[str, Any]) -> PreparedParams:
+        """Split from the folder's absolute path; record it relative to the repository, with its
+        ``tag`` (default: the folder name) and the published files' hashes (``imported_sha256``)."""
+        self.check_params(params)
+        folder = project_path(str(params["path"]))
+        recorded = {**params, "path": relative_to_project(folder),
+                    self.id_param: params.get(self.id_param) or folder.name.split(".")[0]}
+        if folder.is_file():  # an index-list split (hc-fang/ssd data/fed/*.json)
+            files = [folder]
+        else:
+            class_file, _ = fedvssl_class_index(folder)
+            files = [*fedvssl_client_files(folder), class_file]
+        hashes = {relative_to_project(f): sha256_file(f) for f in files}
+        return PreparedParams({**params, "path": str(folder)}, recorded, {"imported_sha256": hashes})
+
+    def recorded_input_problems(self, manifest: Mapping[str, Any]) -> list[str] | None:
+        if not project_path(manifest["params"]["path"]).exists():
+            return None  # the published files are not here; nothing more to compare
+        return [f"imported_sha256: {rel} is missing or changed since the split was imported"
+                for rel, sha in manifest.get("imported_sha256", {}).items()
+                if not project_path(rel).is_file() or sha256_file(project_path(rel)) != sha]
+
+    def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
+        return f"{head}-{params[self.id_param]}-c{num_clients}"

@@ -7,7 +7,7 @@ dataset the retrieval Top-1 / Top-5, the linear-probe video-level top-1 and the
 perturbation k½, as mean ± std over seeds (sample std, ddof = 1; no ± with one seed).
 
     fedvid run experiment=compare             # runs the sweep; the callback prints the table
-    python -m benchmark.compare multirun/2026-11-21/23-00-00    # re-print it from the records
+    fedvid compare multirun/2026-11-21/23-00-00    # re-print it from the records
 
 Written into the sweep dir: ``compare_table.md`` (markdown) and ``compare_table.json``
 (every cell's per-seed values, mean and std).
@@ -24,51 +24,34 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.io import atomic_write_json, atomic_write_text, read_json
-from benchmark.rundir import CONFIG_JSON
+from benchmark.rundir import CONFIG_JSON, RESULT
+from leaderboard.record import ResultRecord
 
 TABLE_FORMAT = "fedvid-compare/1"
 MARKDOWN_NAME = "compare_table.md"
 JSON_NAME = "compare_table.json"
 
-#: (column key, header, fraction shown as %?) per downstream dataset.
+#: (column key, header, fraction shown as %?, the record's metric as (kind, name)) per downstream dataset.
 METRICS = (
-    ("retrieval_top1", "R@1", True),
-    ("retrieval_top5", "R@5", True),
-    ("linear_probe_top1", "LP", True),
-    ("k_half", "k½", False),
+    ("retrieval_top1", "R@1", True, ("retrieval", "top1")),
+    ("retrieval_top5", "R@5", True, ("retrieval", "top5")),
+    ("linear_probe_top1", "LP", True, ("linear_probe", "video_top1")),
+    ("k_half", "k½", False, ("robustness", "k_half")),
 )
 
 
-def metric_value(record: dict, dataset: str, key: str) -> float | None:
-    """One metric of a result record for one downstream dataset (None when not measured).
-
-    retrieval_top1/top5: ``evaluations.retrieval.<ds>.topk["1"/"5"]``; linear_probe_top1: the
-    video-level top-1 ``evaluations.linear_probe.<ds>.video_top1``; k_half:
-    ``evaluations.robustness.<ds>.k_half`` (None also when Top-1 never halves on the grid).
-    Records of the first evaluation format (``retrieval.<ds>.top1``) are read too.
-    """
-    ev = record.get("evaluations") or {}
-    try:
-        if key in ("retrieval_top1", "retrieval_top5"):
-            entry = ev["retrieval"][dataset]
-            k = key[-1]
-            return float(entry["topk"][k] if "topk" in entry else entry[f"top{k}"])
-        if key == "linear_probe_top1":
-            return float(ev["linear_probe"][dataset]["video_top1"])
-        if key == "k_half":
-            value = ev["robustness"][dataset]["k_half"]
-            return None if value is None else float(value)
-    except (KeyError, TypeError):
-        return None
+def metric_value(record: ResultRecord, dataset: str, key: str) -> float | None:
+    """One column's metric of a result record for one downstream dataset (None when not
+    measured; k½ also when Top-1 never halves on the grid)."""
+    for column, _, _, (kind, name) in METRICS:
+        if column == key:
+            return record.evaluations.metric(kind, dataset, name)
     raise ValueError(f"unknown metric {key!r}; expected one of {[m[0] for m in METRICS]}")
 
 
-def robustness_k_max(record: dict, dataset: str) -> float | None:
+def robustness_k_max(record: ResultRecord, dataset: str) -> float | None:
     """The largest k of the perturbation grid (what ``> k`` refers to when k½ was not reached)."""
-    try:
-        entry = record["evaluations"]["robustness"][dataset]
-    except (KeyError, TypeError):
-        return None
+    entry = record.evaluations.entry("robustness", dataset)
     ks = (entry.get("protocol") or {}).get("ks") or entry.get("ks") or [c["k"] for c in entry.get("curve") or []]
     return float(max(ks)) if ks else None
 
@@ -139,7 +122,7 @@ class CompareTable:
         return {
             "format": TABLE_FORMAT,
             "datasets": self.datasets,
-            "metrics": {key: header for key, header, _ in METRICS},
+            "metrics": {key: header for key, header, _, _ in METRICS},
             "std": "sample standard deviation over seeds (ddof=1)",
             "wall_time_s": self.wall_time_s,
             "rows": [
@@ -156,32 +139,33 @@ class CompareTable:
         }
 
 
-def build_table(records: list[dict], datasets: list[str] | None = None, run_dirs: list[str] | None = None) -> CompareTable:
+def build_table(records: list[dict | ResultRecord], datasets: list[str] | None = None,
+                run_dirs: list[str] | None = None) -> CompareTable:
     """Group result records by ``method.name`` (first-seen order) and fill the cells.
 
     datasets: downstream dataset ids (columns); default: the retrieval datasets of the first
     record that has any, in its order. run_dirs: the records' directories (same order).
     """
+    records = [r if isinstance(r, ResultRecord) else ResultRecord.from_json(r) for r in records]
     if datasets is None:
         datasets = []
         for rec in records:
-            found = list(((rec.get("evaluations") or {}).get("retrieval") or {}))
+            found = rec.evaluations.datasets("retrieval")
             if found:
                 datasets = found
                 break
     rows: dict[str, Row] = {}
     for i, rec in enumerate(records):
-        name = rec["method"]["name"]
-        row = rows.setdefault(name, Row(name=name, aggregator=rec["method"].get("aggregator", "")))
-        row.seeds.append(int(rec.get("provenance", {}).get("seeds", {}).get("seed", -1)))
+        name = rec.name
+        row = rows.setdefault(name, Row(name=name, aggregator=(rec.method or {}).get("aggregator", "")))
+        row.seeds.append(-1 if rec.seed is None else rec.seed)
         if run_dirs is not None:
             row.run_dirs.append(run_dirs[i])
-        wall = (rec.get("systems") or {}).get("wall_time_s")
-        if wall is not None:
-            row.wall_time_s.append(float(wall))
+        if rec.wall_time_s is not None:
+            row.wall_time_s.append(rec.wall_time_s)
         for ds in datasets:
             cells = row.cells.setdefault(ds, {})
-            for key, _, percent in METRICS:
+            for key, _, percent, _ in METRICS:
                 cell = cells.setdefault(key, Cell([], percent))
                 cell.values.append(metric_value(rec, ds, key))
                 if key == "k_half" and cell.k_max is None:
@@ -189,7 +173,7 @@ def build_table(records: list[dict], datasets: list[str] | None = None, run_dirs
     return CompareTable(datasets=list(datasets), rows=list(rows.values()))
 
 
-def collect_records(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
+def collect_records(sweep_dir: str | Path) -> tuple[list[ResultRecord], list[str]]:
     """The ``result.json`` of every job directory under ``sweep_dir`` (Hydra job number order).
 
     Returns (records, their job directories). Raises FileNotFoundError when there is none.
@@ -197,16 +181,16 @@ def collect_records(sweep_dir: str | Path) -> tuple[list[dict], list[str]]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such directory (expected a `fedvid run experiment=compare` sweep dir)")
-    paths = sorted(sweep_dir.glob("*/result.json"), key=lambda p: (_job_number(p.parent.name), p.parent.name))
+    paths = sorted(sweep_dir.glob(f"*/{RESULT}"), key=lambda p: (_job_number(p.parent.name), p.parent.name))
     if not paths:
         raise FileNotFoundError(f"{sweep_dir}: no */result.json (did the jobs of the multirun finish?)")
-    return [read_json(p) for p in paths], [str(p.parent) for p in paths]
+    return [ResultRecord.from_json(read_json(p)) for p in paths], [str(p.parent) for p in paths]
 
 
-def eval_datasets(run_dir: str | Path, record: dict) -> list[str] | None:
+def eval_datasets(run_dir: str | Path, record: ResultRecord) -> list[str] | None:
     """The measured downstream sets in the run's ``eval.datasets`` order (the record's JSON keys
     are sorted); None when the run dir has no ``config.json``."""
-    measured = list(((record.get("evaluations") or {}).get("retrieval") or {}))
+    measured = record.evaluations.datasets("retrieval")
     config = Path(run_dir) / CONFIG_JSON
     if not config.is_file():
         return None
@@ -222,13 +206,13 @@ def _job_number(name: str) -> int:
 def render_markdown(table: CompareTable) -> str:
     header = ["method", "aggregator", "seeds"]
     for ds in table.datasets:
-        header += [f"{ds} {h}" + (" (%)" if percent else "") for _, h, percent in METRICS]
+        header += [f"{ds} {h}" + (" (%)" if percent else "") for _, h, percent, _ in METRICS]
     header.append("wall s / run")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table.rows:
         cells = [r.name, r.aggregator, ",".join(map(str, r.seeds))]
         for ds in table.datasets:
-            cells += [r.cells[ds][key].text() for key, _, _ in METRICS]
+            cells += [r.cells[ds][key].text() for key, _, _, _ in METRICS]
         cells.append(f"{sum(r.wall_time_s) / len(r.wall_time_s):.0f}" if r.wall_time_s else "-")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
@@ -255,13 +239,13 @@ def print_table(table: CompareTable, console=None, title: str = "FedVid-Bench co
     t.add_column("seeds", justify="right")
     for ds in table.datasets:
         short = ds.replace("synthetic_", "")
-        for _, h, _ in METRICS:
+        for _, h, _, _ in METRICS:
             t.add_column(f"{short}\n{h}", justify="right")
     t.add_column("s/run", justify="right")
     for r in table.rows:
         cells = [r.name, str(len(r.seeds))]
         for ds in table.datasets:
-            cells += [r.cells[ds][key].text() for key, _, _ in METRICS]
+            cells += [r.cells[ds][key].text() for key, _, _, _ in METRICS]
         cells.append(f"{sum(r.wall_time_s) / len(r.wall_time_s):.0f}" if r.wall_time_s else "-")
         t.add_row(*(escape(c) for c in cells))
     console.print(t)
@@ -312,14 +296,14 @@ class CompareTableCallback(_HydraCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.compare",
+    parser = argparse.ArgumentParser(prog="fedvid compare",
                                      description="Print (and rewrite) the comparison table of a multirun directory.")
     parser.add_argument("sweep_dir", help="the multirun directory of `fedvid run experiment=compare`")
     args = parser.parse_args(argv)
     try:
         write_table(args.sweep_dir)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"python -m benchmark.compare: error: {e}", file=sys.stderr)
+        print(f"fedvid compare: error: {e}", file=sys.stderr)
         return 1
     return 0
 

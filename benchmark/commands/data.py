@@ -133,7 +133,7 @@ def check_main(argv: list[str]) -> int:
     listed = [*split.train, *split.test]
     if args.get("split_manifest"):
         from benchmark.data.records import VideoRecord
-        from benchmark.splits.manifest import ManifestError, load_manifest
+        from benchmark.splits.format import ManifestError, load_manifest
 
         try:
             manifest = load_manifest(args["split_manifest"])

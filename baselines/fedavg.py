@@ -1,7 +1,4 @@
-"""Built-in aggregation rules that are not tied to one paper (FedAvg).
-
-Paper-specific rules (FVSSL, L-DAWA) live in ``baselines/``.
-"""
+"""FedAvg, the default aggregator (``aggregator=fedavg``)."""
 
 from __future__ import annotations
 

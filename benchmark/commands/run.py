@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from benchmark import rundir
 from benchmark.config import debug_enabled, error_lines, hydra_entry, to_container
 from benchmark.io import atomic_write_json, atomic_write_text, canonical_json_bytes, read_json, sha256_bytes
-from benchmark.results import utc_now
+from leaderboard.record import ResultRecord, utc_now
 
 
 class RunError(RuntimeError):
@@ -113,13 +113,8 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
     client, every video is in the dataset's train list and present under ``dataset.root``.
     """
     from benchmark.data.resolve import resolve_videos
-    from benchmark.splits.manifest import (
-        SplitManifest,
-        input_overrides,
-        load_manifest,
-        make_manifest,
-        validate_manifest_data,
-    )
+    from benchmark.splits.format import SplitManifest, load_manifest, validate_manifest_data
+    from benchmark.splits.make import input_overrides, make_manifest
 
     target = run_dir / rundir.MANIFEST
     if cfg.get("split_manifest"):
@@ -181,7 +176,7 @@ def lists_sha256(annotations) -> dict[str, str]:
 
 def code_version() -> dict[str, Any]:
     from benchmark import __version__
-    from benchmark.results import git_state
+    from leaderboard.record import git_state
 
     return {"version": __version__, "commit": git_state()[0]}
 
@@ -216,12 +211,12 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
     Order: config check (every problem at once) -> run lock -> data, manifest and resume
     checks (nothing written yet) -> manifest/config/inputs written -> engine -> evaluation.
     """
-    from benchmark.config_check import check_run_config
+    from benchmark.specs import RunSpec
 
     started_at = utc_now()
     t0 = time.perf_counter()
     resolved = to_container(cfg)
-    check_run_config(resolved)
+    spec = RunSpec.from_config(resolved)  # validates every key first
     from rich.text import Text
 
     from benchmark.protocols import override_warning
@@ -243,12 +238,12 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         if resume:
             rundir.check_resume(run_dir, inputs)
             _check_legacy_resume(run_dir, resolved)
-        from benchmark.splits.manifest import write_manifest
+        from benchmark.splits.format import write_manifest
 
         write_manifest(manifest.data, run_dir / rundir.MANIFEST)
         save_config(resolved, run_dir)
         inputs.write(run_dir)
-        return _federate_and_evaluate(cfg, resolved, run_dir, manifest, videos, console=console,
+        return _federate_and_evaluate(cfg, resolved, spec, run_dir, manifest, videos, console=console,
                                       evaluate=evaluate, started_at=started_at, t0=t0)
 
 
@@ -258,32 +253,35 @@ class EvaluationFailed(RunError):
     resumable = True
 
 
-def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manifest, videos, *, console,
+def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path, manifest, videos, *, console,
                            evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
+    from benchmark.config import config_sha256
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.federation.engine import FederationOutcome
-    from benchmark.federation.training import as_config, build_model
-    from benchmark.results import build_result_record
+    from benchmark.federation.training import build_model
+    from leaderboard.record import build_result_record, record_protocol
 
-    rounds_planned = int(cfg.federation.rounds)
+    rounds_planned = spec.federation.rounds
     record_videos: dict[str, Any] = {"pretraining": videos.summary()}
 
     def write_record(evaluations: dict, outcome, failure: dict | None = None) -> dict:
         record = build_result_record(
-            resolved, manifest, rundir.read_round_log(run_dir), evaluations,
+            spec, manifest, rundir.read_round_log(run_dir), evaluations,
+            dataset_id=str(resolved["dataset"]["id"]), method_display_name=resolved["method"].get("display_name"),
+            config_sha256=config_sha256(resolved), protocol=record_protocol(resolved),
             wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
             started_at=started_at, finished_at=utc_now(), method_pretext=method_pretext,
             startup_s=outcome.startup_s, videos=record_videos, failure=failure,
         )
-        atomic_write_json(run_dir / rundir.RESULT, record)
+        atomic_write_json(run_dir / rundir.RESULT, record.to_json())
         if console is not None:
             print_summary(console, record, rundir.read_round_log(run_dir), run_dir)
-        return record
+        return record.to_json()
 
-    method = build_model(as_config(resolved), 0)
-    method_pretext = type(method).pretext or cfg.method.name
+    method = build_model(spec.model, 0)
+    method_pretext = type(method).pretext or spec.model.method
     if console is not None:
-        console.print(disk_plan(cfg, method, run_dir), soft_wrap=True, markup=False)
+        console.print(disk_plan(spec, method, run_dir), soft_wrap=True, markup=False)
     if bool(resolved.get("resume")) and (rundir.latest_round(run_dir) or -1) >= rounds_planned:
         # pretraining finished earlier (e.g. its evaluation failed): only evaluate again
         outcome = FederationOutcome(0.0, None, _previous_peak_memory(run_dir), run_dir / rundir.FLOWER_LOG)
@@ -291,7 +289,7 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
             console.print(f"pretraining already complete ({rounds_planned} rounds); evaluating the saved model")
     else:
         try:
-            outcome = _run_engine(cfg, resolved, run_dir, console)
+            outcome = _run_engine(cfg, spec, run_dir, console)
         except Exception as e:
             write_record({}, FederationOutcome(0.0, None, 0, run_dir / rundir.FLOWER_LOG),
                          {"stage": "federation", "message": str(e)})
@@ -317,7 +315,7 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, run_dir: Path, manif
     return write_record(evaluations, outcome)
 
 
-def disk_plan(cfg: DictConfig, method, run_dir: Path) -> str:
+def disk_plan(spec, method, run_dir: Path) -> str:
     """One line, printed before round 1: the most disk the run's checkpoints and client
     state take at once under ``checkpoint.keep_last`` / ``keep_every`` (sizes from the
     model as built: exchanged tensors per checkpoint, local tensors per client file), and
@@ -327,10 +325,10 @@ def disk_plan(cfg: DictConfig, method, run_dir: Path) -> str:
     def nbytes(state: dict) -> int:
         return sum(t.numel() * t.element_size() for t in state.values())
 
-    retention = rundir.Retention.from_config(cfg)
-    rounds = int(cfg.federation.rounds)
+    retention = spec.retention
+    rounds = spec.federation.rounds
     local = nbytes(method.local_state())
-    centralized = cfg.engine.name == "centralized"
+    centralized = spec.engine.name == "centralized"
     ckpt_bytes = nbytes(method.exchanged_state()) + (local if centralized else 0)
     n_ckpt = retention.max_checkpoints(rounds)
     total = n_ckpt * ckpt_bytes
@@ -338,8 +336,8 @@ def disk_plan(cfg: DictConfig, method, run_dir: Path) -> str:
     if local and not centralized:
         from benchmark.federation.training import clients_per_round
 
-        num_clients = int(cfg.federation.num_clients)
-        per_round = clients_per_round(cfg.federation.clients_per_round, num_clients)
+        num_clients = spec.federation.num_clients
+        per_round = clients_per_round(spec.federation.clients_per_round, num_clients)
         n_files = retention.max_client_files(num_clients, per_round, rounds)
         total += n_files * local
         text += f" + {n_files} client-state files x {rundir.format_bytes(local)}"
@@ -352,25 +350,24 @@ def disk_plan(cfg: DictConfig, method, run_dir: Path) -> str:
     return text
 
 
-def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):
+def _run_engine(cfg: DictConfig, spec, run_dir: Path, console):
     from benchmark.federation.centralized import run_centralized
     from benchmark.federation.engine import run_federation
-    from benchmark.federation.training import as_config
 
-    progress = _RunProgress(console, run_dir, int(cfg.federation.rounds)) if console is not None else None
-    echo = bool(cfg.engine.get("echo_log", True)) and console is not None
+    progress = _RunProgress(console, run_dir, spec.federation.rounds) if console is not None else None
+    echo = spec.engine.echo_log and console is not None
     try:
         if progress is not None:
             progress.start()
-        # engine=centralized: one in-process model on the pooled data (benchmark/federation/centralized.py)
-        run_engine = run_centralized if cfg.engine.name == "centralized" else run_federation
-        return run_engine(
-            as_config(resolved),
-            run_dir,
-            run_dir / rundir.CONFIG_JSON,
-            on_line=(progress.log_line if echo and progress is not None else None),
-            on_poll=(progress.update if progress is not None else None),
-        )
+        on_line = progress.log_line if echo and progress is not None else None
+        on_poll = progress.update if progress is not None else None
+        if spec.engine.name == "centralized":
+            # one in-process model on the pooled data (benchmark/federation/centralized.py)
+            return run_centralized(spec, run_dir, str(cfg.dataset.root), resume=bool(cfg.get("resume", False)),
+                                   allow_missing_videos=bool(cfg.get("allow_missing_videos", False)),
+                                   on_line=on_line, on_poll=on_poll)
+        return run_federation(spec.engine, spec.federation.num_clients, str(cfg.dataset.root), run_dir,
+                              run_dir / rundir.CONFIG_JSON, on_line=on_line, on_poll=on_poll)
     finally:
         if progress is not None:
             progress.stop()
@@ -378,7 +375,7 @@ def _run_engine(cfg: DictConfig, resolved: dict, run_dir: Path, console):
 
 def _previous_peak_memory(run_dir: Path) -> int:
     try:
-        return int(read_json(run_dir / rundir.RESULT)["systems"]["peak_memory_bytes"])
+        return int(ResultRecord.from_json(read_json(run_dir / rundir.RESULT)).systems["peak_memory_bytes"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return 0
 
@@ -390,9 +387,10 @@ def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None
         from benchmark.evaluation.image_eval import evaluate_image_backbone
 
         return evaluate_image_backbone(backbone, cfg, progress=console is not None)
+    from benchmark.commands.evaluate import evaluation_spec
     from benchmark.evaluation.pipeline import evaluate_backbone_report
 
-    return evaluate_backbone_report(backbone, cfg, run_dir, progress=console is not None)
+    return evaluate_backbone_report(backbone, evaluation_spec(cfg), run_dir, progress=console is not None)
 
 
 # ------------------------------------------------------------------------------------
@@ -404,7 +402,14 @@ class _RunProgress:
     """Rich progress (rounds, clients, ETA) fed from the run dir's status and round log."""
 
     def __init__(self, console, run_dir: Path, rounds: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.run_dir = run_dir
         self.rounds = rounds
@@ -444,16 +449,16 @@ class _RunProgress:
         self.progress.update(self.task, completed=done, description=desc)
 
 
-def status_line(record: dict) -> str:
+def status_line(record: ResultRecord) -> str:
     """The record's status, why, client participation and skipped videos, in plain lines."""
-    lines = [f"status: {record['status']}" + "".join(f"\n  - {r}" for r in record.get("status_reasons", []))]
-    part = record.get("participation")
+    lines = [f"status: {record.status}" + "".join(f"\n  - {r}" for r in record.status_reasons or [])]
+    part = record.participation
     if part:
         by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(part["failed_by_reason"].items()))
         lines.append(f"client updates: {part['sampled']} sampled, {part['replied']} used, {part['failed']} failed"
                      + (f" ({by_reason})" if by_reason else "")
                      + (f"; clients never used: {part['excluded_clients']}" if part["excluded_clients"] else ""))
-    videos = record.get("videos") or {}
+    videos = record.videos or {}
     counts = [("pretraining", videos["pretraining"])] if videos.get("pretraining") else []
     counts += [(f"{ds} {split}", c) for ds, splits in sorted((videos.get("evaluation") or {}).items())
                for split, c in sorted(splits.items())]
@@ -464,10 +469,10 @@ def status_line(record: dict) -> str:
     return "\n".join(lines)
 
 
-def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> None:
+def print_summary(console, record: ResultRecord, rounds: list[dict], run_dir: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"FedVid-Bench run: {record['method']['name']}")
+    table = Table(title=f"FedVid-Bench run: {record.name}")
     table.add_column("round", justify="right")
     table.add_column("clients")
     table.add_column("loss", justify="right")
@@ -481,18 +486,18 @@ def print_summary(console, record: dict, rounds: list[dict], run_dir: Path) -> N
                       f"{r['round_wall_s']:.1f}", f"{r['client_compute_s']:.1f}",
                       f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}")
     console.print(table)
-    ev = record.get("evaluations") or {}
-    if ev.get("retrieval"):
+    ev = record.evaluations
+    if ev.datasets("retrieval"):
         t = Table(title="Retrieval Top-1 (%) on the downstream sets")
         for col in ("dataset", "pretrained (global model)", "random init", "chance"):
             t.add_column(col, justify="right")
-        for name, entry in ev["retrieval"].items():
-            rand = ev.get("random_init", {}).get("retrieval", {}).get(name, {}).get("topk", {}).get("1")
-            t.add_row(name, f"{100 * entry['topk']['1']:.1f}", "-" if rand is None else f"{100 * rand:.1f}",
-                      f"{100 * entry['chance_top1']:.1f}")
+        for name in ev.datasets("retrieval"):
+            top1, chance = ev.metric("retrieval", name, "top1"), ev.metric("retrieval", name, "chance_top1")
+            rand = ev.random_init.metric("retrieval", name, "top1")
+            t.add_row(name, f"{100 * top1:.1f}", "-" if rand is None else f"{100 * rand:.1f}", f"{100 * chance:.1f}")
         console.print(t)
     console.print(status_line(record), soft_wrap=True, markup=False)
-    sysd = record["systems"]
+    sysd = record.systems
     console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
                   f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")
     console.print("files:")

@@ -1,22 +1,32 @@
-"""The result record of a run (``fedvid-result/1``), written as ``result.json`` in the run dir.
+"""The result record of a run (``fedvid-result/1``): its one owner, beside its schema.
 
-:func:`build_result_record` assembles it from the resolved config, the split manifest, the
-per-round log, the evaluation block and the run's timings; ``benchmark.io.atomic_write_json``
-writes it. Section and key names are part of the leaderboard contract.
+:class:`ResultRecord` is the typed record (``from_json`` / ``to_json``); every reader —
+``fedvid run``'s summary, ``fedvid compare``, ``fedvid reproduce``, ``fedvid leaderboard
+build`` — goes through it, and :meth:`Evaluations.metrics` is the one place that names a
+metric (``retrieval.<dataset>.top1``, ``linear_probe.<dataset>.video_top1``, ...).
+:func:`build_result_record` assembles the record of a run from its specs (``RunSpec``), the
+config hash and claimed protocol, the split manifest, the per-round log, the evaluation block and the run's timings;
+``benchmark.io.atomic_write_json`` writes it. Section and key names are part of the
+leaderboard contract (``leaderboard/schema/result.schema.json``); validation lives in
+:mod:`leaderboard.records`.
 """
 
 from __future__ import annotations
 
 import platform
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark import PROJECT_ROOT, __version__
-from benchmark.config import config_sha256
-from benchmark.io import sha256_bytes, canonical_json_bytes
+from benchmark.io import canonical_json_bytes, sha256_bytes
+
+if TYPE_CHECKING:
+    from benchmark.specs import RunSpec
 
 RESULT_FORMAT = "fedvid-result/1"
 #: ``degraded`` when more than this fraction of the sampled client updates failed (a
@@ -25,6 +35,129 @@ MAX_FAILED_UPDATE_FRACTION = 0.10
 #: Packages whose versions every record lists (what produced the numbers).
 RECORDED_PACKAGES = ("torch", "torchvision", "flwr", "ray", "hydra-core", "numpy", "decord", "av", "pytorchvideo",
                      "torchmetrics", "fedvid-bench")
+
+
+#: Keys of an evaluation entry that describe how a metric was produced, not a metric.
+_NOT_METRICS = frozenset({"protocol", "curve", "split", "random_init"})
+
+
+@dataclass(frozen=True)
+class Evaluations:
+    """The ``evaluations`` section: ``{kind: {dataset: entry}}`` (kind: retrieval,
+    linear_probe, finetune, robustness, representation) plus ``random_init``, the same
+    block measured on the untrained backbone."""
+
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Evaluations:
+        return cls(dict(data or {}))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.sections)
+
+    def datasets(self, kind: str = "retrieval") -> list[str]:
+        """The datasets measured by ``kind``, in the record's order."""
+        return list(self.sections.get(kind) or {})
+
+    @property
+    def random_init(self) -> Evaluations:
+        return Evaluations.from_json(self.sections.get("random_init"))
+
+    def metrics(self) -> dict[str, float]:
+        """Every metric by its flat name: ``{"retrieval": {"ucf101": {"topk": {"1": .3}}}}``
+        -> ``{"retrieval.ucf101.top1": .3}``. Numeric leaves only; protocol settings,
+        curves and the random-init reference are not metrics. Records of the first
+        evaluation format (``retrieval.<ds>.top1``) give the same names."""
+        out: dict[str, float] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, bool):
+                return
+            if isinstance(node, (int, float)):
+                out[prefix] = float(node)
+            elif isinstance(node, Mapping):
+                for key, value in node.items():
+                    if key in _NOT_METRICS:
+                        continue
+                    if key == "topk" and isinstance(value, Mapping):
+                        for k, v in value.items():
+                            walk(f"{prefix}.top{k}", v)
+                    else:
+                        walk(f"{prefix}.{key}" if prefix else key, value)
+
+        walk("", self.sections)
+        return out
+
+    def metric(self, kind: str, dataset: str, name: str) -> float | None:
+        """One metric (``metric("retrieval", "ucf101", "top1")``); None when not measured
+        (or, for ``robustness``'s ``k_half``, never reached)."""
+        return self.metrics().get(f"{kind}.{dataset}.{name}")
+
+    def entry(self, kind: str, dataset: str) -> Mapping[str, Any]:
+        """The whole entry of ``kind`` on ``dataset`` (its protocol, curve, ...); {} when absent."""
+        return (self.sections.get(kind) or {}).get(dataset) or {}
+
+
+#: Top-level sections in the order the record is written; any other key (``source``,
+#: ``submitter``, ``notes`` of reported entries) follows them unchanged.
+_SECTIONS = ("format", "status", "status_reasons", "track", "method", "evaluations", "participation", "videos",
+             "systems", "provenance", "failure", "protocol", "nonstandard", "record_id")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """A ``fedvid-result/1`` record. Sections the readers share are typed; ``track``,
+    ``method``, ``systems`` and ``provenance`` stay the schema's objects (documented there).
+    A section the record does not have is None (reported entries carry no ``systems``)."""
+
+    format: str = RESULT_FORMAT
+    status: str | None = None
+    status_reasons: list[str] | None = None
+    track: Mapping[str, Any] | None = None
+    method: Mapping[str, Any] | None = None
+    evaluations: Evaluations = field(default_factory=Evaluations)
+    participation: Mapping[str, Any] | None = None
+    videos: Mapping[str, Any] | None = None
+    systems: Mapping[str, Any] | None = None
+    provenance: Mapping[str, Any] | None = None
+    failure: Mapping[str, str] | None = None
+    protocol: Mapping[str, Any] | None = None
+    nonstandard: bool | None = None
+    record_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ResultRecord:
+        known = {k: data[k] for k in _SECTIONS if k in data}
+        known["evaluations"] = Evaluations.from_json(data.get("evaluations"))
+        return cls(**known, extra={k: v for k, v in data.items() if k not in _SECTIONS})
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written; optional sections that are None are left out."""
+        out: dict[str, Any] = {}
+        for key in _SECTIONS:
+            value = getattr(self, key)
+            if key == "evaluations":
+                value = value.to_json()
+            if value is not None:
+                out[key] = value
+        return {**out, **self.extra}
+
+    @property
+    def name(self) -> str:
+        """The method's display name (``CtP + FedAvg``)."""
+        return (self.method or {})["name"]
+
+    @property
+    def seed(self) -> int | None:
+        seed = ((self.provenance or {}).get("seeds") or {}).get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def wall_time_s(self) -> float | None:
+        wall = (self.systems or {}).get("wall_time_s")
+        return None if wall is None else float(wall)
 
 
 def git_state(root: Path = PROJECT_ROOT) -> tuple[str | None, bool | None]:
@@ -70,11 +203,11 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _aggregator_label(cfg: dict) -> str:
+def _aggregator_label(spec: RunSpec) -> str:
     """engine=centralized trains no federation: "centralized", or "none" with 0 rounds (random init)."""
-    if (cfg.get("engine") or {}).get("name") == "centralized":
-        return "centralized" if int(cfg["federation"]["rounds"]) > 0 else "none"
-    return cfg["aggregator"]["name"]
+    if spec.engine.name == "centralized":
+        return "centralized" if spec.federation.rounds > 0 else "none"
+    return spec.federation.aggregator
 
 
 def display_name(method: str, aggregator: dict) -> str:
@@ -146,11 +279,15 @@ def record_protocol(cfg: dict) -> dict[str, Any] | None:
 
 
 def build_result_record(
-    cfg: dict,
+    spec: RunSpec,
     manifest,
     rounds: list[dict],
     evaluations: dict,
     *,
+    dataset_id: str,
+    method_display_name: str | None,
+    config_sha256: str,
+    protocol: dict[str, Any] | None,
     wall_time_s: float,
     peak_memory_bytes: int,
     started_at: str,
@@ -159,10 +296,13 @@ def build_result_record(
     startup_s: float | None = None,
     videos: dict[str, Any] | None = None,
     failure: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> ResultRecord:
     """The ``fedvid-result/1`` record.
 
-    cfg: the resolved run config (plain dict). manifest: the run's ``SplitManifest``.
+    spec: the run's specs. manifest: the run's ``SplitManifest``. dataset_id: the pretraining
+    dataset's id. method_display_name: ``method.display_name`` (None: ``method + aggregator (params)``).
+    config_sha256: of the resolved run config. protocol: the claimed protocol
+    (:func:`record_protocol`) or None.
     rounds: the records of ``rounds.jsonl``. evaluations: ``evaluate_backbone``'s block
     (``{}`` when evaluation was switched off). videos: listed/present/skipped counts,
     ``{"pretraining": {...}, "evaluation": {dataset: {split: {...}}}}``. failure: the stage
@@ -170,37 +310,37 @@ def build_result_record(
     """
     from benchmark.federation.training import clients_per_round
 
-    fed, clip = cfg["federation"], cfg["clip"]
+    fed, training, model = spec.federation, spec.training, spec.model
     commit, dirty = git_state()
     bytes_per_round = [{"round": r["round"], "up": int(r["bytes_up"]), "down": int(r["bytes_down"])} for r in rounds]
-    method = cfg["method"]
     track = {
-        "dataset": cfg["dataset"]["id"],
+        "dataset": dataset_id,
         "split_manifest_id": manifest.manifest_id,
         "split_content_sha256": manifest.content_sha256,
-        "num_clients": int(fed["num_clients"]),
+        "num_clients": fed.num_clients,
         # the number actually sampled each round (a fraction in the config is resolved here)
-        "clients_per_round": clients_per_round(fed["clients_per_round"], int(fed["num_clients"])),
-        "rounds": int(fed["rounds"]),
-        "local_epochs": int(fed["local_epochs"]),
-        "local_steps": fed.get("local_steps"),
-        "backbone": cfg["backbone"]["name"],
-        "input_size": [int(clip["frames"]), int(clip["size"]), int(clip["size"])],
+        "clients_per_round": clients_per_round(fed.clients_per_round, fed.num_clients),
+        "rounds": fed.rounds,
+        "local_epochs": training.local_epochs,
+        "local_steps": training.local_steps,
+        "backbone": model.backbone,
+        "input_size": [training.clip.frames, training.clip.size, training.clip.size],
     }
     videos = videos or {}
     part = participation(rounds)
     status, reasons = run_status(part, videos, failure)
-    record = {
+    record: dict[str, Any] = {
         "format": RESULT_FORMAT,
         "status": status,
         "status_reasons": reasons,
         "track": track,
         "method": {
-            "name": method.get("display_name") or display_name(method["name"], cfg["aggregator"]),
+            "name": method_display_name or display_name(
+                model.method, {"name": fed.aggregator, "params": dict(fed.aggregator_params)}),
             "pretext": method_pretext,
-            "aggregator": _aggregator_label(cfg),
-            "params": {"method": method.get("params") or {}, "aggregator": cfg["aggregator"].get("params") or {}},
-            "exchange": method.get("exchange"),
+            "aggregator": _aggregator_label(spec),
+            "params": {"method": dict(model.method_params), "aggregator": dict(fed.aggregator_params)},
+            "exchange": model.exchange,
             "code": {"package": "fedvid-bench", "version": __version__, "commit": commit},
         },
         "evaluations": evaluations,
@@ -220,18 +360,17 @@ def build_result_record(
             "git_commit": commit,
             "git_dirty": dirty,
             "packages": package_versions(),
-            "config_sha256": config_sha256(cfg),
-            "seeds": {"seed": int(cfg["seed"])},
+            "config_sha256": config_sha256,
+            "seeds": {"seed": fed.seed},
             "started_at": started_at,
             "finished_at": finished_at,
         },
     }
     if failure:
         record["failure"] = failure
-    protocol = record_protocol(cfg)
     if protocol is not None:
         record["protocol"] = protocol
-    from benchmark.splits.manifest import standard_split_hashes
+    from benchmark.splits.standard import standard_split_hashes
 
     if manifest.content_sha256 not in standard_split_hashes():
         record["nonstandard"] = True  # a split made for this run, not a committed standard one
@@ -240,4 +379,4 @@ def build_result_record(
         canonical_json_bytes({"track": track, "method": record["method"], "config": record["provenance"]["config_sha256"],
                               "started_at": started_at})
     )[:16]
-    return record
+    return ResultRecord.from_json(record)

@@ -13,10 +13,36 @@ import argparse
 import io
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 USAGE = __doc__ or ""
+
+
+def compose_splits_config(overrides: Sequence[str]) -> Any:
+    """Compose ``conf/splits.yaml`` with Hydra overrides, as ``fedvid splits make`` does."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import benchmark.config  # noqa: F401  (registers the ${project_root:} resolver)
+    from benchmark import CONF_DIR
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="splits", overrides=list(overrides))
+
+
+def make_from_overrides(overrides: Sequence[str], cache: dict | None = None) -> dict[str, Any]:
+    """Compose the config, read the annotations and make the manifest (``make-standard``, tests)."""
+    from benchmark.splits.make import dataset_choice, input_overrides, make_manifest
+    from benchmark.splits.verify import annotations_for
+
+    cfg = compose_splits_config(overrides)
+    annotations = annotations_for(cfg, cache)
+    return make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice(overrides),
+                         inputs=input_overrides(overrides))
 
 
 def _make_task(cfg: Any) -> int:
@@ -24,7 +50,8 @@ def _make_task(cfg: Any) -> int:
     from rich.console import Console
 
     from benchmark.data.annotations import load_annotations
-    from benchmark.splits.manifest import input_overrides, make_manifest, write_manifest
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.make import input_overrides, make_manifest
 
     try:
         annotations = load_annotations(cfg.dataset)
@@ -87,7 +114,7 @@ def stats_main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from benchmark.splits.manifest import ManifestError, load_manifest
+    from benchmark.splits.format import ManifestError, load_manifest
 
     parser = argparse.ArgumentParser(prog="fedvid splits stats", description="per-client sizes and class counts")
     parser.add_argument("path", type=Path, help="manifest (.json or .json.gz)")
@@ -125,7 +152,8 @@ def verify_main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.progress import track
 
-    from benchmark.splits.manifest import committed_manifests, verify_manifest
+    from benchmark.splits.standard import committed_manifests
+    from benchmark.splits.verify import verify_manifest
 
     parser = argparse.ArgumentParser(prog="fedvid splits verify", description="check split manifests")
     parser.add_argument("paths", nargs="*", type=Path, help="manifests (default: every committed one)")
@@ -139,7 +167,7 @@ def verify_main(argv: list[str]) -> int:
     bad = 0
     cache: dict = {}  # each dataset's lists are read once
     for path in track(paths, description="verifying", console=console, transient=True):
-        problems = verify_manifest(path, regenerate=not args.no_regenerate, cache=cache)
+        problems = verify_manifest(path, compose_splits_config, regenerate=not args.no_regenerate, cache=cache)
         if problems:
             bad += 1
             for p in problems:
@@ -155,7 +183,8 @@ def make_standard_main(argv: list[str]) -> int:
     from rich.progress import track
 
     from benchmark import PROJECT_ROOT
-    from benchmark.splits.manifest import STANDARD_SPLITS, make_from_overrides, standard_manifest_path, write_manifest
+    from benchmark.splits.format import write_manifest
+    from benchmark.splits.standard import STANDARD_SPLITS, standard_manifest_path
 
     parser = argparse.ArgumentParser(prog="fedvid splits make-standard", description="regenerate datasets/*/splits/")
     parser.add_argument("--only", default=None, help="only specs whose overrides contain this text")

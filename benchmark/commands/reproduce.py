@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark import PROJECT_ROOT
-from benchmark.commands import TINY_INPUT_OVERRIDES
+from benchmark.config import TINY_INPUT_OVERRIDES
 from benchmark.io import read_json
 from benchmark.rundir import RESULT
+from leaderboard.record import ResultRecord
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Table:
     name: str
     title: str
     source: str
-    metrics: tuple[str, ...]  # flattened metric paths compared (leaderboard.build.flatten_metrics)
+    metrics: tuple[str, ...]  # flattened metric paths compared (leaderboard.record.Evaluations.metrics)
     rows: tuple[Row, ...]
     full_compute: str
     protocol: str  # conf/protocol/<name>.yaml, docs/protocols/<name>.md: the settings behind every row
@@ -191,10 +192,8 @@ TABLES: dict[str, Table] = {
 def _reported(record_id: str | None) -> dict[str, float]:
     if record_id is None:
         return {}
-    from leaderboard.build import flatten_metrics
-
     path = PROJECT_ROOT / "leaderboard" / "reported" / f"{record_id}.json"
-    return flatten_metrics(read_json(path)["evaluations"])
+    return ResultRecord.from_json(read_json(path)).evaluations.metrics()
 
 
 def print_tables() -> None:
@@ -287,8 +286,6 @@ def main(argv: list[str]) -> int:
         return 2
     out = out or Path("outputs") / "reproduce" / f"{table.name}-{scale}"
 
-    from leaderboard.build import flatten_metrics
-
     results: dict[str, dict[str, float]] = {}
     failed = []
     for i in selected:
@@ -302,7 +299,7 @@ def main(argv: list[str]) -> int:
             failed.append(row.label)
             print(f"  row failed (exit {proc.returncode}); see {run_dir}", file=sys.stderr)
             continue
-        results[row.label] = flatten_metrics(read_json(result)["evaluations"])
+        results[row.label] = ResultRecord.from_json(read_json(result)).evaluations.metrics()
 
     run_rows = tuple(table.rows[i] for i in selected)
     rows = compare(table, results, scale, run_rows)

@@ -1,4 +1,4 @@
-"""``fedvid methods`` and ``fedvid check-method NAME``."""
+"""``fedvid check-method NAME``: a 2-round, 2-client smoke run of a method."""
 
 from __future__ import annotations
 
@@ -9,56 +9,7 @@ import tempfile
 from pathlib import Path
 
 from benchmark import CONF_DIR
-
-
-def methods_main(argv: list[str]) -> int:
-    """List the registered methods, aggregators and backbones (built-in and entry points)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from benchmark.registry import AGGREGATORS, BACKBONES, METHODS
-
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: fedvid methods\n\nList registered methods, aggregators and backbones.")
-        return 0
-    console = Console()
-    table = Table(title="methods (client side)")
-    for col in ("name", "pretext", "views", "default exchange", "config", "defined in"):
-        table.add_column(col)
-    for name in METHODS.names():
-        cls = METHODS.get(name)
-        conf = CONF_DIR / "method" / f"{name}.yaml"
-        table.add_row(name, getattr(cls, "pretext", ""), str(getattr(cls, "num_views", "")),
-                      getattr(cls, "default_exchange", ""), f"method={name}" if conf.is_file() else "-",
-                      getattr(cls, "__module__", "?"))
-    console.print(table)
-    for title, registry, group in (("aggregators (server side)", AGGREGATORS, "aggregator"),
-                                   ("backbones", BACKBONES, "backbone")):
-        t = Table(title=title)
-        t.add_column("name")
-        t.add_column("config")
-        t.add_column("defined in")
-        for name in registry.names():
-            obj = registry.get(name)
-            conf = CONF_DIR / group / f"{name}.yaml"
-            t.add_row(name, f"{group}={name}" if conf.is_file() else "-", getattr(obj, "__module__", "?"))
-        console.print(t)
-    return 0
-
-
-#: The smallest real input (tiny synthetic sets, 8x32x32 clips, one thread per client),
-#: shared by check-method, `fedvid reproduce ... scale=smoke` and the tests.
-TINY_INPUT_OVERRIDES = [
-    "synthetic_size=tiny",
-    "client.batch_size=2",
-    "client.num_workers=0",
-    "client.num_threads=1",
-    "clip.frames=8",
-    "clip.stride=1",
-    "clip.size=32",
-    "clip.short_side=40",
-    "engine.client_resources.num_cpus=1",
-]
+from benchmark.config import TINY_INPUT_OVERRIDES
 
 #: Overrides of the smoke run: 2 clients, 2 rounds, tiny inputs, no evaluation.
 SMOKE_OVERRIDES = [
@@ -174,15 +125,17 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     """Run the smoke federation and return the problems found (empty: the method works)."""
     import torch
 
+    from benchmark.commands.run import execute_run
     from benchmark.federation.checkpoint import final_global_state
+    from benchmark.federation.training import build_model, initial_global_state
     from benchmark.rundir import STATUS, read_round_log
-    from benchmark.federation.training import as_config, build_model, initial_global_state
-    from benchmark.runner import execute_run
+    from benchmark.specs import ModelSpec
 
     problems: list[str] = []
     name = cfg.method.name
+    model_spec = ModelSpec.from_config(cfg)
     try:
-        model = build_model(cfg, 0)
+        model = build_model(model_spec, 0)
     except Exception as e:  # noqa: BLE001 - reported in words
         return [f"building {name} around backbone {cfg.backbone.name} failed: {type(e).__name__}: {e}"]
     exchange = model.exchange
@@ -227,12 +180,12 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
                                     "from its local state")
     try:
         hook_problems, exercised = exercise_hooks(cfg, run_dir)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a hook that raises is a finding, reported with the others
         hook_problems, exercised = [f"exercising the method's hooks failed: {type(e).__name__}: {e}"], []
     problems += hook_problems
     if exercised:
         console.print(f"check-method {name}: exercised the hooks it overrides: {', '.join(exercised)}")
-    initial = initial_global_state(as_config(cfg))
+    initial = initial_global_state(model_spec, int(cfg.seed))
     final = final_global_state(run_dir)
     if set(initial) != set(final):
         problems.append("the global model's tensor names changed during the run")
@@ -248,17 +201,21 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
 
     from benchmark.data.loaders import TrainClipDataset, collate_batch
     from benchmark.federation.training import (
-        _int_or_list, as_config, build_model, client_init_seed, client_videos, initial_global_state,
+        _int_or_list, build_model, client_init_seed, client_videos, initial_global_state,
     )
     from benchmark.rundir import MANIFEST
+    from omegaconf import DictConfig, OmegaConf
 
-    cfg = as_config(cfg)
+    from benchmark.specs import LocalTrainingSpec
+
+    spec = LocalTrainingSpec.from_config(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
+                                         else cfg)
     problems: list[str] = []
-    method = build_model(cfg, client_init_seed(cfg, 0))
+    method = build_model(spec.model, client_init_seed(spec.seed, 0))
     hooks = method.overridden_hooks()
     if "set_client_context" in hooks:
-        method.set_client_context(0, int(cfg.federation.num_clients))
-    glob = initial_global_state(cfg)
+        method.set_client_context(0, spec.num_clients)
+    glob = initial_global_state(spec.model, spec.seed)
     if "start_round" in hooks:
         method.start_round(glob, None, 1)
         method.start_round(glob, method.local_state(), 2)
@@ -266,20 +223,19 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
             problems.append("start_round: the method kept no local tensors although exchange=backbone")
     else:
         method.start_round(glob, None, 1)
-    videos = client_videos(str(run_dir / MANIFEST), str(cfg.dataset.root), 0)[:2]
-    clip = cfg.clip
+    videos = client_videos(str(run_dir / MANIFEST), str(cfg["dataset"]["root"]), 0)[:2]
+    clip = spec.clip
     dataset = TrainClipDataset(
-        videos, frames=int(clip.frames), stride=_int_or_list(clip.stride), short_side=_int_or_list(clip.short_side),
-        crop_size=int(clip.size), num_views=method.num_views, sample_transform=method.sample_transform,
-        backend=str(clip.get("backend", "decord")), seed=0, temporal_jitter=bool(clip.get("temporal_jitter", False)),
-        normalization=str(clip.get("normalization") or "kinetics"),
+        videos, frames=clip.frames, stride=_int_or_list(clip.stride), short_side=_int_or_list(clip.short_side),
+        crop_size=clip.size, num_views=method.num_views, sample_transform=method.sample_transform,
+        backend=clip.backend, seed=0, temporal_jitter=clip.temporal_jitter, normalization=clip.normalization,
         frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
         **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
     )
     if "sample_frames" in hooks:
         from benchmark.data.decoding import open_video
 
-        with open_video(videos[0][0], str(clip.get("backend", "decord"))) as video:
+        with open_video(videos[0][0], clip.backend) as video:
             planned = method.sample_frames(video.num_frames, dataset.generator_for(0))
         if planned is None:
             problems.append("sample_frames is overridden but returned None (the loader's own sampling)")
@@ -289,6 +245,8 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
         if missing:
             problems.append(f"sample_frames targets {missing} are not in the loader's sample")
     batch = collate_batch(samples)
+    batch["video"] = dataset.normalize_video(batch["video"])  # as the training loop does
+    batch = method.prepare_batch(batch)
     method.train()
     groups = method.parameter_groups()
     listed = [id(p) for g in groups for p in g["params"]]
