@@ -384,9 +384,15 @@ def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None
     """The shared evaluation (``benchmark.evaluation``): its report, whose ``evaluations`` go
     into the record and whose ``datasets[...]["videos"]`` give the skipped-video counts."""
     if cfg.dataset.get("modality") == "image":  # image track: SSD's linear_eval.py / semi_eval.py
-        from benchmark.evaluation.image_eval import evaluate_image_backbone
+        import torch
 
-        return evaluate_image_backbone(backbone, cfg, progress=console is not None)
+        from benchmark.evaluation.image_eval import evaluate_image_backbone
+        from benchmark.protocols import protocol_id
+
+        device = "cuda" if torch.cuda.is_available() and str(cfg.client.get("device", "auto")) != "cpu" else "cpu"
+        return evaluate_image_backbone(backbone, cfg.dataset, cfg.eval.image,
+                                       protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None},
+                                       device=device, progress=console is not None)
     from benchmark.commands.evaluate import evaluation_spec
     from benchmark.evaluation.pipeline import evaluate_backbone_report
 

@@ -205,16 +205,20 @@ def semi_eval(backbone: nn.Module, train_images: np.ndarray, train_labels: np.nd
     return {"top1": max(history) if history else None, "top1_history": history, "num_labelled": len(labelled)}
 
 
-def evaluate_image_backbone(backbone: nn.Module, cfg: Any, progress: bool = False) -> dict[str, Any]:
-    """Linear probe, semi-supervised fine-tuning (each ``eval.image.semi.ratios``) and
-    representation metrics on the run's image dataset (train -> test). Returns the report
-    ``{"evaluations": {...}, "datasets": {...}, "wall_time_s"}`` the runner records."""
+def evaluate_image_backbone(backbone: nn.Module, dataset: Mapping, image_eval: Mapping, protocol_id: Mapping,
+                            device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Linear probe, semi-supervised fine-tuning (each ``image_eval.semi.ratios``) and
+    representation metrics on the run's image ``dataset`` (its config block; train -> test).
+
+    image_eval: the ``eval.image`` block (``linear``, ``semi``); protocol_id: the ``{"name",
+    "version", "variant"}`` the entries claim. Returns the report ``{"evaluations": {...},
+    "datasets": {...}, "wall_time_s"}`` the runner records."""
     from benchmark.data.images import load_image_set
+    from omegaconf import OmegaConf
 
     started = time.perf_counter()
-    ds = cfg.dataset
-    ev: Mapping = cfg.eval.image
-    device = "cuda" if torch.cuda.is_available() and str(cfg.client.get("device", "auto")) != "cpu" else "cpu"
+    ds = OmegaConf.create(_plain(dataset))
+    ev = OmegaConf.create(_plain(image_eval))
     train, test = load_image_set(ds, train=True), load_image_set(ds, train=False)
     k = len(train.classes)
     lin = ev.linear
@@ -223,9 +227,7 @@ def evaluate_image_backbone(backbone: nn.Module, cfg: Any, progress: bool = Fals
     ds_id = str(ds.id)
     linear = linear_eval(train_z, torch.as_tensor(train.labels), test_z, torch.as_tensor(test.labels), k,
                          int(lin.epochs), int(lin.batch_size), float(lin.lr), int(lin.seed))
-    from benchmark.evaluation.pipeline import evaluation_protocol_id
-
-    common = {**evaluation_protocol_id(cfg), "dataset": ds_id, "num_train": len(train), "num_test": len(test), "num_classes": k,
+    common = {**_plain(protocol_id), "dataset": ds_id, "num_train": len(train), "num_test": len(test), "num_classes": k,
               "feature_dim": int(train_z.shape[1]), "pooling": "avg"}
     out: dict[str, Any] = {
         "image_linear_probe": {ds_id: {**linear, "protocol": {**common, "source": "hc-fang/ssd linear_eval.py",
