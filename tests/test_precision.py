@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from benchmark.data.synthetic import ensure_synthetic
 from benchmark.federation.training import autocast_settings, initial_global_state, run_local_training
+from benchmark.specs import LocalTrainingSpec
 
 
 @pytest.fixture(scope="module")
@@ -18,12 +18,12 @@ def tiny_videos(tmp_path_factory):
     return [(str(v), 0) for v in sorted((root / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:6]]
 
 
-def _cfg(precision: str):
-    return OmegaConf.create({
+def _cfg(precision: str) -> LocalTrainingSpec:
+    return LocalTrainingSpec.from_config({
         "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
         "method": {"name": "ctp", "exchange": "backbone",
                    "params": {"num_frames": 4, "visible_prob": 1.0, "opacity_range": [1.0, 1.0]}},
-        "federation": {"num_clients": 1, "local_epochs": 1, "local_steps": 2},
+        "federation": {"num_clients": 1, "local_epochs": 1, "local_steps": 2, "rounds": 1},
         "client": {"batch_size": 3, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": 40.0,
                    "precision": precision,
                    "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0}},
@@ -34,7 +34,7 @@ def _cfg(precision: str):
 def test_bf16_autocast_trains_on_cpu_close_to_fp32(tiny_videos):
     saved = torch.get_num_threads()
     try:
-        state = initial_global_state(_cfg("fp32"))
+        state = initial_global_state(_cfg("fp32").model, 0)
         fp32 = run_local_training(_cfg("fp32"), 0, 1, state, None, tiny_videos, 0.001)
         bf16 = run_local_training(_cfg("bf16"), 0, 1, state, None, tiny_videos, 0.001)
     finally:
@@ -55,13 +55,13 @@ def test_bf16_autocast_trains_on_cpu_close_to_fp32(tiny_videos):
 
 def test_precision_settings_and_refusals():
     cpu = torch.device("cpu")
-    assert autocast_settings(_cfg("fp32"), cpu) == (None, False)
-    assert autocast_settings(_cfg("bf16"), cpu) == (torch.bfloat16, False)
-    assert autocast_settings(_cfg("fp16"), torch.device("cuda")) == (torch.float16, True)
+    assert autocast_settings("fp32", cpu) == (None, False)
+    assert autocast_settings("bf16", cpu) == (torch.bfloat16, False)
+    assert autocast_settings("fp16", torch.device("cuda")) == (torch.float16, True)
     with pytest.raises(ValueError, match=r"client.precision=fp16 needs a CUDA device"):
-        autocast_settings(_cfg("fp16"), cpu)
+        autocast_settings("fp16", cpu)
     with pytest.raises(ValueError, match=r"client.precision='fp8': expected one of"):
-        autocast_settings(_cfg("fp8"), cpu)
+        autocast_settings("fp8", cpu)
 
 
 def test_training_loss_sees_normalised_float_batches_after_prepare_batch(tiny_videos, monkeypatch):
@@ -77,7 +77,7 @@ def test_training_loss_sees_normalised_float_batches_after_prepare_batch(tiny_vi
 
     monkeypatch.setattr(SSLMethod, "prepare_batch", prepare_batch)
     cfg = _cfg("fp32")
-    run_local_training(cfg, 0, 1, initial_global_state(cfg), None, tiny_videos, 0.001)
+    run_local_training(cfg, 0, 1, initial_global_state(cfg.model, cfg.seed), None, tiny_videos, 0.001)
     assert len(seen) == 2  # one call per step
     # kinetics mean/std: [0, 1] pixels map into about [-1.9, 2.9]; uint8 values would exceed 200
     assert all(dtype == torch.float32 and -2.0 < low < 0.0 < high < 3.0 for dtype, low, high in seen)
