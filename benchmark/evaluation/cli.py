@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import hydra_entry, to_container
 from benchmark.io import atomic_write_json, read_json, sha256_file
+from benchmark.federation.training import config_params
 
 CHECKPOINT_FORMAT = "fedvid-checkpoint/1"
 
@@ -85,7 +86,7 @@ def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
     if bad:
         raise ValueError(f"checkpoint={path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]}); the model "
                          "diverged. Evaluate an earlier checkpoint (checkpoints/round_XXXX.pt)")
-    params = OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True)
+    params = config_params(cfg.backbone)
     backbone = build_backbone(str(cfg.backbone.name), **params)
     try:
         if isinstance(backbone, CtPResNet3D):

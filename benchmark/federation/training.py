@@ -38,6 +38,15 @@ def as_config(cfg: DictConfig | dict) -> DictConfig:
     return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
 
 
+def config_params(node) -> dict:
+    """``node.params`` as a plain dict; an absent, null or empty ``params: {}`` is ``{}``
+    (an empty DictConfig is falsy, so ``params or {}`` handed to_container a plain dict)."""
+    params = node.get("params")
+    if params is None or isinstance(params, dict):
+        return dict(params or {})
+    return OmegaConf.to_container(params, resolve=True)
+
+
 def build_model(cfg: DictConfig, init_seed: int):
     """Backbone + method from the run config, initialised from ``init_seed``.
 
@@ -46,12 +55,12 @@ def build_model(cfg: DictConfig, init_seed: int):
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        backbone = build_backbone(cfg.backbone.name, **OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True))
+        backbone = build_backbone(cfg.backbone.name, **config_params(cfg.backbone))
         method = build_method(
             cfg.method.name,
             backbone,
             exchange=cfg.method.get("exchange"),
-            **OmegaConf.to_container(cfg.method.get("params") or {}, resolve=True),
+            **config_params(cfg.method),
         )
     return method
 
