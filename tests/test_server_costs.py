@@ -42,3 +42,21 @@ def test_norms_match_the_float64_definition():
     assert float_norm(a, a) == 0.0
     # inputs untouched
     assert torch.equal(a["a.bias"], _state(1)["a.bias"])
+
+
+def test_weighted_sum_is_bit_identical_to_the_float64_formula_and_leaves_inputs():
+    from benchmark.federation.base import Aggregator, ClientUpdate
+
+    states = [_state(s) for s in range(3)]
+    states[1]["a.bias"] = states[1]["a.bias"].double()  # a float64 input must not be modified in place
+    before = states[1]["a.bias"].clone()
+    weights = [0.2, 0.3, 0.5]
+    updates = [ClientUpdate(arrays=s, num_examples=1, metrics={}, client_id=i) for i, s in enumerate(states)]
+    out = Aggregator.weighted_sum(updates, weights, list(states[0]))
+    for key in states[0]:
+        acc = torch.zeros(states[0][key].shape, dtype=torch.float64)
+        for s, w in zip(states, weights):
+            acc += float(w) * s[key].to(torch.float64)
+        ref = acc.round().to(states[0][key].dtype) if not states[0][key].is_floating_point() else acc.to(states[0][key].dtype)
+        assert out[key].dtype == ref.dtype and torch.equal(out[key], ref), key
+    assert torch.equal(states[1]["a.bias"], before)
