@@ -46,9 +46,19 @@ with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
 from pathlib import Path
 videos = sorted(str(p) for p in (Path(data_root) / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:60]
 videos = [(v, 0) for v in videos]
-state = T.initial_global_state(cfg)
-start = time.perf_counter()
-result = T.run_local_training(cfg, 0, 1, state, None, videos, float(cfg.client.optimizer.lr))
+try:  # typed specs (after issue 15); the old commits take the config
+    from benchmark.specs import LocalTrainingSpec
+except ImportError:
+    LocalTrainingSpec = None
+if LocalTrainingSpec is not None:
+    spec = LocalTrainingSpec.from_config(cfg)
+    state = T.initial_global_state(spec.model, spec.seed)
+    start = time.perf_counter()
+    result = T.run_local_training(spec, 0, 1, state, None, videos, spec.optimizer.lr)
+else:
+    state = T.initial_global_state(cfg)
+    start = time.perf_counter()
+    result = T.run_local_training(cfg, 0, 1, state, None, videos, float(cfg.client.optimizer.lr))
 wall = time.perf_counter() - start
 print(json.dumps({"wall_s": wall, "cpu_s": result.metrics["cpu_s"], "steps": result.metrics["steps"],
                   "loss": result.metrics["loss"], "threads": int(cfg.client.num_threads)}))

@@ -118,11 +118,14 @@ def run_method(base: dict, run_dir: Path, name: str, args) -> dict:
         built.append(m)
         return m
 
-    init = T.initial_global_state(cfg)  # builds a model too: before the wrapper, so built[] holds the trained one only
+    from benchmark.specs import LocalTrainingSpec
+
+    spec = LocalTrainingSpec.from_config(cfg)
+    init = T.initial_global_state(spec.model, spec.seed)  # builds a model too: before the wrapper, so built[] holds the trained one only
     T.build_model = build_wrapped
     stopped = None
     try:
-        T.run_local_training(cfg, 0, 1, init, None, videos, T.round_learning_rate(cfg, 1))
+        T.run_local_training(spec, 0, 1, init, None, videos, T.round_learning_rate(spec.optimizer, 1))
     except Stop as e:
         stopped = str(e)
     finally:

@@ -119,11 +119,14 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
         assert content["metrics"]["num-examples"] == len(videos)  # the training-set size: FedAvg's weight
         # kept: heads under exchange=backbone, and a method's local_only state (MoCo's key encoder and queue)
         assert content["metrics"]["restored_local_state"] == float(bool(kept) and server_round == 2)
-        # the client's own tensors stay in its node state, never in the reply
+        # the client's own tensors stay in its state file (not in the node context, which the
+        # simulation keeps for every client in one process), never in the reply
+        assert LOCAL_STATE_KEY not in context.state
+        state_file = run_dir / "client_state" / "client_0000" / f"round_{server_round:04d}.pt"
         if kept:
-            assert set(context.state[LOCAL_STATE_KEY].to_torch_state_dict()) == kept
+            assert set(torch.load(state_file, weights_only=True)) == kept
         else:
-            assert LOCAL_STATE_KEY not in context.state
+            assert not state_file.exists()
         wire = _wire_bytes(reply)
         leaked = [s for s in private if s.encode() in wire]
         assert leaked == [], f"the reply carries {leaked}"

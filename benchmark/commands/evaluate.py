@@ -67,7 +67,8 @@ def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
     from benchmark.registry import build_backbone
 
     state = load_backbone_state(path)
-    params = OmegaConf.to_container(cfg.backbone.get("params") or {}, resolve=True)
+    params = cfg.backbone.get("params")  # an empty `params: {}` is a falsy DictConfig: convert, don't `or {}`
+    params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
     backbone = build_backbone(str(cfg.backbone.name), **params)
     try:
         if isinstance(backbone, CtPResNet3D):

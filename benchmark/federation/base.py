@@ -79,6 +79,7 @@ class Aggregator:
             ref = updates[0].arrays[key]
             acc = torch.zeros(ref.shape, dtype=torch.float64)
             for u, w in zip(updates, weights):
-                acc += float(w) * u.arrays[key].detach().to(torch.float64)
+                # = acc += w * float64(w_k), bit for bit, with one temporary instead of two
+                acc += u.arrays[key].detach().to(torch.float64, copy=True).mul_(float(w))
             out[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
         return out

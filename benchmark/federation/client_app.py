@@ -8,7 +8,7 @@ id (the simulation has exactly ``num_clients`` SuperNodes).
 Messages:
 - ``query``: reply with the client id, so the server samples clients by manifest id.
 - ``train``: load the global exchanged weights (+ this client's own heads from its
-  context state when ``exchange=backbone``), train locally, reply with the exchanged
+  newest state file when ``exchange=backbone``), train locally, reply with the exchanged
   weights, ``num-examples`` and metrics. A failure is logged with its traceback and
   returned as an error reply carrying the traceback.
 """
@@ -85,8 +85,8 @@ def _local_state_file(state_dir: Path, cid: int, server_round: int) -> Path:
 
 
 def _restore_local_state(context: Context, state_dir: Path, cid: int, server_round: int):
-    """This client's own tensors: from its Flower context state, or (after a resume, when the
-    context is new) from the newest file it wrote in a round before ``server_round``."""
+    """This client's own tensors: the newest file it wrote in a round before ``server_round``
+    (a context state from an older version of this app is still read first)."""
     if LOCAL_STATE_KEY in context.state:
         return context.state[LOCAL_STATE_KEY].to_torch_state_dict()
     client_dir = state_dir / f"client_{cid:04d}"
@@ -128,9 +128,11 @@ def _train(msg: Message, context: Context) -> Message:
         lr=float(conf["lr"]),
     )
     if result.local:
-        # Per-node state keeps the heads between rounds (FedVSSL's exchange=backbone); the
-        # file copy lets a resumed run (fresh contexts) continue exactly.
-        context.state[LOCAL_STATE_KEY] = ArrayRecord(result.local)
+        # The heads stay between rounds (FedVSSL's exchange=backbone) in the client's state
+        # file only, which a resumed run (fresh contexts) reads too: in the simulation every
+        # client's context lives in one process, and 100 CtP heads of R3D-18 kept there
+        # would grow it by 2.8 GB as clients get sampled (perf/bench_scale.py).
+        context.state.pop(LOCAL_STATE_KEY, None)
         import io
 
         buf = io.BytesIO()

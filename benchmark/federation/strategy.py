@@ -27,13 +27,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
-from benchmark.federation.guard import check_global, float_norm, screen_updates
+from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance
 from benchmark.federation.training import round_learning_rate, sample_clients
 from benchmark.rundir import ClientFailure, RoundRecord
 from benchmark.specs import FederationSpec
@@ -55,8 +55,21 @@ class RoundFailed(RuntimeError):
 
 
 def serialized_size(content: RecordDict) -> int:
-    """Bytes of a message's records as serialized on the wire (protobuf)."""
-    return int(recorddict_to_proto(content).ByteSize())
+    """Bytes of a message's records as serialized on the wire (protobuf), without
+    serializing the tensors: their data bytes plus the encoding of everything else (the
+    records with empty tensor data). Smaller than the exact size by the growth of the
+    tensors' length prefixes (at most 10 bytes per tensor: ~1 KB of R3D-18's 133 MB);
+    serializing 133 MB per reply only to count it cost ~0.7 CPU s each (perf/bench_scale.py)."""
+    light = RecordDict()
+    data = 0
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            data += sum(len(a.data) for a in record.values())
+            light[name] = ArrayRecord({k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=b"")
+                                       for k, a in record.items()})
+        else:
+            light[name] = record
+    return data + int(recorddict_to_proto(light).ByteSize())
 
 
 def l2_spread(values: list[float]) -> dict[str, float] | None:
@@ -68,11 +81,7 @@ def l2_spread(values: list[float]) -> dict[str, float] | None:
 
 
 def l2_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list[str]) -> float:
-    total = 0.0
-    for k in keys:
-        if a[k].is_floating_point():
-            total += float(torch.sum((a[k].double() - b[k].double()) ** 2))
-    return math.sqrt(total)
+    return math.sqrt(sum(squared_distance(a[k], b[k]) for k in keys if a[k].is_floating_point()))
 
 
 class FedVidStrategy(Strategy):

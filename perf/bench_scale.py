@@ -1,0 +1,242 @@
+"""Paper-scale federation shape through the real Flower simulation (issue 16, target 4).
+
+    .venv/bin/python perf/bench_scale.py [--rounds 540] [--clients 100] [--per-round 5]
+
+The FedVSSL Kinetics-400 shape: 100 clients, 5 sampled per round, R3D-18-sized exchanged
+weights (the real R3D-18 module, 120 tensors, 33.2 M parameters = 132.7 MB, constant
+values) and a CtP-sized local head per client (28.4 MB, kept as client state: Flower
+context state + retained files), with near-zero local compute: the bench-only method
+``scale_noop`` (perf/scale_plugin/, registered through the ordinary entry-point groups in
+a temporary ``.dist-info``) goes through ``fedvid run`` -> SuperLink -> ``flwr run`` ->
+Ray simulation -> ClientApp -> ``run_local_training`` (loader, optimizer, one step) and
+back through the project's strategy (update guard, FedAvg, checkpoints, retention on:
+``checkpoint.keep_last=2 keep_every=100``).
+
+Measured, in one run:
+- per-round cycle time: the time between consecutive round completions as the ServerApp
+  logs them ("round r/R ... " lines of the streamed log, timestamped by this process when
+  read), split into client compute (``compute_s`` of the clients, which includes building
+  the model and the one loader batch), aggregation and the rest (Flower messaging,
+  serialisation, guard, checkpoint + retention, round log);
+  server overhead per round = cycle - the clients' compute on the critical path
+  (sum of compute_s / Ray actors).
+- memory over rounds: every 1 s the RSS (and PSS) of each process of the run (those whose
+  FLWR_HOME is the run's), grouped into server (SuperLink, flwr-simulation = ServerApp +
+  Ray driver, SuperExec) and clients (Ray workers/actors, raylet, GCS, ...); per round
+  the peak; a least-squares slope of the peak against the round and against the number of
+  distinct clients sampled so far, printed as the change over the run in %.
+- disk of the run directory at the end; bytes per round (``bytes_up + bytes_down``).
+Rounds can be fewer than 540 (``--rounds``); the figures are then extrapolated to 540
+rounds with the fitted linear trend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = ROOT / "perf" / "scale_plugin"
+ROUND_LINE = re.compile(r"round (\d+)/(\d+): loss")
+
+SERVER_MARKERS = ("flower-superlink", "flwr-simulation", "flower-superexec", "flwr-serverapp", "benchmark.cli")
+
+
+def plugin_path(tmp: Path) -> str:
+    """PYTHONPATH with the plugin module and a ``.dist-info`` declaring its entry points."""
+    dist = tmp / "site" / "fedvid_scale_plugin-0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fedvid-scale-plugin\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text(
+        "[fedvid.methods]\nscale_noop = fedvid_scale_plugin:ScaleNoop\n\n"
+        "[fedvid.backbones]\nscale_r3d18 = fedvid_scale_plugin:ScaleR3D18\n"
+    )
+    return os.pathsep.join([str(tmp / "site"), str(PLUGIN)])
+
+
+def run_processes(run_dir: Path) -> list[tuple[int, str]]:
+    needle = f"FLWR_HOME={run_dir / '.flwr'}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{entry}/environ").read_bytes()
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in env.split(b"\0"):
+            found.append((int(entry), cmd))
+    return found
+
+
+def rss_pss(pid: int) -> tuple[int, int]:
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, pss
+
+
+def is_server(cmd: str) -> bool:
+    return any(m in cmd for m in SERVER_MARKERS) and "ray::" not in cmd and "raylet" not in cmd
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    return slope, my - slope * mx
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=540)
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--per-round", type=int, default=5)
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray instance (one per client actor)")
+    ap.add_argument("--gpu-round-s", type=float, default=240.0,
+                    help="assumed GPU time of one FedVSSL round (see RESULTS.md) for the overhead share")
+    ap.add_argument("--data-root", default=str(ROOT / "data"))
+    ap.add_argument("--keep", help="keep the run directory here instead of a temporary one")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fedvid-scale-") as tmp_s:
+        tmp = Path(tmp_s)
+        run_dir = Path(args.keep) if args.keep else tmp / "run"
+        env = {**os.environ, "PYTHONPATH": plugin_path(tmp)}
+        cmd = [sys.executable, "-m", "benchmark.cli", "run", f"hydra.run.dir={run_dir}", "evaluate=false",
+               f"data_root={args.data_root}", f"partition.num_clients={args.clients}",
+               f"federation.clients_per_round={args.per_round}", f"federation.rounds={args.rounds}",
+               "federation.local_steps=1", "client.batch_size=1", "client.num_workers=0",
+               "backbone=r3d18", "backbone.name=scale_r3d18", "method.name=scale_noop", "~method.params", "+method.params={}", "method.exchange=backbone",
+               f"engine.ray_num_cpus={args.cpus}", "engine.client_resources.num_cpus=1",
+               "checkpoint.keep_last=2", "checkpoint.keep_every=100"]
+        t_start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        done_at: dict[int, float] = {}
+        tail: list[str] = []
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail.append(line)
+                del tail[:-60]
+                m = ROUND_LINE.search(line)
+                if m:
+                    done_at[int(m.group(1))] = time.perf_counter()
+                    r = int(m.group(1))
+                    if r % 10 == 0:
+                        print(f"  round {r} at {time.perf_counter() - t_start:.0f} s", flush=True)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        # per round (the round in progress = completed + 1): peak server / client RSS and PSS
+        peaks: dict[int, list[int]] = {}
+        try:
+            while proc.poll() is None:
+                current = len(done_at) + 1
+                srv = [0, 0]
+                cli = [0, 0]
+                for pid, c in run_processes(run_dir):
+                    rss, pss = rss_pss(pid)
+                    tgt = srv if is_server(c) else cli
+                    tgt[0] += rss
+                    tgt[1] += pss
+                p = peaks.setdefault(current, [0, 0, 0, 0])
+                peaks[current] = [max(p[0], srv[0]), max(p[1], srv[1]), max(p[2], cli[0]), max(p[3], cli[1])]
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            proc.terminate()  # fedvid run stops everything it started
+            proc.wait(timeout=60)
+            raise
+        reader.join(timeout=10)
+        total_s = time.perf_counter() - t_start
+        if proc.returncode != 0:
+            raise SystemExit(f"fedvid run failed (rc {proc.returncode}):\n{''.join(tail)}")
+        rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+        report(args, run_dir, rounds, done_at, peaks, total_s)
+
+
+def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> None:
+    n = len(rounds)
+    mib = 2**20
+    print(f"== scale simulation: {args.clients} clients, {args.per_round} per round, {n} rounds, "
+          f"{args.cpus} Ray CPUs (one client actor per CPU), load average {os.getloadavg()}")
+    cycles = {r: done_at[r] - done_at[r - 1] for r in range(2, n + 1) if r in done_at and r - 1 in done_at}
+    rows = []
+    for rec in rounds:
+        r = rec["round"]
+        if r not in cycles:
+            continue
+        compute = [c["compute_s"] for c in rec["clients"]]
+        critical = sum(compute) / args.cpus
+        rows.append((r, cycles[r], rec["round_wall_s"], sum(compute), critical, rec["aggregate_s"],
+                     cycles[r] - critical, rec["bytes_up"] + rec["bytes_down"]))
+    print(f"{'round':>5} {'cycle s':>8} {'round_wall':>10} {'sum compute':>11} {'critical':>8} {'aggregate':>9} "
+          f"{'overhead':>8} {'MB moved':>9}")
+    for row in rows[:3] + rows[-3:] if len(rows) > 6 else rows:
+        print(f"{row[0]:>5} {row[1]:>8.2f} {row[2]:>10.2f} {row[3]:>11.2f} {row[4]:>8.2f} {row[5]:>9.2f} "
+              f"{row[6]:>8.2f} {row[7] / 1e6:>9.1f}")
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    over = [x[6] for x in rows]
+    cyc = [x[1] for x in rows]
+    s_o, i_o = fit([x[0] for x in rows], over)
+    print(f"cycle per round: median {med(cyc):.2f} s, mean {sum(cyc) / len(cyc):.2f} s")
+    print(f"server overhead per round: median {med(over):.2f} s, mean {sum(over) / len(over):.2f} s, "
+          f"max {max(over):.2f} s; trend {s_o * 1000:+.2f} ms/round -> {i_o + s_o * 540:.2f} s at round 540 "
+          f"(target <= 2 s)")
+    print(f"  share of a {args.gpu_round_s:.0f} s GPU round: {med(over) / (args.gpu_round_s + med(over)) * 100:.2f} %")
+    print(f"  aggregation (FedAvg of {args.per_round} x 33 M): median {med([x[5] for x in rows]):.2f} s; "
+          f"client compute per client: median {med([x[3] / args.per_round for x in rows]):.2f} s")
+    bytes_round = [x[7] for x in rows]
+    print(f"bytes per round: {med(bytes_round) / 1e6:.1f} MB (up + down, {args.per_round} clients), "
+          f"{med(bytes_round) * 540 / 1e9:.1f} GB over 540 rounds")
+
+    distinct: list[int] = []
+    seen: set[int] = set()
+    for rec in rounds:
+        seen.update(rec["sampled_clients"])
+        distinct.append(len(seen))
+    # memory: the completed rounds' peaks; skip round 1 (start-up, first allocations)
+    mem_rounds = [r for r in range(2, n + 1) if r in peaks]
+    for label, idx in (("server RSS", 0), ("server PSS", 1), ("client-side RSS", 2), ("client-side PSS", 3)):
+        ys = [peaks[r][idx] / mib for r in mem_rounds]
+        s, i = fit([float(r) for r in mem_rounds], ys)
+        first, last = i + s * mem_rounds[0], i + s * mem_rounds[-1]
+        at540 = i + s * 540
+        sd, idd = fit([float(distinct[r - 1]) for r in mem_rounds], ys)
+        print(f"{label:>16}: peak {min(ys):.0f}-{max(ys):.0f} MiB; slope {s:+.3f} MiB/round = "
+              f"{(last - first) / first * 100:+.2f} % over rounds {mem_rounds[0]}-{mem_rounds[-1]}, "
+              f"{(at540 - first) / first * 100:+.2f} % extrapolated to 540; "
+              f"{sd:+.3f} MiB per distinct client ({distinct[mem_rounds[0] - 1]} -> {distinct[mem_rounds[-1] - 1]})")
+    ck = du(run_dir / "checkpoints") if (run_dir / "checkpoints").exists() else 0
+    cs = du(run_dir / "client_state") if (run_dir / "client_state").exists() else 0
+    print(f"disk at the end: run dir {du(run_dir) / 1e9:.2f} GB (checkpoints {ck / 1e9:.2f} GB in "
+          f"{len(list((run_dir / 'checkpoints').glob('*.pt')))} files, client state {cs / 1e9:.2f} GB in "
+          f"{len(list((run_dir / 'client_state').rglob('*.pt')))} files)")
+    print(f"whole run: {total_s:.0f} s for {n} rounds incl. start-up and teardown")
+
+
+if __name__ == "__main__":
+    main()
