@@ -92,7 +92,7 @@ def _check_method_hooks(run_dir):
     from omegaconf import OmegaConf
 
     from baselines.rot3d import Rot3D
-    from benchmark.commands import exercise_hooks
+    from benchmark.commands.check_method import exercise_hooks
     from benchmark.registry import register_method
 
     cfg = OmegaConf.create(json.loads((run_dir / "config.json").read_text()))
