@@ -71,13 +71,22 @@ class AlignUniform(SSLMethod):
     #: inputs it trains on: clips (B, 2, C, T, H, W) and images (B, 2, C, H, W) (``fedvid check-method`` runs both)
     modalities = ("video", "image")
 
-    def __init__(self, backbone: nn.Module, exchange: str | None = None, hidden_dim: int = 2048,
-                 uniform_coeff: float = 1.0, view_augment: dict | None = None, **params):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        exchange: str | None = None,
+        hidden_dim: int = 2048,
+        uniform_coeff: float = 1.0,
+        view_augment: dict | None = None,
+        **params,
+    ):
         super().__init__(backbone, exchange=exchange, **params)
         self.view_augment = SimCLRVideoAugment(**dict(view_augment or {}))
         dim = getattr(backbone, "out_channels", None)
         if not isinstance(dim, int) or dim <= 0:
-            raise ValueError(f"{type(self).__name__}: the backbone must expose a positive int `out_channels`, got {dim!r}")
+            raise ValueError(
+                f"{type(self).__name__}: the backbone must expose a positive int `out_channels`, got {dim!r}"
+            )
         self.dim = dim
         self.uniform_coeff = float(uniform_coeff)
         self.projector = Projector(dim, int(hidden_dim))

@@ -50,9 +50,7 @@ def sample_key_frames(num_frames: int, num_inner_probs: Sequence[float], rng: np
     return np.unique(np.concatenate([ticks, [0, num_frames - 1]]))
 
 
-def interpolate_key_frames(
-    values: np.ndarray, key_frames: np.ndarray, modes: Sequence[str]
-) -> np.ndarray:
+def interpolate_key_frames(values: np.ndarray, key_frames: np.ndarray, modes: Sequence[str]) -> np.ndarray:
     """Fill all frames between key frames: (K, ...) values at ``key_frames`` -> (T, ...).
 
     ``modes[i]`` interpolates segment i: "linear"; "accelerate" (constant acceleration from
@@ -93,7 +91,10 @@ def sample_initial_boxes(
     scales_a = np.asarray(scales, dtype=np.float64)
     ratios_a = np.asarray(ratios, dtype=np.float64)
     anchors = np.stack(
-        [(scales_a[None, :] * np.sqrt(ratios_a)[:, None]).ravel(), (scales_a[None, :] / np.sqrt(ratios_a)[:, None]).ravel()],
+        [
+            (scales_a[None, :] * np.sqrt(ratios_a)[:, None]).ravel(),
+            (scales_a[None, :] / np.sqrt(ratios_a)[:, None]).ravel(),
+        ],
         axis=1,
     )  # (R*S, 2) in CtP's order (ratio-major)
     shapes = anchors[rng.integers(0, len(anchors), size=num_boxes)].copy()
@@ -165,9 +166,7 @@ def sample_trajectories(
     return traj, {"loc_key_frames": loc_keys, "size_key_frames": size_keys, "centres": all_centres}
 
 
-def base_alpha_mask(
-    width: int, height: int, shape: str, smooth_turning_point: float | None
-) -> np.ndarray:
+def base_alpha_mask(width: int, height: int, shape: str, smooth_turning_point: float | None) -> np.ndarray:
     """(h, w) alpha in [0, 1] of a rectangle/ellipse/rhombus filling the box (``pick_alphas``).
 
     Normalised distance to the centre pixel ((w-1)//2, (h-1)//2): rectangle max(dx, dy),
@@ -230,7 +229,11 @@ def shift_hue_saturation(clip: torch.Tensor, hue_shift: float, saturation_factor
 
 
 def dynamic_values(
-    num_frames: int, low: float, high: float, key_frame_probs: Sequence[float], interpolation_probs: Sequence[float],
+    num_frames: int,
+    low: float,
+    high: float,
+    key_frame_probs: Sequence[float],
+    interpolation_probs: Sequence[float],
     rng: np.random.Generator,
 ) -> np.ndarray:
     """(T,) values drawn U(low, high) on random key frames, interpolated in between
@@ -283,7 +286,9 @@ class CtPHead(nn.Module):
                 f"the backbone gave {features.shape[2]} (features {tuple(features.shape)})"
             )
         x = F.relu(self.temporal_conv(features).squeeze(2))  # (B, hidden, H', W')
-        x = roi_align(x, rois, output_size=self.roi_size, spatial_scale=self.spatial_scale, sampling_ratio=2, aligned=True)
+        x = roi_align(
+            x, rois, output_size=self.roi_size, spatial_scale=self.spatial_scale, sampling_ratio=2, aligned=True
+        )
         x = F.relu(self.fc1(x.flatten(1)))
         return self.pred_head(x).view(rois.shape[0], self.num_frames, 4)
 
@@ -432,15 +437,23 @@ class CtP(SSLMethod):
             clip = shift_hue_saturation(clip, hue, saturation)
         if rng.uniform() < self.brightness_prob:
             delta = dynamic_values(
-                num_frames, -self.brightness_delta, self.brightness_delta, self.color_key_frame_probs,
-                self.interpolation_probs, rng,
+                num_frames,
+                -self.brightness_delta,
+                self.brightness_delta,
+                self.color_key_frame_probs,
+                self.interpolation_probs,
+                rng,
             )
             clip = (clip + torch.from_numpy(delta).to(clip.dtype).view(1, -1, 1, 1)).clamp(0, 1)
         if rng.uniform() < self.contrast_prob:
             factor = np.exp(
                 dynamic_values(
-                    num_frames, -self.contrast_delta, self.contrast_delta, self.color_key_frame_probs,
-                    self.interpolation_probs, rng,
+                    num_frames,
+                    -self.contrast_delta,
+                    self.contrast_delta,
+                    self.color_key_frame_probs,
+                    self.interpolation_probs,
+                    rng,
                 )
             )
             clip = (clip * torch.from_numpy(factor).to(clip.dtype).view(1, -1, 1, 1)).clamp(0, 1)
@@ -452,12 +465,24 @@ class CtP(SSLMethod):
         # Patch sizes and speeds are CtP's pixels on 112-px crops: keep them relative to the crop.
         zoom = 1.0 if self.reference_size is None else min(height, width) / self.reference_size
         boxes0 = sample_initial_boxes(
-            self.num_patches, width, height, [s * zoom for s in self.patch_scales], self.patch_ratios,
-            self.scale_jitter, rng,
+            self.num_patches,
+            width,
+            height,
+            [s * zoom for s in self.patch_scales],
+            self.patch_ratios,
+            self.scale_jitter,
+            rng,
         )
         traj, _ = sample_trajectories(
-            boxes0, width, height, num_frames, self.loc_velocity * zoom, self.size_velocity,
-            self.key_frame_probs, self.interpolation_probs, rng,
+            boxes0,
+            width,
+            height,
+            num_frames,
+            self.loc_velocity * zoom,
+            self.size_velocity,
+            self.key_frame_probs,
+            self.interpolation_probs,
+            rng,
         )
         traj_i = traj.astype(np.int64)
         sizes = traj_i[..., 2:4] - traj_i[..., 0:2]  # (N, T, 2) = (w, h)
@@ -529,4 +554,8 @@ class CtP(SSLMethod):
         targets = ctp_targets(boxes, self.target_stds.to(boxes.dtype))
         loss_ctr, loss_size = ctp_loss(preds, targets)
         loss = loss_ctr + loss_size
-        return loss, {"loss": float(loss.detach()), "loss_ctr": float(loss_ctr.detach()), "loss_size": float(loss_size.detach())}
+        return loss, {
+            "loss": float(loss.detach()),
+            "loss_ctr": float(loss_ctr.detach()),
+            "loss_size": float(loss_size.detach()),
+        }

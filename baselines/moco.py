@@ -68,8 +68,14 @@ class MoCo(SSLMethod):
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"method.params.momentum={momentum}: expected a value in [0, 1]")
         if temperature <= 0 or queue_size <= 0:
-            raise ValueError(f"method.params: temperature={temperature}, queue_size={queue_size}: expected positive values")
-        self.clip_len, self.strides, self.temporal_jitter = int(num_frames), [int(s) for s in strides], bool(temporal_jitter)
+            raise ValueError(
+                f"method.params: temperature={temperature}, queue_size={queue_size}: expected positive values"
+            )
+        self.clip_len, self.strides, self.temporal_jitter = (
+            int(num_frames),
+            [int(s) for s in strides],
+            bool(temporal_jitter),
+        )
         self.K, self.m, self.T = int(queue_size), float(momentum), float(temperature)
         channels = int(self.backbone.out_channels)
         self.fc = _mlp(channels, out_channels, mlp)
@@ -83,8 +89,10 @@ class MoCo(SSLMethod):
     # --- data ----------------------------------------------------------------------
     def sample_frames(self, num_frames: int, generator: torch.Generator):
         """Two independent RandomFrameSampler clips (query, key); no targets."""
-        return [ctp_train_clip_indices(num_frames, self.clip_len, self.strides, self.temporal_jitter, generator)
-                for _ in range(2)], {}
+        return [
+            ctp_train_clip_indices(num_frames, self.clip_len, self.strides, self.temporal_jitter, generator)
+            for _ in range(2)
+        ], {}
 
     # --- model ---------------------------------------------------------------------
     def _encode(self, backbone: nn.Module, fc: nn.Module, video: torch.Tensor) -> torch.Tensor:
@@ -94,8 +102,10 @@ class MoCo(SSLMethod):
     def momentum_update(self) -> None:
         """k <- m k + (1 - m) q for the key encoder's parameters (``_momentum_update_key_encoder``).
         Buffers (BN running statistics) are not averaged, as in the official code."""
-        for q, k in zip((*self.backbone.parameters(), *self.fc.parameters()),
-                        (*self.key_backbone.parameters(), *self.key_fc.parameters())):
+        for q, k in zip(
+            (*self.backbone.parameters(), *self.fc.parameters()),
+            (*self.key_backbone.parameters(), *self.key_fc.parameters()),
+        ):
             k.mul_(self.m).add_(q.detach(), alpha=1.0 - self.m)
 
     @torch.no_grad()
@@ -103,9 +113,11 @@ class MoCo(SSLMethod):
         """Write (N, D) keys at the queue pointer, wrapping around (``_dequeue_and_enqueue``)."""
         n, ptr = keys.shape[0], int(self.queue_ptr)
         if self.K % n:
-            raise ValueError(f"method.params.queue_size={self.K} is not a multiple of the batch size {n} "
-                             "(as the official code requires); change one of them")
-        self.queue[:, ptr:ptr + n] = keys.T
+            raise ValueError(
+                f"method.params.queue_size={self.K} is not a multiple of the batch size {n} "
+                "(as the official code requires); change one of them"
+            )
+        self.queue[:, ptr : ptr + n] = keys.T
         self.queue_ptr[0] = (ptr + n) % self.K
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -133,9 +145,13 @@ class MoCo(SSLMethod):
         super().start_round(global_state, local_state, server_round)
         if not local_state:
             with torch.no_grad():
-                for q, k in zip((*self.backbone.parameters(), *self.fc.parameters()),
-                                (*self.key_backbone.parameters(), *self.key_fc.parameters())):
+                for q, k in zip(
+                    (*self.backbone.parameters(), *self.fc.parameters()),
+                    (*self.key_backbone.parameters(), *self.key_fc.parameters()),
+                ):
                     k.copy_(q)
-                for q, k in zip((*self.backbone.buffers(), *self.fc.buffers()),
-                                (*self.key_backbone.buffers(), *self.key_fc.buffers())):
+                for q, k in zip(
+                    (*self.backbone.buffers(), *self.fc.buffers()),
+                    (*self.key_backbone.buffers(), *self.key_fc.buffers()),
+                ):
                     k.copy_(q)

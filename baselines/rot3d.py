@@ -50,7 +50,11 @@ class Rot3D(SSLMethod):
         **kwargs,
     ) -> None:
         super().__init__(pretraining_backbone(backbone, backbone_layout), **kwargs)
-        self.clip_len, self.strides, self.temporal_jitter = int(num_frames), [int(s) for s in strides], bool(temporal_jitter)
+        self.clip_len, self.strides, self.temporal_jitter = (
+            int(num_frames),
+            [int(s) for s in strides],
+            bool(temporal_jitter),
+        )
         self.cls_head = TSNClsHead(self.backbone.out_channels, 4, dropout_ratio, init_std)
 
     def sample_frames(self, num_frames: int, generator: torch.Generator):

@@ -21,7 +21,9 @@ from benchmark.registry import register_method
 from .pyvrl_heads import TSNClsHead, classification_loss, pretraining_backbone
 
 
-def speed_clip_indices(num_frames: int, clip_len: int, clip_strides: Sequence[int], generator: torch.Generator) -> tuple[list[int], int]:
+def speed_clip_indices(
+    num_frames: int, clip_len: int, clip_strides: Sequence[int], generator: torch.Generator
+) -> tuple[list[int], int]:
     """``SpeedNetDataset._sample_frame_inds`` (L44-L60): (frame indices, stride index).
 
     Draw 1: stride index U{0, len-1}; span = |stride| (clip_len - 1) + 1; draw 2 (only when

@@ -58,7 +58,7 @@ def scaled_dimensions(perm: torch.Tensor, client_id: int, num_clients: int, dims
             f"SSD: {num_clients} clients × {dims_per_client} scaled dimensions do not fit in d={perm.numel()}; "
             "expected 1 ≤ method.params.scaled_dims ≤ d // num_clients"
         )
-    return perm[client_id * dims_per_client:(client_id + 1) * dims_per_client].clone()
+    return perm[client_id * dims_per_client : (client_id + 1) * dims_per_client].clone()
 
 
 def scaled_basis(q: torch.Tensor, dims: torch.Tensor, scale: float) -> torch.Tensor:
@@ -95,15 +95,27 @@ class SSD(AlignUniform):
 
     pretext = "ssd"
 
-    def __init__(self, backbone: nn.Module, exchange: str | None = None, hidden_dim: int = 2048,
-                 uniform_coeff: float = 1.0, dsr_coeff: float = 1.0, pd_coeff: float = 0.1,
-                 scale: float = 10.0, temperature: float = 0.5, basis_seed: int = 0,
-                 scaled_dims: int | None = None, **params):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        exchange: str | None = None,
+        hidden_dim: int = 2048,
+        uniform_coeff: float = 1.0,
+        dsr_coeff: float = 1.0,
+        pd_coeff: float = 0.1,
+        scale: float = 10.0,
+        temperature: float = 0.5,
+        basis_seed: int = 0,
+        scaled_dims: int | None = None,
+        **params,
+    ):
         super().__init__(backbone, exchange=exchange, hidden_dim=hidden_dim, uniform_coeff=uniform_coeff, **params)
         if scale <= 0:
             raise ValueError(f"method.params.scale={scale}: expected a positive number (the paper uses 10)")
         if temperature <= 0:
-            raise ValueError(f"method.params.temperature={temperature}: expected a positive number (the paper uses 0.5)")
+            raise ValueError(
+                f"method.params.temperature={temperature}: expected a positive number (the paper uses 0.5)"
+            )
         self.dsr_coeff = float(dsr_coeff)
         self.pd_coeff = float(pd_coeff)
         self.scale = float(scale)
@@ -141,4 +153,9 @@ class SSD(AlignUniform):
         dsr = 0.5 * (dsr_loss(z1, basis) + dsr_loss(z2, basis))
         pd = 0.5 * (pd_loss(p1, e1, self.temperature) + pd_loss(p2, e2, self.temperature))
         loss = align + self.uniform_coeff * unif + self.dsr_coeff * dsr + self.pd_coeff * pd
-        return loss, {"align": float(align.detach()), "uniform": float(unif.detach()), "dsr": float(dsr.detach()), "pd": float(pd.detach())}
+        return loss, {
+            "align": float(align.detach()),
+            "uniform": float(unif.detach()),
+            "dsr": float(dsr.detach()),
+            "pd": float(pd.detach()),
+        }

@@ -85,16 +85,21 @@ class VCOP(SSLMethod):
     ) -> None:
         super().__init__(pretraining_backbone(backbone, backbone_layout), **kwargs)
         if min_interval > max_interval or min_interval < 0:
-            raise ValueError(f"method.params: min_interval={min_interval}, max_interval={max_interval}: expected 0 <= min <= max")
+            raise ValueError(
+                f"method.params: min_interval={min_interval}, max_interval={max_interval}: expected 0 <= min <= max"
+            )
         if tuple_len < 2:
             raise ValueError(f"method.params.tuple_len={tuple_len}: VCOP needs at least 2 clips")
         self.clip_len, self.tuple_len = int(num_frames), int(tuple_len)
         self.min_interval, self.max_interval = int(min_interval), int(max_interval)
-        self.register_buffer("permutations", torch.tensor(list(itertools.permutations(range(tuple_len)))), persistent=False)
+        self.register_buffer(
+            "permutations", torch.tensor(list(itertools.permutations(range(tuple_len)))), persistent=False
+        )
         channels = int(self.backbone.out_channels)
         self.num_pairs = tuple_len * (tuple_len - 1) // 2
         self.register_buffer(
-            "pair_inds", torch.tensor([x for i in range(tuple_len) for j in range(i + 1, tuple_len) for x in (i, j)]),
+            "pair_inds",
+            torch.tensor([x for i in range(tuple_len) for j in range(i + 1, tuple_len) for x in (i, j)]),
             persistent=False,
         )
         self.fc1 = nn.Linear(2 * channels, hidden_channels)
@@ -109,7 +114,9 @@ class VCOP(SSLMethod):
     def sample_frames(self, num_frames: int, generator: torch.Generator):
         """One clip of tuple_len * clip_len frames (the clips in temporal order, concatenated),
         so one crop applies to the whole tuple; no targets yet (the shuffle comes after the crop)."""
-        clips = vcop_tuple_indices(num_frames, self.clip_len, self.tuple_len, self.min_interval, self.max_interval, generator)
+        clips = vcop_tuple_indices(
+            num_frames, self.clip_len, self.tuple_len, self.min_interval, self.max_interval, generator
+        )
         return [[i for clip in clips for i in clip]], {}
 
     def sample_transform(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:

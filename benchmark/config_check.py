@@ -44,7 +44,9 @@ def _is_number(v: Any) -> bool:
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Check:
-    want = "an integer" + (f" in {lo}..{hi}" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else "")
+    want = "an integer" + (
+        f" in {lo}..{hi}" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else ""
+    )
     return lambda v: None if _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi) else want
 
 
@@ -265,8 +267,10 @@ def _cross_key_problems(cfg: Mapping) -> list[str]:
 
         sampled = sampled_per_round(per_round, n)
         if _is_int(min_clients) and min_clients > sampled:
-            out.append(f"federation.min_clients={min_clients}: expected 1..{sampled} (the clients sampled per round); "
-                       "every round would fail")
+            out.append(
+                f"federation.min_clients={min_clients}: expected 1..{sampled} (the clients sampled per round); "
+                "every round would fail"
+            )
     return out
 
 
@@ -277,8 +281,10 @@ def _registry_problems(cfg: Mapping) -> list[str]:
     for key, registry in (("method.name", METHODS), ("aggregator.name", AGGREGATORS), ("backbone.name", BACKBONES)):
         name = select(cfg, key)
         if isinstance(name, str) and name not in registry:
-            out.append(f"{key}={name!r}: not registered; expected one of {', '.join(registry.names())} "
-                       "(or register it, docs/adding-a-method.md)")
+            out.append(
+                f"{key}={name!r}: not registered; expected one of {', '.join(registry.names())} "
+                "(or register it, docs/adding-a-method.md)"
+            )
     return out + _partition_problems(cfg)
 
 
@@ -307,12 +313,18 @@ def _eval_dataset_problems(cfg: Mapping) -> list[str]:
     if not isinstance(names, list):
         return []
     known = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-    problems = [f"eval.datasets: {n!r} is not a dataset config; expected names from conf/dataset/ ({', '.join(known)})"
-                for n in names if isinstance(n, str) and n not in known]
+    problems = [
+        f"eval.datasets: {n!r} is not a dataset config; expected names from conf/dataset/ ({', '.join(known)})"
+        for n in names
+        if isinstance(n, str) and n not in known
+    ]
     overrides = select(cfg, "eval.dataset_overrides")
     if isinstance(overrides, Mapping):
-        problems += [f"eval.dataset_overrides.{n}: {n!r} is not in eval.datasets {names}; override a dataset that is "
-                     "evaluated" for n in overrides if n not in names]
+        problems += [
+            f"eval.dataset_overrides.{n}: {n!r} is not in eval.datasets {names}; override a dataset that is evaluated"
+            for n in overrides
+            if n not in names
+        ]
     return problems
 
 
@@ -356,8 +368,9 @@ def _is_image(cfg: Mapping) -> bool:
 
 def run_config_problems(cfg: Mapping) -> list[str]:
     """Every problem of a resolved ``fedvid run`` config (a plain dict); [] when valid."""
-    problems = (rule_problems(cfg, RUN_RULES) + _cross_key_problems(cfg) + _registry_problems(cfg)
-                + _connection_problems(cfg))
+    problems = (
+        rule_problems(cfg, RUN_RULES) + _cross_key_problems(cfg) + _registry_problems(cfg) + _connection_problems(cfg)
+    )
     if cfg.get("evaluate", True):
         problems += eval_config_problems(cfg)
     return problems

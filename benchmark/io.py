@@ -139,7 +139,9 @@ def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> Any:
     else:
         depth = _depth(obj) if len(raw) <= DEPTH_CHECKED_BYTES else 0
     if obj is None or depth > MAX_JSON_DEPTH:
-        raise ValueError(f"{path}: JSON nested {depth} levels deep (limit {MAX_JSON_DEPTH}); not a FedVid-Bench JSON file")
+        raise ValueError(
+            f"{path}: JSON nested {depth} levels deep (limit {MAX_JSON_DEPTH}); not a FedVid-Bench JSON file"
+        )
     return obj
 
 

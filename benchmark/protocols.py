@@ -67,8 +67,12 @@ def same_value(ours: Any, actual: Any) -> bool:
         return len(ours) == len(actual) and all(same_value(a, b) for a, b in zip(ours, actual))
     if isinstance(ours, dict) and isinstance(actual, dict):
         return ours.keys() == actual.keys() and all(same_value(ours[k], actual[k]) for k in ours)
-    if isinstance(ours, (int, float)) and isinstance(actual, (int, float)) and not isinstance(ours, bool) \
-            and not isinstance(actual, bool):
+    if (
+        isinstance(ours, (int, float))
+        and isinstance(actual, (int, float))
+        and not isinstance(ours, bool)
+        and not isinstance(actual, bool)
+    ):
         return math.isclose(float(ours), float(actual), rel_tol=1e-9, abs_tol=1e-12)
     return ours == actual
 
@@ -107,8 +111,11 @@ def protocol_id(cfg: DictConfig | dict[str, Any]) -> dict[str, Any] | None:
     proto = _select(cfg, "protocol")
     if proto is _MISSING or not proto:
         return None
-    out: dict[str, Any] = {"name": str(proto["name"]), "version": int(proto["version"]),
-                           "variant": proto.get("variant")}
+    out: dict[str, Any] = {
+        "name": str(proto["name"]),
+        "version": int(proto["version"]),
+        "variant": proto.get("variant"),
+    }
     if out["variant"] is None:
         overridden = protocol_overrides(cfg)
         if overridden:
@@ -123,6 +130,8 @@ def override_warning(cfg: DictConfig | dict[str, Any]) -> str | None:
     if not pid or "overridden" not in pid:
         return None
     keys = ", ".join(f"{k}={v}" for k, v in pid["overridden"].items())
-    return (f"note: this run overrides settings of protocol {pid['name']} v{pid['version']} ({keys}); it is "
-            f"recorded as variant {MODIFIED_VARIANT!r} and ranked in a track of its own "
-            f"(docs/protocols/{pid['name']}.md)")
+    return (
+        f"note: this run overrides settings of protocol {pid['name']} v{pid['version']} ({keys}); it is "
+        f"recorded as variant {MODIFIED_VARIANT!r} and ranked in a track of its own "
+        f"(docs/protocols/{pid['name']}.md)"
+    )

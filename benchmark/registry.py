@@ -55,7 +55,9 @@ class Registry:
         def deco(obj: T) -> T:
             base = self._base_class()
             if not (isinstance(obj, type) and issubclass(obj, base)):
-                raise TypeError(f"{self.kind} {name!r}: {obj!r} is not a subclass of {base.__module__}.{base.__qualname__}")
+                raise TypeError(
+                    f"{self.kind} {name!r}: {obj!r} is not a subclass of {base.__module__}.{base.__qualname__}"
+                )
             existing = self._items.get(name)
             if existing is not None and existing is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {existing!r}")
@@ -101,10 +103,18 @@ class Registry:
 METHODS = Registry("method", "fedvid.methods", "benchmark.methods:SSLMethod")
 AGGREGATORS = Registry("aggregator", "fedvid.aggregators", "benchmark.federation.base:Aggregator")
 BACKBONES = Registry("backbone", "fedvid.backbones", "torch.nn:Module")
-PARTITIONERS = Registry("partitioner", "fedvid.partitioners", "benchmark.splits.partition:Partitioner",
-                        modules=("benchmark.splits.partition",))
-DATASET_READERS = Registry("dataset reader", "fedvid.dataset_readers", "benchmark.data.annotations:DatasetReader",
-                           modules=("benchmark.data.annotations",))
+PARTITIONERS = Registry(
+    "partitioner",
+    "fedvid.partitioners",
+    "benchmark.splits.partition:Partitioner",
+    modules=("benchmark.splits.partition",),
+)
+DATASET_READERS = Registry(
+    "dataset reader",
+    "fedvid.dataset_readers",
+    "benchmark.data.annotations:DatasetReader",
+    modules=("benchmark.data.annotations",),
+)
 
 register_method = METHODS.register
 register_aggregator = AGGREGATORS.register

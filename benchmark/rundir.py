@@ -77,14 +77,20 @@ class RunLock:
         except BlockingIOError:
             os.close(fd)
             holder = self.holder()
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
-                   if holder else "another process")
+            who = (
+                f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started_at')}"
+                if holder
+                else "another process"
+            )
             raise RunDirError(
                 f"{self.path.parent} is in use by another run ({who}); wait for it to finish or choose another "
                 "hydra.run.dir"
             ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, dumps_json(info).encode(), 0)
         self._fd = fd
@@ -236,10 +242,14 @@ class Retention:
 
     def __post_init__(self) -> None:
         if isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int) or self.keep_last < 1:
-            raise ValueError(f"checkpoint.keep_last={self.keep_last!r}: expected an integer >= 1 "
-                             "(the newest checkpoint is what resume and evaluation read)")
+            raise ValueError(
+                f"checkpoint.keep_last={self.keep_last!r}: expected an integer >= 1 "
+                "(the newest checkpoint is what resume and evaluation read)"
+            )
         if isinstance(self.keep_every, bool) or not isinstance(self.keep_every, int) or self.keep_every < 0:
-            raise ValueError(f"checkpoint.keep_every={self.keep_every!r}: expected an integer >= 0 (0: keep none extra)")
+            raise ValueError(
+                f"checkpoint.keep_every={self.keep_every!r}: expected an integer >= 0 (0: keep none extra)"
+            )
 
     @classmethod
     def from_config(cls, cfg: Any) -> Retention:
@@ -251,7 +261,7 @@ class Retention:
 
     def kept_rounds(self, rounds: list[int]) -> set[int]:
         """Of the checkpointed ``rounds``, those to keep."""
-        newest = sorted(rounds)[-self.keep_last:]
+        newest = sorted(rounds)[-self.keep_last :]
         return set(newest) | {r for r in rounds if self.milestone(r)}
 
     def max_checkpoints(self, total_rounds: int, first_round: int = 0) -> int:
@@ -273,7 +283,7 @@ def _round_of(path: Path) -> int | None:
     if not stem.startswith("round_"):
         return None
     try:
-        return int(stem[len("round_"):])
+        return int(stem[len("round_") :])
     except ValueError:
         return None
 
@@ -379,11 +389,16 @@ class RunInputs:
         out = [f"config key {k}" for k in _changed_keys(self.config, new.config)]
         if self.split_sha256 != new.split_sha256:
             out.append(f"split manifest content ({self.split_sha256[:12]} -> {new.split_sha256[:12]})")
-        out += [f"dataset {name} list ({self.lists_sha256.get(name, '-')[:12]} -> {new.lists_sha256.get(name, '-')[:12]})"
-                for name in sorted(set(self.lists_sha256) | set(new.lists_sha256))
-                if self.lists_sha256.get(name) != new.lists_sha256.get(name)]
-        out += [f"code {k} ({self.code.get(k)} -> {new.code.get(k)})" for k in sorted(set(self.code) | set(new.code))
-                if self.code.get(k) != new.code.get(k)]
+        out += [
+            f"dataset {name} list ({self.lists_sha256.get(name, '-')[:12]} -> {new.lists_sha256.get(name, '-')[:12]})"
+            for name in sorted(set(self.lists_sha256) | set(new.lists_sha256))
+            if self.lists_sha256.get(name) != new.lists_sha256.get(name)
+        ]
+        out += [
+            f"code {k} ({self.code.get(k)} -> {new.code.get(k)})"
+            for k in sorted(set(self.code) | set(new.code))
+            if self.code.get(k) != new.code.get(k)
+        ]
         return out
 
 
@@ -402,8 +417,11 @@ def training_config(resolved: dict[str, Any]) -> dict[str, Any]:
 
 def _changed_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in sorted(set(a) | set(b), key=str)
-                for k in _changed_keys(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")]
+        return [
+            k
+            for key in sorted(set(a) | set(b), key=str)
+            for k in _changed_keys(a.get(key, _MISSING), b.get(key, _MISSING), f"{prefix}{key}.")
+        ]
     return [] if a == b else [prefix.rstrip(".") + f" ({_short(a)} -> {_short(b)})"]
 
 
@@ -422,6 +440,7 @@ def check_resume(run_dir: str | os.PathLike, new: RunInputs) -> None:
         return
     if diffs := old.differences(new):
         raise RunDirError(
-            f"resume=true refused: {Path(run_dir) / INPUTS} differs in " + "; ".join(diffs)
+            f"resume=true refused: {Path(run_dir) / INPUTS} differs in "
+            + "; ".join(diffs)
             + ". Resume with the original overrides and files, or start a new run directory."
         )

@@ -262,5 +262,9 @@ class RunSpec:
         plain = _plain(cfg)
         if check:
             check_run_config(plain)
-        return cls(training=LocalTrainingSpec.from_config(plain), federation=FederationSpec.from_config(plain),
-                   engine=EngineSpec.from_config(plain["engine"]), retention=Retention.from_config(plain))
+        return cls(
+            training=LocalTrainingSpec.from_config(plain),
+            federation=FederationSpec.from_config(plain),
+            engine=EngineSpec.from_config(plain["engine"]),
+            retention=Retention.from_config(plain),
+        )

@@ -37,7 +37,6 @@ from leaderboard.records import load_schema
 LEADERBOARD_FORMAT = "fedvid-leaderboard/1"
 
 
-
 def _label(proto: dict[str, Any]) -> str:
     """``fedvssl/v1``, ``fedvssl/v1+smoke``, ``fedvssl/v1+modified[eval.pooling=avg]``: a modified
     protocol names what changed, so runs with different overrides never share a track."""
@@ -46,7 +45,14 @@ def _label(proto: dict[str, Any]) -> str:
         label += f"+{proto['variant']}"
     overridden = proto.get("overridden")
     if isinstance(overridden, dict) and overridden:
-        label += "[" + ",".join(f"{k}={v if isinstance(v, str) else canonical_json_bytes(v).decode()}" for k, v in sorted(overridden.items())) + "]"
+        label += (
+            "["
+            + ",".join(
+                f"{k}={v if isinstance(v, str) else canonical_json_bytes(v).decode()}"
+                for k, v in sorted(overridden.items())
+            )
+            + "]"
+        )
     return label
 
 
@@ -89,8 +95,16 @@ def entry_key(record: dict[str, Any]) -> str:
 
 
 def primary_metrics(dataset_ids: set[str]) -> tuple[str, str]:
-    ucf = "ucf101" if "ucf101" in dataset_ids or not any("ucf" in d for d in dataset_ids) else sorted(d for d in dataset_ids if "ucf" in d)[0]
-    hmdb = "hmdb51" if "hmdb51" in dataset_ids or not any("hmdb" in d for d in dataset_ids) else sorted(d for d in dataset_ids if "hmdb" in d)[0]
+    ucf = (
+        "ucf101"
+        if "ucf101" in dataset_ids or not any("ucf" in d for d in dataset_ids)
+        else sorted(d for d in dataset_ids if "ucf" in d)[0]
+    )
+    hmdb = (
+        "hmdb51"
+        if "hmdb51" in dataset_ids or not any("hmdb" in d for d in dataset_ids)
+        else sorted(d for d in dataset_ids if "hmdb" in d)[0]
+    )
     return f"retrieval.{ucf}.top1", f"retrieval.{hmdb}.top1"
 
 
@@ -130,18 +144,20 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
                     per_metric[name].append(value)
             first = members[0]
             m = first["method"]
-            entries.append({
-                "method": m["name"],
-                "pretext": m["pretext"],
-                "aggregator": m["aggregator"],
-                "params": m["params"],
-                "exchange": m["exchange"],
-                "status": first["status"],
-                "record_ids": [r["record_id"] for r in members],
-                "sources": sorted({s["url"] for r in members for s in r.get("source", [])}),
-                "metrics": {k: _stats(v) for k, v in sorted(per_metric.items())},
-                **({"unverified": unverified} if (unverified := unverified_evaluations(members)) else {}),
-            })
+            entries.append(
+                {
+                    "method": m["name"],
+                    "pretext": m["pretext"],
+                    "aggregator": m["aggregator"],
+                    "params": m["params"],
+                    "exchange": m["exchange"],
+                    "status": first["status"],
+                    "record_ids": [r["record_id"] for r in members],
+                    "sources": sorted({s["url"] for r in members for s in r.get("source", [])}),
+                    "metrics": {k: _stats(v) for k, v in sorted(per_metric.items())},
+                    **({"unverified": unverified} if (unverified := unverified_evaluations(members)) else {}),
+                }
+            )
 
         def sort_key(e: dict, primary: str = primary, tiebreak: str = tiebreak) -> tuple:  # bound per track
             p = e["metrics"].get(primary, {}).get("mean")
@@ -158,21 +174,23 @@ def build_leaderboard(records: list[dict[str, Any]]) -> dict[str, Any]:
             else:
                 e["rank"] = None
         t0 = recs[0]["track"]
-        tracks.append({
-            "track_id": tkey,
-            "protocol": protocol_label(recs[0]),
-            "dataset": t0["dataset"],
-            "split_manifest_id": t0.get("split_manifest_id"),
-            "split_content_sha256": t0.get("split_content_sha256"),
-            "num_clients": t0["num_clients"],
-            "clients_per_round": t0["clients_per_round"],
-            "rounds": t0["rounds"],
-            "backbone": t0["backbone"],
-            "input_size": t0["input_size"],
-            "primary_metric": primary,
-            "tiebreak_metric": tiebreak,
-            "entries": entries,
-        })
+        tracks.append(
+            {
+                "track_id": tkey,
+                "protocol": protocol_label(recs[0]),
+                "dataset": t0["dataset"],
+                "split_manifest_id": t0.get("split_manifest_id"),
+                "split_content_sha256": t0.get("split_content_sha256"),
+                "num_clients": t0["num_clients"],
+                "clients_per_round": t0["clients_per_round"],
+                "rounds": t0["rounds"],
+                "backbone": t0["backbone"],
+                "input_size": t0["input_size"],
+                "primary_metric": primary,
+                "tiebreak_metric": tiebreak,
+                "entries": entries,
+            }
+        )
     board = {"format": LEADERBOARD_FORMAT, "tracks": tracks}
     jsonschema.validate(board, load_schema("leaderboard.schema.json"), cls=jsonschema.Draft202012Validator)
     return board
@@ -195,19 +213,27 @@ def md_cell(text: Any) -> str:
 
 
 def render_markdown(board: dict[str, Any]) -> str:
-    lines = ["# FedVid-Bench leaderboard", "",
-             "Retrieval Top-k and accuracies in %, mean ± std over seeds (n = number of records).",
-             "Ranked by the primary metric of each track (UCF101 retrieval Top-1, ties by HMDB51 Top-1).", ""]
+    lines = [
+        "# FedVid-Bench leaderboard",
+        "",
+        "Retrieval Top-k and accuracies in %, mean ± std over seeds (n = number of records).",
+        "Ranked by the primary metric of each track (UCF101 retrieval Top-1, ties by HMDB51 Top-1).",
+        "",
+    ]
     for t in board["tracks"]:
         ucf = t["primary_metric"].split(".")[1]
         hmdb = t["tiebreak_metric"].split(".")[1]
-        lines += [f"## {md_cell(t['track_id'])}", "",
-                  f"{md_cell(t['dataset'])}, split `{md_cell(t['split_manifest_id'] or 'nonstandard')}`, {t['num_clients']} clients, "
-                  f"{t['clients_per_round']:g} per round, {t['rounds']} rounds, {md_cell(t['backbone'])} "
-                  f"{'x'.join(map(str, t['input_size']))}, protocol `{md_cell(t.get('protocol', 'unnamed'))}` "
-                  "(docs/protocols/)", "",
-                  f"| # | method | status | {ucf} R@1 | {ucf} R@5 | {hmdb} R@1 | {ucf} FT top-1 | n |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {md_cell(t['track_id'])}",
+            "",
+            f"{md_cell(t['dataset'])}, split `{md_cell(t['split_manifest_id'] or 'nonstandard')}`, {t['num_clients']} clients, "
+            f"{t['clients_per_round']:g} per round, {t['rounds']} rounds, {md_cell(t['backbone'])} "
+            f"{'x'.join(map(str, t['input_size']))}, protocol `{md_cell(t.get('protocol', 'unnamed'))}` "
+            "(docs/protocols/)",
+            "",
+            f"| # | method | status | {ucf} R@1 | {ucf} R@5 | {hmdb} R@1 | {ucf} FT top-1 | n |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         notes = sorted({u for e in t["entries"] for u in e.get("unverified", [])})
         for e in t["entries"]:
             m = e["metrics"]
@@ -219,8 +245,11 @@ def render_markdown(board: dict[str, Any]) -> str:
                 f"{_pct(m.get(f'retrieval.{ucf}.top5'))} | {_pct(m.get(f'retrieval.{hmdb}.top1'))} | {_pct(ft)} | {n} |"
             )
         if notes:
-            lines += ["", f"† {md_cell(', '.join(notes))} protocol unverified: the source publishes no script for it, so "
-                      "the protocol this row names is asserted by its authors, not checked (docs/protocols/)."]
+            lines += [
+                "",
+                f"† {md_cell(', '.join(notes))} protocol unverified: the source publishes no script for it, so "
+                "the protocol this row names is asserted by its authors, not checked (docs/protocols/).",
+            ]
         lines.append("")
     return "\n".join(lines)
 

@@ -16,9 +16,14 @@ from typing import Any
 
 import benchmark
 
-DATASET_NAMES = {"ucf101": "UCF101", "hmdb51": "HMDB51", "kinetics400": "Kinetics-400",
-                 "synthetic_ucf101": "FedVid synthetic UCF101-style", "synthetic_hmdb51": "FedVid synthetic HMDB51-style",
-                 "synthetic_kinetics": "FedVid synthetic Kinetics-style"}
+DATASET_NAMES = {
+    "ucf101": "UCF101",
+    "hmdb51": "HMDB51",
+    "kinetics400": "Kinetics-400",
+    "synthetic_ucf101": "FedVid synthetic UCF101-style",
+    "synthetic_hmdb51": "FedVid synthetic HMDB51-style",
+    "synthetic_kinetics": "FedVid synthetic Kinetics-style",
+}
 
 # metric path pattern (kind) -> (task type, task name, metric type, metric display name)
 _KINDS = {
@@ -56,17 +61,19 @@ def to_pwc(board: dict[str, Any]) -> list[dict[str, Any]]:
                 name = f"Top-{key[3:]}" if kind == "retrieval" else key
                 per_task.setdefault((task, ds), {})[name] = round(100 * stat["mean"], 2)
             for (task, ds), metrics in sorted(per_task.items()):
-                rows.append({
-                    "task": task,
-                    "dataset": DATASET_NAMES.get(ds, ds),
-                    "model_name": e["method"],
-                    "metrics": metrics,
-                    "paper_url": e["sources"][0] if e["sources"] else None,
-                    "status": e["status"],
-                    "pretraining": f"{t['dataset']} ({t['split_manifest_id'] or 'nonstandard split'}, "
-                                   f"{t['num_clients']} clients, {t['rounds']} rounds)",
-                    "uses_additional_data": t["dataset"] not in (ds,),
-                })
+                rows.append(
+                    {
+                        "task": task,
+                        "dataset": DATASET_NAMES.get(ds, ds),
+                        "model_name": e["method"],
+                        "metrics": metrics,
+                        "paper_url": e["sources"][0] if e["sources"] else None,
+                        "status": e["status"],
+                        "pretraining": f"{t['dataset']} ({t['split_manifest_id'] or 'nonstandard split'}, "
+                        f"{t['num_clients']} clients, {t['rounds']} rounds)",
+                        "uses_additional_data": t["dataset"] not in (ds,),
+                    }
+                )
     return rows
 
 
@@ -78,15 +85,21 @@ def to_model_index(board: dict[str, Any]) -> list[dict[str, Any]]:
             for kind, ds, key, stat in _metric_rows(e):
                 ttype, tname, mtype, mname = _KINDS[kind]
                 k = key[3:] if kind == "retrieval" else key
-                results.setdefault((ttype, tname, ds), []).append({
-                    "type": mtype.format(k=k, m=key), "name": mname.format(k=k, m=key),
-                    "value": round(100 * stat["mean"], 2), "verified": False,
-                })
+                results.setdefault((ttype, tname, ds), []).append(
+                    {
+                        "type": mtype.format(k=k, m=key),
+                        "name": mname.format(k=k, m=key),
+                        "value": round(100 * stat["mean"], 2),
+                        "verified": False,
+                    }
+                )
             model = {"name": _model_id(t, e), "results": []}
             for (ttype, tname, ds), metrics in sorted(results.items()):
-                res = {"task": {"type": ttype, "name": tname},
-                       "dataset": {"type": ds, "name": DATASET_NAMES.get(ds, ds), "split": "test", "config": "split1"},
-                       "metrics": metrics}
+                res = {
+                    "task": {"type": ttype, "name": tname},
+                    "dataset": {"type": ds, "name": DATASET_NAMES.get(ds, ds), "split": "test", "config": "split1"},
+                    "metrics": metrics,
+                }
                 if e["sources"]:
                     res["source"] = {"name": "reported", "url": e["sources"][0]}
                 model["results"].append(res)
@@ -106,31 +119,55 @@ def to_eee(board: dict[str, Any], retrieved_timestamp: str = "0") -> list[dict[s
                 unc = {"num_samples": stat["n"]}
                 if stat["n"] > 1:
                     unc["standard_deviation"] = stat["std"]
-                results.append({
-                    "evaluation_name": f"{kind}.{ds}.{key}",
-                    "source_data": {"dataset_name": DATASET_NAMES.get(ds, ds), "source_type": "other",
-                                    "additional_details": {"split": "1", "protocol": "fedvid-bench"}},
-                    "metric_config": {"evaluation_description": f"{_KINDS[kind][1]} {key} on {DATASET_NAMES.get(ds, ds)} split 1",
-                                      "lower_is_better": False, "score_type": "continuous", "min_score": 0, "max_score": 1},
-                    "score_details": {"score": stat["mean"], "uncertainty": unc},
-                })
-            out.append({
-                "schema_version": "0.2.1",
-                "evaluation_id": f"fedvid-bench/{mid}/{retrieved_timestamp}",
-                "retrieved_timestamp": retrieved_timestamp,
-                "source_metadata": {
-                    "source_name": "FedVid-Bench leaderboard",
-                    "source_type": "documentation" if e["status"] == "reported" else "evaluation_run",
-                    "source_organization_name": "FedVid-Bench",
-                    "evaluator_relationship": "third_party" if e["status"] == "reported" else "first_party",
-                    "additional_details": {"status": e["status"], "track": t["track_id"], "records": ",".join(e["record_ids"])},
-                },
-                "model_info": {"name": e["method"], "id": mid, "developer": "see sources",
-                               "additional_details": {"pretext": e["pretext"], "aggregator": e["aggregator"],
-                                                      "exchange": e["exchange"], "backbone": t["backbone"]}},
-                "eval_library": {"name": "fedvid-bench", "version": benchmark.__version__},
-                "evaluation_results": results,
-            })
+                results.append(
+                    {
+                        "evaluation_name": f"{kind}.{ds}.{key}",
+                        "source_data": {
+                            "dataset_name": DATASET_NAMES.get(ds, ds),
+                            "source_type": "other",
+                            "additional_details": {"split": "1", "protocol": "fedvid-bench"},
+                        },
+                        "metric_config": {
+                            "evaluation_description": f"{_KINDS[kind][1]} {key} on {DATASET_NAMES.get(ds, ds)} split 1",
+                            "lower_is_better": False,
+                            "score_type": "continuous",
+                            "min_score": 0,
+                            "max_score": 1,
+                        },
+                        "score_details": {"score": stat["mean"], "uncertainty": unc},
+                    }
+                )
+            out.append(
+                {
+                    "schema_version": "0.2.1",
+                    "evaluation_id": f"fedvid-bench/{mid}/{retrieved_timestamp}",
+                    "retrieved_timestamp": retrieved_timestamp,
+                    "source_metadata": {
+                        "source_name": "FedVid-Bench leaderboard",
+                        "source_type": "documentation" if e["status"] == "reported" else "evaluation_run",
+                        "source_organization_name": "FedVid-Bench",
+                        "evaluator_relationship": "third_party" if e["status"] == "reported" else "first_party",
+                        "additional_details": {
+                            "status": e["status"],
+                            "track": t["track_id"],
+                            "records": ",".join(e["record_ids"]),
+                        },
+                    },
+                    "model_info": {
+                        "name": e["method"],
+                        "id": mid,
+                        "developer": "see sources",
+                        "additional_details": {
+                            "pretext": e["pretext"],
+                            "aggregator": e["aggregator"],
+                            "exchange": e["exchange"],
+                            "backbone": t["backbone"],
+                        },
+                    },
+                    "eval_library": {"name": "fedvid-bench", "version": benchmark.__version__},
+                    "evaluation_results": results,
+                }
+            )
     return out
 
 

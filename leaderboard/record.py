@@ -33,8 +33,19 @@ RESULT_FORMAT = "fedvid-result/1"
 #: client error, a timeout or an update rejected by the guard) over the whole run.
 MAX_FAILED_UPDATE_FRACTION = 0.10
 #: Packages whose versions every record lists (what produced the numbers).
-RECORDED_PACKAGES = ("torch", "torchvision", "flwr", "ray", "hydra-core", "numpy", "decord", "av", "pytorchvideo",
-                     "torchmetrics", "fedvid-bench")
+RECORDED_PACKAGES = (
+    "torch",
+    "torchvision",
+    "flwr",
+    "ray",
+    "hydra-core",
+    "numpy",
+    "decord",
+    "av",
+    "pytorchvideo",
+    "torchmetrics",
+    "fedvid-bench",
+)
 
 
 #: Keys of an evaluation entry that describe how a metric was produced, not a metric.
@@ -101,8 +112,22 @@ class Evaluations:
 
 #: Top-level sections in the order the record is written; any other key (``source``,
 #: ``submitter``, ``notes`` of reported entries) follows them unchanged.
-_SECTIONS = ("format", "status", "status_reasons", "track", "method", "evaluations", "participation", "videos",
-             "systems", "provenance", "failure", "protocol", "nonstandard", "record_id")
+_SECTIONS = (
+    "format",
+    "status",
+    "status_reasons",
+    "track",
+    "method",
+    "evaluations",
+    "participation",
+    "videos",
+    "systems",
+    "provenance",
+    "failure",
+    "protocol",
+    "nonstandard",
+    "record_id",
+)
 
 
 @dataclass(frozen=True)
@@ -166,8 +191,13 @@ def git_state(root: Path = PROJECT_ROOT) -> tuple[str | None, bool | None]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
             return None, None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=30)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.TimeoutExpired):
         return None, None
@@ -253,8 +283,9 @@ def run_status(part: dict[str, Any], videos: dict[str, Any], failure: dict[str, 
     if part["excluded_clients"]:
         reasons.append(f"clients {part['excluded_clients']} sent no usable update in any round they were sampled")
     if part["failed_fraction"] > MAX_FAILED_UPDATE_FRACTION:
-        reasons.append(f"{part['failed']} of {part['sampled']} sampled client updates failed "
-                       f"(> {MAX_FAILED_UPDATE_FRACTION:.0%})")
+        reasons.append(
+            f"{part['failed']} of {part['sampled']} sampled client updates failed (> {MAX_FAILED_UPDATE_FRACTION:.0%})"
+        )
     for where, counts in _video_counts(videos):
         if counts.get("skipped"):
             reasons.append(f"{counts['skipped']} of {counts['listed']} {where} videos skipped")
@@ -335,8 +366,8 @@ def build_result_record(
         "status_reasons": reasons,
         "track": track,
         "method": {
-            "name": method_display_name or display_name(
-                model.method, {"name": fed.aggregator, "params": dict(fed.aggregator_params)}),
+            "name": method_display_name
+            or display_name(model.method, {"name": fed.aggregator, "params": dict(fed.aggregator_params)}),
             "pretext": method_pretext,
             "aggregator": _aggregator_label(spec),
             "params": {"method": dict(model.method_params), "aggregator": dict(fed.aggregator_params)},
@@ -376,7 +407,13 @@ def build_result_record(
         record["nonstandard"] = True  # a split made for this run, not a committed standard one
     # The id names the content: same track + method + config + evaluations => same id.
     record["record_id"] = sha256_bytes(
-        canonical_json_bytes({"track": track, "method": record["method"], "config": record["provenance"]["config_sha256"],
-                              "started_at": started_at})
+        canonical_json_bytes(
+            {
+                "track": track,
+                "method": record["method"],
+                "config": record["provenance"]["config_sha256"],
+                "started_at": started_at,
+            }
+        )
     )[:16]
     return ResultRecord.from_json(record)

@@ -69,7 +69,13 @@ def _pairs_non_decreasing(values: dict[str, float], base: str, file: str) -> lis
     ks = sorted((int(k), v) for k, v in values.items())
     for (k1, v1), (k2, v2) in zip(ks, ks[1:]):
         if v2 < v1:
-            problems.append(Problem(file, f"{base}.{k2}", f"Top-{k2} ({v2}) is lower than Top-{k1} ({v1}); Top-k must be non-decreasing in k"))
+            problems.append(
+                Problem(
+                    file,
+                    f"{base}.{k2}",
+                    f"Top-{k2} ({v2}) is lower than Top-{k1} ({v1}); Top-k must be non-decreasing in k",
+                )
+            )
     return problems
 
 
@@ -83,19 +89,32 @@ def semantic_problems(record: dict, file: str, standard_hashes: dict[str, str] |
         for ds, acc in ev.get(kind, {}).items():
             for lo, hi in (("top1", "top5"), ("video_top1", "video_top5"), ("clip_top1", "clip_top5")):
                 if lo in acc and hi in acc and acc[hi] < acc[lo]:
-                    problems.append(Problem(file, f"$.evaluations.{kind}.{ds}.{hi}", f"{hi} ({acc[hi]}) is lower than {lo} ({acc[lo]})"))
+                    problems.append(
+                        Problem(
+                            file, f"$.evaluations.{kind}.{ds}.{hi}", f"{hi} ({acc[hi]}) is lower than {lo} ({acc[lo]})"
+                        )
+                    )
     track = record.get("track", {})
     sha = track.get("split_content_sha256")
     if not record.get("nonstandard", False):
         hashes = standard_split_hashes() if standard_hashes is None else standard_hashes
         if sha is None or sha not in hashes:
-            problems.append(Problem(
-                file, "$.track.split_content_sha256",
-                f"split hash {sha!r} is not one of the committed standardized splits "
-                "(see `fedvid splits verify`); set \"nonstandard\": true if the run used another split",
-            ))
+            problems.append(
+                Problem(
+                    file,
+                    "$.track.split_content_sha256",
+                    f"split hash {sha!r} is not one of the committed standardized splits "
+                    '(see `fedvid splits verify`); set "nonstandard": true if the run used another split',
+                )
+            )
         elif track.get("split_manifest_id") not in (None, hashes[sha]):
-            problems.append(Problem(file, "$.track.split_manifest_id", f"{track.get('split_manifest_id')!r} does not match the manifest with this hash ({hashes[sha]!r})"))
+            problems.append(
+                Problem(
+                    file,
+                    "$.track.split_manifest_id",
+                    f"{track.get('split_manifest_id')!r} does not match the manifest with this hash ({hashes[sha]!r})",
+                )
+            )
     return problems
 
 
@@ -107,7 +126,9 @@ def load_record_file(path: Path) -> tuple[Any, list[Problem]]:
         return None, [Problem(str(path), "$", str(e).removeprefix(f"{path}: "))]
 
 
-def validate_records(paths: Iterable[Path], standard_hashes: dict[str, str] | None = None) -> tuple[list[tuple[Path, dict]], list[Problem]]:
+def validate_records(
+    paths: Iterable[Path], standard_hashes: dict[str, str] | None = None
+) -> tuple[list[tuple[Path, dict]], list[Problem]]:
     """Validate record files together (ids must be unique across them)."""
     hashes = standard_split_hashes() if standard_hashes is None else standard_hashes
     good: list[tuple[Path, dict]] = []

@@ -52,7 +52,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {args.batch}x3x16x112x112")
-    print(f"{'backbone':<12} {'params (M)':>10} {'GFLOPs/clip':>12} {'GMACs/clip':>11} {'out shape':>18} {'step (s)':>9}")
+    print(
+        f"{'backbone':<12} {'params (M)':>10} {'GFLOPs/clip':>12} {'GMACs/clip':>11} {'out shape':>18} {'step (s)':>9}"
+    )
     for name, params in BACKBONES.items():
         model = build_backbone(name, **params)
         n_params = sum(p.numel() for p in model.parameters())
@@ -62,7 +64,9 @@ def main() -> None:
         step = float("nan")
         if name == "tiny_r3d" or args.all:
             step = step_seconds(model.train(), args.batch, args.repeats)
-        print(f"{name:<12} {n_params / 1e6:>10.2f} {flops / 1e9:>12.2f} {flops / 2e9:>11.2f} {str(shape):>18} {step:>9.3f}")
+        print(
+            f"{name:<12} {n_params / 1e6:>10.2f} {flops / 1e9:>12.2f} {flops / 2e9:>11.2f} {str(shape):>18} {step:>9.3f}"
+        )
         if name == "tiny_r3d":
             print(f"tiny_r3d fwd+bwd / 1 s target = {step / 1.0:.2f}x")
     ctp_costs(args)
@@ -89,8 +93,10 @@ def ctp_costs(args) -> None:
             times.append(time.process_time() - t0)
     step = min(times)
     head = sum(p.numel() for p in method.head.parameters())
-    print(f"ctp(tiny_r3d): sample_transform {per_clip * 1e3:.1f} ms/clip; loss+backward {step:.3f} s/batch "
-          f"(head {head / 1e6:.2f}M params)")
+    print(
+        f"ctp(tiny_r3d): sample_transform {per_clip * 1e3:.1f} ms/clip; loss+backward {step:.3f} s/batch "
+        f"(head {head / 1e6:.2f}M params)"
+    )
 
 
 if __name__ == "__main__":

@@ -194,9 +194,11 @@ CANDIDATES = {
 #: candidates measured together in one process each; the first group holds the reference
 #: (decord), and BRIDGE, in every group, carries the ratio to decord across processes
 BRIDGE = "torchcodec-approx"
-GROUPS = (("auto", "decord", "torchcodec-exact", BRIDGE, "video-reader-rs"),
-          ("pyav", "pyav-unpack"),  # PyAV decoding next to torchcodec (or decord) deadlocked here
-          ("decord2",))  # decord2 segfaulted next to torchcodec and deadlocked next to pyav
+GROUPS = (
+    ("auto", "decord", "torchcodec-exact", BRIDGE, "video-reader-rs"),
+    ("pyav", "pyav-unpack"),  # PyAV decoding next to torchcodec (or decord) deadlocked here
+    ("decord2",),
+)  # decord2 segfaulted next to torchcodec and deadlocked next to pyav
 
 
 def available(names) -> dict[str, object]:
@@ -222,7 +224,9 @@ def spread(num_frames: int) -> list[int]:
 
 
 def exactness_of(read, path: str, reference: dict) -> str:
-    num_frames, indices, truth, numbers, info = (reference[k] for k in ("frames", "indices", "truth", "numbers", "info"))
+    num_frames, indices, truth, numbers, info = (
+        reference[k] for k in ("frames", "indices", "truth", "numbers", "info")
+    )
     try:
         count, frames = read(path, indices)
     except Exception as e:
@@ -230,8 +234,12 @@ def exactness_of(read, path: str, reference: dict) -> str:
         text = lines[0].split("ERROR ")[-1] if lines else ""  # decord: "[time] file.cc:line: ... ERROR message"
         failure = f"fails: {type(e).__name__}: {text[:60]}"
         if len(indices) > 4 and indices[-1] == num_frames - 1:  # what it returns short of the last frames
-            subset = dict(reference, indices=indices[:-2], numbers=numbers[:-2],
-                          truth=_Truth(truth.frames[:-2], truth.neighbours[:-2]))
+            subset = dict(
+                reference,
+                indices=indices[:-2],
+                numbers=numbers[:-2],
+                truth=_Truth(truth.frames[:-2], truth.neighbours[:-2]),
+            )
             return f"{failure}; without the last 2: {exactness_of(read, path, subset)}"
         return failure
     if count != num_frames:
@@ -264,8 +272,13 @@ def references() -> dict[str, dict]:
             continue
         indices = spread(frames)
         truth = _sequential_truth(str(path), indices, info, frames)
-        out[path.name] = {"frames": frames, "indices": indices, "truth": truth, "info": info,
-                          "numbers": [read_frame_number(f) for f in truth.frames]}
+        out[path.name] = {
+            "frames": frames,
+            "indices": indices,
+            "truth": truth,
+            "info": info,
+            "numbers": [read_frame_number(f) for f in truth.frames],
+        }
     return out
 
 
@@ -276,8 +289,9 @@ def exactness(candidates: dict) -> dict[str, dict[str, str]]:
         if "error" in ref:
             table[name] = {c: "-" for c in candidates} | {"_note": ref["error"][:80]}
             continue
-        table[name] = {c: (exactness_of(read, path, ref) if callable(read) else "not installed")
-                       for c, read in candidates.items()}
+        table[name] = {
+            c: (exactness_of(read, path, ref) if callable(read) else "not installed") for c, read in candidates.items()
+        }
         table[name]["_note"] = f"{ref['frames']} frames"
     return table
 
@@ -344,9 +358,21 @@ def speed(candidates: dict, files: dict[str, str], clips: int, repeats: int) -> 
 
 def run_child(names, files, args) -> dict:
     """One group of candidates in a child process: exactness, and speed on ``files``."""
-    command = [sys.executable, __file__, "--only", ",".join(names), "--clips", str(args.clips),
-               "--child-timeout", str(args.child_timeout),
-               "--repeats", str(args.repeats), "--json", "--files", json.dumps(files)]
+    command = [
+        sys.executable,
+        __file__,
+        "--only",
+        ",".join(names),
+        "--clips",
+        str(args.clips),
+        "--child-timeout",
+        str(args.child_timeout),
+        "--repeats",
+        str(args.repeats),
+        "--json",
+        "--files",
+        json.dumps(files),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
         # a hang: the child's watchdog dumped its Python stack (faulthandler) and exited
@@ -384,7 +410,10 @@ def main() -> None:
     print(f"load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
     shown = list(CANDIDATES)
     with tempfile.TemporaryDirectory(prefix="fedvid-bench-decoders-") as tmp:
-        files = {"plain_h264.mp4": str(FIXTURES / "plain_h264.mp4"), "plain_mpeg4.avi": str(FIXTURES / "plain_mpeg4.avi")}
+        files = {
+            "plain_h264.mp4": str(FIXTURES / "plain_h264.mp4"),
+            "plain_mpeg4.avi": str(FIXTURES / "plain_mpeg4.avi"),
+        }
         if not args.no_speed:
             large = Path(tmp) / "large_h264_320x240_10s.mp4"
             write_large(large)
@@ -405,8 +434,10 @@ def main() -> None:
             print(f"| {fixture} ({row.get('_note', '')}) | " + " | ".join(row.get(c, "-") for c in shown) + " |")
         if args.no_speed:
             return
-        print(f"\nspeed: {args.clips} random clips of {FRAMES} frames at stride {STRIDE}, full size, open + decode "
-              f"per clip; median of {args.repeats} repetitions; clips/s wall | CPU, and ratio to decord (wall | CPU)")
+        print(
+            f"\nspeed: {args.clips} random clips of {FRAMES} frames at stride {STRIDE}, full size, open + decode "
+            f"per clip; median of {args.repeats} repetitions; clips/s wall | CPU, and ratio to decord (wall | CPU)"
+        )
         reference = results[0].get("speed", {})
         for label in files:
             base, bridge = reference.get(label, {}).get("decord"), reference.get(label, {}).get(BRIDGE)
@@ -418,8 +449,11 @@ def main() -> None:
                         continue
                     r = per.get(name)
                     if r is None:
-                        why = "not installed" if table.get("plain_h264.mp4", {}).get(name) == "not installed" else \
-                            result.get("error", "fails on this file")
+                        why = (
+                            "not installed"
+                            if table.get("plain_h264.mp4", {}).get(name) == "not installed"
+                            else result.get("error", "fails on this file")
+                        )
                         print(f"  {name:<18} {why[:100]}")
                         continue
                     ratio = "-"

@@ -68,8 +68,12 @@ def encode_video(path: Path, codec: str, seed: int, b_frames: bool = False) -> N
 
 def load_before(revision: str):
     """benchmark/data/decoding.py as of ``revision``, imported as a separate module."""
-    source = subprocess.run(["git", "-C", str(PROJECT_ROOT), "show", f"{revision}:benchmark/data/decoding.py"],
-                            check=True, capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "show", f"{revision}:benchmark/data/decoding.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     source = source.replace("from .transforms import", "from benchmark.data.transforms import")
     path = Path(tempfile.mkdtemp(prefix="fedvid-before-")) / "decoding_before.py"
     path.write_text(source)
@@ -99,16 +103,21 @@ def speed(args) -> None:
         "decord": (open_video, "decord"),
         "pyav": (open_video, "pyav"),
     }
-    formats = (("MPEG-4 Part 2 / AVI", "mpeg4", "avi", False), ("H.264 / MP4", "libx264", "mp4", False),
-               ("MPEG-4 Part 2 with B-frames / AVI (a hazard: exact path)", "mpeg4", "avi", True))
+    formats = (
+        ("MPEG-4 Part 2 / AVI", "mpeg4", "avi", False),
+        ("H.264 / MP4", "libx264", "mp4", False),
+        ("MPEG-4 Part 2 with B-frames / AVI (a hazard: exact path)", "mpeg4", "avi", True),
+    )
     with tempfile.TemporaryDirectory(prefix="fedvid-bench-decoding-") as tmp:
         for label, codec, suffix, b_frames in formats:
             paths = [str(Path(tmp) / f"video_{k}{'_b' if b_frames else ''}.{suffix}") for k in range(NUM_VIDEOS)]
             for k, path in enumerate(paths):
                 encode_video(Path(path), codec, seed=k, b_frames=b_frames)
             generator = torch.Generator().manual_seed(0)
-            jobs = [(paths[i % NUM_VIDEOS], train_clip_indices(NUM_FRAMES, FRAMES, STRIDE, generator))
-                    for i in range(args.clips)]
+            jobs = [
+                (paths[i % NUM_VIDEOS], train_clip_indices(NUM_FRAMES, FRAMES, STRIDE, generator))
+                for i in range(args.clips)
+            ]
             if b_frames:  # "before" returns wrong frames here; today's decord refuses the file
                 variants = {"before": (before.open_video, "decord"), "auto": (open_video, "auto")}
             rates: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
@@ -118,15 +127,19 @@ def speed(args) -> None:
                 if repetition:  # the first is a warm-up
                     for name, rate in measured.items():
                         rates[name].append(rate)
-            print(f"{label}: {WIDTH}x{HEIGHT}, {NUM_FRAMES} frames; {args.clips} clips of {FRAMES} frames, stride "
-                  f"{STRIDE}, short side {SHORT_SIDE}; median of {args.repeats} repetitions, clips/s (wall | CPU):")
+            print(
+                f"{label}: {WIDTH}x{HEIGHT}, {NUM_FRAMES} frames; {args.clips} clips of {FRAMES} frames, stride "
+                f"{STRIDE}, short side {SHORT_SIDE}; median of {args.repeats} repetitions, clips/s (wall | CPU):"
+            )
             median = {name: [statistics.median(r[k] for r in runs) for k in (0, 1)] for name, runs in rates.items()}
             print("  " + "   ".join(f"{name} {wall:6.1f} | {cpu:6.1f}" for name, (wall, cpu) in median.items()))
             for k, what in ((0, "wall"), (1, "CPU")):
                 ratios = [a[k] / b[k] for a, b in zip(rates["auto"], rates["before"])]
-                print(f"  auto / before ({what}): {median['auto'][k] / median['before'][k]:.3f} (per repetition "
-                      f"{', '.join(f'{r:.3f}' for r in ratios)}"
-                      f"{'; before decodes wrong frames here' if b_frames else f'; target >= {TARGET}'})")
+                print(
+                    f"  auto / before ({what}): {median['auto'][k] / median['before'][k]:.3f} (per repetition "
+                    f"{', '.join(f'{r:.3f}' for r in ratios)}"
+                    f"{'; before decodes wrong frames here' if b_frames else f'; target >= {TARGET}'})"
+                )
 
 
 def exactness() -> None:
@@ -136,9 +149,11 @@ def exactness() -> None:
             continue
         result = check_video(path)
         ra = result.get("random_access", {})
-        print(f"{path.name:<18} {ra.get('auto', '-'):<5} ({result.get('auto_decoder', '-'):<6}) "
-              f"{ra.get('pyav', '-'):<7} {ra.get('decord', '-')[:18]:<19} {result.get('frames', '-'):>6}  "
-              f"{result['status']}{' (' + result['problems'][0][:40] + ')' if result['problems'] else ''}")
+        print(
+            f"{path.name:<18} {ra.get('auto', '-'):<5} ({result.get('auto_decoder', '-'):<6}) "
+            f"{ra.get('pyav', '-'):<7} {ra.get('decord', '-')[:18]:<19} {result.get('frames', '-'):>6}  "
+            f"{result['status']}{' (' + result['problems'][0][:40] + ')' if result['problems'] else ''}"
+        )
 
 
 def main() -> None:

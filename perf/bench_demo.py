@@ -29,9 +29,21 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_demo(code_dir: Path, run_dir: Path, data_root: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir)}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", f"hydra.run.dir={run_dir}",
-                           f"data_root={data_root}", "engine.echo_log=false"],
-                          cwd=code_dir, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmark.cli",
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            "engine.echo_log=false",
+        ],
+        cwd=code_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"fedvid run in {code_dir} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -77,15 +89,20 @@ def main() -> None:
             walls[name].append(r["wall_s"])
             rec = r["record"]
             compute = sum(c["compute_s"] for rd in r["rounds"] for c in rd["clients"])
-            print(f"{name}: wall {r['wall_s']:.1f} s, start-up {rec['systems'].get('startup_s') or 0:.1f} s, "
-                  f"client compute {compute:.1f} s, losses {[round(rd['loss'], 4) for rd in r['rounds']]}, "
-                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"{name}: wall {r['wall_s']:.1f} s, start-up {rec['systems'].get('startup_s') or 0:.1f} s, "
+                f"client compute {compute:.1f} s, losses {[round(rd['loss'], 4) for rd in r['rounds']]}, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             for line in learning(rec):
                 print(f"    {line}", flush=True)
             print(f"    {json.dumps(rec.get('evaluations', {}))[:1500]}", flush=True)
     old_m, new_m = statistics.median(walls["old"]), statistics.median(walls["new"])
-    print(f"\nmedian wall: old {old_m:.1f} s, new {new_m:.1f} s, ratio new/old {new_m / old_m:.2f} "
-          "(shared machine: compare only within this run)")
+    print(
+        f"\nmedian wall: old {old_m:.1f} s, new {new_m:.1f} s, ratio new/old {new_m / old_m:.2f} "
+        "(shared machine: compare only within this run)"
+    )
 
 
 if __name__ == "__main__":

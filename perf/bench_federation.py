@@ -27,8 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fedvid_run(run_dir: Path, overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "benchmark.cli", "run", f"hydra.run.dir={run_dir}", "evaluate=false",
-           "engine.echo_log=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "run",
+        f"hydra.run.dir={run_dir}",
+        "evaluate=false",
+        "engine.echo_log=false",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"fedvid run failed ({' '.join(overrides)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -45,19 +53,31 @@ def overhead(tmp: Path, common: list[str], rounds: int, cpus: int) -> None:
         wall, compute = r["round_wall_s"], r["client_compute_s"]
         ratio = (wall - compute) / compute
         ratios.append(ratio)
-        print(f"{r['round']:>5} {len(r['replied_clients']):>7} {wall:>8.2f} {compute:>10.2f} "
-              f"{wall - compute:>10.2f} {ratio:>7.3f}")
+        print(
+            f"{r['round']:>5} {len(r['replied_clients']):>7} {wall:>8.2f} {compute:>10.2f} "
+            f"{wall - compute:>10.2f} {ratio:>7.3f}"
+        )
     systems = run["result"]["systems"]
     print(f"overhead ratio per round: mean {sum(ratios) / len(ratios):.3f}, max {max(ratios):.3f} (target <= 0.10)")
-    print(f"Flower/Ray start-up (to the first round): {systems['startup_s']:.1f} s; "
-          f"whole federation incl. start-up and teardown: {systems['wall_time_s']:.1f} s")
+    print(
+        f"Flower/Ray start-up (to the first round): {systems['startup_s']:.1f} s; "
+        f"whole federation incl. start-up and teardown: {systems['wall_time_s']:.1f} s"
+    )
 
 
 def memory(tmp: Path, common: list[str]) -> None:
     peaks = {}
     for n in (10, 100):
-        res = fedvid_run(tmp / f"mem{n}", [*common, f"partition.num_clients={n}", "federation.clients_per_round=5",
-                                           "federation.rounds=2", "federation.local_steps=1"])
+        res = fedvid_run(
+            tmp / f"mem{n}",
+            [
+                *common,
+                f"partition.num_clients={n}",
+                "federation.clients_per_round=5",
+                "federation.rounds=2",
+                "federation.local_steps=1",
+            ],
+        )
         peaks[n] = res["result"]["systems"]["peak_memory_bytes"]
     print("== memory: 5 clients sampled per round, 2 rounds of 1 local step")
     for n, peak in peaks.items():
@@ -74,8 +94,12 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray instance = CPUs of the one client actor")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedvid-bench-") as tmp:
-        common = [f"data_root={args.data_root}", f"engine.ray_num_cpus={args.cpus}",
-                  f"engine.client_resources.num_cpus={args.cpus}", f"client.num_threads={args.cpus}"]
+        common = [
+            f"data_root={args.data_root}",
+            f"engine.ray_num_cpus={args.cpus}",
+            f"engine.client_resources.num_cpus={args.cpus}",
+            f"client.num_threads={args.cpus}",
+        ]
         if not args.skip_overhead:
             overhead(Path(tmp), common, args.rounds, args.cpus)
         if not args.skip_memory:

@@ -30,9 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import decord
-import numpy as np
 import torch
 
 from benchmark.data.clips import train_clip_indices
@@ -101,9 +99,7 @@ def main() -> None:
             encode_video(path, seed=k)
         num_frames = {str(p): len(decord.VideoReader(str(p))) for p in paths}
         videos = [(str(paths[i % NUM_VIDEOS]), i % 7) for i in range(args.items)]
-        dataset = TrainClipDataset(
-            videos, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0
-        )
+        dataset = TrainClipDataset(videos, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0)
         old_dataset = WorkerNormalizedDataset(
             videos, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0
         )
@@ -126,17 +122,21 @@ def main() -> None:
                 path = dataset.videos[i][0]
                 jobs.append((path, train_clip_indices(num_frames[path], FRAMES, STRIDE, dataset.generator_for(i))))
             # Rotate which one runs first so slow drifts in machine load hit all alike.
-            runs = {"raw": lambda: raw_decode(jobs), "new": lambda: run_loader(dataset, args.batch_size),
-                    "old": lambda: run_loader(old_dataset, args.batch_size)}
+            runs = {
+                "raw": lambda: raw_decode(jobs),
+                "new": lambda: run_loader(dataset, args.batch_size),
+                "old": lambda: run_loader(old_dataset, args.batch_size),
+            }
             names = list(runs)
-            names = names[repetition % 3:] + names[: repetition % 3]
+            names = names[repetition % 3 :] + names[: repetition % 3]
             got = {name: runs[name]() for name in names}
             raw, loader, old = got["raw"], got["new"], got["old"]
             label = "warm-up" if repetition == 0 else f"rep {repetition}"
             print(
                 f"{label:>8}: raw decord {raw[0]:6.1f} clips/s ({raw[1]:5.2f} CPU ms/clip)   "
                 f"loader {loader[0]:6.1f} clips/s ({loader[1]:5.2f} CPU ms/clip)   ratio {loader[0] / raw[0]:.3f}   "
-                f"old loader {old[0]:6.1f} clips/s ({old[1]:5.2f}) ratio {old[0] / raw[0]:.3f}", flush=True
+                f"old loader {old[0]:6.1f} clips/s ({old[1]:5.2f}) ratio {old[0] / raw[0]:.3f}",
+                flush=True,
             )
             if repetition > 0:
                 raw_runs.append(raw)
@@ -153,8 +153,12 @@ def main() -> None:
     print(f"median old loader: {old_rate:.1f} clips/s, {old_cpu:.2f} CPU ms/clip (normalised in the worker, float32)")
     print(f"ratio old loader/raw clips/s: {old_rate / raw_rate:.3f}; new/old: {loader_rate / old_rate:.3f}")
     print(f"CPU-time ratio raw/loader: {raw_cpu / loader_cpu:.3f} (less sensitive to other processes' load)")
-    print(f"per-pass ratios: {', '.join(f'{r:.3f}' for r in per_pass)} (min {min(per_pass):.3f}, max {max(per_pass):.3f})")
-    print(f"ratio loader/raw clips/s: {ratio:.3f} (target >= {TARGET}) -> {'PASS' if ratio >= TARGET else 'BELOW TARGET'}")
+    print(
+        f"per-pass ratios: {', '.join(f'{r:.3f}' for r in per_pass)} (min {min(per_pass):.3f}, max {max(per_pass):.3f})"
+    )
+    print(
+        f"ratio loader/raw clips/s: {ratio:.3f} (target >= {TARGET}) -> {'PASS' if ratio >= TARGET else 'BELOW TARGET'}"
+    )
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 

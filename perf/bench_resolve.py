@@ -73,10 +73,16 @@ def main() -> None:
         per_file_resolve(Path(tmp) / "warmup", 1, 10)  # imports (rich) outside the timings
         small_exact, small_case = per_file_resolve(Path(tmp) / "small", 4, big // 10)
         large_exact, large_case = per_file_resolve(Path(tmp) / "large", 4, big)
-    print(f"resolve, {big // 10} files/folder: exact {small_exact * 1e6:.1f} us/file, wrong case {small_case * 1e6:.1f} us/file")
-    print(f"resolve, {big} files/folder: exact {large_exact * 1e6:.1f} us/file, wrong case {large_case * 1e6:.1f} us/file")
+    print(
+        f"resolve, {big // 10} files/folder: exact {small_exact * 1e6:.1f} us/file, wrong case {small_case * 1e6:.1f} us/file"
+    )
+    print(
+        f"resolve, {big} files/folder: exact {large_exact * 1e6:.1f} us/file, wrong case {large_case * 1e6:.1f} us/file"
+    )
     print(f"ratio wrong-case / exact at {big} files/folder: {large_case / large_exact:.2f}")
-    print(f"ratio per-file wrong-case cost, {big} vs {big // 10} files/folder (1.0 = O(files)): {large_case / small_case:.2f}")
+    print(
+        f"ratio per-file wrong-case cost, {big} vs {big // 10} files/folder (1.0 = O(files)): {large_case / small_case:.2f}"
+    )
 
 
 if __name__ == "__main__":

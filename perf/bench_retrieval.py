@@ -72,8 +72,10 @@ def main() -> None:
     gf = torch.randn(args.gallery, args.dim, generator=gen)
     ql = torch.randint(0, args.classes, (args.queries,), generator=gen)
     gl = torch.randint(0, args.classes, (args.gallery,), generator=gen)
-    print(f"retrieval {args.queries} queries x {args.gallery} gallery x {args.dim}-d float32, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+    print(
+        f"retrieval {args.queries} queries x {args.gallery} gallery x {args.dim}-d float32, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    )
     inputs_mib = (qf.numel() + gf.numel()) * 4 / 2**20
     print(f"inputs: {inputs_mib:.0f} MiB")
     best = {"ours": (None, float("inf"), 0.0), "naive": (None, float("inf"), 0.0)}
@@ -84,8 +86,10 @@ def main() -> None:
                 best[name] = (out, s, mem)
     ours, naive = best["ours"], best["naive"]
     for name, (out, s, mem) in best.items():
-        print(f"{name:>6}: {s:7.2f} s, peak extra memory {mem:7.0f} MiB, "
-              + ", ".join(f"top{k} {100 * v:.2f}%" for k, v in out.items()))
+        print(
+            f"{name:>6}: {s:7.2f} s, peak extra memory {mem:7.0f} MiB, "
+            + ", ".join(f"top{k} {100 * v:.2f}%" for k, v in out.items())
+        )
     print(f"ratio naive/ours time: {naive[1] / ours[1]:.2f}x; memory ours/naive: {ours[2] / max(naive[2], 1):.2f}")
     # Random features: exact ties are measure-zero; the naive mean is a float32 mean.
     assert all(abs(ours[0][k] - naive[0][k]) < 1e-6 for k in KS), (ours[0], naive[0])

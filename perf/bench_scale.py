@@ -114,8 +114,12 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--per-round", type=int, default=5)
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the Ray instance (one per client actor)")
-    ap.add_argument("--gpu-round-s", type=float, default=240.0,
-                    help="assumed GPU time of one FedVSSL round (see RESULTS.md) for the overhead share")
+    ap.add_argument(
+        "--gpu-round-s",
+        type=float,
+        default=240.0,
+        help="assumed GPU time of one FedVSSL round (see RESULTS.md) for the overhead share",
+    )
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--keep", help="keep the run directory here instead of a temporary one")
     args = ap.parse_args()
@@ -124,16 +128,35 @@ def main() -> None:
         tmp = Path(tmp_s)
         run_dir = Path(args.keep) if args.keep else tmp / "run"
         env = {**os.environ, "PYTHONPATH": plugin_path(tmp)}
-        cmd = [sys.executable, "-m", "benchmark.cli", "run", f"hydra.run.dir={run_dir}", "evaluate=false",
-               f"data_root={args.data_root}", f"partition.num_clients={args.clients}",
-               f"federation.clients_per_round={args.per_round}", f"federation.rounds={args.rounds}",
-               "federation.local_steps=1", "client.batch_size=1", "client.num_workers=0",
-               "backbone=r3d18", "backbone.name=scale_r3d18", "method.name=scale_noop", "~method.params", "+method.params={}", "method.exchange=backbone",
-               f"engine.ray_num_cpus={args.cpus}", "engine.client_resources.num_cpus=1",
-               "checkpoint.keep_last=2", "checkpoint.keep_every=100"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmark.cli",
+            "run",
+            f"hydra.run.dir={run_dir}",
+            "evaluate=false",
+            f"data_root={args.data_root}",
+            f"partition.num_clients={args.clients}",
+            f"federation.clients_per_round={args.per_round}",
+            f"federation.rounds={args.rounds}",
+            "federation.local_steps=1",
+            "client.batch_size=1",
+            "client.num_workers=0",
+            "backbone=r3d18",
+            "backbone.name=scale_r3d18",
+            "method.name=scale_noop",
+            "~method.params",
+            "+method.params={}",
+            "method.exchange=backbone",
+            f"engine.ray_num_cpus={args.cpus}",
+            "engine.client_resources.num_cpus=1",
+            "checkpoint.keep_last=2",
+            "checkpoint.keep_every=100",
+        ]
         t_start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         done_at: dict[int, float] = {}
         tail: list[str] = []
 
@@ -181,8 +204,10 @@ def main() -> None:
 def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> None:
     n = len(rounds)
     mib = 2**20
-    print(f"== scale simulation: {args.clients} clients, {args.per_round} per round, {n} rounds, "
-          f"{args.cpus} Ray CPUs (one client actor per CPU), load average {os.getloadavg()}")
+    print(
+        f"== scale simulation: {args.clients} clients, {args.per_round} per round, {n} rounds, "
+        f"{args.cpus} Ray CPUs (one client actor per CPU), load average {os.getloadavg()}"
+    )
     cycles = {r: done_at[r] - done_at[r - 1] for r in range(2, n + 1) if r in done_at and r - 1 in done_at}
     rows = []
     for rec in rounds:
@@ -191,27 +216,47 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
             continue
         compute = [c["compute_s"] for c in rec["clients"]]
         critical = sum(compute) / args.cpus
-        rows.append((r, cycles[r], rec["round_wall_s"], sum(compute), critical, rec["aggregate_s"],
-                     cycles[r] - critical, rec["bytes_up"] + rec["bytes_down"]))
-    print(f"{'round':>5} {'cycle s':>8} {'round_wall':>10} {'sum compute':>11} {'critical':>8} {'aggregate':>9} "
-          f"{'overhead':>8} {'MB moved':>9}")
+        rows.append(
+            (
+                r,
+                cycles[r],
+                rec["round_wall_s"],
+                sum(compute),
+                critical,
+                rec["aggregate_s"],
+                cycles[r] - critical,
+                rec["bytes_up"] + rec["bytes_down"],
+            )
+        )
+    print(
+        f"{'round':>5} {'cycle s':>8} {'round_wall':>10} {'sum compute':>11} {'critical':>8} {'aggregate':>9} "
+        f"{'overhead':>8} {'MB moved':>9}"
+    )
     for row in rows[:3] + rows[-3:] if len(rows) > 6 else rows:
-        print(f"{row[0]:>5} {row[1]:>8.2f} {row[2]:>10.2f} {row[3]:>11.2f} {row[4]:>8.2f} {row[5]:>9.2f} "
-              f"{row[6]:>8.2f} {row[7] / 1e6:>9.1f}")
+        print(
+            f"{row[0]:>5} {row[1]:>8.2f} {row[2]:>10.2f} {row[3]:>11.2f} {row[4]:>8.2f} {row[5]:>9.2f} "
+            f"{row[6]:>8.2f} {row[7] / 1e6:>9.1f}"
+        )
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     over = [x[6] for x in rows]
     cyc = [x[1] for x in rows]
     s_o, i_o = fit([x[0] for x in rows], over)
     print(f"cycle per round: median {med(cyc):.2f} s, mean {sum(cyc) / len(cyc):.2f} s")
-    print(f"server overhead per round: median {med(over):.2f} s, mean {sum(over) / len(over):.2f} s, "
-          f"max {max(over):.2f} s; trend {s_o * 1000:+.2f} ms/round -> {i_o + s_o * 540:.2f} s at round 540 "
-          f"(target <= 2 s)")
+    print(
+        f"server overhead per round: median {med(over):.2f} s, mean {sum(over) / len(over):.2f} s, "
+        f"max {max(over):.2f} s; trend {s_o * 1000:+.2f} ms/round -> {i_o + s_o * 540:.2f} s at round 540 "
+        f"(target <= 2 s)"
+    )
     print(f"  share of a {args.gpu_round_s:.0f} s GPU round: {med(over) / (args.gpu_round_s + med(over)) * 100:.2f} %")
-    print(f"  aggregation (FedAvg of {args.per_round} x 33 M): median {med([x[5] for x in rows]):.2f} s; "
-          f"client compute per client: median {med([x[3] / args.per_round for x in rows]):.2f} s")
+    print(
+        f"  aggregation (FedAvg of {args.per_round} x 33 M): median {med([x[5] for x in rows]):.2f} s; "
+        f"client compute per client: median {med([x[3] / args.per_round for x in rows]):.2f} s"
+    )
     bytes_round = [x[7] for x in rows]
-    print(f"bytes per round: {med(bytes_round) / 1e6:.1f} MB (up + down, {args.per_round} clients), "
-          f"{med(bytes_round) * 540 / 1e9:.1f} GB over 540 rounds")
+    print(
+        f"bytes per round: {med(bytes_round) / 1e6:.1f} MB (up + down, {args.per_round} clients), "
+        f"{med(bytes_round) * 540 / 1e9:.1f} GB over 540 rounds"
+    )
 
     distinct: list[int] = []
     seen: set[int] = set()
@@ -226,15 +271,19 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         first, last = i + s * mem_rounds[0], i + s * mem_rounds[-1]
         at540 = i + s * 540
         sd, idd = fit([float(distinct[r - 1]) for r in mem_rounds], ys)
-        print(f"{label:>16}: peak {min(ys):.0f}-{max(ys):.0f} MiB; slope {s:+.3f} MiB/round = "
-              f"{(last - first) / first * 100:+.2f} % over rounds {mem_rounds[0]}-{mem_rounds[-1]}, "
-              f"{(at540 - first) / first * 100:+.2f} % extrapolated to 540; "
-              f"{sd:+.3f} MiB per distinct client ({distinct[mem_rounds[0] - 1]} -> {distinct[mem_rounds[-1] - 1]})")
+        print(
+            f"{label:>16}: peak {min(ys):.0f}-{max(ys):.0f} MiB; slope {s:+.3f} MiB/round = "
+            f"{(last - first) / first * 100:+.2f} % over rounds {mem_rounds[0]}-{mem_rounds[-1]}, "
+            f"{(at540 - first) / first * 100:+.2f} % extrapolated to 540; "
+            f"{sd:+.3f} MiB per distinct client ({distinct[mem_rounds[0] - 1]} -> {distinct[mem_rounds[-1] - 1]})"
+        )
     ck = du(run_dir / "checkpoints") if (run_dir / "checkpoints").exists() else 0
     cs = du(run_dir / "client_state") if (run_dir / "client_state").exists() else 0
-    print(f"disk at the end: run dir {du(run_dir) / 1e9:.2f} GB (checkpoints {ck / 1e9:.2f} GB in "
-          f"{len(list((run_dir / 'checkpoints').glob('*.pt')))} files, client state {cs / 1e9:.2f} GB in "
-          f"{len(list((run_dir / 'client_state').rglob('*.pt')))} files)")
+    print(
+        f"disk at the end: run dir {du(run_dir) / 1e9:.2f} GB (checkpoints {ck / 1e9:.2f} GB in "
+        f"{len(list((run_dir / 'checkpoints').glob('*.pt')))} files, client state {cs / 1e9:.2f} GB in "
+        f"{len(list((run_dir / 'client_state').rglob('*.pt')))} files)"
+    )
     print(f"whole run: {total_s:.0f} s for {n} rounds incl. start-up and teardown")
 
 

@@ -43,8 +43,10 @@ def main() -> None:
         cpu = time.process_time() - cpu_started
 
     preset = SIZE_PRESETS["default"]
-    print(f"default preset: {len(files)} videos of {preset.frames} frames at {preset.width}x{preset.height}, "
-          f"{size_mb:.0f} MiB; decord frame counts {sorted(frames)}")
+    print(
+        f"default preset: {len(files)} videos of {preset.frames} frames at {preset.width}x{preset.height}, "
+        f"{size_mb:.0f} MiB; decord frame counts {sorted(frames)}"
+    )
     for s in info.sets.values():
         print(f"  {s.name}: {len(s.classes)} classes, {s.num_train} train, {s.num_test} test/val")
     print(f"generation wall time ({args.workers} workers): {wall:.1f} s")

@@ -67,8 +67,13 @@ print(json.dumps({"wall_s": wall, "cpu_s": result.metrics["cpu_s"], "steps": res
 
 def run_variant(code_dir: Path, data_root: str, steps: int, overrides: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir)}
-    proc = subprocess.run([sys.executable, "-c", CHILD, data_root, str(steps), *overrides], cwd=code_dir, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, data_root, str(steps), *overrides],
+        cwd=code_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"variant in {code_dir} {overrides} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -91,8 +96,11 @@ def main() -> None:
             for name, (code, overrides) in variants.items():
                 r = run_variant(code, args.data_root, args.steps, overrides)
                 results[name].append(r)
-                print(f"rep {rep + 1}/{args.repeats} {name:7s} {r['wall_s'] / r['steps']:.3f} s/step "
-                      f"(cpu {r['cpu_s'] / r['steps']:.3f}) loss {r['loss']:.6f} threads {r['threads']}", flush=True)
+                print(
+                    f"rep {rep + 1}/{args.repeats} {name:7s} {r['wall_s'] / r['steps']:.3f} s/step "
+                    f"(cpu {r['cpu_s'] / r['steps']:.3f}) loss {r['loss']:.6f} threads {r['threads']}",
+                    flush=True,
+                )
     per_step = {n: statistics.median(r["wall_s"] / r["steps"] for r in rs) for n, rs in results.items()}
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (shared machine: compare only within this run)")
     for name, value in per_step.items():

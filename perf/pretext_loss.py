@@ -48,10 +48,16 @@ class Stop(Exception):
     pass
 
 
-def chunk_row(name: str, idx: int, losses: list[float], accs: list[float], batch: int, prev_z: float | None = None) -> dict:
+def chunk_row(
+    name: str, idx: int, losses: list[float], accs: list[float], batch: int, prev_z: float | None = None
+) -> dict:
     k = CLASSES.get(name)
-    row = {"method": name, "chunk": idx, "steps": f"{idx * len(losses) + 1}-{(idx + 1) * len(losses)}",
-           "loss": round(sum(losses) / len(losses), 4)}
+    row = {
+        "method": name,
+        "chunk": idx,
+        "steps": f"{idx * len(losses) + 1}-{(idx + 1) * len(losses)}",
+        "loss": round(sum(losses) / len(losses), 4),
+    }
     learned = False
     if k:
         chance = math.log(k)
@@ -99,7 +105,9 @@ def run_method(base: dict, run_dir: Path, name: str, args) -> dict:
                 accs.append(float(logs[ACC_KEY[name]]))
             if len(losses) % args.chunk == 0:
                 c = len(losses) // args.chunk - 1
-                row = chunk_row(name, c, losses[-args.chunk:], accs[-args.chunk:], batch, rows[-1].get("acc_z") if rows else None)
+                row = chunk_row(
+                    name, c, losses[-args.chunk :], accs[-args.chunk :], batch, rows[-1].get("acc_z") if rows else None
+                )
                 row["s"] = round(time.time() - t0)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -121,7 +129,9 @@ def run_method(base: dict, run_dir: Path, name: str, args) -> dict:
     from benchmark.specs import LocalTrainingSpec
 
     spec = LocalTrainingSpec.from_config(cfg)
-    init = T.initial_global_state(spec.model, spec.seed)  # builds a model too: before the wrapper, so built[] holds the trained one only
+    init = T.initial_global_state(
+        spec.model, spec.seed
+    )  # builds a model too: before the wrapper, so built[] holds the trained one only
     T.build_model = build_wrapped
     stopped = None
     try:
@@ -134,9 +144,17 @@ def run_method(base: dict, run_dir: Path, name: str, args) -> dict:
         assert len(built) == 1, f"expected one model built by run_local_training, got {len(built)}"
         Path(args.save).mkdir(parents=True, exist_ok=True)
         torch.save(built[0].exchanged_state(), Path(args.save) / f"{name}.pt")
-    summary = {"method": name, "summary": True, "steps_run": len(losses), "first_learned_chunk": first,
-               "stopped": stopped, "s": round(time.time() - t0), "s_per_step": round((time.time() - t0) / max(1, len(losses)), 3),
-               "videos": len(videos), "threads": args.threads}
+    summary = {
+        "method": name,
+        "summary": True,
+        "steps_run": len(losses),
+        "first_learned_chunk": first,
+        "stopped": stopped,
+        "s": round(time.time() - t0),
+        "s_per_step": round((time.time() - t0) / max(1, len(losses)), 3),
+        "videos": len(videos),
+        "threads": args.threads,
+    }
     print(json.dumps(summary), flush=True)
     if args.jsonl:
         with open(args.jsonl, "a") as f:
@@ -160,7 +178,9 @@ def main() -> None:
     summaries = [run_method(base, args.run_dir, n, args) for n in args.methods]
     print("\nmethod  steps run  first learned chunk  s/step  stopped")
     for s in summaries:
-        print(f"{s['method']:7} {s['steps_run']:9} {str(s['first_learned_chunk']):>20} {s['s_per_step']:7} {s['stopped']}")
+        print(
+            f"{s['method']:7} {s['steps_run']:9} {str(s['first_learned_chunk']):>20} {s['s_per_step']:7} {s['stopped']}"
+        )
 
 
 if __name__ == "__main__":

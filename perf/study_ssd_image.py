@@ -29,24 +29,38 @@ import torch
 
 
 def run(method: str, seed: int, args, data_root: str) -> dict:
+    from test_protocols import compose  # noqa: F401  (tests/ on sys.path: the shared Hydra composer)
+
     from benchmark.data.annotations import load_annotations
+    from benchmark.data.images import ensure_standin, load_image_set
     from benchmark.evaluation.image_eval import extract_features, linear_eval
     from benchmark.evaluation.representation import effective_rank, uniformity
-    from benchmark.data.images import ensure_standin, load_image_set
     from benchmark.federation.base import ClientUpdate
     from benchmark.federation.training import build_model, initial_global_state, run_local_training
     from benchmark.registry import build_aggregator
     from benchmark.specs import LocalTrainingSpec
     from benchmark.splits.make import make_manifest
-    from test_protocols import compose  # noqa: F401  (tests/ on sys.path: the shared Hydra composer)
 
-    cfg = compose([
-        "experiment=ssd_cifar10_crosssilo", f"method={method}", "dataset=synthetic_cifar10", "split_manifest=null",
-        f"data_root={data_root}", f"dataset.standin.per_class_train={args.per_class}", "dataset.standin.per_class_test=20",
-        f"partition.num_clients={args.clients}", "partition.min_size=8", f"backbone.params.width={args.width}",
-        f"client.batch_size={args.batch}", f"client.optimizer.lr={0.2 * args.batch / 256}", "client.num_workers=0",
-        "federation.local_epochs=1", f"federation.rounds={args.rounds}", f"seed={seed}",
-    ])
+    cfg = compose(
+        [
+            "experiment=ssd_cifar10_crosssilo",
+            f"method={method}",
+            "dataset=synthetic_cifar10",
+            "split_manifest=null",
+            f"data_root={data_root}",
+            f"dataset.standin.per_class_train={args.per_class}",
+            "dataset.standin.per_class_test=20",
+            f"partition.num_clients={args.clients}",
+            "partition.min_size=8",
+            f"backbone.params.width={args.width}",
+            f"client.batch_size={args.batch}",
+            f"client.optimizer.lr={0.2 * args.batch / 256}",
+            "client.num_workers=0",
+            "federation.local_epochs=1",
+            f"federation.rounds={args.rounds}",
+            f"seed={seed}",
+        ]
+    )
     spec = LocalTrainingSpec.from_config(cfg)
     ensure_standin(cfg.dataset)
     manifest = make_manifest(load_annotations(cfg.dataset), cfg.partition, seed)
@@ -67,11 +81,25 @@ def run(method: str, seed: int, args, data_root: str) -> dict:
     ztr = extract_features(model.backbone, train.images)
     zte = extract_features(model.backbone, test.images)
     normed = torch.nn.functional.normalize(zte, dim=1)
-    probe = linear_eval(ztr, torch.as_tensor(train.labels), zte, torch.as_tensor(test.labels), len(train.classes),
-                        epochs=args.probe_epochs, batch_size=512, lr=3e-3, seed=1)
-    return {"method": method, "seed": seed, "round_losses": [round(x, 4) for x in losses],
-            "uniformity": uniformity(normed), "effective_rank": effective_rank(zte),
-            "linear_top1": probe["top1"]}
+    probe = linear_eval(
+        ztr,
+        torch.as_tensor(train.labels),
+        zte,
+        torch.as_tensor(test.labels),
+        len(train.classes),
+        epochs=args.probe_epochs,
+        batch_size=512,
+        lr=3e-3,
+        seed=1,
+    )
+    return {
+        "method": method,
+        "seed": seed,
+        "round_losses": [round(x, 4) for x in losses],
+        "uniformity": uniformity(normed),
+        "effective_rank": effective_rank(zte),
+        "linear_top1": probe["top1"],
+    }
 
 
 def main() -> None:

@@ -28,7 +28,9 @@ K400_DIR = DATASETS_DIR / "kinetics400"
 
 def dataset_cfg(option: str, data_root: Path | str = "/nonexistent-data-root") -> dict:
     """conf/dataset/<option>.yaml resolved the way Hydra resolves it (data_root at top level)."""
-    cfg = OmegaConf.create({"data_root": str(data_root), "dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")})
+    cfg = OmegaConf.create(
+        {"data_root": str(data_root), "dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{option}.yaml")}
+    )
     return OmegaConf.to_container(cfg, resolve=True)["dataset"]
 
 
@@ -104,7 +106,9 @@ def write_ucf(folder: Path, train: list[str], test: list[str], classes=("Archery
 
 
 def test_ucf101_split_1_only_set_reads_and_split_2_names_missing_file(tmp_path):
-    folder = write_ucf(tmp_path / "ucfTrainTestlist", ["Archery/v_Archery_g01_c01.avi 1"], ["Basketball/v_Basketball_g02_c01.avi"])
+    folder = write_ucf(
+        tmp_path / "ucfTrainTestlist", ["Archery/v_Archery_g01_c01.avi 1"], ["Basketball/v_Basketball_g02_c01.avi"]
+    )
     split = read_ucf101(folder, 1)
     assert [(r.path, r.label) for r in split.train + split.test] == [
         ("Archery/v_Archery_g01_c01.avi", 0),
@@ -218,7 +222,11 @@ def test_kinetics400_default_config_counts_and_label_mapping(kinetics_default):
 
 def test_kinetics_unlabelled_2017_test_is_rejected_and_2020_test_reads():
     with pytest.raises(ValueError, match=r"kinetics-400_test\.csv: no 'label' column.*2020 release test\.csv"):
-        read_kinetics(K400_DIR / "label_map.txt", train=K400_DIR / "2020_release/validate.csv", test=K400_DIR / "2017_release/kinetics-400_test.csv")
+        read_kinetics(
+            K400_DIR / "label_map.txt",
+            train=K400_DIR / "2020_release/validate.csv",
+            test=K400_DIR / "2017_release/kinetics-400_test.csv",
+        )
     split = read_kinetics(
         K400_DIR / "label_map.txt",
         train=K400_DIR / "2020_release/validate.csv",
@@ -239,8 +247,12 @@ def test_kinetics_reader_accepts_any_release_csv(tmp_path):
         'bbbbbbbbbbb,"peeling banana",12.0,22.0,train\n'
         "ccccccccccc,adjusting glasses,5,15,train\n"
     )
-    (tmp_path / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\nclosing door,ddddddddddd,100,110,validate\n")
-    split = read_kinetics(None, train=tmp_path / "train.csv", test=tmp_path / "validate.csv", train_subdir="", test_subdir="val/")
+    (tmp_path / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split\nclosing door,ddddddddddd,100,110,validate\n"
+    )
+    split = read_kinetics(
+        None, train=tmp_path / "train.csv", test=tmp_path / "validate.csv", train_subdir="", test_subdir="val/"
+    )
     assert split.classes == ["adjusting glasses", "closing door", "peeling banana"]
     assert [(r.path, r.label) for r in split.train] == [
         ("closing_door/aaaaaaaaaaa_000000_000010.mp4", 1),
@@ -268,7 +280,9 @@ def test_kinetics_reader_accepts_any_release_csv(tmp_path):
 def test_kinetics_malformed_csv_row_names_file_line_and_text(tmp_path, row, expected):
     (tmp_path / "bad.csv").write_text(f"label,youtube_id,time_start,time_end,split\nabseiling,x0,0,10,train\n{row}\n")
     with pytest.raises(AnnotationFormatError, match=re.escape(expected)) as err:
-        read_kinetics(K400_DIR / "label_map.txt", train=tmp_path / "bad.csv", test=K400_DIR / "2020_release/validate.csv")
+        read_kinetics(
+            K400_DIR / "label_map.txt", train=tmp_path / "bad.csv", test=K400_DIR / "2020_release/validate.csv"
+        )
     assert f"{tmp_path / 'bad.csv'}:3:" in str(err.value) and repr(row) in str(err.value)
 
 
@@ -279,7 +293,11 @@ def test_fedvssl_style_list_maps_ids_by_name_and_reports_bad_lines(tmp_path):
         f.write("abseiling/a_000001_000011 2\nhurling_(sport)/b_000000_000010 1\n")
     (tmp_path / "val.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\nair drumming,c,3,13,val,0\n")
     split = read_kinetics(
-        tmp_path / "labels.txt", train=tmp_path / "train.txt.gz", test=tmp_path / "val.csv", train_class_index=tmp_path / "classInd.txt", base_dir=tmp_path
+        tmp_path / "labels.txt",
+        train=tmp_path / "train.txt.gz",
+        test=tmp_path / "val.csv",
+        train_class_index=tmp_path / "classInd.txt",
+        base_dir=tmp_path,
     )
     assert [(r.path, r.label, r.class_name) for r in split.train] == [
         ("train/abseiling/a_000001_000011.mp4", 0, "abseiling"),
@@ -288,11 +306,25 @@ def test_fedvssl_style_list_maps_ids_by_name_and_reports_bad_lines(tmp_path):
     assert set(split.source_sha256) == {"labels.txt", "train.txt.gz", "val.csv", "classInd.txt"}
     with gzip.open(tmp_path / "train.txt.gz", "wt") as f:
         f.write("abseiling/a_000001_000011 2\nabseiling/b_000000_000010 3\n")
-    with pytest.raises(AnnotationFormatError, match=r"train\.txt\.gz:2: class id 3 is 'air_drumming' in classInd\.txt, not 'abseiling'"):
-        read_kinetics(tmp_path / "labels.txt", train=tmp_path / "train.txt.gz", test=tmp_path / "val.csv", train_class_index=tmp_path / "classInd.txt")
+    with pytest.raises(
+        AnnotationFormatError, match=r"train\.txt\.gz:2: class id 3 is 'air_drumming' in classInd\.txt, not 'abseiling'"
+    ):
+        read_kinetics(
+            tmp_path / "labels.txt",
+            train=tmp_path / "train.txt.gz",
+            test=tmp_path / "val.csv",
+            train_class_index=tmp_path / "classInd.txt",
+        )
     (tmp_path / "classInd.txt").write_text("1 hurling_(sport)\n2 abseiling\n3 air_guitar\n")
-    with pytest.raises(AnnotationFormatError, match=r"classInd\.txt:3: class name not in the label map.*'3 air_guitar'"):
-        read_kinetics(tmp_path / "labels.txt", train=tmp_path / "train.txt.gz", test=tmp_path / "val.csv", train_class_index=tmp_path / "classInd.txt")
+    with pytest.raises(
+        AnnotationFormatError, match=r"classInd\.txt:3: class name not in the label map.*'3 air_guitar'"
+    ):
+        read_kinetics(
+            tmp_path / "labels.txt",
+            train=tmp_path / "train.txt.gz",
+            test=tmp_path / "val.csv",
+            train_class_index=tmp_path / "classInd.txt",
+        )
 
 
 # ---------------------------------------------------------------- configs
@@ -300,8 +332,19 @@ def test_fedvssl_style_list_maps_ids_by_name_and_reports_bad_lines(tmp_path):
 
 def test_dataset_configs_have_required_keys_and_synthetic_layouts(tmp_path):
     options = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
-    assert options == ["cifar10", "cifar100", "hmdb51", "kinetics400", "synthetic_cifar10", "synthetic_cifar100", "synthetic_hmdb51",
-                       "synthetic_kinetics", "synthetic_ucf101", "tiny_imagenet", "ucf101"]
+    assert options == [
+        "cifar10",
+        "cifar100",
+        "hmdb51",
+        "kinetics400",
+        "synthetic_cifar10",
+        "synthetic_cifar100",
+        "synthetic_hmdb51",
+        "synthetic_kinetics",
+        "synthetic_ucf101",
+        "tiny_imagenet",
+        "ucf101",
+    ]
     for option in options:
         cfg = dataset_cfg(option, tmp_path)
         assert {"name", "id", "split", "root", "annotations", "synthetic"} <= set(cfg)
@@ -316,8 +359,12 @@ def test_dataset_configs_have_required_keys_and_synthetic_layouts(tmp_path):
     ann = tmp_path / "synthetic" / "kinetics" / "annotations"
     ann.mkdir(parents=True)
     (ann / "label_map.txt").write_text("class a\nclass b\n")
-    (ann / "train.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\nclass b,syn00000001,0,2,train,0\n")
-    (ann / "validate.csv").write_text("label,youtube_id,time_start,time_end,split,is_cc\nclass a,syn00000002,0,2,val,0\n")
+    (ann / "train.csv").write_text(
+        "label,youtube_id,time_start,time_end,split,is_cc\nclass b,syn00000001,0,2,train,0\n"
+    )
+    (ann / "validate.csv").write_text(
+        "label,youtube_id,time_start,time_end,split,is_cc\nclass a,syn00000002,0,2,val,0\n"
+    )
     split = load_annotations(dataset_cfg("synthetic_kinetics", tmp_path))
     assert split.dataset == "synthetic_kinetics" and split.classes == ["class a", "class b"]
     assert [(r.path, r.label) for r in split.train + split.test] == [
@@ -326,7 +373,11 @@ def test_dataset_configs_have_required_keys_and_synthetic_layouts(tmp_path):
     ]
     assert set(split.source_sha256) == {"label_map.txt", "train.csv", "validate.csv"}
 
-    write_ucf(tmp_path / "synthetic" / "ucf101" / "ucfTrainTestlist", ["Archery/v_Archery_g01_c01.avi 1"], ["Basketball/v_Basketball_g01_c01.avi"])
+    write_ucf(
+        tmp_path / "synthetic" / "ucf101" / "ucfTrainTestlist",
+        ["Archery/v_Archery_g01_c01.avi 1"],
+        ["Basketball/v_Basketball_g01_c01.avi"],
+    )
     assert load_annotations(dataset_cfg("synthetic_ucf101", tmp_path)).dataset == "synthetic_ucf101"
     hmdb = tmp_path / "synthetic" / "hmdb51" / "testTrainMulti_7030_splits"
     hmdb.mkdir(parents=True)

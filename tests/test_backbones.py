@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from benchmark import CONF_DIR
 from benchmark.models.backbones import (
-    R2Plus1D18,
     R3D18,
+    R2Plus1D18,
     TinyR3D,
     ctp_keys_to_torchvision,
     feature_frames,
@@ -138,17 +138,25 @@ def test_ctp_checkpoint_keys_are_renamed_and_loaded():
     )
     assert sorted(renamed) == sorted(
         [
-            "stem.0.weight", "stem.1.running_mean", "layer2.0.conv1.0.0.weight", "layer2.0.conv2.0.1.bias",
-            "layer2.0.conv2.0.3.weight", "layer2.0.conv1.1.weight", "layer2.0.downsample.0.weight",
+            "stem.0.weight",
+            "stem.1.running_mean",
+            "layer2.0.conv1.0.0.weight",
+            "layer2.0.conv2.0.1.bias",
+            "layer2.0.conv2.0.3.weight",
+            "layer2.0.conv1.1.weight",
+            "layer2.0.downsample.0.weight",
             "layer2.0.downsample.1.num_batches_tracked",
         ]
     )
+
     # A whole CtP R3D model (backbone + head) in CtP's naming, as microsoft/CtP and FedVSSL save it.
     def to_ctp(key: str) -> str:
         key = key.replace("stem.0.", "stem.conv.").replace("stem.1.", "stem.bn.")
         for i in (1, 2):
             key = key.replace(f".conv{i}.0.", f".conv{i}.conv.").replace(f".conv{i}.1.", f".bn{i}.")
-        return "backbone." + key.replace(".downsample.0.", ".downsample.conv.").replace(".downsample.1.", ".downsample_bn.")
+        return "backbone." + key.replace(".downsample.0.", ".downsample.conv.").replace(
+            ".downsample.1.", ".downsample_bn."
+        )
 
     source = TinyR3D(width=4)
     checkpoint = {to_ctp(k): v for k, v in source.state_dict().items()}

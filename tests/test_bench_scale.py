@@ -36,8 +36,9 @@ print(json.dumps({"same_exchanged": shapes(real.exchanged_state()) == shapes(fak
                   "fake_local": nbytes(fake.local_state()), "loss": float(loss), "unmoved": moved}))
 """
     env = {**os.environ, "PYTHONPATH": bench_scale.plugin_path(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["same_exchanged"] and got["ex_bytes"] == 132_703_648  # R3D-18: 120 tensors, 33.2 M parameters

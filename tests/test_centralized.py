@@ -21,12 +21,26 @@ def _cfg(**fed):
     """(federation, training) specs of 4 clients, batch 4, seed 3."""
     f = {"clients_per_round": 2, "rounds": 5, "local_epochs": 2, "local_steps": None, **fed}
     opt = OptimizerSpec("sgd", 0.01, rounds=f["rounds"])
-    federation = FederationSpec(seed=3, rounds=f["rounds"], num_clients=4, clients_per_round=f["clients_per_round"],
-                                min_clients=1, aggregator="fedavg", optimizer=opt)
-    training = LocalTrainingSpec(seed=3, model=ModelSpec("tiny_r3d", "align_uniform"),
-                                 clip=TrainClipSpec(frames=4, stride=1, short_side=40, size=32), optimizer=opt,
-                                 batch_size=4, num_workers=0, num_clients=4, local_epochs=f["local_epochs"],
-                                 local_steps=f["local_steps"])
+    federation = FederationSpec(
+        seed=3,
+        rounds=f["rounds"],
+        num_clients=4,
+        clients_per_round=f["clients_per_round"],
+        min_clients=1,
+        aggregator="fedavg",
+        optimizer=opt,
+    )
+    training = LocalTrainingSpec(
+        seed=3,
+        model=ModelSpec("tiny_r3d", "align_uniform"),
+        clip=TrainClipSpec(frames=4, stride=1, short_side=40, size=32),
+        optimizer=opt,
+        batch_size=4,
+        num_workers=0,
+        num_clients=4,
+        local_epochs=f["local_epochs"],
+        local_steps=f["local_steps"],
+    )
     return federation, training
 
 
@@ -70,14 +84,23 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     info = ensure_synthetic(tmp_path / "data", size="tiny", seed=0, progress=False)
     videos = sorted((tmp_path / "data" / "synthetic" / "kinetics" / "train").rglob("*.mp4"))[:5]
     assert len(videos) == 5, info
-    cfg = OmegaConf.create({
-        "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
-        "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
-        "federation": {"num_clients": 1, "local_epochs": 2, "local_steps": None, "rounds": 1},
-        "client": {"batch_size": 3, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": None,
-                   "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0}},
-        "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
-    })
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
+            "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
+            "federation": {"num_clients": 1, "local_epochs": 2, "local_steps": None, "rounds": 1},
+            "client": {
+                "batch_size": 3,
+                "num_workers": 0,
+                "num_threads": 1,
+                "device": "cpu",
+                "grad_clip_norm": None,
+                "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
+            },
+            "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
+        }
+    )
     spec = LocalTrainingSpec.from_config(cfg)
     state = initial_global_state(spec.model, spec.seed)
     result = run_local_training(spec, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
@@ -85,7 +108,9 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     assert result.metrics["samples_processed"] == 6  # per epoch one full batch of 3; the ragged batch of 2 is dropped
     assert result.num_examples == 5  # the training-set size, what FedAvg weights by
     few = run_local_training(spec, 0, 1, state, None, [(str(v), 0) for v in videos[:2]], lr=0.01)
-    assert few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.metrics["samples_processed"] == 4  # n <= batch
+    assert (
+        few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.metrics["samples_processed"] == 4
+    )  # n <= batch
     assert few.num_examples == 2
 
 
@@ -95,11 +120,19 @@ def data_root(tmp_path_factory):
 
 
 # engine=centralized has no Flower/Ray settings (engine.client_resources ...)
-CENTRAL = [*(o for o in TINY if not o.startswith("engine.client_resources")), "engine=centralized", "seed=2", "federation.local_steps=null", "federation.local_epochs=1",
-           "federation.clients_per_round=2", "federation.rounds=2", "client.batch_size=3",
-           "backbone.params.width=4",
-           # short side 36 scales the 64x48 tiny videos to width 48, which decord 0.6 cannot copy out
-           "clip.short_side=40"]
+CENTRAL = [
+    *(o for o in TINY if not o.startswith("engine.client_resources")),
+    "engine=centralized",
+    "seed=2",
+    "federation.local_steps=null",
+    "federation.local_epochs=1",
+    "federation.clients_per_round=2",
+    "federation.rounds=2",
+    "client.batch_size=3",
+    "backbone.params.width=4",
+    # short side 36 scales the 64x48 tiny videos to width 48, which decord 0.6 cannot copy out
+    "clip.short_side=40",
+]
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +183,12 @@ def test_centralized_resume_continues_exactly(central_run, tmp_path, data_root):
     # the CtP head (local with exchange=backbone) travels in the checkpoint and resumes too
     assert a.aggregator_state["local_state"] and all(
         torch.equal(a.aggregator_state["local_state"][k], b.aggregator_state["local_state"][k])
-        for k in a.aggregator_state["local_state"])
-    losses = [[json.loads(line)["loss"] for line in (d / "rounds.jsonl").read_text().splitlines()]
-              for d in (central_run, copy)]
+        for k in a.aggregator_state["local_state"]
+    )
+    losses = [
+        [json.loads(line)["loss"] for line in (d / "rounds.jsonl").read_text().splitlines()]
+        for d in (central_run, copy)
+    ]
     assert losses[0] == losses[1]
 
 
@@ -161,8 +197,9 @@ def test_rounds_zero_evaluates_the_initial_model(tmp_path, data_root):
     from benchmark.federation.checkpoint import load_latest
 
     run_dir = tmp_path / "init"
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "federation.rounds=0"],
-                    timeout=300)
+    result = fedvid(
+        ["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "federation.rounds=0"], timeout=300
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ckpt = load_latest(run_dir)
     assert ckpt is not None and ckpt.round == 0
@@ -179,8 +216,18 @@ def test_rounds_zero_evaluates_the_initial_model(tmp_path, data_root):
 def test_centralized_ssd_gets_its_own_client_context(tmp_path, data_root):
     """SSD needs set_client_context: the pooled model is client K of K + 1 (its own scaled block)."""
     run_dir = tmp_path / "ssd"
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "method=ssd",
-                     "method.params.hidden_dim=16", "federation.rounds=1"], timeout=300)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *CENTRAL,
+            "method=ssd",
+            "method.params.hidden_dim=16",
+            "federation.rounds=1",
+        ],
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 1 and math.isfinite(rounds[0]["loss"])

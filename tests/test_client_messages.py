@@ -26,7 +26,16 @@ from benchmark.specs import RunSpec
 from benchmark.splits.format import write_manifest
 
 #: The metrics of a train reply (docs/deployment.md, "What a client sends").
-TRAIN_METRICS = {"loss", "compute_s", "cpu_s", "steps", "samples_processed", "restored_local_state", "num-examples", "client-id"}
+TRAIN_METRICS = {
+    "loss",
+    "compute_s",
+    "cpu_s",
+    "steps",
+    "samples_processed",
+    "restored_local_state",
+    "num-examples",
+    "client-id",
+}
 NODE_OF_CLIENT = {0: 1001, 1: 1002}
 
 
@@ -74,8 +83,9 @@ def data_root(tmp_path_factory):
 def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchange, data_root, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    cfg = _compose([*smoke_overrides(method), f"data_root={data_root}", f"method.exchange={exchange}",
-                    "federation.local_steps=1"])
+    cfg = _compose(
+        [*smoke_overrides(method), f"data_root={data_root}", f"method.exchange={exchange}", "federation.local_steps=1"]
+    )
     if "hidden_dim" in (cfg.method.get("params") or {}):
         cfg.method.params.hidden_dim = 16  # the projector's width does not change what is sent
     prepare_data(cfg)
@@ -90,15 +100,25 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
     assert declared and not declared & kept
     # what is exchanged is weights: parameters and normalisation statistics. Any other buffer
     # (a MoCo-style queue of embeddings, a per-client basis) is client state and must not be sent
-    norm_stats = {f"{m_name}.{b_name}" for m_name, m in model.named_modules()
-                  if isinstance(m, torch.nn.modules.batchnorm._NormBase) for b_name, _ in m.named_buffers(recurse=False)}
-    assert declared <= {n for n, _ in model.named_parameters()} | norm_stats, \
-        sorted(declared - {n for n, _ in model.named_parameters()} - norm_stats)
+    norm_stats = {
+        f"{m_name}.{b_name}"
+        for m_name, m in model.named_modules()
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase)
+        for b_name, _ in m.named_buffers(recurse=False)
+    }
+    assert declared <= {n for n, _ in model.named_parameters()} | norm_stats, sorted(
+        declared - {n for n, _ in model.named_parameters()} - norm_stats
+    )
     if exchange == "backbone":
         assert kept and all(k.startswith("backbone.") for k in declared)
 
-    context = Context(run_id=1, node_id=NODE_OF_CLIENT[0], node_config={"client-id": 0}, state=RecordDict(),
-                      run_config={"config-path": str(run_dir / "config.json")})
+    context = Context(
+        run_id=1,
+        node_id=NODE_OF_CLIENT[0],
+        node_config={"client-id": 0},
+        state=RecordDict(),
+        run_config={"config-path": str(run_dir / "config.json")},
+    )
     # no path, directory or video name of the client's data (names without extension: class/video ids)
     videos = [rel for rel, _ in manifest.client_videos(0)]
     private = [str(data_root), str(run_dir), *videos, *(v.rsplit("/", 1)[-1].rsplit(".", 1)[0] for v in videos)]
@@ -133,9 +153,11 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
         global_state = sent
 
     # the identity query answers the client id and nothing else
-    query = Message(RecordDict({"query": ConfigRecord({"what": "client-id"})}), dst_node_id=NODE_OF_CLIENT[0],
-                    message_type=MessageType.QUERY)
+    query = Message(
+        RecordDict({"query": ConfigRecord({"what": "client-id"})}),
+        dst_node_id=NODE_OF_CLIENT[0],
+        message_type=MessageType.QUERY,
+    )
     query.metadata.__dict__["_message_id"] = query.object_id
     answer = app(query, context)
     assert {k: dict(v) for k, v in answer.content.items()} == {"identity": {"client-id": 0}}
-

@@ -24,8 +24,12 @@ def _record(name: str, seed: int, ucf: tuple, hmdb: tuple, aggregator: str = "fe
         ev["retrieval"][ds] = {"split": "1", "topk": {"1": top1, "5": top5, "10": 1.0}, "chance_top1": 0.1}
         ev["linear_probe"][ds] = {"split": "1", "video_top1": lp, "clip_top1": 0.0}
         ev["robustness"][ds] = {"k_half": k_half, "curve": [], "protocol": {"ks": [0.0, 0.01, 0.03]}}
-    return {"method": {"name": name, "aggregator": aggregator}, "provenance": {"seeds": {"seed": seed}},
-            "systems": {"wall_time_s": wall}, "evaluations": ev}
+    return {
+        "method": {"name": name, "aggregator": aggregator},
+        "provenance": {"seeds": {"seed": seed}},
+        "systems": {"wall_time_s": wall},
+        "evaluations": ev,
+    }
 
 
 RECORDS = [
@@ -70,12 +74,21 @@ def test_missing_metrics_are_dashes_not_zeros_and_first_format_records_are_read(
     assert table.rows[0].cells["synthetic_ucf101"]["linear_probe_top1"].text() == "-"
     assert math.isclose(table.rows[0].cells["synthetic_ucf101"]["retrieval_top1"].mean, 0.2)
     # the first evaluation format: retrieval.<ds>.top1/top5, robustness.<ds>.ks
-    old = {"method": {"name": "X", "aggregator": "fedavg"}, "evaluations": {
-        "retrieval": {"d": {"top1": 0.5, "top5": 0.75}}, "linear_probe": {"d": {"video_top1": 0.25}},
-        "robustness": {"d": {"ks": [0.0, 0.1], "k_half": None}}}}
+    old = {
+        "method": {"name": "X", "aggregator": "fedavg"},
+        "evaluations": {
+            "retrieval": {"d": {"top1": 0.5, "top5": 0.75}},
+            "linear_probe": {"d": {"video_top1": 0.25}},
+            "robustness": {"d": {"ks": [0.0, 0.1], "k_half": None}},
+        },
+    }
     cells = build_table([old]).rows[0].cells["d"]
     assert [cells[k].text() for k in ("retrieval_top1", "retrieval_top5", "linear_probe_top1", "k_half")] == [
-        "50.0", "75.0", "25.0", "> 0.1"]
+        "50.0",
+        "75.0",
+        "25.0",
+        "> 0.1",
+    ]
 
 
 def test_sweep_dir_table_files_and_cli(tmp_path, capsys):
@@ -118,8 +131,12 @@ def test_experiment_compare_composes_21_jobs_rows_by_seeds():
         sweeps = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in overrides]
         jobs = list(itertools.product(*sweeps))  # what Hydra's BasicSweeper launches
         assert len(jobs) == 21
-        assert jobs[:4] == [("compare_row=ctp_fedavg", "seed=0"), ("compare_row=ctp_fedavg", "seed=1"),
-                            ("compare_row=ctp_fedavg", "seed=2"), ("compare_row=ctp_fvssl", "seed=0")]
+        assert jobs[:4] == [
+            ("compare_row=ctp_fedavg", "seed=0"),
+            ("compare_row=ctp_fedavg", "seed=1"),
+            ("compare_row=ctp_fedavg", "seed=2"),
+            ("compare_row=ctp_fvssl", "seed=0"),
+        ]
         assert [j[0].split("=")[1] for j in jobs[::3]] == ROWS
 
         expected = {  # row -> (method, aggregator, engine, rounds)
@@ -140,7 +157,11 @@ def test_experiment_compare_composes_21_jobs_rows_by_seeds():
             assert job.federation.clients_per_round == 2
             if job.method.name == "ctp":  # the CPU-scale CtP: patches always visible
                 assert job.method.params.visible_prob == 1.0 and job.method.params.hidden_channels is None
-            assert job.eval.random_init_baseline is False and list(job.eval.robustness.ks) == [0.0, 0.05] and job.eval.clip.num_clips == 1
+            assert (
+                job.eval.random_init_baseline is False
+                and list(job.eval.robustness.ks) == [0.0, 0.05]
+                and job.eval.clip.num_clips == 1
+            )
             names.add(job.method.display_name)
             if row == "ctp_fvssl":
                 assert (job.aggregator.params.alpha, job.aggregator.params.beta) == (0.9, 1)

@@ -11,16 +11,16 @@ from omegaconf import OmegaConf
 
 from baselines.ctp import (
     CtP,
-    hsv_to_rgb,
-    rgb_to_hsv,
-    shift_hue_saturation,
     base_alpha_mask,
     ctp_loss,
     ctp_targets,
+    hsv_to_rgb,
     interpolate_key_frames,
+    rgb_to_hsv,
     sample_initial_boxes,
     sample_key_frames,
     sample_trajectories,
+    shift_hue_saturation,
 )
 from benchmark import CONF_DIR
 from benchmark.models.backbones import TinyR3D
@@ -70,8 +70,12 @@ def test_trajectories_respect_speed_and_size_limits():
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         # Each box is one anchor (s sqrt(r), s / sqrt(r)) with each side jittered by <= exp(0.18).
         ok = [
-            any(abs(math.log(wi / (s * math.sqrt(r)))) <= 0.18 + 1e-9 and abs(math.log(hi / (s / math.sqrt(r)))) <= 0.18 + 1e-9
-                for s in SCALES for r in RATIOS)
+            any(
+                abs(math.log(wi / (s * math.sqrt(r)))) <= 0.18 + 1e-9
+                and abs(math.log(hi / (s / math.sqrt(r)))) <= 0.18 + 1e-9
+                for s in SCALES
+                for r in RATIOS
+            )
             for wi, hi in zip(w, h)
         ]
         assert all(ok)
@@ -103,10 +107,20 @@ def test_alpha_mask_shapes_hand_computed():
 
 def test_opaque_static_patch_is_pasted_pixel_exactly():
     ctp = make_ctp(
-        num_patches=1, patch_scales=(8,), patch_ratios=(1.0,), scale_jitter=0.0, loc_velocity=0.0,
-        size_velocity=0.0, mask_shape_probs=(1.0, 0.0, 0.0), smooth_edge_prob=0.0,
-        opacity_range=(0.75, 0.75), visible_prob=1.0, hue_saturation_prob=0.0, brightness_prob=0.0,
-        contrast_prob=0.0, reference_size=None,
+        num_patches=1,
+        patch_scales=(8,),
+        patch_ratios=(1.0,),
+        scale_jitter=0.0,
+        loc_velocity=0.0,
+        size_velocity=0.0,
+        mask_shape_probs=(1.0, 0.0, 0.0),
+        smooth_edge_prob=0.0,
+        opacity_range=(0.75, 0.75),
+        visible_prob=1.0,
+        hue_saturation_prob=0.0,
+        brightness_prob=0.0,
+        contrast_prob=0.0,
+        reference_size=None,
     )
     clip = clip_of(size=40)
     out = ctp.sample_transform([clip], torch.Generator().manual_seed(3))
@@ -118,7 +132,9 @@ def test_opaque_static_patch_is_pasted_pixel_exactly():
     inside = (slice(None), slice(None), slice(y1, y2), slice(x1, x2))
     # out = 0.25 clip + 0.75 patch, and the patch is the same box on one source frame.
     patch = (out["video"][inside] - 0.25 * clip[inside]) / 0.75
-    sources = [s for s in range(16) if torch.allclose(patch, clip[:, s : s + 1, y1:y2, x1:x2].expand_as(patch), atol=1e-5)]
+    sources = [
+        s for s in range(16) if torch.allclose(patch, clip[:, s : s + 1, y1:y2, x1:x2].expand_as(patch), atol=1e-5)
+    ]
     assert len(sources) == 1
     outside = torch.ones(40, 40, dtype=torch.bool)
     outside[y1:y2, x1:x2] = False
@@ -128,8 +144,16 @@ def test_opaque_static_patch_is_pasted_pixel_exactly():
 def test_patch_sizes_and_speeds_scale_with_the_crop():
     # patch_scales/loc_velocity are pixels of a reference_size crop: on a 112-px crop with
     # reference 224 a 32-px patch is 16 px and 3 px/frame is 1.5; None keeps absolute pixels.
-    params = dict(num_patches=1, patch_scales=(32,), patch_ratios=(1.0,), scale_jitter=0.0, loc_velocity=3.0,
-                  size_velocity=0.0, key_frame_probs=(1.0, 0.0, 0.0), interpolation_probs=(1.0, 0.0, 0.0))
+    params = dict(
+        num_patches=1,
+        patch_scales=(32,),
+        patch_ratios=(1.0,),
+        scale_jitter=0.0,
+        loc_velocity=3.0,
+        size_velocity=0.0,
+        key_frame_probs=(1.0, 0.0, 0.0),
+        interpolation_probs=(1.0, 0.0, 0.0),
+    )
     for reference_size, side, speed in ((224, 16, 1.5), (112, 32, 3.0), (None, 32, 3.0)):
         ctp = make_ctp(reference_size=reference_size, **params)
         steps = []
@@ -169,8 +193,12 @@ def test_sample_transform_outputs_visibility_and_determinism(one_thread):
 
 def test_color_jitter_hand_computed():
     red = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1, 1)
-    assert torch.allclose(shift_hue_saturation(red, 1 / 3, 1.0), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1, 1), atol=1e-6)
-    assert torch.allclose(shift_hue_saturation(red, 0.0, 0.5), torch.tensor([1.0, 0.5, 0.5]).view(3, 1, 1, 1), atol=1e-6)
+    assert torch.allclose(
+        shift_hue_saturation(red, 1 / 3, 1.0), torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1, 1), atol=1e-6
+    )
+    assert torch.allclose(
+        shift_hue_saturation(red, 0.0, 0.5), torch.tensor([1.0, 0.5, 0.5]).view(3, 1, 1, 1), atol=1e-6
+    )
     rgb = clip_of(frames=2, size=8)
     assert torch.allclose(hsv_to_rgb(rgb_to_hsv(rgb)), rgb, atol=1e-5)
     # Brightness only: every frame of a flat grey clip moves by one offset within +-30/255.
@@ -277,7 +305,7 @@ def test_config_group_builds_ctp_with_the_code_defaults():
     backbone = build_backbone("tiny_r3d", width=4)
     ctp = build_method(method_cfg["name"], backbone, exchange=method_cfg["exchange"], **method_cfg["params"])
     default = CtP(TinyR3D(width=4))
-    for key, value in method_cfg["params"].items():
+    for key, _value in method_cfg["params"].items():
         if key == "target_stds":
             assert torch.allclose(ctp.target_stds, default.target_stds)
         elif key not in ("hidden_channels", "roi_size"):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.data.check import check_video, load_cache
 from benchmark.commands.data import main as data_main
+from benchmark.data.check import check_video, load_cache
 from benchmark.data.records import VideoRecord
 from benchmark.data.resolve import MissingVideosError, resolve_videos
 from benchmark.io import read_json
@@ -93,12 +93,16 @@ def test_data_check_reports_caches_and_feeds_resolve(data_root, capsys):
     assert report["codecs"] == {"avi/h264": 1, "avi/mpeg4": 3}
     assert report["problems"] == {"truncated": 1}
     assert [f["status"] for f in report["files"]] == ["ok", "ok", "unusable", "ok"]
-    assert (data_root / "fedvid-check-synthetic_ucf101.txt").read_text().startswith("fedvid data check: synthetic_ucf101")
+    assert (
+        (data_root / "fedvid-check-synthetic_ucf101.txt").read_text().startswith("fedvid data check: synthetic_ucf101")
+    )
 
     # run/evaluate resolve their lists: the checked-unusable file is refused by name, or skipped and counted
     root = data_root / "synthetic" / "ucf101" / "UCF-101"
     records = [VideoRecord(p, 0, CLASS) for p in TRAIN]
-    with pytest.raises(MissingVideosError, match=r"(?s)1 unusable.*v_ApplyEyeMakeup_g08_c03\.avi.*truncated.*fedvid data check"):
+    with pytest.raises(
+        MissingVideosError, match=r"(?s)1 unusable.*v_ApplyEyeMakeup_g08_c03\.avi.*truncated.*fedvid data check"
+    ):
         resolve_videos(records, root)
     resolved = resolve_videos(records, root, allow_missing=True)
     assert [r.path for r, _ in resolved.present] == TRAIN[:2]
@@ -120,12 +124,14 @@ def test_data_check_reports_caches_and_feeds_resolve(data_root, capsys):
 
 
 def test_data_check_covers_a_split_manifest(data_root, capsys):
-    from benchmark.data.annotations import load_annotations
     from benchmark.commands.data import dataset_config
+    from benchmark.data.annotations import load_annotations
     from benchmark.splits.format import write_manifest
     from benchmark.splits.make import make_manifest
 
-    manifest = make_manifest(load_annotations(dataset_config("synthetic_ucf101", data_root)), {"name": "iid", "num_clients": 2}, 0)
+    manifest = make_manifest(
+        load_annotations(dataset_config("synthetic_ucf101", data_root)), {"name": "iid", "num_clients": 2}, 0
+    )
     path = write_manifest(manifest, data_root / "split.json")
     # the lists no longer name the truncated video; the manifest still gives it to a client
     lists = data_root / "synthetic" / "ucf101" / "ucfTrainTestlist"

@@ -148,8 +148,9 @@ def _unnormalise(video: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", ["packed_xvid.avi", "h264_in.avi", "editlist.mp4", "rotated.mp4", "av1.mp4"])
 def test_eval_loader_clips_are_the_sequential_frames(name, truth):
     numbers = EXPECTED[name][0]
-    dataset = EvalClipDataset([(FIXTURES / name, 3)], num_clips=2, frames=4, stride=5, short_side=120,
-                              crop_size=120, backend="auto")
+    dataset = EvalClipDataset(
+        [(FIXTURES / name, 3)], num_clips=2, frames=4, stride=5, short_side=120, crop_size=120, backend="auto"
+    )
     clips = _unnormalise(dataset[0]["video"])  # (2, 4, 120, 120, 3)
     for clip, indices in zip(clips, uniform_clip_indices(len(numbers), 2, 4, 5)):
         expected = truth[name][indices][:, :, 20:140].float()
@@ -159,8 +160,9 @@ def test_eval_loader_clips_are_the_sequential_frames(name, truth):
 @pytest.mark.parametrize("name", ["packed_xvid.avi", "editlist.mp4", "rotated.mp4"])
 def test_train_loader_clips_are_the_sequential_frames(name, truth):
     numbers = EXPECTED[name][0]
-    dataset = TrainClipDataset([(FIXTURES / name, 1)], frames=4, stride=3, short_side=120, crop_size=120,
-                               backend="auto", seed=5)
+    dataset = TrainClipDataset(
+        [(FIXTURES / name, 1)], frames=4, stride=3, short_side=120, crop_size=120, backend="auto", seed=5
+    )
     clip = _unnormalise(dataset[0]["video"])  # (4, 120, 120, 3): a random 120-wide crop, maybe flipped
     indices = train_clip_indices(len(numbers), 4, 3, dataset.generator_for(0))
     frames = truth[name][indices].float()
@@ -171,8 +173,11 @@ def test_train_loader_clips_are_the_sequential_frames(name, truth):
     ]
     assert min(errors) < 1.5
     shifted = truth[name][[min(i + 1, len(numbers) - 1) for i in indices]].float()  # one frame off
-    assert min((s - clip).abs().mean().item() for x in range(41) for s in (shifted[:, :, x : x + 120],
-               shifted[:, :, x : x + 120].flip(2))) > 3 * min(errors)
+    assert min(
+        (s - clip).abs().mean().item()
+        for x in range(41)
+        for s in (shifted[:, :, x : x + 120], shifted[:, :, x : x + 120].flip(2))
+    ) > 3 * min(errors)
 
 
 def test_the_memoised_header_check_reads_a_rewritten_file_again(tmp_path):

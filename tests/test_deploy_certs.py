@@ -26,15 +26,33 @@ def _mode(path) -> int:
 
 def test_deploy_certs_cli_makes_ca_server_cert_and_node_keys_flower_accepts(tmp_path, capsys):
     out = tmp_path / "creds"
-    assert fedvid_main(["deploy", "certs", str(out), "--host", "superlink.example.org", "--host", "10.0.0.5",
-                        "--supernode", "hospital-a", "--supernode", "hospital-b"]) == 0
+    assert (
+        fedvid_main(
+            [
+                "deploy",
+                "certs",
+                str(out),
+                "--host",
+                "superlink.example.org",
+                "--host",
+                "10.0.0.5",
+                "--supernode",
+                "hospital-a",
+                "--supernode",
+                "hospital-b",
+            ]
+        )
+        == 0
+    )
     layout = Layout(out)
     ca, server = _cert(layout.ca_cert), _cert(layout.server_cert)
     # the server certificate names the given hosts (+ loopback, which the SuperLink's own SuperExec
     # dials when it listens on 0.0.0.0) and is signed by the CA
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["superlink.example.org"]
-    assert sans.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(a) for a in ("10.0.0.5", "127.0.0.1", "::1")]
+    assert sans.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address(a) for a in ("10.0.0.5", "127.0.0.1", "::1")
+    ]
     assert server.issuer == ca.subject
     ca.public_key().verify(server.signature, server.tbs_certificate_bytes, ec.ECDSA(hashes.SHA384()))
     server.verify_directly_issued_by(ca)
@@ -51,12 +69,16 @@ def test_deploy_certs_cli_makes_ca_server_cert_and_node_keys_flower_accepts(tmp_
         # what `flwr supernode register` loads, and it is that private key's public half
         registered = try_load_public_key(layout.registered_key(node))
         assert registered == try_load_public_key(layout.node_pub(node))
-        assert serialization.load_ssh_public_key(layout.node_pub(node).read_bytes()).public_numbers() == \
-            private.public_key().public_numbers()
+        assert (
+            serialization.load_ssh_public_key(layout.node_pub(node).read_bytes()).public_numbers()
+            == private.public_key().public_numbers()
+        )
         assert layout.node_ca(node).read_bytes() == layout.ca_cert.read_bytes()
         assert _mode(layout.node_key(node)) == 0o600 and _mode(layout.node_pub(node)) == 0o644
     assert _mode(layout.ca_key) == 0o600 and _mode(layout.server_key) == 0o600
-    a, b = (serialization.load_ssh_private_key(layout.node_key(n).read_bytes(), None) for n in ("hospital-a", "hospital-b"))
+    a, b = (
+        serialization.load_ssh_private_key(layout.node_key(n).read_bytes(), None) for n in ("hospital-a", "hospital-b")
+    )
     assert a.private_numbers().private_value != b.private_numbers().private_value
     assert "flwr supernode register" in capsys.readouterr().out
 
@@ -85,18 +107,56 @@ def test_deploy_certs_signs_with_an_existing_institution_ca(tmp_path):
     own = tmp_path / "own"
     make_credentials(own, ["127.0.0.1"], [])  # stands in for the institution's CA
     out = tmp_path / "creds"
-    assert fedvid_main(["deploy", "certs", str(out), "--host", "link.uni.example", "--ca-cert", str(Layout(own).ca_cert),
-                        "--ca-key", str(Layout(own).ca_key), "--supernode", "a"]) == 0
+    assert (
+        fedvid_main(
+            [
+                "deploy",
+                "certs",
+                str(out),
+                "--host",
+                "link.uni.example",
+                "--ca-cert",
+                str(Layout(own).ca_cert),
+                "--ca-key",
+                str(Layout(own).ca_key),
+                "--supernode",
+                "a",
+            ]
+        )
+        == 0
+    )
     layout = Layout(out)
     assert not layout.ca_key.exists()  # the institution's CA key is never copied
     assert layout.ca_cert.read_bytes() == Layout(own).ca_cert.read_bytes()
     _cert(layout.server_cert).verify_directly_issued_by(_cert(Layout(own).ca_cert))
     with pytest.raises(SystemExit, match="--ca-key .* is not the key of --ca-cert"):
-        fedvid_main(["deploy", "certs", str(tmp_path / "x"), "--host", "h", "--ca-cert", str(Layout(own).ca_cert),
-                     "--ca-key", str(Layout(out).server_key)])
+        fedvid_main(
+            [
+                "deploy",
+                "certs",
+                str(tmp_path / "x"),
+                "--host",
+                "h",
+                "--ca-cert",
+                str(Layout(own).ca_cert),
+                "--ca-key",
+                str(Layout(out).server_key),
+            ]
+        )
     with pytest.raises(SystemExit, match="--ca-key .*node.key: not an unencrypted PEM private key"):
-        fedvid_main(["deploy", "certs", str(tmp_path / "x"), "--host", "h", "--ca-cert", str(Layout(own).ca_cert),
-                     "--ca-key", str(Layout(out).node_key("a"))])
+        fedvid_main(
+            [
+                "deploy",
+                "certs",
+                str(tmp_path / "x"),
+                "--host",
+                "h",
+                "--ca-cert",
+                str(Layout(own).ca_cert),
+                "--ca-key",
+                str(Layout(out).node_key("a")),
+            ]
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -111,8 +171,16 @@ def test_deploy_certs_bad_input_names_the_value(tmp_path):
 
 
 def _engine(**kw):
-    return EngineSpec.from_config({"name": "deployment", "superlink": None, "insecure": False, "trusted_network": False,
-                                   "root_certificates": None, **kw})
+    return EngineSpec.from_config(
+        {
+            "name": "deployment",
+            "superlink": None,
+            "insecure": False,
+            "trusted_network": False,
+            "root_certificates": None,
+            **kw,
+        }
+    )
 
 
 def test_deployment_plaintext_to_a_non_loopback_superlink_is_refused_unless_the_network_is_trusted(tmp_path):

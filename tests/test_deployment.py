@@ -7,14 +7,19 @@ import httpx
 import pytest
 
 from benchmark.federation.engine import (
-    Processes, _bin, free_port, register_supernode, superlink_security_args, supernode_security_args,
-    wait_for_health, write_flower_home,
+    Processes,
+    _bin,
+    free_port,
+    register_supernode,
+    superlink_security_args,
+    supernode_security_args,
+    wait_for_health,
+    write_flower_home,
 )
 from benchmark.federation.security import Layout, make_credentials
 from benchmark.federation.training import sample_clients
 
 from _federation_helpers import TINY, fedvid, final_weights, flower_processes, wait_no_flower_processes
-
 
 DEPLOY = [o for o in TINY if not o.startswith("engine.client_resources")]
 
@@ -27,8 +32,18 @@ def data_root(tmp_path_factory):
 @pytest.mark.slow
 def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_factory, data_root):
     run_dir = tmp_path_factory.mktemp("deploy") / "run"
-    result = fedvid(["run", "engine=deployment", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *DEPLOY, "federation.rounds=2", "federation.clients_per_round=2",
-                     "federation.min_clients=2"])
+    result = fedvid(
+        [
+            "run",
+            "engine=deployment",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *DEPLOY,
+            "federation.rounds=2",
+            "federation.clients_per_round=2",
+            "federation.min_clients=2",
+        ]
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert wait_no_flower_processes(run_dir) == []
     # one SuperNode per client, each told its manifest and client id through its node config
@@ -49,8 +64,9 @@ def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_facto
         assert r["sampled_clients"] == sample_clients(0, r["round"], [0, 1, 2], 2)
         assert r["replied_clients"] == r["sampled_clients"] and r["failed_clients"] == []
         # FedAvg's weight is the client's training-set size, not the 2 samples of its one step
-        assert r["bytes_up"] > 0 and all(c["num_examples"] == len(manifest.client_videos(c["client_id"]))
-                                         for c in r["clients"])
+        assert r["bytes_up"] > 0 and all(
+            c["num_examples"] == len(manifest.client_videos(c["client_id"])) for c in r["clients"]
+        )
     # round 2's clients that trained in round 1 got their CtP heads back from their node state
     seen = set(rounds[0]["replied_clients"])
     assert all(c["restored_local_state"] == (c["client_id"] in seen) for c in rounds[1]["clients"])
@@ -60,8 +76,22 @@ def test_deployment_superlink_and_three_supernodes_run_two_rounds(tmp_path_facto
 
 
 def _supernode(procs, name: str, address: str, security: list[str], client_id: int, log_dir):
-    return procs.spawn(name, [_bin("flower-supernode"), *security, "--superlink", address, "--port", str(free_port()),
-                              "--max-retries", "2", "--node-config", f"client-id={client_id}"], log_dir / f"{name}.log")
+    return procs.spawn(
+        name,
+        [
+            _bin("flower-supernode"),
+            *security,
+            "--superlink",
+            address,
+            "--port",
+            str(free_port()),
+            "--max-retries",
+            "2",
+            "--node-config",
+            f"client-id={client_id}",
+        ],
+        log_dir / f"{name}.log",
+    )
 
 
 @pytest.mark.slow
@@ -81,9 +111,19 @@ def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_s
     address = f"127.0.0.1:{port}"
     try:
         write_flower_home(link_dir, address, insecure=False, root_certificates=str(creds.ca_cert))
-        superlink = procs.spawn("superlink", [_bin("flower-superlink"), *superlink_security_args(creds),
-                                              "--disable-runtime-dependency-installation", "--host", "127.0.0.1",
-                                              "--port", str(port)], logs / "superlink.log")
+        superlink = procs.spawn(
+            "superlink",
+            [
+                _bin("flower-superlink"),
+                *superlink_security_args(creds),
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            logs / "superlink.log",
+        )
         wait_for_health(address, superlink, 60, logs / "superlink.log", "flower-superlink", creds.ca_cert)
         # a plaintext request to the TLS port gets no answer
         with pytest.raises(httpx.HTTPError):
@@ -94,8 +134,19 @@ def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_s
             # a key the SuperLink never registered, claiming a real client id
             "rogue": _supernode(procs, "rogue", address, supernode_security_args(creds, "rogue"), 1, logs),
             # a registered key, but the node trusts another CA: the TLS handshake fails
-            "untrusted": _supernode(procs, "untrusted", address, ["--root-certificates", str(other.ca_cert),
-                                    "--auth-supernode-private-key", str(creds.node_key("client-0"))], 0, logs),
+            "untrusted": _supernode(
+                procs,
+                "untrusted",
+                address,
+                [
+                    "--root-certificates",
+                    str(other.ca_cert),
+                    "--auth-supernode-private-key",
+                    str(creds.node_key("client-0")),
+                ],
+                0,
+                logs,
+            ),
             # no TLS at all
             "plaintext": _supernode(procs, "plaintext", address, ["--insecure"], 1, logs),
         }
@@ -109,12 +160,24 @@ def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_s
             _supernode(procs, nodes[cid], address, supernode_security_args(creds, nodes[cid]), cid, logs)
 
         run_dir = base / "run"
-        result = fedvid(["run", "engine=deployment", f"engine.superlink={address}",
-                         f"engine.root_certificates={creds.ca_cert}", "engine.node_wait_timeout_s=60",
-                         f"hydra.run.dir={run_dir}", f"data_root={data_root}", *DEPLOY, "partition.num_clients=2", "federation.rounds=1",
-                         "federation.clients_per_round=2", "federation.min_clients=2"])
+        result = fedvid(
+            [
+                "run",
+                "engine=deployment",
+                f"engine.superlink={address}",
+                f"engine.root_certificates={creds.ca_cert}",
+                "engine.node_wait_timeout_s=60",
+                f"hydra.run.dir={run_dir}",
+                f"data_root={data_root}",
+                *DEPLOY,
+                "partition.num_clients=2",
+                "federation.rounds=1",
+                "federation.clients_per_round=2",
+                "federation.min_clients=2",
+            ]
+        )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        assert 'insecure = false' in (run_dir / ".flwr" / "config.toml").read_text()
+        assert "insecure = false" in (run_dir / ".flwr" / "config.toml").read_text()
         (only_round,) = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
         assert only_round["replied_clients"] == [0, 1] and only_round["failed_clients"] == []
         assert wait_no_flower_processes(run_dir) == []
@@ -127,8 +190,18 @@ def test_deployment_tls_superlink_refuses_unregistered_untrusted_and_plaintext_s
 def test_deployment_plaintext_to_a_non_loopback_superlink_is_refused_before_anything_starts(tmp_path, data_root):
     run_dir = tmp_path / "run"
     # 0.0.0.0 is not a loopback address, and dials this machine should the check ever regress
-    result = fedvid(["run", "engine=deployment", "engine.superlink=0.0.0.0:9", "engine.insecure=true",
-                     f"hydra.run.dir={run_dir}", f"data_root={data_root}", *DEPLOY], timeout=180)
+    result = fedvid(
+        [
+            "run",
+            "engine=deployment",
+            "engine.superlink=0.0.0.0:9",
+            "engine.insecure=true",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *DEPLOY,
+        ],
+        timeout=180,
+    )
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     # one of the config check's problems: reported before data preparation, the fix named
     assert "invalid configuration (1 problem)" in result.stdout, result.stdout

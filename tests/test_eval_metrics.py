@@ -76,13 +76,14 @@ def test_effective_rank_of_known_rank_matrices():
         # r equal singular values -> erank exactly r
         assert effective_rank(x) == pytest.approx(r, rel=1e-9)
     # unequal singular values: erank between 1 and the rank
-    x = torch.randn(40, 5, generator=gen, dtype=torch.float64) @ torch.diag(torch.tensor([10.0, 1, 1, 1, 1],
-                                                                                          dtype=torch.float64))
+    x = torch.randn(40, 5, generator=gen, dtype=torch.float64) @ torch.diag(
+        torch.tensor([10.0, 1, 1, 1, 1], dtype=torch.float64)
+    )
     assert 1 < effective_rank(x) < 5
     # centring removes the shared mean direction: a constant-offset rank-1 set
-    x = torch.ones(30, 8, dtype=torch.float64) * 3 + torch.randn(30, 1, generator=gen, dtype=torch.float64) @ torch.randn(
-        1, 8, generator=gen, dtype=torch.float64
-    )
+    x = torch.ones(30, 8, dtype=torch.float64) * 3 + torch.randn(
+        30, 1, generator=gen, dtype=torch.float64
+    ) @ torch.randn(1, 8, generator=gen, dtype=torch.float64)
     assert effective_rank(x, center=True) == pytest.approx(1.0, abs=1e-9)
     assert effective_rank(x, center=False) > 1.0
 

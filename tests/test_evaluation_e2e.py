@@ -22,8 +22,19 @@ from benchmark.registry import build_backbone
 #: "default" (minutes to render): 64x48, 16 frames; UCF-style 64 train / 32 test videos,
 #: HMDB-style 48 / 24, Kinetics-style 48 train videos.
 E2E_PRESET = synthetic.SizePreset(
-    "eval_e2e", width=64, height=48, frames=16, fps=25, kinetics_train=4, kinetics_val=1,
-    ucf_test_groups=2, ucf_train_groups=4, ucf_clips_per_group=2, hmdb_train=8, hmdb_test=4, hmdb_unused=1,
+    "eval_e2e",
+    width=64,
+    height=48,
+    frames=16,
+    fps=25,
+    kinetics_train=4,
+    kinetics_val=1,
+    ucf_test_groups=2,
+    ucf_train_groups=4,
+    ucf_clips_per_group=2,
+    hmdb_train=8,
+    hmdb_test=4,
+    hmdb_unused=1,
 )
 CLIP = {"frames": 8, "stride": 2, "size": 32, "short_side": 40, "backend": "decord"}
 
@@ -65,11 +76,23 @@ def test_fedvid_evaluate_on_a_run_checkpoint_and_a_plain_state_dict(data_root, t
     backbone = build_backbone("tiny_r3d", width=8)
     # a fedvid-checkpoint/1 file as the runner writes it (CtP exchanges the backbone)
     ckpt = tmp_path / "round_0001.pt"
-    torch.save({"format": "fedvid-checkpoint/1", "round": 1, "aggregator_state": {}, "history": {},
-                "global_state": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, ckpt)
+    torch.save(
+        {
+            "format": "fedvid-checkpoint/1",
+            "round": 1,
+            "aggregator_state": {},
+            "history": {},
+            "global_state": {f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+        },
+        ckpt,
+    )
     run_a = tmp_path / "eval_a"
-    finetune = ["eval.finetune.enabled=true", "eval.finetune.epochs=2", "eval.finetune.milestones=[1]",
-                "eval.finetune.num_workers=0"]
+    finetune = [
+        "eval.finetune.enabled=true",
+        "eval.finetune.epochs=2",
+        "eval.finetune.milestones=[1]",
+        "eval.finetune.num_workers=0",
+    ]
     assert evaluate_main([f"checkpoint={ckpt}", f"hydra.run.dir={run_a}", *eval_overrides(data_root), *finetune]) == 0
     rec = json.loads((run_a / "evaluation.json").read_text())
     ev = rec["evaluations"]
@@ -81,8 +104,16 @@ def test_fedvid_evaluate_on_a_run_checkpoint_and_a_plain_state_dict(data_root, t
     assert r["chance_top1"] == pytest.approx(1 / 6) and r["topk"]["50"] == 1.0  # 48 gallery videos: all
     assert r["protocol"]["num_clips"] == 2 and r["protocol"]["frames"] == CLIP["frames"]
     lp = ev["linear_probe"]["synthetic_hmdb51"]
-    assert set(lp) >= {"clip_top1", "clip_top5", "video_top1", "video_top5", "video_mean_class_accuracy",
-                       "clip_mean_class_accuracy", "confusion_matrix", "protocol"}
+    assert set(lp) >= {
+        "clip_top1",
+        "clip_top5",
+        "video_top1",
+        "video_top5",
+        "video_mean_class_accuracy",
+        "clip_mean_class_accuracy",
+        "confusion_matrix",
+        "protocol",
+    }
     assert lp["protocol"]["weight_decay"] == 1e-2
     assert sum(map(sum, lp["confusion_matrix"])) == 24
     ft = ev["finetune"]["synthetic_hmdb51"]
@@ -103,8 +134,18 @@ def test_fedvid_evaluate_on_a_run_checkpoint_and_a_plain_state_dict(data_root, t
     plain = tmp_path / "plain.pth"
     torch.save({**backbone.state_dict(), "fc.weight": torch.zeros(400, 128), "fc.bias": torch.zeros(400)}, plain)
     run_b = tmp_path / "eval_b"
-    assert evaluate_main([f"checkpoint={plain}", f"hydra.run.dir={run_b}", *eval_overrides(data_root),
-                          "eval.robustness.enabled=false", "eval.plots=false"]) == 0
+    assert (
+        evaluate_main(
+            [
+                f"checkpoint={plain}",
+                f"hydra.run.dir={run_b}",
+                *eval_overrides(data_root),
+                "eval.robustness.enabled=false",
+                "eval.plots=false",
+            ]
+        )
+        == 0
+    )
     rec_b = json.loads((run_b / "evaluation.json").read_text())
     assert rec_b["datasets"]["synthetic_hmdb51"]["features_from_cache"] == {"train": True, "test": True}
     assert rec_b["evaluations"]["retrieval"] == ev["retrieval"] and rec_b["backbone_sha256"] == rec["backbone_sha256"]
@@ -132,8 +173,15 @@ def test_an_overridden_evaluation_dataset_root_is_honoured(data_root, tmp_path):
     default_hmdb = compose_eval_dataset("synthetic_hmdb51", str(data_root))
     moved = tmp_path / "hmdb_elsewhere"
     shutil.copytree(default_hmdb.root, moved)
-    cfg = OmegaConf.create({"data_root": str(data_root), "clip": CLIP, "eval": OmegaConf.merge(
-        OmegaConf.load(conf / "eval/default.yaml"), OmegaConf.load(conf / "protocol/cpu.yaml").eval)})
+    cfg = OmegaConf.create(
+        {
+            "data_root": str(data_root),
+            "clip": CLIP,
+            "eval": OmegaConf.merge(
+                OmegaConf.load(conf / "eval/default.yaml"), OmegaConf.load(conf / "protocol/cpu.yaml").eval
+            ),
+        }
+    )
     cfg.eval.dataset_overrides = {"synthetic_hmdb51": {"root": str(moved)}}
     spec = evaluation_spec(cfg)
     by_id = {d.id: d for d in spec.datasets}
@@ -208,7 +256,9 @@ def test_trained_backbone_beats_random_init(data_root, tmp_path):
 
     conf = Path(__file__).parents[1] / "conf"
     # the eval budget of eval=default with the cpu protocol's evaluation settings on top
-    evaluation = OmegaConf.merge(OmegaConf.load(conf / "eval/default.yaml"), OmegaConf.load(conf / "protocol/cpu.yaml").eval)
+    evaluation = OmegaConf.merge(
+        OmegaConf.load(conf / "eval/default.yaml"), OmegaConf.load(conf / "protocol/cpu.yaml").eval
+    )
     cfg = OmegaConf.create({"data_root": str(data_root), "clip": CLIP, "eval": evaluation})
     cfg.eval.datasets = ["synthetic_hmdb51"]
     cfg.eval.num_workers = 0

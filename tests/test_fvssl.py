@@ -169,12 +169,27 @@ def compose(overrides: list[str]):
 def test_k400_noniid_experiment_is_the_papers_setup(alpha, beta):
     from benchmark.splits.format import load_manifest
 
-    cfg = compose(["experiment=fvssl_k400_noniid", f"aggregator.params.alpha={alpha}", f"aggregator.params.beta={beta}"])
-    assert (cfg.dataset.id, cfg.backbone.name, cfg.method.name, cfg.method.exchange) == ("kinetics400", "r3d18", "ctp", "backbone")
-    assert (cfg.federation.num_clients, cfg.federation.clients_per_round, cfg.federation.rounds,
-            cfg.federation.local_epochs) == (100, 5, 540, 1)
-    assert (cfg.client.batch_size, cfg.client.optimizer.name, cfg.client.optimizer.lr,
-            cfg.client.optimizer.momentum) == (4, "sgd", 0.01, 0.0)
+    cfg = compose(
+        ["experiment=fvssl_k400_noniid", f"aggregator.params.alpha={alpha}", f"aggregator.params.beta={beta}"]
+    )
+    assert (cfg.dataset.id, cfg.backbone.name, cfg.method.name, cfg.method.exchange) == (
+        "kinetics400",
+        "r3d18",
+        "ctp",
+        "backbone",
+    )
+    assert (
+        cfg.federation.num_clients,
+        cfg.federation.clients_per_round,
+        cfg.federation.rounds,
+        cfg.federation.local_epochs,
+    ) == (100, 5, 540, 1)
+    assert (
+        cfg.client.batch_size,
+        cfg.client.optimizer.name,
+        cfg.client.optimizer.lr,
+        cfg.client.optimizer.momentum,
+    ) == (4, "sgd", 0.01, 0.0)
     agg = build_aggregator(cfg.aggregator.name, **cfg.aggregator.params)
     assert (agg.alpha, agg.beta) == (alpha, beta)
     if alpha == 0:  # the published split, once
@@ -187,6 +202,10 @@ def test_ucf101_crosssilo_experiment():
 
     cfg = compose(["experiment=fvssl_ucf101_crosssilo"])
     assert (cfg.dataset.id, cfg.federation.num_clients, cfg.federation.clients_per_round, cfg.federation.rounds) == (
-        "ucf101", 5, 5, 20)
+        "ucf101",
+        5,
+        5,
+        20,
+    )
     assert (cfg.aggregator.name, cfg.aggregator.params.alpha, cfg.aggregator.params.beta) == ("fvssl", 0.9, 1)
     assert load_manifest(cfg.split_manifest).num_clients == 5

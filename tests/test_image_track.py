@@ -54,8 +54,11 @@ def test_image_views_are_the_one_frame_clip_views_and_accept_uint8():
 @pytest.mark.parametrize("name", ["ssd", "align_uniform"])
 def test_the_same_method_class_trains_on_clips_and_images(name):
     torch.manual_seed(0)
-    img_method = build_method(name, build_backbone("cifar_resnet18", width=8), basis_seed=0) if name == "ssd" else \
-        build_method(name, build_backbone("cifar_resnet18", width=8))
+    img_method = (
+        build_method(name, build_backbone("cifar_resnet18", width=8), basis_seed=0)
+        if name == "ssd"
+        else build_method(name, build_backbone("cifar_resnet18", width=8))
+    )
     vid_method = build_method(name, build_backbone("tiny_r3d", width=4), **({"basis_seed": 0} if name == "ssd" else {}))
     assert type(img_method) is type(vid_method) and set(type(img_method).modalities) == {"video", "image"}
     if name == "ssd":
@@ -142,9 +145,9 @@ def test_semi_eval_fine_tunes_a_copy_and_reports_the_best_check(tmp_path):
 
 
 def test_ssd_tables_rows_smoke_and_compute():
-    from benchmark.commands.reproduce import TABLES, reproduced_metric
-
     from test_protocols import compose
+
+    from benchmark.commands.reproduce import TABLES, reproduced_metric
 
     for d in ("cifar10", "cifar100"):
         for kind in ("crosssilo", "crossdevice"):
@@ -154,9 +157,16 @@ def test_ssd_tables_rows_smoke_and_compute():
             assert "GPU" in t.full_compute
             cfg = compose(list(t.rows[1].overrides))
             n = 10 if kind == "crosssilo" else 50
-            assert (cfg.method.name, cfg.backbone.name, cfg.seed, cfg.client.batch_size) == ("ssd", "cifar_resnet18", 17, 128)
+            assert (cfg.method.name, cfg.backbone.name, cfg.seed, cfg.client.batch_size) == (
+                "ssd",
+                "cifar_resnet18",
+                17,
+                128,
+            )
             assert (cfg.client.optimizer.lr, cfg.federation.rounds, cfg.federation.local_epochs) == (0.1, 100, 5)
-            assert cfg.partition.num_clients == n and cfg.split_manifest.endswith(f"{d}-official-ssd-dir0.1-c{n}.json.gz")
+            assert cfg.partition.num_clients == n and cfg.split_manifest.endswith(
+                f"{d}-official-ssd-dir0.1-c{n}.json.gz"
+            )
             assert compose(list(t.rows[0].overrides)).method.name == "align_uniform"
             assert reproduced_metric(t.metrics[0], "smoke") == f"image_linear_probe.synthetic_{d}.top1"
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmark import DATASETS_DIR
+from benchmark.commands.splits import compose_splits_config
 from benchmark.data.annotations import load_annotations
 from benchmark.data.images import (
     CIFAR_SPECS,
@@ -25,10 +26,9 @@ from benchmark.data.images import (
     write_cifar,
     write_tiny_imagenet,
 )
-from benchmark.commands.splits import compose_splits_config
 from benchmark.splits.format import load_manifest
-from benchmark.splits.verify import verify_manifest
 from benchmark.splits.partition import PartitionError, imported_index_lists
+from benchmark.splits.verify import verify_manifest
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -38,8 +38,15 @@ def _images(n: int, seed: int) -> np.ndarray:
 def _official_style_batch(images: np.ndarray, labels: list[int], label_key: str) -> bytes:
     """A batch pickled the way the original (Python 2) files are: keys and names as byte strings."""
     data = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-    return pickle.dumps({b"batch_label": b"training batch 1 of 5", label_key.encode(): labels, b"data": data,
-                         b"filenames": [b"x.png"] * len(images)}, protocol=2)
+    return pickle.dumps(
+        {
+            b"batch_label": b"training batch 1 of 5",
+            label_key.encode(): labels,
+            b"data": data,
+            b"filenames": [b"x.png"] * len(images),
+        },
+        protocol=2,
+    )
 
 
 def test_cifar10_reader_follows_torchvision_order_and_channel_layout(tmp_path):
@@ -47,8 +54,15 @@ def test_cifar10_reader_follows_torchvision_order_and_channel_layout(tmp_path):
     tl, el = np.arange(10) % 10, np.array([3, 1, 4, 1])
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     base = write_cifar(tmp_path, "cifar10", (train, tl), (test, el), names)
-    assert sorted(p.name for p in base.iterdir()) == ["batches.meta", "data_batch_1", "data_batch_2", "data_batch_3",
-                                                      "data_batch_4", "data_batch_5", "test_batch"]
+    assert sorted(p.name for p in base.iterdir()) == [
+        "batches.meta",
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    ]
     got = read_cifar(tmp_path, "cifar10", train=True)
     assert got.images.shape == (10, 32, 32, 3) and got.images.dtype == np.uint8
     np.testing.assert_array_equal(got.images, train)  # data_batch_1..5 concatenated in order
@@ -75,8 +89,13 @@ def test_cifar_reader_reads_byte_keys_of_the_original_python2_pickles(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
 def test_corrupt_or_missing_batches_name_the_file_and_the_fix(tmp_path, damage):
-    base = write_cifar(tmp_path, "cifar10", (_images(10, 0), np.zeros(10, int)), (_images(2, 1), np.zeros(2, int)),
-                       [str(i) for i in range(10)])
+    base = write_cifar(
+        tmp_path,
+        "cifar10",
+        (_images(10, 0), np.zeros(10, int)),
+        (_images(2, 1), np.zeros(2, int)),
+        [str(i) for i in range(10)],
+    )
     f = base / "data_batch_3"
     if damage == "truncated":
         f.write_bytes(f.read_bytes()[:500])
@@ -112,7 +131,10 @@ def test_tiny_imagenet_reader_follows_image_folder_order_and_val_annotations(tmp
     from benchmark.splits.make import make_manifest
 
     m = make_manifest(ann, {"name": "dirichlet", "alpha": 0.1, "num_clients": 3, "min_size": 1}, 0)
-    assert sum(len(c["videos"]) for c in m["clients"]) == 36 and m["manifest_id"] == "tiny_imagenet-official-dirichlet0.1-c3-seed0"
+    assert (
+        sum(len(c["videos"]) for c in m["clients"]) == 36
+        and m["manifest_id"] == "tiny_imagenet-official-dirichlet0.1-c3-seed0"
+    )
     (tmp_path / "tiny-imagenet-200" / "train" / "n02" / "images" / "n02_3.JPEG").write_bytes(b"\xff\xd8 broken")
     with pytest.raises(ImageDataError, match=r"n02_3\.JPEG: cannot decode"):
         read_tiny_imagenet(tmp_path, train=True)
@@ -125,18 +147,30 @@ def test_standin_is_deterministic_real_format_and_balanced(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     s = read_cifar(a, "cifar10")
     assert len(s) == 30 and np.bincount(s.labels).tolist() == [3] * 10
-    ann = load_annotations({"name": "cifar10", "id": "synthetic_cifar10", "root": str(tmp_path / "a"),
-                            "labels_from_files": True})
+    ann = load_annotations(
+        {"name": "cifar10", "id": "synthetic_cifar10", "root": str(tmp_path / "a"), "labels_from_files": True}
+    )
     assert [r.path for r in ann.train[:2]] == ["train/00000", "train/00001"] and ann.train[0].label == int(s.labels[0])
-    assert len(ann.test) == 20 and set(ann.source_sha256) == {"data_batch_1", "data_batch_2", "data_batch_3",
-                                                              "data_batch_4", "data_batch_5", "test_batch"}
+    assert len(ann.test) == 20 and set(ann.source_sha256) == {
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+    }
 
 
 # ----------------------------------------------------------------------------- SSD's splits
 
 _SOURCES = {
-    d: dict(re.findall(r"^\| (ssd_splits/\S+) \| .*\| [0-9a-f]{64} \| ([0-9a-f]{64}) \|$",
-                       (DATASETS_DIR / d / "SOURCES.md").read_text(), re.M))
+    d: dict(
+        re.findall(
+            r"^\| (ssd_splits/\S+) \| .*\| [0-9a-f]{64} \| ([0-9a-f]{64}) \|$",
+            (DATASETS_DIR / d / "SOURCES.md").read_text(),
+            re.M,
+        )
+    )
     for d in ("cifar10", "cifar100")
 }
 #: sha256 of the upstream files (hc-fang/ssd@ffb85bae data/fed/*.json, as in the project annotation store)
@@ -147,8 +181,12 @@ _UPSTREAM = {
     "cifar100_dir_client50_alpha0.1.json": "a0a15b2cb5a7a7c070d06ec92f532f4eba5b323ae738952b397c790b081c2b5a",
 }
 #: (min, max) client sizes the annotation store's SOURCES.md records for each file
-_SIZES = {"cifar10_dir_client10_alpha0.1.json": (2920, 7520), "cifar10_dir_client50_alpha0.1.json": (60, 4039),
-          "cifar100_dir_client10_alpha0.1.json": (3624, 7019), "cifar100_dir_client50_alpha0.1.json": (452, 1831)}
+_SIZES = {
+    "cifar10_dir_client10_alpha0.1.json": (2920, 7520),
+    "cifar10_dir_client50_alpha0.1.json": (60, 4039),
+    "cifar100_dir_client10_alpha0.1.json": (3624, 7019),
+    "cifar100_dir_client50_alpha0.1.json": (452, 1831),
+}
 
 
 @pytest.mark.parametrize("dataset,clients", [("cifar10", 10), ("cifar10", 50), ("cifar100", 10), ("cifar100", 50)])

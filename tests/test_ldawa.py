@@ -119,7 +119,9 @@ def test_warmup_rounds_use_fedavg():
     agg = build_aggregator("ldawa", warmup_rounds=3)
     for r in (1, 3):  # FedAvg by examples (1, 10, 100)
         out = agg.aggregate(updates(), PREVIOUS, r)
-        torch.testing.assert_close(out["w"], torch.tensor([(1 * 2 + 10 * 0 + 100 * -1) / 111, (1 * 0 + 10 * 3 + 100 * -1) / 111]))
+        torch.testing.assert_close(
+            out["w"], torch.tensor([(1 * 2 + 10 * 0 + 100 * -1) / 111, (1 * 0 + 10 * 3 + 100 * -1) / 111])
+        )
     out = agg.aggregate(updates(), PREVIOUS, 4)  # divergence rule from round 4
     s = 1 / math.sqrt(2)
     torch.testing.assert_close(out["w"], torch.tensor([(2 + s) / 3, s / 3]))

@@ -24,12 +24,24 @@ def make_record(record_id: str = "r1", top1: float = 0.30, seed: int = 0, **over
         "record_id": record_id,
         "status": "reproduced",
         "track": {
-            "dataset": "ucf101", "split_manifest_id": "ucf101-s1-iid-c5-seed0", "split_content_sha256": SPLIT_SHA,
-            "num_clients": 5, "clients_per_round": 5, "rounds": 20, "local_epochs": 1,
-            "backbone": "r3d18", "input_size": [16, 112, 112],
+            "dataset": "ucf101",
+            "split_manifest_id": "ucf101-s1-iid-c5-seed0",
+            "split_content_sha256": SPLIT_SHA,
+            "num_clients": 5,
+            "clients_per_round": 5,
+            "rounds": 20,
+            "local_epochs": 1,
+            "backbone": "r3d18",
+            "input_size": [16, 112, 112],
         },
-        "method": {"name": "CtP + FedAvg", "pretext": "ctp", "aggregator": "fedavg", "params": {},
-                   "exchange": "backbone", "code": {"package": "fedvid-bench", "version": "0.1.0"}},
+        "method": {
+            "name": "CtP + FedAvg",
+            "pretext": "ctp",
+            "aggregator": "fedavg",
+            "params": {},
+            "exchange": "backbone",
+            "code": {"package": "fedvid-bench", "version": "0.1.0"},
+        },
         "evaluations": {
             "retrieval": {
                 "ucf101": {"split": "1", "topk": {"1": top1, "5": top1 + 0.1, "10": top1 + 0.2}},
@@ -38,9 +50,15 @@ def make_record(record_id: str = "r1", top1: float = 0.30, seed: int = 0, **over
             "linear_probe": {"ucf101": {"top1": 0.5, "top5": 0.8}},
         },
         "systems": {"wall_time_s": 10.0},
-        "provenance": {"git_commit": "abc", "git_dirty": False, "packages": {"torch": "2.14.1"},
-                       "config_sha256": "b" * 64, "seeds": {"seed": seed},
-                       "started_at": "2026-11-21T00:00:00Z", "finished_at": "2026-11-21T00:10:00Z"},
+        "provenance": {
+            "git_commit": "abc",
+            "git_dirty": False,
+            "packages": {"torch": "2.14.1"},
+            "config_sha256": "b" * 64,
+            "seeds": {"seed": seed},
+            "started_at": "2026-11-21T00:00:00Z",
+            "finished_at": "2026-11-21T00:10:00Z",
+        },
     }
     rec.update(over)
     return rec
@@ -126,7 +144,12 @@ def test_flatten_metrics():
 def test_build_aggregates_seeds_and_ranks(tmp_path):
     recs = [make_record("a0", 0.30, 0), make_record("a1", 0.34, 1), make_record("a2", 0.32, 2)]
     other = make_record("b0", 0.40, 0)
-    other["method"] = {**other["method"], "name": "CtP + FVSSL", "aggregator": "fvssl", "params": {"alpha": 0.9, "beta": 1}}
+    other["method"] = {
+        **other["method"],
+        "name": "CtP + FVSSL",
+        "aggregator": "fvssl",
+        "params": {"alpha": 0.9, "beta": 1},
+    }
     no_primary = make_record("c0", 0.1)
     no_primary["method"] = {**no_primary["method"], "name": "LP only", "aggregator": "ldawa"}
     del no_primary["evaluations"]["retrieval"]
@@ -185,8 +208,12 @@ def test_reported_fedvssl_entries_are_exact_and_valid():
     assert problems == []
     by_id = {r["record_id"]: Evaluations.from_json(r["evaluations"]).metrics() for _, r in good}
     expected = {  # (alpha, beta): UCF R@1, HMDB R@1, UCF fine-tune top-1 — README figures
-        "a0-b0": (34.34, 15.82, 79.91), "a1-b0": (34.23, 16.73, 79.14), "a0-b1": (35.61, 16.93, 79.43),
-        "a1-b1": (35.66, 16.41, 78.99), "a0p9-b0": (35.50, 16.27, 80.62), "a0p9-b1": (35.34, 16.93, 79.41),
+        "a0-b0": (34.34, 15.82, 79.91),
+        "a1-b0": (34.23, 16.73, 79.14),
+        "a0-b1": (35.61, 16.93, 79.43),
+        "a1-b1": (35.66, 16.41, 78.99),
+        "a0p9-b0": (35.50, 16.27, 80.62),
+        "a0p9-b1": (35.34, 16.93, 79.41),
     }
     for key, (ucf, hmdb, ft) in expected.items():
         m = by_id[f"fedvssl-k400-noniid-{key}"]
@@ -205,7 +232,10 @@ def test_reported_fedvssl_entries_are_exact_and_valid():
     assert all(e["unverified"] == ["retrieval"] for e in k400["entries"])
     assert "† retrieval protocol unverified" in render_markdown(board)
     cross = by_id["fedvssl-ucf101-crosssilo-a0p9-b1"]
-    assert (round(100 * cross["finetune.ucf101.video_top1"], 2), round(100 * cross["finetune.ucf101.video_top5"], 2)) == (66.32, 86.57)
+    assert (
+        round(100 * cross["finetune.ucf101.video_top1"], 2),
+        round(100 * cross["finetune.ucf101.video_top5"], 2),
+    ) == (66.32, 86.57)
 
 
 def test_committed_leaderboard_is_up_to_date(tmp_path):
@@ -247,14 +277,21 @@ def test_rows_are_ranked_together_only_under_one_protocol(tmp_path):
     """A reproduced row under another protocol than the reported row of its setting is a
     separate track, never ranked against it; the same protocol shares the track."""
     fedvssl = {"name": "fedvssl", "version": 1, "variant": None}
-    reported = make_record("paper", 0.35, status="reported", protocol=fedvssl,
-                           source=[{"url": "https://github.com/yasar-rehman/FEDVSSL", "reference": "README"}])
+    reported = make_record(
+        "paper",
+        0.35,
+        status="reported",
+        protocol=fedvssl,
+        source=[{"url": "https://github.com/yasar-rehman/FEDVSSL", "reference": "README"}],
+    )
     same = make_record("ours", 0.30, protocol=fedvssl)
     cpu = make_record("cpu", 0.50, protocol={"name": "cpu", "version": 1, "variant": None})
     smoke = make_record("smoke", 0.60, protocol={**fedvssl, "variant": "smoke"})
     mixed = make_record("mixed", 0.70, protocol=fedvssl)
     mixed["evaluations"]["retrieval"]["ucf101"]["protocol"] = {"name": "cpu", "version": 1, "pooling": "avg"}
-    good, problems = validate_records([write(tmp_path, f"{r['record_id']}.json", r) for r in (reported, same, cpu)], HASHES)
+    good, problems = validate_records(
+        [write(tmp_path, f"{r['record_id']}.json", r) for r in (reported, same, cpu)], HASHES
+    )
     assert problems == [] and len(good) == 3  # the protocol block is schema-valid
     board = build_leaderboard([reported, same, cpu, smoke, mixed])
     tracks = {t["protocol"]: t for t in board["tracks"]}
@@ -262,8 +299,9 @@ def test_rows_are_ranked_together_only_under_one_protocol(tmp_path):
     assert [(e["record_ids"], e["rank"]) for e in tracks["fedvssl/v1"]["entries"]] == [(["paper"], 1), (["ours"], 2)]
     assert [e["record_ids"] for e in tracks["cpu/v1"]["entries"]] == [["cpu"]]  # 50% is never ranked above the paper
     assert "protocol `fedvssl/v1`" in render_markdown(board)
-    modified = make_record("modified", 0.80, protocol={**fedvssl, "variant": "modified",
-                                                       "overridden": {"eval.pooling": "avg"}})
+    modified = make_record(
+        "modified", 0.80, protocol={**fedvssl, "variant": "modified", "overridden": {"eval.pooling": "avg"}}
+    )
     good, problems = validate_records([write(tmp_path, "modified.json", modified)], HASHES)
     assert problems == [] and len(good) == 1  # a modified protocol names its overridden keys
     board = build_leaderboard([reported, modified])
@@ -287,4 +325,6 @@ def test_result_record_round_trips_every_reported_entry():
         assert record.systems is None  # reported entries carry no systems section
         # the record's metric names are the leaderboard's
         for ds in record.evaluations.datasets("retrieval"):
-            assert record.evaluations.metric("retrieval", ds, "top1") == data["evaluations"]["retrieval"][ds]["topk"]["1"]
+            assert (
+                record.evaluations.metric("retrieval", ds, "top1") == data["evaluations"]["retrieval"][ds]["topk"]["1"]
+            )

@@ -37,9 +37,7 @@ LENGTHS = [40, 36, 30, 8]  # the last one is shorter than a clip (span 10): loop
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("loaders")
-    return [
-        (encode_numbered_video(root / f"v_{k}.avi", n, codec="mpeg4"), 10 + k) for k, n in enumerate(LENGTHS)
-    ]
+    return [(encode_numbered_video(root / f"v_{k}.avi", n, codec="mpeg4"), 10 + k) for k, n in enumerate(LENGTHS)]
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +130,7 @@ def test_eval_transform_is_deterministic():
 
 def test_train_sample_decodes_the_drawn_frames(videos):
     dataset = train_dataset(videos)
-    for index, (path, label) in enumerate(videos):
+    for index, (_path, label) in enumerate(videos):
         sample = dataset[index]
         assert sample["video"].shape == (3, FRAMES, CROP, CROP)
         assert sample["video"].dtype == torch.uint8  # shipped as decoded; normalised by the training process
@@ -203,7 +201,9 @@ def test_sample_transform_sees_uint8_views(videos):
     assert [(shape, dtype) for shape, dtype, _ in seen[0]] == [((3, FRAMES, CROP, CROP), torch.uint8)] * 2
     assert max(high for _, _, high in seen[0]) > 1  # 0..255 pixels, not [0, 1]
     assert sample["video"].dtype == torch.uint8  # shipped as is: the training process normalises
-    assert torch.equal(sample["order"], train_dataset(videos, num_views=2, sample_transform=sample_transform)[1]["order"])
+    assert torch.equal(
+        sample["order"], train_dataset(videos, num_views=2, sample_transform=sample_transform)[1]["order"]
+    )
 
 
 def test_training_side_normalisation_is_the_workers_old_arithmetic(videos):
@@ -277,7 +277,9 @@ def test_two_workers_give_the_same_batches_as_none(videos):
     dataset.set_epoch(4)
     in_process = collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=11))
     with_workers = collect(make_train_loader(dataset, batch_size=3, num_workers=2, seed=11))
-    assert [b["video"].shape for b in in_process] == [(3, 2, 3, FRAMES, CROP, CROP)] * 2 + [(2, 2, 3, FRAMES, CROP, CROP)]
+    assert [b["video"].shape for b in in_process] == [(3, 2, 3, FRAMES, CROP, CROP)] * 2 + [
+        (2, 2, 3, FRAMES, CROP, CROP)
+    ]
     for a, b in zip(in_process, with_workers, strict=True):
         assert torch.equal(a["index"], b["index"])
         assert torch.equal(a["video"], b["video"])
@@ -313,7 +315,9 @@ def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):
 
 def test_batches_equal_the_stacked_items_without_a_collate_copy(videos):
     train = train_dataset(videos, num_views=2)
-    evaluation = EvalClipDataset(videos, num_clips=2, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP)
+    evaluation = EvalClipDataset(
+        videos, num_clips=2, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP
+    )
     for dataset in (train, evaluation):
         indices = [2, 0, 3]
         samples = dataset.__getitems__(indices)

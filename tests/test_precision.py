@@ -19,16 +19,28 @@ def tiny_videos(tmp_path_factory):
 
 
 def _cfg(precision: str) -> LocalTrainingSpec:
-    return LocalTrainingSpec.from_config({
-        "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
-        "method": {"name": "ctp", "exchange": "backbone",
-                   "params": {"num_frames": 4, "visible_prob": 1.0, "opacity_range": [1.0, 1.0]}},
-        "federation": {"num_clients": 1, "local_epochs": 1, "local_steps": 2, "rounds": 1},
-        "client": {"batch_size": 3, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": 40.0,
-                   "precision": precision,
-                   "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0}},
-        "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
-    })
+    return LocalTrainingSpec.from_config(
+        {
+            "seed": 0,
+            "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
+            "method": {
+                "name": "ctp",
+                "exchange": "backbone",
+                "params": {"num_frames": 4, "visible_prob": 1.0, "opacity_range": [1.0, 1.0]},
+            },
+            "federation": {"num_clients": 1, "local_epochs": 1, "local_steps": 2, "rounds": 1},
+            "client": {
+                "batch_size": 3,
+                "num_workers": 0,
+                "num_threads": 1,
+                "device": "cpu",
+                "grad_clip_norm": 40.0,
+                "precision": precision,
+                "optimizer": {"name": "adam", "lr": 0.001, "momentum": 0.0, "weight_decay": 0.0},
+            },
+            "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
+        }
+    )
 
 
 def test_bf16_autocast_trains_on_cpu_close_to_fp32(tiny_videos):

@@ -38,6 +38,7 @@ def compose(overrides: list[str]):
 
 # ---------------------------------------------------------------- cards vs configs
 
+
 def parse_card(path: Path) -> dict:
     """{"name", "version", "rows": [(setting, key, value, scope)]} of one card.
 
@@ -65,14 +66,18 @@ def parse_card(path: Path) -> dict:
     base = re.search(r"^Includes: the protocol rows of `([a-z0-9_]+)`", text, re.M)
     if base:  # the base card's protocol rows, except the keys this card sets itself
         own = {(key, scope) for _, key, _, scope in rows}
-        rows += [r for r in parse_card(path.parent / f"{base.group(1)}.md")["rows"] if r[3] is None and (r[1], None) not in own]
+        rows += [
+            r
+            for r in parse_card(path.parent / f"{base.group(1)}.md")["rows"]
+            if r[3] is None and (r[1], None) not in own
+        ]
     return {"name": head.group(1), "version": int(head.group(2)), "rows": rows}
 
 
 def config_value(cfg, key: str):
     """A dotted config key, or ``code:module.ATTR`` for a constant the code fixes."""
     if key.startswith("code:"):
-        module, _, attr = key[len("code:"):].rpartition(".")
+        module, _, attr = key[len("code:") :].rpartition(".")
         return getattr(importlib.import_module(module), attr)
     missing = object()
     value = OmegaConf.select(cfg, key, default=missing)
@@ -94,7 +99,8 @@ def test_card_rows_equal_the_composed_config(name):
                 continue
             actual = config_value(cfg, key)
             assert same(yaml.safe_load(ours), actual), (
-                f"{name} card, {setting!r}: the card says {key} = {ours}, {overrides} composes {actual!r}")
+                f"{name} card, {setting!r}: the card says {key} = {ours}, {overrides} composes {actual!r}"
+            )
 
 
 def test_every_protocol_has_a_card_and_every_card_a_protocol():
@@ -157,31 +163,57 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     lr = protocol_id(compose(["experiment=fvssl_k400_noniid", "client.optimizer.lr=0.1", "clip.stride=2"]))
     assert avg == {"name": "fedvssl", "version": 1, "variant": MODIFIED_VARIANT, "overridden": {"eval.pooling": "avg"}}
     assert lr["variant"] == MODIFIED_VARIANT and lr["overridden"] == {"client.optimizer.lr": 0.1, "clip.stride": 2}
-    assert record_protocol({"protocol": {"name": "fedvssl", "version": 1, "variant": None},
-                            **{k: v for k, v in OmegaConf.to_container(compose(["protocol=fedvssl", "eval.pooling=avg"])).items()
-                               if k in ("clip", "client", "eval")}}) == avg
+    assert (
+        record_protocol(
+            {
+                "protocol": {"name": "fedvssl", "version": 1, "variant": None},
+                **{
+                    k: v
+                    for k, v in OmegaConf.to_container(compose(["protocol=fedvssl", "eval.pooling=avg"])).items()
+                    if k in ("clip", "client", "eval")
+                },
+            }
+        )
+        == avg
+    )
     # a variant the config names itself is kept: the run says what it is
     named = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg", "protocol.variant=avgpool"]))
     assert named == {"name": "fedvssl", "version": 1, "variant": "avgpool"}
 
     def record(rid: str, proto: dict) -> dict:
-        return {"record_id": rid, "status": "reproduced", "protocol": proto,
-                "track": {"dataset": "kinetics400", "split_manifest_id": "m", "num_clients": 100,
-                          "clients_per_round": 5, "rounds": 540, "local_epochs": 1, "backbone": "r3d18",
-                          "input_size": [16, 112, 112]},
-                "method": {"name": "ctp", "pretext": "ctp", "aggregator": "fvssl", "params": {}, "exchange": "backbone"},
-                "evaluations": {"retrieval": {"ucf101": {"split": "1", "topk": {"1": 0.3}, "protocol": proto}}}}
+        return {
+            "record_id": rid,
+            "status": "reproduced",
+            "protocol": proto,
+            "track": {
+                "dataset": "kinetics400",
+                "split_manifest_id": "m",
+                "num_clients": 100,
+                "clients_per_round": 5,
+                "rounds": 540,
+                "local_epochs": 1,
+                "backbone": "r3d18",
+                "input_size": [16, 112, 112],
+            },
+            "method": {"name": "ctp", "pretext": "ctp", "aggregator": "fvssl", "params": {}, "exchange": "backbone"},
+            "evaluations": {"retrieval": {"ucf101": {"split": "1", "topk": {"1": 0.3}, "protocol": proto}}},
+        }
 
     recs = [record("plain", plain), record("avg", avg), record("lr", lr)]
     labels = [protocol_label(r) for r in recs]
-    assert labels == ["fedvssl/v1", "fedvssl/v1+modified[eval.pooling=avg]",
-                      "fedvssl/v1+modified[client.optimizer.lr=0.1,clip.stride=2]"]
+    assert labels == [
+        "fedvssl/v1",
+        "fedvssl/v1+modified[eval.pooling=avg]",
+        "fedvssl/v1+modified[client.optimizer.lr=0.1,clip.stride=2]",
+    ]
     board = build_leaderboard(recs)
     assert sorted((t["protocol"], [e["record_ids"] for e in t["entries"]]) for t in board["tracks"]) == sorted(
-        (label, [[r["record_id"]]]) for label, r in zip(labels, recs))
+        (label, [[r["record_id"]]]) for label, r in zip(labels, recs)
+    )
 
 
 # ---------------------------------------------------------------- behaviour
+
 
 def test_downstream_layout_gives_512x2x7x7_maps_with_the_same_weights():
     torch.manual_seed(0)
@@ -238,8 +270,10 @@ def test_simclr_views_share_crop_and_colour_across_frames_and_differ_between_vie
 def test_simclr_colour_jitter_changes_colour_statistics():
     aug = SimCLRVideoAugment(crop_scale=(1.0, 1.0), jitter_prob=1.0, gray_prob=0.0)
     clip = torch.rand(3, 2, 16, 16)
-    means = {tuple(aug(clip, torch.Generator().manual_seed(s)).mean(dim=(1, 2, 3)).round(decimals=3).tolist())
-             for s in range(4)}
+    means = {
+        tuple(aug(clip, torch.Generator().manual_seed(s)).mean(dim=(1, 2, 3)).round(decimals=3).tolist())
+        for s in range(4)
+    }
     assert len(means) == 4  # a different colour per draw, not just another crop
 
 
@@ -299,11 +333,21 @@ def tiny_videos(tmp_path_factory):
 def test_ctp_pretraining_clips_draw_stride_and_short_side_per_item(tiny_videos):
     from benchmark.data.loaders import TrainClipDataset
 
-    ds = TrainClipDataset(tiny_videos, frames=4, stride=[1, 2, 3, 4, 5], temporal_jitter=True, short_side=[40, 48],
-                          crop_size=32, normalization="imagenet", seed=0)
+    ds = TrainClipDataset(
+        tiny_videos,
+        frames=4,
+        stride=[1, 2, 3, 4, 5],
+        temporal_jitter=True,
+        short_side=[40, 48],
+        crop_size=32,
+        normalization="imagenet",
+        seed=0,
+    )
     first = [ds.normalize_video(ds[i]["video"]) for i in range(4)]
     assert all(v.shape == (3, 4, 32, 32) for v in first)
-    assert all(torch.equal(a, ds.normalize_video(ds[i]["video"])) for i, a in enumerate(first))  # reproducible per (seed, epoch, item)
+    assert all(
+        torch.equal(a, ds.normalize_video(ds[i]["video"])) for i, a in enumerate(first)
+    )  # reproducible per (seed, epoch, item)
     # ImageNet statistics: a [0, 1] pixel maps into [-0.485/0.229, 0.515/0.229] on the red channel
     assert first[0][0].min() >= -0.485 / 0.229 - 1e-5 and first[0][0].max() <= 0.515 / 0.229 + 1e-5
     with pytest.raises(ValueError, match="crop_size=32 is larger than short_side=24"):
@@ -319,24 +363,36 @@ def test_fedavg_weights_follow_dataset_sizes_with_local_steps(tiny_videos):
     from benchmark.specs import LocalTrainingSpec
 
     videos = tiny_videos
-    cfg = OmegaConf.create({
-        "seed": 0, "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
-        "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
-        "federation": {"num_clients": 2, "local_epochs": 1, "local_steps": 1, "rounds": 1},
-        "client": {"batch_size": 2, "num_workers": 0, "num_threads": 1, "device": "cpu", "grad_clip_norm": None,
-                   "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0}},
-        "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
-    })
+    cfg = OmegaConf.create(
+        {
+            "seed": 0,
+            "backbone": {"name": "tiny_r3d", "params": {"width": 4}},
+            "method": {"name": "align_uniform", "exchange": "full", "params": {"hidden_dim": 16}},
+            "federation": {"num_clients": 2, "local_epochs": 1, "local_steps": 1, "rounds": 1},
+            "client": {
+                "batch_size": 2,
+                "num_workers": 0,
+                "num_threads": 1,
+                "device": "cpu",
+                "grad_clip_norm": None,
+                "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0},
+            },
+            "clip": {"frames": 4, "stride": 1, "size": 32, "short_side": 40, "backend": "decord"},
+        }
+    )
     spec = LocalTrainingSpec.from_config(cfg)
     state = initial_global_state(spec.model, spec.seed)
     small = run_local_training(spec, 0, 1, state, None, videos[:2], lr=0.01)
     large = run_local_training(spec, 1, 1, state, None, videos[2:], lr=0.01)
     assert (small.metrics["samples_processed"], large.metrics["samples_processed"]) == (2, 2)
     assert (small.num_examples, large.num_examples) == (2, 6)
-    updates = [ClientUpdate(arrays=r.exchanged, num_examples=r.num_examples, client_id=i)
-               for i, r in enumerate((small, large))]
+    updates = [
+        ClientUpdate(arrays=r.exchanged, num_examples=r.num_examples, client_id=i) for i, r in enumerate((small, large))
+    ]
     merged = build_aggregator("fedavg").aggregate(updates, state, 1)
-    key = next(k for k, v in state.items() if v.is_floating_point() and not torch.equal(small.exchanged[k], large.exchanged[k]))
+    key = next(
+        k for k, v in state.items() if v.is_floating_point() and not torch.equal(small.exchanged[k], large.exchanged[k])
+    )
     expected = 0.25 * small.exchanged[key] + 0.75 * large.exchanged[key]
     assert torch.allclose(merged[key], expected, atol=1e-6)
 
@@ -362,4 +418,6 @@ def test_evaluate_config_has_the_run_configs_clip_defaults():
         run = compose("config")
         evaluate = compose("evaluate", overrides=["checkpoint=x.pt"])
     for key in ("clip", "eval.clip"):
-        assert OmegaConf.to_container(OmegaConf.select(evaluate, key)) == OmegaConf.to_container(OmegaConf.select(run, key)), key
+        assert OmegaConf.to_container(OmegaConf.select(evaluate, key)) == OmegaConf.to_container(
+            OmegaConf.select(run, key)
+        ), key

@@ -24,8 +24,14 @@ from _federation_helpers import TINY, fedvid, final_weights, wait_no_flower_proc
 
 #: Ray would replace 127.0.0.1 with the machine's network address; this keeps the cluster on loopback.
 LOOPBACK_RAY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-RUN = [*TINY, "partition.num_clients=2", "federation.rounds=1", "federation.clients_per_round=2",
-       "federation.min_clients=2", "seed=3"]
+RUN = [
+    *TINY,
+    "partition.num_clients=2",
+    "federation.rounds=1",
+    "federation.clients_per_round=2",
+    "federation.min_clients=2",
+    "seed=3",
+]
 
 
 def _wait_port(port: int, proc, timeout: float = 60) -> None:
@@ -46,10 +52,23 @@ def ray_cluster(tmp_path):
     (tmp_path / "cluster").mkdir()
     procs = Processes(tmp_path / "cluster")
     port = free_port()
-    head = procs.spawn("ray head", [_bin("ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                                    f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                                    f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-                       tmp_path / "ray_head.log", LOOPBACK_RAY)
+    head = procs.spawn(
+        "ray head",
+        [
+            _bin("ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        tmp_path / "ray_head.log",
+        LOOPBACK_RAY,
+    )
     try:
         _wait_port(port, head)
         yield f"127.0.0.1:{port}", temp_dir, head
@@ -60,8 +79,9 @@ def ray_cluster(tmp_path):
 
 
 def _run(run_dir: Path, data_root: Path, *extra: str) -> None:
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *RUN, *extra],
-                    env={**os.environ, **LOOPBACK_RAY})
+    result = fedvid(
+        ["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *RUN, *extra], env={**os.environ, **LOOPBACK_RAY}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert wait_no_flower_processes(run_dir) == []
 
@@ -80,7 +100,10 @@ def test_simulation_on_an_existing_ray_cluster_equals_the_self_started_run(ray_c
 
     a, b = final_weights(base / "own"), final_weights(base / "cluster")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rounds = [[json.loads(line) for line in (base / d / "rounds.jsonl").read_text().splitlines()] for d in ("own", "cluster")]
-    assert [(r["round"], r["replied_clients"], r["loss"]) for r in rounds[0]] == \
-        [(r["round"], r["replied_clients"], r["loss"]) for r in rounds[1]]
+    rounds = [
+        [json.loads(line) for line in (base / d / "rounds.jsonl").read_text().splitlines()] for d in ("own", "cluster")
+    ]
+    assert [(r["round"], r["replied_clients"], r["loss"]) for r in rounds[0]] == [
+        (r["round"], r["replied_clients"], r["loss"]) for r in rounds[1]
+    ]
     assert len(rounds[0]) == 1 and rounds[0][0]["replied_clients"] == [0, 1]

@@ -30,11 +30,19 @@ def test_smoke_rows_keep_the_paper_protocol_at_tiny_size(tmp_path):
     t = TABLES["fedvssl-k400-noniid"]
     cmd = row_command(t, t.rows[0], "smoke", tmp_path / "r", [])
     overrides = [c for c in cmd if "=" in c and not c.startswith(("data_root=", "hydra."))]
-    overrides = overrides[overrides.index(next(c for c in overrides if c.startswith("experiment="))):]
+    overrides = overrides[overrides.index(next(c for c in overrides if c.startswith("experiment="))) :]
     cfg = compose(overrides)
     assert (cfg.protocol.name, cfg.protocol.variant) == ("fedvssl", "smoke")
-    assert (cfg.eval.backbone_layout, cfg.eval.pooling, cfg.eval.retrieval.clip.sampling) == ("downstream", "vcop", "vcop")
-    assert (cfg.clip.normalization, cfg.client.optimizer.momentum, cfg.eval.finetune.flip_prob) == ("imagenet", 0.0, 0.35)
+    assert (cfg.eval.backbone_layout, cfg.eval.pooling, cfg.eval.retrieval.clip.sampling) == (
+        "downstream",
+        "vcop",
+        "vcop",
+    )
+    assert (cfg.clip.normalization, cfg.client.optimizer.momentum, cfg.eval.finetune.flip_prob) == (
+        "imagenet",
+        0.0,
+        0.35,
+    )
     assert (cfg.eval.clip.crop_size, cfg.eval.finetune.epochs, cfg.clip.size) == (32, 1, 32)
 
 
@@ -84,17 +92,28 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     assert problems == [], [str(p) for p in problems]  # a run's record is schema-valid as written
     record = json.loads(result.read_text())
     assert record["nonstandard"] is True  # the smoke split is made for the run, not a committed one
-    assert record["method"]["aggregator"] == "fvssl" and record["method"]["params"]["aggregator"] == {"alpha": 0.9, "beta": 1}
+    assert record["method"]["aggregator"] == "fvssl" and record["method"]["params"]["aggregator"] == {
+        "alpha": 0.9,
+        "beta": 1,
+    }
     assert record["method"]["name"] == "ctp + fvssl (alpha=0.9, beta=1)"
     # the paper protocol at smoke size: named as such in the record and in every evaluation
     assert record["protocol"] == {"name": "ctp", "version": 1, "variant": "smoke"}
     retrieval = record["evaluations"]["retrieval"]["synthetic_ucf101"]["protocol"]
     assert (retrieval["name"], retrieval["variant"], retrieval["pooling"], retrieval["backbone_layout"]) == (
-        "ctp", "smoke", "vcop", "downstream")
+        "ctp",
+        "smoke",
+        "vcop",
+        "downstream",
+    )
     assert (retrieval["sampling"], retrieval["normalization"], retrieval["stride"]) == ("vcop", "none", 1)
     finetune = record["evaluations"]["finetune"]["synthetic_ucf101"]["protocol"]
     assert (finetune["sampling"], finetune["normalization"], finetune["flip_prob"], finetune["grad_clip_norm"]) == (
-        "ctp", "imagenet", 0.35, 40.0)
+        "ctp",
+        "imagenet",
+        0.35,
+        40.0,
+    )
 
 
 def test_every_table_names_a_protocol_its_experiments_use():

@@ -13,7 +13,9 @@ NAME = "fedvssl-k400-methods"
 
 def test_rows_are_methods_times_centralized_and_fedavg():
     t = TABLES[NAME]
-    assert [r.label for r in t.rows] == [f"{m}, {e}" for m in ("VCOP", "Speed", "CtP") for e in ("centralized", "FedAvg")]
+    assert [r.label for r in t.rows] == [
+        f"{m}, {e}" for m in ("VCOP", "Speed", "CtP") for e in ("centralized", "FedAvg")
+    ]
     assert all(r.reported_record is None for r in t.rows)  # no citable Table 1 numbers (docs/protocols/fedvssl.md)
     assert "GPU-days" in t.full_compute and t.protocol == "fedvssl"
 
@@ -38,10 +40,15 @@ def test_smoke_rows_keep_their_engine_and_method(tmp_path):
     for row in t.rows:
         cmd = row_command(t, row, "smoke", tmp_path / "r", [])
         overrides = [c for c in cmd if "=" in c and not c.startswith(("data_root=", "hydra."))]
-        overrides = overrides[overrides.index(next(c for c in overrides if c.startswith("experiment="))):]
+        overrides = overrides[overrides.index(next(c for c in overrides if c.startswith("experiment="))) :]
         cfg = compose(overrides)
         assert cfg.engine.name == ("centralized" if "centralized" in row.label else "simulation")
-        assert (cfg.protocol.variant, cfg.backbone.name, cfg.federation.rounds, cfg.clip.frames) == ("smoke", "tiny_r3d", 2, 8)
+        assert (cfg.protocol.variant, cfg.backbone.name, cfg.federation.rounds, cfg.clip.frames) == (
+            "smoke",
+            "tiny_r3d",
+            2,
+            8,
+        )
 
 
 def test_full_scale_prints_the_compute_estimate(capsys):
@@ -64,7 +71,7 @@ def test_reproduce_methods_smoke_end_to_end(tmp_path, monkeypatch):
         for metric in TABLES[NAME].metrics:
             r = got[(row, metric)]
             assert r["reported"] is None and r["gap"] is None and 0.0 <= r["reproduced"] <= 1.0
-    for i, (method, engine) in ((0, ("vcop", "centralized")), (3, ("speed", "simulation"))):
+    for i, (method, _engine) in ((0, ("vcop", "centralized")), (3, ("speed", "simulation"))):
         record = json.loads((tmp_path / "out" / f"row{i}" / "result.json").read_text())
         assert record["method"]["pretext"] == method and record["protocol"]["variant"] == "smoke"
         rounds = [json.loads(line) for line in (tmp_path / "out" / f"row{i}" / "rounds.jsonl").read_text().splitlines()]
@@ -79,7 +86,10 @@ def test_compare_pretexts_rows_compose():
     for row in ("vcop_fedavg", "speed_fedavg", "rot3d_fedavg", "moco_fedavg", "ctp_fedavg", "random_init"):
         cfg = compose(["experiment=compare_pretexts", f"compare_row={row}"])
         assert (cfg.protocol.variant, cfg.federation.local_steps, cfg.federation.rounds) == (
-            "compare", 40, 0 if row == "random_init" else 3)
+            "compare",
+            40,
+            0 if row == "random_init" else 3,
+        )
         names[row] = cfg.method.name
         if row == "moco_fedavg":
             assert cfg.method.params.queue_size % cfg.client.batch_size == 0

@@ -117,7 +117,10 @@ def test_hmdb51_layout_missing_and_corrupt(tmp_path):
     corrupt(root / records[2].path, seed=2)
     resolved = resolve_videos(records, root, allow_missing=True, probe_decode=True)
     assert [r.path for r, _ in resolved.present] == [records[0].path, records[1].path]
-    assert [(p.path, p.reason) for p in resolved.problems] == [(records[2].path, "undecodable"), (records[3].path, "missing")]
+    assert [(p.path, p.reason) for p in resolved.problems] == [
+        (records[2].path, "undecodable"),
+        (records[3].path, "missing"),
+    ]
     assert records[3].path.startswith("wave/") and resolved.num_skipped == 2
     with pytest.raises(MissingVideosError, match=records[3].path.replace(".", r"\.")):
         resolve_videos(records, root, probe_decode=True)
@@ -125,17 +128,25 @@ def test_hmdb51_layout_missing_and_corrupt(tmp_path):
 
 def test_kinetics_layout_with_special_class_names(tmp_path):
     k400 = DATASETS_DIR / "kinetics400"
-    split = read_kinetics(k400 / "label_map.txt", train=k400 / "2020_release/validate.csv", test=k400 / "2017_release/kinetics-400_val.csv")
+    split = read_kinetics(
+        k400 / "label_map.txt",
+        train=k400 / "2020_release/validate.csv",
+        test=k400 / "2017_release/kinetics-400_val.csv",
+    )
     wanted = ("hurling (sport)", "massaging person's head", "abseiling")
     records = [next(r for r in split.test if r.class_name == name) for name in wanted]
-    assert records[0].path.startswith("val/hurling_(sport)/") and records[1].path.startswith("val/massaging_person's_head/")
+    assert records[0].path.startswith("val/hurling_(sport)/") and records[1].path.startswith(
+        "val/massaging_person's_head/"
+    )
     root = tmp_path / "kinetics400"
     encode_video(root / records[0].path)
     encode_video(root / records[1].path)
     empty(root / records[2].path)
     resolved = resolve_videos(records, root, allow_missing=True, probe_decode=True)
     assert [p for _, p in resolved.present] == [root / records[0].path, root / records[1].path]
-    assert [(p.path, p.reason, p.file) for p in resolved.problems] == [(records[2].path, "empty", root / records[2].path)]
+    assert [(p.path, p.reason, p.file) for p in resolved.problems] == [
+        (records[2].path, "empty", root / records[2].path)
+    ]
 
 
 def test_root_must_exist_and_nothing_present_is_an_error_even_when_allowed(tmp_path):
@@ -149,7 +160,9 @@ def test_root_must_exist_and_nothing_present_is_an_error_even_when_allowed(tmp_p
 def test_case_insensitive_lookup_refuses_ambiguous_names(tmp_path):
     encode_video(tmp_path / "Cls" / "v_AB.avi")
     encode_video(tmp_path / "Cls" / "v_ab.avi")
-    resolved = resolve_videos([VideoRecord("Cls/v_Ab.avi", 0, "Cls"), VideoRecord("cls/v_AB.avi", 0, "Cls")], tmp_path, allow_missing=True)
+    resolved = resolve_videos(
+        [VideoRecord("Cls/v_Ab.avi", 0, "Cls"), VideoRecord("cls/v_AB.avi", 0, "Cls")], tmp_path, allow_missing=True
+    )
     assert resolved.problems[0].reason == "missing" and "several files match" in resolved.problems[0].detail
     # a differently cased class folder resolves too
     assert resolved.present == [(VideoRecord("cls/v_AB.avi", 0, "Cls"), tmp_path / "Cls" / "v_AB.avi")]

@@ -23,8 +23,10 @@ def _ckpt_rounds(run_dir) -> list[int]:
 
 
 def _client_rounds(run_dir) -> dict[str, list[int]]:
-    return {d.name: sorted(int(p.stem.split("_")[1]) for p in d.glob("round_*.pt"))
-            for d in sorted((run_dir / "client_state").glob("client_*"))}
+    return {
+        d.name: sorted(int(p.stem.split("_")[1]) for p in d.glob("round_*.pt"))
+        for d in sorted((run_dir / "client_state").glob("client_*"))
+    }
 
 
 # ------------------------------------------------------------------ policy (fast)
@@ -93,8 +95,15 @@ def test_client_state_keeps_what_a_resume_reads(tmp_path):
 
 # ------------------------------------------------------------------ end to end (Flower simulation)
 
-RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
-       "checkpoint.keep_last=1", "checkpoint.keep_every=0"]
+RUN = [
+    *TINY,
+    "seed=1",
+    "federation.rounds=4",
+    "federation.clients_per_round=2",
+    "federation.min_clients=1",
+    "checkpoint.keep_last=1",
+    "checkpoint.keep_every=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +126,12 @@ def test_pruned_run_resumes_exactly_and_evaluates(tmp_path, data_root):
 
     # killed as soon as a checkpoint exists, resumed from whatever is latest: same weights
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*FEDVID, "run", f"hydra.run.dir={killed}", f"data_root={data_root}", *RUN],
-                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*FEDVID, "run", f"hydra.run.dir={killed}", f"data_root={data_root}", *RUN],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not (killed / "checkpoints" / "latest.json").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
@@ -145,10 +158,13 @@ def test_pruned_run_resumes_exactly_and_evaluates(tmp_path, data_root):
     record = json.loads((out / "evaluation.json").read_text())
     assert record["checkpoint"] == str((full / "checkpoints" / "round_0004.pt").resolve())
     # a pruned round is an error that lists what is kept
-    result = fedvid(["evaluate", f"checkpoint={full / 'checkpoints' / 'round_0002.pt'}", f"hydra.run.dir={out}2", *args])
+    result = fedvid(
+        ["evaluate", f"checkpoint={full / 'checkpoints' / 'round_0002.pt'}", f"hydra.run.dir={out}2", *args]
+    )
     assert result.returncode != 0
     assert "round_0002.pt: no such file (pruned by checkpoint.keep_last/keep_every?); kept: round_0004.pt" in (
-        result.stdout + result.stderr)
+        result.stdout + result.stderr
+    )
 
 
 def test_evaluate_accepts_a_run_dir_and_names_pruned_rounds(tmp_path):
@@ -160,8 +176,11 @@ def test_evaluate_accepts_a_run_dir_and_names_pruned_rounds(tmp_path):
     assert resolve_checkpoint_path(tmp_path) == tmp_path / "checkpoints" / "round_0004.pt"
     assert resolve_checkpoint_path(tmp_path / "checkpoints") == tmp_path / "checkpoints" / "round_0004.pt"
     assert resolve_checkpoint_path(tmp_path / "checkpoints" / "round_0002.pt").is_file()  # a milestone
-    with pytest.raises(FileNotFoundError, match=r"round_0003.pt: no such file \(pruned by checkpoint.keep_last/"
-                                                r"keep_every\?\); kept: round_0002.pt, round_0004.pt"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"round_0003.pt: no such file \(pruned by checkpoint.keep_last/"
+        r"keep_every\?\); kept: round_0002.pt, round_0004.pt",
+    ):
         resolve_checkpoint_path(tmp_path / "checkpoints" / "round_0003.pt")
     with pytest.raises(FileNotFoundError, match="a directory without checkpoints/latest.json"):
         (tmp_path / "empty").mkdir()

@@ -33,7 +33,7 @@ def test_gaussian_perturbation_is_exact_seeded_and_leaves_buffers():
     k = 0.03
     pert = perturbed_copy(net, k, seed=7)
     gen = torch.Generator().manual_seed(7)
-    for (name, p), (_, q) in zip(net.named_parameters(), pert.named_parameters()):
+    for (_name, p), (_, q) in zip(net.named_parameters(), pert.named_parameters()):
         eps = torch.randn(p.shape, generator=gen)  # same draw order: named_parameters()
         torch.testing.assert_close(q, p + k * eps, rtol=0, atol=1e-7)
     assert torch.equal(pert[1].running_mean, net[1].running_mean)
@@ -102,8 +102,9 @@ def test_k0_reproduces_clean_top1_exactly_on_decoded_videos(tiny_synthetic):
     backbone = build_backbone("tiny_r3d", width=8)
     clean = {s: compute_features(backbone, src, "avg", torch.device("cpu")) for s, src in sources.items()}
     assert all(src.in_memory for src in sources.values())  # decoded once, reused below
-    clean_top1 = retrieval_topk(clean["test"].video_features, clean["test"].labels,
-                                clean["train"].video_features, clean["train"].labels, (1,))[1]
+    clean_top1 = retrieval_topk(
+        clean["test"].video_features, clean["test"].labels, clean["train"].video_features, clean["train"].labels, (1,)
+    )[1]
     rcfg = RobustnessSpec(enabled=True, ks=(0.0, 0.5), seeds=(0, 1), direction="gaussian")
     curve = robustness_curve(backbone, sources, clean, [1, 5], "avg", torch.device("cpu"), rcfg)
     assert curve["clean_top1"] == clean_top1

@@ -49,15 +49,22 @@ def test_the_default_config_is_valid_and_unknown_params_and_groups_pass(default_
     assert run_config_problems(tolerant) == []
 
 
-PAPER_CONFIGS = [["protocol=ctp"], ["protocol=fedvssl"], ["protocol=ssd"], ["experiment=fvssl_k400_noniid"],
-                 ["experiment=fvssl_ucf101_crosssilo"], ["experiment=ssd_crosssilo"], ["experiment=ssd_crossdevice"],
-                 ["experiment=ssd_k400_noniid"], ["experiment=compare"]]
+PAPER_CONFIGS = [
+    ["protocol=ctp"],
+    ["protocol=fedvssl"],
+    ["protocol=ssd"],
+    ["experiment=fvssl_k400_noniid"],
+    ["experiment=fvssl_ucf101_crosssilo"],
+    ["experiment=ssd_crosssilo"],
+    ["experiment=ssd_crossdevice"],
+    ["experiment=ssd_k400_noniid"],
+    ["experiment=compare"],
+]
 
 
 def test_every_protocol_and_paper_experiment_passes_the_check():
     """The check follows the protocols' own values (a stride list to draw from, ImageNet
     normalisation, the downstream layout, CtP/VCOP clip sampling)."""
-    import benchmark.config  # registers ${project_root:}
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -68,7 +75,8 @@ def test_every_protocol_and_paper_experiment_passes_the_check():
             cfg = OmegaConf.to_container(compose("config", overrides=[*overrides, "data_root=/nowhere"]), resolve=True)
             assert run_config_problems(cfg) == [], overrides
     assert run_config_problems(_with(cfg, clip__stride=[1, 0])) == [
-        "clip.stride=[1, 0]: expected an integer >= 1, or a non-empty list, each item an integer >= 1"]
+        "clip.stride=[1, 0]: expected an integer >= 1, or a non-empty list, each item an integer >= 1"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -105,17 +113,36 @@ def test_a_config_with_several_mistakes_reports_every_one_in_seconds_without_flo
 
     run_dir = tmp_path / "run"
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", "federation.clients_per_round=0", "client.batch_size=0",
-                     "federation.rounds=0", "client.optimizer.name=adagrad", "client.device=tpu", "seed=abc",
-                     "eval.retrieval.ks=[0]", "federation.local_steps=0"], timeout=120)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            "federation.clients_per_round=0",
+            "client.batch_size=0",
+            "federation.rounds=0",
+            "client.optimizer.name=adagrad",
+            "client.device=tpu",
+            "seed=abc",
+            "eval.retrieval.ks=[0]",
+            "federation.local_steps=0",
+        ],
+        timeout=120,
+    )
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "invalid configuration (8 problems)" in out
-    for key in ("federation.clients_per_round=0", "client.batch_size=0", "federation.rounds=0",
-                "client.optimizer.name='adagrad'", "client.device='tpu'", "seed='abc'", "eval.retrieval.ks=[0]",
-                "federation.local_steps=0"):
+    for key in (
+        "federation.clients_per_round=0",
+        "client.batch_size=0",
+        "federation.rounds=0",
+        "client.optimizer.name='adagrad'",
+        "client.device='tpu'",
+        "seed='abc'",
+        "eval.retrieval.ks=[0]",
+        "federation.local_steps=0",
+    ):
         assert key in out, key
     assert "Traceback" not in out
     # CPU seconds, not wall time (which a loaded runner stretches): 3.4 s measured, under 5 s
@@ -135,8 +162,12 @@ def test_check_run_config_raises_one_error_listing_all_problems(default_config):
 # ------------------------------------------------------------------ run directory: lock (case 2), resume (case 1)
 
 # engine=centralized: the run-dir logic is the federated one, without Flower's start-up
-CENTRAL = [*(o for o in TINY if not o.startswith("engine.client_resources")), "engine=centralized",
-           "federation.rounds=1", "backbone.params.width=4"]
+CENTRAL = [
+    *(o for o in TINY if not o.startswith("engine.client_resources")),
+    "engine=centralized",
+    "federation.rounds=1",
+    "backbone.params.width=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +181,13 @@ def data_root(tmp_path_factory):
 
 def _hold_lock(run_dir) -> subprocess.Popen:
     """Another process that holds the run directory's lock until it is killed."""
-    code = ("import sys, time; from benchmark.rundir import RunLock; RunLock(sys.argv[1]).acquire(); "
-            "print('locked', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time; from benchmark.rundir import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('locked', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(run_dir)], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -192,29 +227,47 @@ def test_a_refused_resume_writes_nothing_and_says_what_differs(tmp_path, data_ro
 
     assert f"data_root={data_root}" in json.loads((run_dir / rundir.MANIFEST).read_text())["make_command"]
     assert verify_manifest(run_dir / rundir.MANIFEST, compose_splits_config) == []
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
+    before = {
+        p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)
+    }
 
     # another split of the same dataset (seed 9) and a changed training key
-    from benchmark.config import CONF_DIR
     from omegaconf import OmegaConf
 
-    ds = OmegaConf.merge({"data_root": str(data_root)},
-                         {"dataset": OmegaConf.load(CONF_DIR / "dataset" / "synthetic_kinetics.yaml")})
+    from benchmark.config import CONF_DIR
+
+    ds = OmegaConf.merge(
+        {"data_root": str(data_root)}, {"dataset": OmegaConf.load(CONF_DIR / "dataset" / "synthetic_kinetics.yaml")}
+    )
     other = tmp_path / "other.json"
     write_manifest(make_manifest(load_annotations(ds.dataset), {"name": "iid", "num_clients": 3}, 9), other)
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "resume=true",
-                     f"split_manifest={other}", "client.optimizer.lr=0.5"], timeout=120)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *CENTRAL,
+            "resume=true",
+            f"split_manifest={other}",
+            "client.optimizer.lr=0.5",
+        ],
+        timeout=120,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "resume=true refused" in out and "split manifest content" in out
     assert "config key client.optimizer.lr (0.001 -> 0.5)" in out and "config key split_manifest" in out
     assert "continue with" not in out  # a resume with these inputs cannot help
-    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)}
+    after = {
+        p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name not in ("config.log", rundir.LOCK)
+    }
     assert after == before  # the manifest, config and record are untouched
 
     # eval settings may change on resume; an ordinary resume of the complete run only re-evaluates
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "resume=true",
-                     "eval.retrieval.ks=[1]"], timeout=300)
+    result = fedvid(
+        ["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "resume=true", "eval.retrieval.ks=[1]"],
+        timeout=300,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "pretraining already complete" in result.stdout
     assert (run_dir / rundir.ROUNDS_LOG).read_bytes() == before[rundir.ROUNDS_LOG]
@@ -233,12 +286,29 @@ def test_skipped_videos_are_recorded_and_make_the_run_degraded(tmp_path, data_ro
     victim.unlink()
     run_dir = tmp_path / "run"
     # dataset.synthetic=false: treated as a real dataset (a synthetic one would be regenerated)
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={root}", *CENTRAL, "allow_missing_videos=true",
-                     "dataset.synthetic=false"], timeout=300)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={root}",
+            *CENTRAL,
+            "allow_missing_videos=true",
+            "dataset.synthetic=false",
+        ],
+        timeout=300,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     record = json.loads((run_dir / rundir.RESULT).read_text())
-    assert record["videos"]["pretraining"] == {"listed": 24, "present": 23, "skipped": 1, "missing": 1, "empty": 0,
-                                               "undecodable": 0, "unusable": 0, "case_mismatch_resolved": 0}
+    assert record["videos"]["pretraining"] == {
+        "listed": 24,
+        "present": 23,
+        "skipped": 1,
+        "missing": 1,
+        "empty": 0,
+        "undecodable": 0,
+        "unusable": 0,
+        "case_mismatch_resolved": 0,
+    }
     assert record["status"] == "degraded" and record["status_reasons"] == ["1 of 24 pretraining videos skipped"]
     assert "status: degraded" in result.stdout and "pretraining 23/24, 1 skipped" in result.stdout
     from leaderboard.records import validate_records
@@ -250,8 +320,17 @@ def test_skipped_videos_are_recorded_and_make_the_run_degraded(tmp_path, data_ro
 def test_a_failed_evaluation_keeps_the_pretraining_and_resume_finishes_the_record(tmp_path, data_root):
     run_dir = tmp_path / "run"
     # ucf101 (real videos) is not under this data root: evaluation fails after pretraining
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "evaluate=true",
-                     "eval.datasets=[ucf101]"], timeout=300)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *CENTRAL,
+            "evaluate=true",
+            "eval.datasets=[ucf101]",
+        ],
+        timeout=300,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "evaluation failed after a complete pretraining" in out and "Traceback" not in out
@@ -261,11 +340,26 @@ def test_a_failed_evaluation_keeps_the_pretraining_and_resume_finishes_the_recor
     assert rundir.latest_round(run_dir) == 1
     rounds_before = (run_dir / rundir.ROUNDS_LOG).read_bytes()
 
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "evaluate=true",
-                     "eval=smoke", "eval.finetune.enabled=false", "eval.robustness.enabled=false",
-                     "eval.linear_probe.enabled=false", "eval.clip.num_clips=1", "eval.clip.frames=8",
-                     "eval.clip.short_side=40", "eval.clip.crop_size=32", "eval.clip.stride=1",
-                     "resume=true"], timeout=300)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *CENTRAL,
+            "evaluate=true",
+            "eval=smoke",
+            "eval.finetune.enabled=false",
+            "eval.robustness.enabled=false",
+            "eval.linear_probe.enabled=false",
+            "eval.clip.num_clips=1",
+            "eval.clip.frames=8",
+            "eval.clip.short_side=40",
+            "eval.clip.crop_size=32",
+            "eval.clip.stride=1",
+            "resume=true",
+        ],
+        timeout=300,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     record = json.loads((run_dir / rundir.RESULT).read_text())
     assert record["status"] == "reproduced" and "failure" not in record
@@ -278,8 +372,11 @@ def test_a_failed_evaluation_keeps_the_pretraining_and_resume_finishes_the_recor
 
 
 def _round(r, sampled, failed=()):
-    return {"round": r, "sampled_clients": sampled,
-            "failed_clients": [{"client_id": c, "reason": "error", "error": "boom"} for c in failed]}
+    return {
+        "round": r,
+        "sampled_clients": sampled,
+        "failed_clients": [{"client_id": c, "reason": "error", "error": "boom"} for c in failed],
+    }
 
 
 def test_a_client_that_fails_every_round_makes_the_record_degraded():
@@ -289,12 +386,16 @@ def test_a_client_that_fails_every_round_makes_the_record_degraded():
     part = participation(rounds)
     assert (part["sampled"], part["replied"], part["failed"]) == (6, 4, 2)
     assert part["excluded_clients"] == [2] and part["failed_by_reason"] == {"error": 2}
-    assert part["failures"] == [{"round": 2, "client_id": 2, "reason": "error"},
-                                {"round": 3, "client_id": 2, "reason": "error"}]
+    assert part["failures"] == [
+        {"round": 2, "client_id": 2, "reason": "error"},
+        {"round": 3, "client_id": 2, "reason": "error"},
+    ]
     status, reasons = run_status(part, {}, None)
     assert status == "degraded"
-    assert reasons == ["clients [2] sent no usable update in any round they were sampled",
-                       "2 of 6 sampled client updates failed (> 10%)"]
+    assert reasons == [
+        "clients [2] sent no usable update in any round they were sampled",
+        "2 of 6 sampled client updates failed (> 10%)",
+    ]
 
 
 def test_a_run_is_reproduced_only_within_the_thresholds_and_failed_when_a_stage_failed():
@@ -303,9 +404,13 @@ def test_a_run_is_reproduced_only_within_the_thresholds_and_failed_when_a_stage_
     # 1 failure in 20 sampled updates (5 %), and the client replied in another round
     rounds = [_round(r, [0, 1], failed=[1] if r == 1 else []) for r in range(1, 11)]
     assert run_status(participation(rounds), {"pretraining": {"listed": 4, "present": 4, "skipped": 0}}, None) == (
-        "reproduced", [])
+        "reproduced",
+        [],
+    )
     assert run_status(participation(rounds), {}, {"stage": "evaluation", "message": "ValueError: x\nmore"}) == (
-        "failed", ["evaluation failed: ValueError: x"])
+        "failed",
+        ["evaluation failed: ValueError: x"],
+    )
     skipped = {"evaluation": {"ucf101": {"test": {"listed": 10, "present": 9, "skipped": 1}}}}
     assert run_status(participation(rounds), skipped, None) == ("degraded", ["1 of 10 ucf101 test videos skipped"])
 
@@ -341,11 +446,30 @@ def test_leaderboard_validate_of_a_deep_json_is_one_line_not_a_traceback(tmp_pat
 def test_markdown_leaderboard_escapes_table_syntax_and_html():
     from leaderboard.build import md_cell, render_markdown
 
-    board = {"tracks": [{"track_id": "t", "dataset": "d", "split_manifest_id": None, "num_clients": 2,
-                         "clients_per_round": 2, "rounds": 1, "backbone": "b", "input_size": [8, 32, 32],
-                         "primary_metric": "retrieval.ucf.top1", "tiebreak_metric": "retrieval.hmdb.top1",
-                         "entries": [{"rank": 1, "method": "evil | <script>alert(1)</script>", "status": "reproduced",
-                                      "metrics": {"retrieval.ucf.top1": {"mean": 0.5, "std": 0.0, "n": 1}}}]}]}
+    board = {
+        "tracks": [
+            {
+                "track_id": "t",
+                "dataset": "d",
+                "split_manifest_id": None,
+                "num_clients": 2,
+                "clients_per_round": 2,
+                "rounds": 1,
+                "backbone": "b",
+                "input_size": [8, 32, 32],
+                "primary_metric": "retrieval.ucf.top1",
+                "tiebreak_metric": "retrieval.hmdb.top1",
+                "entries": [
+                    {
+                        "rank": 1,
+                        "method": "evil | <script>alert(1)</script>",
+                        "status": "reproduced",
+                        "metrics": {"retrieval.ucf.top1": {"mean": 0.5, "std": 0.0, "n": 1}},
+                    }
+                ],
+            }
+        ]
+    }
     md = render_markdown(board)
     row = next(line for line in md.splitlines() if "evil" in line)
     assert "<script>" not in md and "&lt;script&gt;" in row
@@ -358,8 +482,16 @@ def test_fedvid_evaluate_checks_its_eval_keys_and_refuses_nan_weights_in_one_lin
 
     from benchmark.registry import build_backbone
 
-    result = fedvid(["evaluate", f"checkpoint={tmp_path / 'none.pt'}", f"hydra.run.dir={tmp_path / 'e1'}",
-                     "eval.retrieval.ks=[0]", "eval.batch_size=0"], timeout=120)
+    result = fedvid(
+        [
+            "evaluate",
+            f"checkpoint={tmp_path / 'none.pt'}",
+            f"hydra.run.dir={tmp_path / 'e1'}",
+            "eval.retrieval.ks=[0]",
+            "eval.batch_size=0",
+        ],
+        timeout=120,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1 and "invalid configuration (2 problems)" in out and "Traceback" not in out
     assert "eval.retrieval.ks=[0]" in out and "eval.batch_size=0" in out
@@ -378,8 +510,18 @@ def test_fedvid_evaluate_checks_its_eval_keys_and_refuses_nan_weights_in_one_lin
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_a_failed_record_and_no_resume_advice(tmp_path, data_root):
     run_dir = tmp_path / "run"
-    result = fedvid(["run", f"hydra.run.dir={run_dir}", f"data_root={data_root}", *CENTRAL, "federation.rounds=2",
-                     "client.optimizer.lr=1.0e6", "client.grad_clip_norm=null"], timeout=300)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={run_dir}",
+            f"data_root={data_root}",
+            *CENTRAL,
+            "federation.rounds=2",
+            "client.optimizer.lr=1.0e6",
+            "client.grad_clip_norm=null",
+        ],
+        timeout=300,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]
     assert "the global model diverged" in out and "max_weight_norm_ratio=100" in out

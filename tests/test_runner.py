@@ -23,9 +23,15 @@ from benchmark.specs import FederationSpec, OptimizerSpec
 from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
 # seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
-RUN = [*TINY, "seed=1", "federation.rounds=4", "federation.clients_per_round=2", "federation.min_clients=1",
-       "fault.client_failure_prob=0.3",
-       "checkpoint.keep_every=1"]  # keep every checkpoint: the test rewinds to round 2 by hand (pruning: test_retention.py)
+RUN = [
+    *TINY,
+    "seed=1",
+    "federation.rounds=4",
+    "federation.clients_per_round=2",
+    "federation.min_clients=1",
+    "fault.client_failure_prob=0.3",
+    "checkpoint.keep_every=1",
+]  # keep every checkpoint: the test rewinds to round 2 by hand (pruning: test_retention.py)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +64,15 @@ def task_identity(monkeypatch):
 
 
 def _strategy(min_clients: int):
-    spec = FederationSpec(seed=0, rounds=1, num_clients=3, clients_per_round=3, min_clients=min_clients,
-                          aggregator="fedavg", optimizer=OptimizerSpec("sgd", lr=0.1, rounds=1, schedule="constant"))
+    spec = FederationSpec(
+        seed=0,
+        rounds=1,
+        num_clients=3,
+        clients_per_round=3,
+        min_clients=min_clients,
+        aggregator="fedavg",
+        optimizer=OptimizerSpec("sgd", lr=0.1, rounds=1, schedule="constant"),
+    )
     strategy = FedVidStrategy(spec, build_aggregator("fedavg"), {0: 100, 1: 101, 2: 102})
     strategy.global_state = {"backbone.w": torch.zeros(2)}
     messages = list(strategy.configure_train(1, ArrayRecord({"backbone.w": torch.zeros(2)}), ConfigRecord(), None))
@@ -70,15 +83,22 @@ def _strategy(min_clients: int):
 
 
 def _ok(msg, value, n):
-    content = RecordDict({"arrays": ArrayRecord({"backbone.w": torch.full((2,), value)}),
-                          "metrics": MetricRecord({"loss": 1.0, "compute_s": 0.5, "num-examples": n})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"backbone.w": torch.full((2,), value)}),
+            "metrics": MetricRecord({"loss": 1.0, "compute_s": 0.5, "num-examples": n}),
+        }
+    )
     return Message(content, reply_to=msg)
 
 
 def test_a_failed_client_is_logged_with_its_traceback_and_the_round_goes_on(task_identity):
     strategy, (m0, m1, m2) = _strategy(min_clients=2)
-    replies = [_ok(m0, 1.0, 1), Message(Error(1001, "RuntimeError: boom\nTraceback (most recent call last): ..."),
-                                        reply_to=m1), _ok(m2, 5.0, 3)]
+    replies = [
+        _ok(m0, 1.0, 1),
+        Message(Error(1001, "RuntimeError: boom\nTraceback (most recent call last): ..."), reply_to=m1),
+        _ok(m2, 5.0, 3),
+    ]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert torch.equal(arrays.to_torch_state_dict()["backbone.w"], torch.full((2,), 4.0))  # (1*1 + 3*5) / 4
     record = strategy._round
@@ -90,8 +110,11 @@ def test_a_failed_client_is_logged_with_its_traceback_and_the_round_goes_on(task
 def test_fewer_than_min_clients_stops_the_run_with_a_clear_message(task_identity):
     strategy, (m0, m1, m2) = _strategy(min_clients=2)
     replies = [_ok(m0, 1.0, 1), Message(Error(1001, "RuntimeError: boom"), reply_to=m1)]
-    with pytest.raises(RoundFailed, match=r"only 1 of 3 sampled clients replied with a usable update, "
-                                          r"federation.min_clients=2") as info:
+    with pytest.raises(
+        RoundFailed,
+        match=r"only 1 of 3 sampled clients replied with a usable update, "
+        r"federation.min_clients=2",
+    ) as info:
         strategy.aggregate_train(1, replies)
     # client 1's error comes back on a resume; client 2 never answered, so a resume may help
     assert "client 1: error: RuntimeError: boom" in str(info.value) and "client 2: timeout" in str(info.value)
@@ -111,7 +134,7 @@ def test_the_update_guard_rejects_non_finite_and_outsized_updates_before_aggrega
     assert failures[1].reason == "non-finite update" and "backbone.w" in failures[1].error
     assert failures[2].reason == "update norm" and "update_norm_factor=10" in failures[2].error
     assert strategy._round["replied_clients"] == [0]
-    assert strategy._round["clients"][0]["update_norm"] == pytest.approx(2 ** 0.5)
+    assert strategy._round["clients"][0]["update_norm"] == pytest.approx(2**0.5)
     # the next round measures against this round's accepted norms: a 20x update is rejected
     strategy.global_state = {"backbone.w": torch.zeros(2)}
     messages = list(strategy.configure_train(2, ArrayRecord({"backbone.w": torch.zeros(2)}), ConfigRecord(), None))
@@ -127,8 +150,11 @@ def test_a_diverged_global_model_stops_the_run_and_says_resume_would_not_help(ta
     strategy, (m0, m1, m2) = _strategy(min_clients=1)
     strategy.guard = replace(strategy.guard, update_norm_factor=None)
     strategy.initial_norm = 1.0
-    with pytest.raises(Diverged, match=r"round 2: the global model diverged: the global weight norm is 1.414e\+06.*"
-                                       r"max_weight_norm_ratio=100.*last good checkpoint \(round 1\) is kept") as info:
+    with pytest.raises(
+        Diverged,
+        match=r"round 2: the global model diverged: the global weight norm is 1.414e\+06.*"
+        r"max_weight_norm_ratio=100.*last good checkpoint \(round 1\) is kept",
+    ) as info:
         strategy.aggregate_train(2, [_ok(m0, 1e6, 1), _ok(m1, 1e6, 1), _ok(m2, 1e6, 1)])
     assert info.value.resumable is False
 
@@ -151,8 +177,17 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert wait_no_flower_processes(full) == []
 
     # the run directory
-    for name in ("config.yaml", "config.json", "split_manifest.json", "rounds.jsonl", "result.json", "flower.log",
-                 "checkpoints/latest.json", "checkpoints/round_0004.pt", ".flwr/config.toml"):
+    for name in (
+        "config.yaml",
+        "config.json",
+        "split_manifest.json",
+        "rounds.jsonl",
+        "result.json",
+        "flower.log",
+        "checkpoints/latest.json",
+        "checkpoints/round_0004.pt",
+        ".flwr/config.toml",
+    ):
         assert (full / name).is_file(), name
     assert json.loads((full / "config.json").read_text())["fault"]["client_failure_prob"] == 0.3
     rounds = [json.loads(line) for line in (full / "rounds.jsonl").read_text().splitlines()]
@@ -168,7 +203,9 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
         assert r["l2_to_global"]["heads"] is None  # CtP exchanges the backbone only
         for c in r["clients"]:
             assert np.isfinite(c["loss"]) and c["compute_s"] > 0 and c["bytes_up"] > 0
-            assert c["num_examples"] == sizes[c["client_id"]] > 2  # FedAvg's weight: the training-set size, not the 2 samples of its 1 step
+            assert (
+                c["num_examples"] == sizes[c["client_id"]] > 2
+            )  # FedAvg's weight: the training-set size, not the 2 samples of its 1 step
     # injected failures: logged with the traceback, the rounds went on with the other client
     assert [f["client_id"] for f in rounds[0]["failed_clients"]] == [1]
     assert [f["client_id"] for f in rounds[2]["failed_clients"]] == [0]
@@ -179,19 +216,29 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert record["format"] == "fedvid-result/1" and record["track"]["num_clients"] == 3
     assert record["systems"]["bytes_up"] == sum(r["bytes_up"] for r in rounds)
     # the injected failures are in the record, not only in rounds.jsonl: 2 of 8 updates (> 10 %)
-    assert record["participation"]["failures"] == [{"round": 1, "client_id": 1, "reason": "error"},
-                                                   {"round": 3, "client_id": 0, "reason": "error"}]
+    assert record["participation"]["failures"] == [
+        {"round": 1, "client_id": 1, "reason": "error"},
+        {"round": 3, "client_id": 0, "reason": "error"},
+    ]
     assert (record["participation"]["sampled"], record["participation"]["failed"]) == (8, 2)
     assert record["status"] == "degraded" and "2 of 8 sampled client updates failed (> 10%)" in record["status_reasons"]
     assert "status: degraded" in result.stdout
     # the embedded default's protocol, at tiny inputs the cpu protocol does not define: recorded as modified
-    assert record["protocol"] == {"name": "cpu", "version": 1, "variant": "modified",
-                                  "overridden": {"clip.short_side": 40, "clip.size": 32, "clip.stride": 1}}
+    assert record["protocol"] == {
+        "name": "cpu",
+        "version": 1,
+        "variant": "modified",
+        "overridden": {"clip.short_side": 40, "clip.size": 32, "clip.stride": 1},
+    }
 
     # the same run, SIGKILLed after round 2's checkpoint, then resumed
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*FEDVID, "run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN],
-                            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*FEDVID, "run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while not (killed / "checkpoints" / "round_0002.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before round 2's checkpoint"
@@ -219,7 +266,8 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     resumed = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
     assert [(r["round"], r["sampled_clients"], r["loss"]) for r in resumed] == [
-        (r["round"], r["sampled_clients"], r["loss"]) for r in rounds]
+        (r["round"], r["sampled_clients"], r["loss"]) for r in rounds
+    ]
 
 
 @pytest.mark.slow
@@ -247,8 +295,16 @@ def flower_processes_any() -> list[str]:
 
 
 def test_missing_dataset_root_names_the_key_and_the_fix(tmp_path):
-    result = fedvid(["run", f"hydra.run.dir={tmp_path / 'run'}", "dataset=ucf101", f"data_root={tmp_path / 'nowhere'}",
-                     "evaluate=false"], timeout=120)
+    result = fedvid(
+        [
+            "run",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "dataset=ucf101",
+            f"data_root={tmp_path / 'nowhere'}",
+            "evaluate=false",
+        ],
+        timeout=120,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-2000:]
     assert "dataset.root" in out and str(tmp_path / "nowhere") in out
@@ -267,8 +323,10 @@ def test_a_manifest_of_another_dataset_is_rejected(tmp_path, data_root):
     ucf = OmegaConf.merge(OmegaConf.create({"data_root": str(data_root)}), {"d": ucf}).d
     manifest = make_manifest(load_annotations(ucf), {"name": "iid", "num_clients": 3}, 0)
     path = write_manifest(manifest, tmp_path / "ucf_split.json")
-    result = fedvid(["run", f"hydra.run.dir={tmp_path / 'run'}", f"data_root={data_root}", f"split_manifest={path}",
-                     *TINY], timeout=120)
+    result = fedvid(
+        ["run", f"hydra.run.dir={tmp_path / 'run'}", f"data_root={data_root}", f"split_manifest={path}", *TINY],
+        timeout=120,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-2000:]
     assert "synthetic_ucf101" in out and "dataset.id='synthetic_kinetics'" in out

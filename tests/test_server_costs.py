@@ -16,14 +16,23 @@ from benchmark.federation.strategy import l2_distance, serialized_size
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"a.weight": torch.randn(64, 3, 3, 7, 7, generator=g), "a.bias": torch.randn(64, generator=g),
-            "bn.num_batches_tracked": torch.tensor(7), "fc.weight": torch.randn(512, 300, generator=g)}
+    return {
+        "a.weight": torch.randn(64, 3, 3, 7, 7, generator=g),
+        "a.bias": torch.randn(64, generator=g),
+        "bn.num_batches_tracked": torch.tensor(7),
+        "fc.weight": torch.randn(512, 300, generator=g),
+    }
 
 
 def test_serialized_size_is_the_wire_size_within_10_bytes_per_tensor():
     for state in (_state(0), {"x": torch.ones(1)}, {}):
-        rd = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord({"loss": 1.25, "n": 3}),
-                         "config": ConfigRecord({"server-round": 4})})
+        rd = RecordDict(
+            {
+                "arrays": ArrayRecord(state),
+                "metrics": MetricRecord({"loss": 1.25, "n": 3}),
+                "config": ConfigRecord({"server-round": 4}),
+            }
+        )
         exact = recorddict_to_proto(rd).ByteSize()
         counted = serialized_size(rd)
         assert exact - 10 * len(state) <= counted <= exact, (exact, counted)
@@ -57,6 +66,10 @@ def test_weighted_sum_is_bit_identical_to_the_float64_formula_and_leaves_inputs(
         acc = torch.zeros(states[0][key].shape, dtype=torch.float64)
         for s, w in zip(states, weights):
             acc += float(w) * s[key].to(torch.float64)
-        ref = acc.round().to(states[0][key].dtype) if not states[0][key].is_floating_point() else acc.to(states[0][key].dtype)
+        ref = (
+            acc.round().to(states[0][key].dtype)
+            if not states[0][key].is_floating_point()
+            else acc.to(states[0][key].dtype)
+        )
         assert out[key].dtype == ref.dtype and torch.equal(out[key], ref), key
     assert torch.equal(states[1]["a.bias"], before)

@@ -113,14 +113,24 @@ def test_dirichlet_skew_increases_as_alpha_falls(annotations):
     ann = annotations["hmdb51"]
     alphas = [10.0, 1.0, 0.5, 0.1, 0.05]
     skew = [
-        np.mean([_kl_to_global(build_partitioner("dirichlet").split(ann.train, 10, {"alpha": a, "min_size": 10}, s), 51) for s in range(3)])
+        np.mean(
+            [
+                _kl_to_global(build_partitioner("dirichlet").split(ann.train, 10, {"alpha": a, "min_size": 10}, s), 51)
+                for s in range(3)
+            ]
+        )
         for a in alphas
     ]
     assert all(lo < hi for lo, hi in zip(skew, skew[1:])), dict(zip(alphas, skew))
     assert skew[0] < 0.1 and skew[-1] > 1.5  # near-IID at alpha 10, strongly skewed at 0.05
     # Classes seen per client fall with alpha, too.
     classes = [
-        np.mean([len({lab for _, lab in c}) for c in build_partitioner("dirichlet").split(ann.train, 10, {"alpha": a, "min_size": 10}, 0)])
+        np.mean(
+            [
+                len({lab for _, lab in c})
+                for c in build_partitioner("dirichlet").split(ann.train, 10, {"alpha": a, "min_size": 10}, 0)
+            ]
+        )
         for a in (10.0, 0.1)
     ]
     assert classes[0] > 2 * classes[1]
@@ -148,7 +158,9 @@ def test_input_order_and_rerun_do_not_change_the_manifest(annotations, name, par
     reference = manifest_bytes(make_manifest(ann, cfg, 3))
     shuffled = list(ann.train)
     random.Random(1).shuffle(shuffled)
-    ann_shuffled = type(ann)(ann.dataset, ann.split, ann.classes, shuffled, ann.test, dict(reversed(ann.source_sha256.items())))
+    ann_shuffled = type(ann)(
+        ann.dataset, ann.split, ann.classes, shuffled, ann.test, dict(reversed(ann.source_sha256.items()))
+    )
     assert manifest_bytes(make_manifest(ann_shuffled, cfg, 3)) == reference
     assert manifest_bytes(make_manifest(ann, cfg, 4)) != reference  # the seed matters
 
@@ -317,11 +329,16 @@ def test_fedvssl_imported_manifests():
     assert "228,382 entries" in p["notes"] and "60,505 unique videos" in p["notes"] and "106 of 400" in p["notes"]
     # client_dist1.json's first entry: taking_a_shower/Wf9RFoSFJWc_000009_000019, classInd id 42
     label_map = (DATASETS_DIR / "kinetics400" / "label_map.txt").read_text().splitlines()
-    assert ("train/taking_a_shower/Wf9RFoSFJWc_000009_000019.mp4", label_map.index("taking a shower")) in noniid.client_videos(0)
+    assert (
+        "train/taking_a_shower/Wf9RFoSFJWc_000009_000019.mp4",
+        label_map.index("taking a shower"),
+    ) in noniid.client_videos(0)
 
     iid = load_manifest(K400_SPLITS / "kinetics400-official-fedvssl-iid-c100.json.gz")
     p = iid.data["properties"]
-    assert iid.overlap is False and (p["total_entries"], p["unique_videos"], p["classes_covered"]) == (219_664,) * 2 + (400,)
+    assert iid.overlap is False and (p["total_entries"], p["unique_videos"], p["classes_covered"]) == (219_664,) * 2 + (
+        400,
+    )
     assert p["videos_per_client"] == {"min": 2196, "max": 2197}
     assert set(iid.data["imported_sha256"]) >= {
         "../shared/annotations/kinetics400/fedvssl_splits/iid/client_dist1.json",
@@ -403,9 +420,18 @@ def test_a_partitioner_is_one_registered_class_whose_declaration_names_and_check
 
     assert PARTITIONERS.names() == ["dirichlet", "iid", "imported", "pathological", "quantity"]
     # the ids of the committed splits come from the declarations
-    assert manifest_id_for("ucf101", "1", "dirichlet", {"alpha": 0.5, "min_size": 10}, 10, 0) == "ucf101-s1-dirichlet0.5-c10-seed0"
-    assert manifest_id_for("ucf101", "1", "pathological", {"classes_per_client": 11}, 10, 0) == "ucf101-s1-pathological-k11-c10-seed0"
-    assert manifest_id_for("ucf101", "1", "quantity", {"sigma": 1.0, "min_size": 10}, 10, 3) == "ucf101-s1-quantity-sigma1.0-c10-seed3"
+    assert (
+        manifest_id_for("ucf101", "1", "dirichlet", {"alpha": 0.5, "min_size": 10}, 10, 0)
+        == "ucf101-s1-dirichlet0.5-c10-seed0"
+    )
+    assert (
+        manifest_id_for("ucf101", "1", "pathological", {"classes_per_client": 11}, 10, 0)
+        == "ucf101-s1-pathological-k11-c10-seed0"
+    )
+    assert (
+        manifest_id_for("ucf101", "1", "quantity", {"sigma": 1.0, "min_size": 10}, 10, 3)
+        == "ucf101-s1-quantity-sigma1.0-c10-seed3"
+    )
     assert manifest_id_for("k400", "train", "imported", {"tag": "fedvssl-iid"}, 100, 0) == "k400-train-fedvssl-iid-c100"
     with pytest.raises(PartitionError, match="partition.alpha is required"):
         build_partitioner("dirichlet").check_params({"min_size": 1})
@@ -417,7 +443,10 @@ def test_a_partitioner_is_one_registered_class_whose_declaration_names_and_check
         params = (Param("offset", int, positive=False, id_label="-o"),)
 
         def split(self, records, num_clients, params, seed):
-            return [[p for i, p in enumerate(records) if (i + params["offset"]) % num_clients == c] for c in range(num_clients)]
+            return [
+                [p for i, p in enumerate(records) if (i + params["offset"]) % num_clients == c]
+                for c in range(num_clients)
+            ]
 
     assert registry.get("round_robin")().manifest_id("ds-s1", {"offset": 2}, 4, 7) == "ds-s1-round_robin-o2-c4-seed7"
     with pytest.raises(TypeError, match="not a subclass of benchmark.splits.partition.Partitioner"):

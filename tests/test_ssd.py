@@ -108,7 +108,7 @@ def test_scaled_dimensions_are_disjoint_and_tied_to_the_client_id():
         torch.testing.assert_close(
             (m.basis.double() @ m.basis.double().T), q @ torch.diag(scales) @ q.T, atol=1e-5, rtol=1e-5
         )
-    assert all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1:])
+    assert all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1 :])
     assert len(set().union(*sets)) == 16
     # Same id → same S_k, whichever other clients were built before (not the position in a round).
     again = make_method(basis_seed=3)
@@ -171,8 +171,9 @@ def test_ssd_loss_is_the_weighted_sum_of_its_terms():
     dsr = (dsr_loss(z1, m.basis) + dsr_loss(z2, m.basis)) / 2
     pd = (pd_loss(p1, e1) + pd_loss(p2, e2)) / 2
     assert loss.item() == pytest.approx((align + 2.0 * unif + 3.0 * dsr + 0.5 * pd).item(), rel=1e-5)
-    assert logs == pytest.approx({"align": align.item(), "uniform": unif.item(), "dsr": dsr.item(), "pd": pd.item()},
-                                 rel=1e-5)
+    assert logs == pytest.approx(
+        {"align": align.item(), "uniform": unif.item(), "dsr": dsr.item(), "pd": pd.item()}, rel=1e-5
+    )
     assert all(math.isfinite(x) for x in logs.values()) and logs["pd"] > 0 and logs["dsr"] > 0
 
 
@@ -231,8 +232,12 @@ def test_one_training_run_on_a_fixed_batch_decreases_the_loss():
 def test_configs_build_the_methods():
     for name in ("ssd", "align_uniform"):
         cfg = OmegaConf.merge({"seed": 3}, {"method": OmegaConf.load(CONF_DIR / "method" / f"{name}.yaml")})
-        m = build_method(cfg.method.name, tiny_backbone(), exchange=cfg.method.exchange,
-                         **OmegaConf.to_container(cfg.method.params, resolve=True))
+        m = build_method(
+            cfg.method.name,
+            tiny_backbone(),
+            exchange=cfg.method.exchange,
+            **OmegaConf.to_container(cfg.method.params, resolve=True),
+        )
         assert m.pretext == name and m.exchange == "full"
         assert m.projector[0].out_features == 2048
     assert (m.uniform_coeff,) == (1.0,)

@@ -13,8 +13,8 @@ import decord
 import numpy as np
 import pytest
 
-from benchmark.data import synthetic
 from benchmark.commands.data import main as data_cli
+from benchmark.data import synthetic
 from benchmark.data.synthetic import (
     HMDB_CLASSES,
     KINETICS_CLASSES,
@@ -46,8 +46,11 @@ def tiny_root(tmp_path_factory) -> Path:
 
 def _annotation_bytes(synthetic_root: Path) -> dict[str, bytes]:
     """Every non-video file under the synthetic root (lists, CSVs, stamp) -> its bytes."""
-    return {str(p.relative_to(synthetic_root)): p.read_bytes()
-            for p in sorted(synthetic_root.rglob("*")) if p.is_file() and p.suffix not in (".mp4", ".avi")}
+    return {
+        str(p.relative_to(synthetic_root)): p.read_bytes()
+        for p in sorted(synthetic_root.rglob("*"))
+        if p.is_file() and p.suffix not in (".mp4", ".avi")
+    }
 
 
 def _videos(root: Path) -> list[Path]:
@@ -61,7 +64,10 @@ def _first_frame(path: Path) -> np.ndarray:
 def test_kinetics_layout(tiny_root: Path) -> None:
     root = tiny_root / "synthetic" / "kinetics"
     seen = set()
-    for name, split, per_class in (("train.csv", "train", TINY.kinetics_train), ("validate.csv", "val", TINY.kinetics_val)):
+    for name, split, per_class in (
+        ("train.csv", "train", TINY.kinetics_train),
+        ("validate.csv", "val", TINY.kinetics_val),
+    ):
         text = (root / "annotations" / name).read_text()
         assert text.splitlines()[0] == "label,youtube_id,time_start,time_end,split,is_cc"
         rows = list(csv.DictReader(io.StringIO(text)))
@@ -146,7 +152,9 @@ def test_decoded_video_matches_rendering(tiny_root: Path) -> None:
     plan = plan_synthetic("tiny", 0)[0]
     spec = plan.videos[0]
     rendered, _ = render_video(spec)
-    decoded = _np(decord.VideoReader(str(tiny_root / "synthetic" / "kinetics" / spec.relpath)).get_batch(list(range(TINY.frames))))
+    decoded = _np(
+        decord.VideoReader(str(tiny_root / "synthetic" / "kinetics" / spec.relpath)).get_batch(list(range(TINY.frames)))
+    )
     error = np.abs(decoded.astype(float) - rendered.astype(float)).mean()
     assert error < 8, error  # codec error only (noise sigma is 3-9 grey levels)
 
@@ -162,8 +170,10 @@ def test_same_seed_is_identical_and_other_seed_differs(tiny_root: Path, tmp_path
         assert np.array_equal(_first_frame(path), _first_frame(again.root / path.relative_to(first))), path
     other_bytes = _annotation_bytes(other.root)
     assert other_bytes["kinetics/annotations/train.csv"] != _annotation_bytes(first)["kinetics/annotations/train.csv"]
-    assert other_bytes["hmdb51/testTrainMulti_7030_splits/fall_test_split1.txt"] != \
-        _annotation_bytes(first)["hmdb51/testTrainMulti_7030_splits/fall_test_split1.txt"]
+    assert (
+        other_bytes["hmdb51/testTrainMulti_7030_splits/fall_test_split1.txt"]
+        != _annotation_bytes(first)["hmdb51/testTrainMulti_7030_splits/fall_test_split1.txt"]
+    )
     # UCF names are fixed by class/group/clip; the content differs
     ucf = "ucf101/UCF-101/Pulse/v_Pulse_g01_c01.avi"
     assert not np.array_equal(_first_frame(first / ucf), _first_frame(other.root / ucf))
@@ -234,13 +244,23 @@ def test_class_is_in_the_motion_not_the_appearance() -> None:
     colour, motion, labels = [], [], []
     for ci, cls in enumerate(KINETICS_CLASSES):
         for k in range(per_class):
-            spec = synthetic.VideoSpec("x.mp4", cls, (7, 0, ci, k), None, TINY.width, TINY.height, TINY.frames, TINY.fps, "libx264")
+            spec = synthetic.VideoSpec(
+                "x.mp4", cls, (7, 0, ci, k), None, TINY.width, TINY.height, TINY.frames, TINY.fps, "libx264"
+            )
             frames, trajectories = render_video(spec, frame_indices=np.array([0]))
             colour.append(frames[0].reshape(-1, 3).mean(0))
             tr = trajectories[0]
             steps = np.hypot(np.diff(tr.x), np.diff(tr.y))
-            motion.append([tr.x[-1] - tr.x[0], tr.y[-1] - tr.y[0], tr.angle[-1] - tr.angle[0],
-                           np.log(tr.scale[-1] / tr.scale[0]), steps.sum(), np.abs(np.diff(steps)).sum()])
+            motion.append(
+                [
+                    tr.x[-1] - tr.x[0],
+                    tr.y[-1] - tr.y[0],
+                    tr.angle[-1] - tr.angle[0],
+                    np.log(tr.scale[-1] / tr.scale[0]),
+                    steps.sum(),
+                    np.abs(np.diff(steps)).sum(),
+                ]
+            )
             labels.append(ci)
     labels_arr = np.array(labels)
     chance = 1 / len(KINETICS_CLASSES)
@@ -280,11 +300,14 @@ def test_project_readers_find_every_video(tiny_root: Path, dataset: str) -> None
     from benchmark.data.annotations import load_annotations
     from benchmark.data.resolve import resolve_videos
 
-    cfg = OmegaConf.create({"data_root": str(tiny_root), "dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{dataset}.yaml")})
+    cfg = OmegaConf.create(
+        {"data_root": str(tiny_root), "dataset": OmegaConf.load(CONF_DIR / "dataset" / f"{dataset}.yaml")}
+    )
     dataset_cfg = OmegaConf.to_container(cfg, resolve=True)["dataset"]
     split = load_annotations(dataset_cfg)
-    plan = {p.name: p for p in plan_synthetic("tiny", 0)}[{"synthetic_kinetics": "kinetics", "synthetic_ucf101": "ucf101",
-                                                           "synthetic_hmdb51": "hmdb51"}[dataset]]
+    plan = {p.name: p for p in plan_synthetic("tiny", 0)}[
+        {"synthetic_kinetics": "kinetics", "synthetic_ucf101": "ucf101", "synthetic_hmdb51": "hmdb51"}[dataset]
+    ]
     assert split.classes == sorted(plan.classes) == list(plan.classes)
     assert (len(split.train), len(split.test)) == (plan.num_train, plan.num_test)
     resolved = resolve_videos([*split.train, *split.test], dataset_cfg["root"], probe_decode=True, show_progress=False)

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from test_loaders import frame_numbers, unnormalize
 
 from baselines.moco import MoCo, info_nce
 from baselines.pyvrl_heads import classification_loss, global_pool
@@ -19,7 +20,6 @@ from benchmark.methods import SSLMethod
 from benchmark.registry import build_backbone
 
 from _decoding_helpers import encode_numbered_video
-from test_loaders import frame_numbers, unnormalize
 
 
 def tiny():
@@ -149,7 +149,7 @@ def test_moco_key_encoder_and_queue_stay_local_and_round_start():
     assert {k.split(".")[0] for k in m.local_state()} == {"key_backbone", "key_fc", "queue", "queue_ptr"}
     glob = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in sent.items()}
     m.start_round(glob, None, 1)  # first round: key encoder = received query encoder
-    for (kq, q), (kk, k) in zip(m.backbone.state_dict().items(), m.key_backbone.state_dict().items()):
+    for (kq, q), (_kk, k) in zip(m.backbone.state_dict().items(), m.key_backbone.state_dict().items()):
         assert torch.equal(q, k), kq
     local = {k: torch.full_like(v, 3) if v.is_floating_point() else v for k, v in m.local_state().items()}
     m.start_round(glob, local, 2)  # later rounds: key encoder and queue from the client's state
@@ -183,8 +183,16 @@ def numbered(tmp_path_factory):
 
 def test_loader_decodes_the_planned_frames(numbered):
     speed = Speed(tiny(), num_frames=4, clip_strides=[-2, 3])
-    ds = TrainClipDataset(numbered, frames=4, stride=1, short_side=40, crop_size=32, seed=1,
-                          frame_sampler=speed.sample_frames, sample_transform=speed.sample_transform)
+    ds = TrainClipDataset(
+        numbered,
+        frames=4,
+        stride=1,
+        short_side=40,
+        crop_size=32,
+        seed=1,
+        frame_sampler=speed.sample_frames,
+        sample_transform=speed.sample_transform,
+    )
     for i in range(6):
         ds.set_epoch(i)
         sample = ds[0]
@@ -192,11 +200,20 @@ def test_loader_decodes_the_planned_frames(numbered):
         assert int(sample["speed"]) == int(targets["speed"])
         assert frame_numbers(unnormalize(sample["video"])) == planned[0]
     vcop = VCOP(tiny(), num_frames=4, min_interval=2, max_interval=2)
-    ds = TrainClipDataset(numbered, frames=4, stride=1, short_side=40, crop_size=32, seed=1, flip_prob=0.0,
-                          frame_sampler=vcop.sample_frames, sample_transform=vcop.sample_transform)
+    ds = TrainClipDataset(
+        numbered,
+        frames=4,
+        stride=1,
+        short_side=40,
+        crop_size=32,
+        seed=1,
+        flip_prob=0.0,
+        frame_sampler=vcop.sample_frames,
+        sample_transform=vcop.sample_transform,
+    )
     sample = ds[0]
     (tuple_,), _ = vcop.sample_frames(40, ds.generator_for(0))
-    clips = [tuple_[4 * k: 4 * k + 4] for k in range(3)]
+    clips = [tuple_[4 * k : 4 * k + 4] for k in range(3)]
     perm = vcop.permutations[int(sample["order"])].tolist()
     assert sample["video"].shape == (3, 3, 4, 32, 32)
     assert [frame_numbers(unnormalize(sample["video"][k])) for k in range(3)] == [clips[p] for p in perm]

@@ -68,9 +68,11 @@ def smoke_data_root(extra: list[str]) -> list[str]:
 def check_method_main(argv: list[str]) -> int:
     """``fedvid check-method NAME [overrides...]``: a 2-round, 2-client smoke run, problems in plain words."""
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: fedvid check-method NAME [key=value ...]\n\n"
-              "Runs a 2-round, 2-client federated smoke run of method NAME on the tiny synthetic data\n"
-              "(Flower simulation, tiny inputs) and reports what is wrong in plain words.")
+        print(
+            "usage: fedvid check-method NAME [key=value ...]\n\n"
+            "Runs a 2-round, 2-client federated smoke run of method NAME on the tiny synthetic data\n"
+            "(Flower simulation, tiny inputs) and reports what is wrong in plain words."
+        )
         return 0 if argv else 2
     from rich.console import Console
 
@@ -79,10 +81,12 @@ def check_method_main(argv: list[str]) -> int:
     name, extra = argv[0], argv[1:]
     console = Console()
     if name not in METHODS:
-        console.print(f"[red]check-method: method {name!r} is not registered.[/] Registered methods: "
-                      f"{', '.join(METHODS.names())}. Register it with @register_method({name!r}) in a module "
-                      "that is imported (baselines/ or an entry point in the `fedvid.methods` group), "
-                      "see docs/adding-a-method.md.")
+        console.print(
+            f"[red]check-method: method {name!r} is not registered.[/] Registered methods: "
+            f"{', '.join(METHODS.names())}. Register it with @register_method({name!r}) in a module "
+            "that is imported (baselines/ or an entry point in the `fedvid.methods` group), "
+            "see docs/adding-a-method.md."
+        )
         return 1
     from benchmark.config import hydra_entry
 
@@ -99,13 +103,18 @@ def check_method_main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory(prefix=f"fedvid-check-{name}-") as tmp:
             outcome: dict = {}
 
+            # called by hydra_entry within this iteration, so the loop's `outcome` and `tmp` are the current ones
             def task(cfg):
-                outcome["problems"] = run_check(cfg, Path(tmp) / "run", console)
+                outcome["problems"] = run_check(cfg, Path(tmp) / "run", console)  # noqa: B023
                 return 0
 
             image = IMAGE_SMOKE_OVERRIDES if modality == "image" else []
-            hydra_entry("fedvid check-method", "config", task,
-                        [*smoke_overrides(name), *image, *smoke_data_root(extra), *extra, f"hydra.run.dir={tmp}/run"])
+            hydra_entry(
+                "fedvid check-method",
+                "config",
+                task,
+                [*smoke_overrides(name), *image, *smoke_data_root(extra), *extra, f"hydra.run.dir={tmp}/run"],
+            )
         problems = outcome.get("problems")
         if problems is None:
             status = 1
@@ -116,8 +125,10 @@ def check_method_main(argv: list[str]) -> int:
                 console.print(f"  - {p}")
             status = 1
             continue
-        console.print(f"[bold green]check-method {name}: OK[/] ({modality}: 2 rounds, 2 clients, finite losses, "
-                      "weights changed, exchange respected)")
+        console.print(
+            f"[bold green]check-method {name}: OK[/] ({modality}: 2 rounds, 2 clients, finite losses, "
+            "weights changed, exchange respected)"
+        )
     return status
 
 
@@ -172,12 +183,15 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
             if not math.isfinite(c["loss"]):
                 problems.append(f"round {r['round']}: client {c['client_id']} has a non-finite loss {c['loss']}")
             if c["num_examples"] <= 0:
-                problems.append(f"round {r['round']}: client {c['client_id']} reported num_examples={c['num_examples']}")
+                problems.append(
+                    f"round {r['round']}: client {c['client_id']} reported num_examples={c['num_examples']}"
+                )
         if exchange == "backbone" and r["round"] >= 2:
             for c in r["clients"]:
                 if not c.get("restored_local_state"):
-                    problems.append(f"round {r['round']}: client {c['client_id']} did not get its heads back "
-                                    "from its local state")
+                    problems.append(
+                        f"round {r['round']}: client {c['client_id']} did not get its heads back from its local state"
+                    )
     try:
         hook_problems, exercised = exercise_hooks(cfg, run_dir)
     except Exception as e:  # noqa: BLE001 - a hook that raises is a finding, reported with the others
@@ -198,18 +212,22 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
     """Call every hook the method overrides (benchmark.methods.HOOKS) directly on client 0's
     first two videos and check what each returns; (problems, hooks exercised)."""
     import torch
+    from omegaconf import DictConfig, OmegaConf
 
     from benchmark.data.loaders import TrainClipDataset, collate_batch
     from benchmark.federation.training import (
-        _int_or_list, build_model, client_init_seed, client_videos, initial_global_state,
+        _int_or_list,
+        build_model,
+        client_init_seed,
+        client_videos,
+        initial_global_state,
     )
     from benchmark.rundir import MANIFEST
-    from omegaconf import DictConfig, OmegaConf
-
     from benchmark.specs import LocalTrainingSpec
 
-    spec = LocalTrainingSpec.from_config(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig)
-                                         else cfg)
+    spec = LocalTrainingSpec.from_config(
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    )
     problems: list[str] = []
     method = build_model(spec.model, client_init_seed(spec.seed, 0))
     hooks = method.overridden_hooks()
@@ -226,9 +244,17 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
     videos = client_videos(str(run_dir / MANIFEST), str(cfg["dataset"]["root"]), 0)[:2]
     clip = spec.clip
     dataset = TrainClipDataset(
-        videos, frames=clip.frames, stride=_int_or_list(clip.stride), short_side=_int_or_list(clip.short_side),
-        crop_size=clip.size, num_views=method.num_views, sample_transform=method.sample_transform,
-        backend=clip.backend, seed=0, temporal_jitter=clip.temporal_jitter, normalization=clip.normalization,
+        videos,
+        frames=clip.frames,
+        stride=_int_or_list(clip.stride),
+        short_side=_int_or_list(clip.short_side),
+        crop_size=clip.size,
+        num_views=method.num_views,
+        sample_transform=method.sample_transform,
+        backend=clip.backend,
+        seed=0,
+        temporal_jitter=clip.temporal_jitter,
+        normalization=clip.normalization,
         frame_sampler=method.sample_frames if "sample_frames" in hooks else None,
         **({} if method.train_flip_prob is None else {"flip_prob": float(method.train_flip_prob)}),
     )
@@ -256,7 +282,9 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
     if not set(listed) <= {id(p) for p in method.parameters()}:
         problems.append("parameter_groups lists tensors that are not parameters of the method")
     if trainable - set(listed):
-        problems.append(f"parameter_groups leaves {len(trainable - set(listed))} trainable parameters out of the optimiser")
+        problems.append(
+            f"parameter_groups leaves {len(trainable - set(listed))} trainable parameters out of the optimiser"
+        )
     optimizer = torch.optim.SGD(groups, lr=0.01)
     before = {k: v.clone() for k, v in method.state_dict().items()}
     loss, _ = method.training_loss(batch)

@@ -98,8 +98,7 @@ class Cell:
         return out
 
     def as_json(self) -> dict:
-        return {"values": self.values, "mean": self.mean, "std": self.std, "n": len(self.measured),
-                "k_max": self.k_max}
+        return {"values": self.values, "mean": self.mean, "std": self.std, "n": len(self.measured), "k_max": self.k_max}
 
 
 @dataclass
@@ -139,8 +138,9 @@ class CompareTable:
         }
 
 
-def build_table(records: list[dict | ResultRecord], datasets: list[str] | None = None,
-                run_dirs: list[str] | None = None) -> CompareTable:
+def build_table(
+    records: list[dict | ResultRecord], datasets: list[str] | None = None, run_dirs: list[str] | None = None
+) -> CompareTable:
     """Group result records by ``method.name`` (first-seen order) and fill the cells.
 
     datasets: downstream dataset ids (columns); default: the retrieval datasets of the first
@@ -180,7 +180,9 @@ def collect_records(sweep_dir: str | Path) -> tuple[list[ResultRecord], list[str
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir}: no such directory (expected a `fedvid run experiment=compare` sweep dir)")
+        raise FileNotFoundError(
+            f"{sweep_dir}: no such directory (expected a `fedvid run experiment=compare` sweep dir)"
+        )
     paths = sorted(sweep_dir.glob(f"*/{RESULT}"), key=lambda p: (_job_number(p.parent.name), p.parent.name))
     if not paths:
         raise FileNotFoundError(f"{sweep_dir}: no */result.json (did the jobs of the multirun finish?)")
@@ -233,8 +235,13 @@ def print_table(table: CompareTable, console=None, title: str = "FedVid-Bench co
 
     # 8 metric columns do not fit 80 columns; a narrower terminal wraps the lines
     console = console or Console(width=max(Console().width, 160))
-    t = Table(title=title, caption=escape("mean ± std over seeds; R@k retrieval Top-k %, LP linear probe %, k½ "
-                                          "perturbation scale halving Top-1 (> k: never on the grid; [n/N]: n of N seeds)"))
+    t = Table(
+        title=title,
+        caption=escape(
+            "mean ± std over seeds; R@k retrieval Top-k %, LP linear probe %, k½ "
+            "perturbation scale halving Top-1 (> k: never on the grid; [n/N]: n of N seeds)"
+        ),
+    )
     t.add_column("method")
     t.add_column("seeds", justify="right")
     for ds in table.datasets:
@@ -296,8 +303,9 @@ class CompareTableCallback(_HydraCallback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedvid compare",
-                                     description="Print (and rewrite) the comparison table of a multirun directory.")
+    parser = argparse.ArgumentParser(
+        prog="fedvid compare", description="Print (and rewrite) the comparison table of a multirun directory."
+    )
     parser.add_argument("sweep_dir", help="the multirun directory of `fedvid run experiment=compare`")
     args = parser.parse_args(argv)
     try:

@@ -22,18 +22,25 @@ def default_data_root() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedvid data", description="Synthetic dataset tools; the dataset doctor.",
-                                     epilog="fedvid data check dataset=NAME [data_root=DIR] ...: see `fedvid data check --help`")
+    parser = argparse.ArgumentParser(
+        prog="fedvid data",
+        description="Synthetic dataset tools; the dataset doctor.",
+        epilog="fedvid data check dataset=NAME [data_root=DIR] ...: see `fedvid data check --help`",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="check a dataset's videos (key=value arguments; see `fedvid data check --help`)")
-    gen = sub.add_parser("generate", help="generate the synthetic Kinetics/UCF101/HMDB51-style sets",
-                         description="Generate the synthetic sets under ROOT/synthetic (reused when cached).")
+    gen = sub.add_parser(
+        "generate",
+        help="generate the synthetic Kinetics/UCF101/HMDB51-style sets",
+        description="Generate the synthetic sets under ROOT/synthetic (reused when cached).",
+    )
     gen.add_argument("--size", choices=sorted(SIZE_PRESETS), default="default", help="size preset (default: default)")
     gen.add_argument("--seed", type=int, default=0, help="generation seed (default: 0)")
-    gen.add_argument("--root", type=Path, default=None,
-                     help="data root (default: $FEDVID_DATA_ROOT or ./data)")
+    gen.add_argument("--root", type=Path, default=None, help="data root (default: $FEDVID_DATA_ROOT or ./data)")
     gen.add_argument("--force", action="store_true", help="regenerate even if a matching cache exists")
-    gen.add_argument("--workers", type=int, default=None, help="render processes (default: 2; output does not depend on it)")
+    gen.add_argument(
+        "--workers", type=int, default=None, help="render processes (default: 2; output does not depend on it)"
+    )
     return parser
 
 
@@ -89,13 +96,17 @@ def _check_args(argv: list[str]) -> dict[str, str]:
     for item in argv:
         key, sep, value = item.partition("=")
         if not sep or key not in _CHECK_KEYS:
-            raise SystemExit(f"fedvid data check: unexpected argument {item!r}; expected key=value with key in "
-                             f"{', '.join(_CHECK_KEYS)}\n\n{CHECK_USAGE}")
+            raise SystemExit(
+                f"fedvid data check: unexpected argument {item!r}; expected key=value with key in "
+                f"{', '.join(_CHECK_KEYS)}\n\n{CHECK_USAGE}"
+            )
         args[key] = value
     if "dataset" not in args:
         raise SystemExit(f"fedvid data check: dataset=NAME is required (a conf/dataset option)\n\n{CHECK_USAGE}")
     if args.get("allow_missing_videos", "false").lower() not in ("true", "false"):
-        raise SystemExit(f"fedvid data check: allow_missing_videos={args['allow_missing_videos']!r}: expected true or false")
+        raise SystemExit(
+            f"fedvid data check: allow_missing_videos={args['allow_missing_videos']!r}: expected true or false"
+        )
     if not args.get("workers", "2").isdigit() or int(args.get("workers", "2")) < 1:
         raise SystemExit(f"fedvid data check: workers={args['workers']!r}: expected a positive integer")
     return args
@@ -139,11 +150,16 @@ def check_main(argv: list[str]) -> int:
             manifest = load_manifest(args["split_manifest"])
         except ManifestError as e:
             raise SystemExit(f"fedvid data check: split_manifest={args['split_manifest']}: {e}") from None
-        listed += [VideoRecord(path, int(label), "") for client in range(manifest.num_clients)
-                   for path, label in manifest.client_videos(client)]
+        listed += [
+            VideoRecord(path, int(label), "")
+            for client in range(manifest.num_clients)
+            for path, label in manifest.client_videos(client)
+        ]
     records = list({r.path: r for r in listed}.values())  # each file once, lists first
     try:
-        resolved = resolve_videos(records, dataset.root, allow_missing=True, show_progress=None if sys.stderr.isatty() else False)
+        resolved = resolve_videos(
+            records, dataset.root, allow_missing=True, show_progress=None if sys.stderr.isatty() else False
+        )
     except MissingVideosError as e:  # nothing present at all: report every file as missing
         resolved = e.resolved
     except (FileNotFoundError, ValueError) as e:  # no dataset root; a list path leaving it
@@ -153,25 +169,42 @@ def check_main(argv: list[str]) -> int:
     entries += [(p.path, p.file) for p in resolved.problems if p.reason == "unusable"]
 
     def check(progress=None):
-        return check_files(str(dataset.id), str(dataset.root), entries, cache_root=data_root,
-                           workers=int(args.get("workers", 2)), progress=progress)
+        return check_files(
+            str(dataset.id),
+            str(dataset.root),
+            entries,
+            cache_root=data_root,
+            workers=int(args.get("workers", 2)),
+            progress=progress,
+        )
 
     if sys.stderr.isatty():
-        with Progress(TextColumn("checking videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("checking videos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        ) as bar:
             task = bar.add_task("check", total=len(entries))
             report = check(lambda done, total: bar.update(task, completed=done))
     else:  # piped: no bar, the summary below is the output
         report = check()
-    absent = [{"path": p.path, "file": str(p.file), "status": p.reason, "problems": [p.reason + (f" {p.detail}" if p.detail else "")]}
-              for p in resolved.problems if p.reason in ("missing", "empty")]
+    absent = [
+        {
+            "path": p.path,
+            "file": str(p.file),
+            "status": p.reason,
+            "problems": [p.reason + (f" {p.detail}" if p.detail else "")],
+        }
+        for p in resolved.problems
+        if p.reason in ("missing", "empty")
+    ]
     report.results = absent + report.results
     json_path, text_path = write_report(report, data_root)
     print(report.summary_text())
     print(f"report: {json_path} (summary: {text_path})")
     if report.unusable and not allow_missing:
-        print(f"fedvid data check: {len(report.unusable)} videos are missing, empty or unusable; fix them, or set "
-              "allow_missing_videos=true to run on the usable ones (skipped videos are counted in results)",
-              file=sys.stderr)
+        print(
+            f"fedvid data check: {len(report.unusable)} videos are missing, empty or unusable; fix them, or set "
+            "allow_missing_videos=true to run on the usable ones (skipped videos are counted in results)",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -12,14 +12,25 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedvid deploy", description="Secure deployment tools (docs/deployment.md).")
     sub = parser.add_subparsers(dest="command", required=True)
     certs = sub.add_parser(
-        "certs", help="CA, SuperLink TLS certificate and SuperNode key pairs",
+        "certs",
+        help="CA, SuperLink TLS certificate and SuperNode key pairs",
         description="Make a CA, a SuperLink TLS certificate for --host names/IPs, and one SuperNode "
-                    "authentication key pair per --supernode, under OUT (private keys 0600).")
+        "authentication key pair per --supernode, under OUT (private keys 0600).",
+    )
     certs.add_argument("out", type=Path, help="output directory")
-    certs.add_argument("--host", action="append", default=[],
-                       help="a host name or IP SuperNodes use to reach the SuperLink (repeatable)")
-    certs.add_argument("--supernode", action="append", default=[], metavar="NAME",
-                       help="a SuperNode (institution) to make a key pair for (repeatable)")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="a host name or IP SuperNodes use to reach the SuperLink (repeatable)",
+    )
+    certs.add_argument(
+        "--supernode",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a SuperNode (institution) to make a key pair for (repeatable)",
+    )
     certs.add_argument("--ca-cert", type=Path, help="sign with this existing CA certificate (PEM) instead of a new CA")
     certs.add_argument("--ca-key", type=Path, help="the existing CA's unencrypted PEM private key")
     certs.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
@@ -33,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("fedvid deploy certs: give both --ca-cert and --ca-key, or neither (a new CA is made)")
     try:
         ca = load_ca(args.ca_cert, args.ca_key) if args.ca_cert else None
-        written = make_credentials(args.out, args.host, args.supernode, ca=ca, days=args.days,
-                                   overwrite=args.overwrite)
+        written = make_credentials(args.out, args.host, args.supernode, ca=ca, days=args.days, overwrite=args.overwrite)
     except CredentialsError as e:
         raise SystemExit(f"fedvid deploy certs: {e}") from None
     for path, mode in sorted(written.items()):

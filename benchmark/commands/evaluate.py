@@ -36,8 +36,9 @@ def compose_eval_dataset(name: str, data_root: str, overrides: Mapping | None = 
         raise FileNotFoundError(
             f"eval.datasets: no dataset config {name!r} ({path} does not exist); available: {', '.join(available)}"
         )
-    merged = OmegaConf.merge({"data_root": str(data_root)}, {"dataset": OmegaConf.load(path)},
-                             {"dataset": overrides or {}})
+    merged = OmegaConf.merge(
+        {"data_root": str(data_root)}, {"dataset": OmegaConf.load(path)}, {"dataset": overrides or {}}
+    )
     return DownstreamDatasetSpec(id=name, config=OmegaConf.to_container(merged.dataset, resolve=True))
 
 
@@ -47,8 +48,9 @@ def evaluation_spec(cfg: DictConfig) -> EvaluationSpec:
     from benchmark.protocols import protocol_id
 
     overrides = cfg.eval.get("dataset_overrides") or {}
-    datasets = tuple(compose_eval_dataset(str(name), str(cfg.data_root), overrides.get(name))
-                     for name in cfg.eval.datasets)
+    datasets = tuple(
+        compose_eval_dataset(str(name), str(cfg.data_root), overrides.get(name)) for name in cfg.eval.datasets
+    )
     claimed = protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None}
     plain = {
         "eval": OmegaConf.to_container(cfg.eval, resolve=True),

@@ -1,8 +1,8 @@
 """``fedvid leaderboard validate|build|export``.
 
-    fedvid leaderboard validate FILE...                 # exit 1 on any problem
-    fedvid leaderboard build [DIR|FILE ...] out=DIR     # default: leaderboard/reported leaderboard/records -> leaderboard/
-    fedvid leaderboard export --format pwc|model-index|eee [DIR|FILE ...] out=FILE
+fedvid leaderboard validate FILE...                 # exit 1 on any problem
+fedvid leaderboard build [DIR|FILE ...] out=DIR     # default: leaderboard/reported leaderboard/records -> leaderboard/
+fedvid leaderboard export --format pwc|model-index|eee [DIR|FILE ...] out=FILE
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def _load_valid(inputs: list[str]) -> list[dict] | None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fedvid leaderboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedvid leaderboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="validate result records (schema + semantic checks)")
     v.add_argument("files", nargs="+")

@@ -22,12 +22,19 @@ def main(argv: list[str]) -> int:
     for name in METHODS.names():
         cls = METHODS.get(name)
         conf = CONF_DIR / "method" / f"{name}.yaml"
-        table.add_row(name, getattr(cls, "pretext", ""), str(getattr(cls, "num_views", "")),
-                      getattr(cls, "default_exchange", ""), f"method={name}" if conf.is_file() else "-",
-                      getattr(cls, "__module__", "?"))
+        table.add_row(
+            name,
+            getattr(cls, "pretext", ""),
+            str(getattr(cls, "num_views", "")),
+            getattr(cls, "default_exchange", ""),
+            f"method={name}" if conf.is_file() else "-",
+            getattr(cls, "__module__", "?"),
+        )
     console.print(table)
-    for title, registry, group in (("aggregators (server side)", AGGREGATORS, "aggregator"),
-                                   ("backbones", BACKBONES, "backbone")):
+    for title, registry, group in (
+        ("aggregators (server side)", AGGREGATORS, "aggregator"),
+        ("backbones", BACKBONES, "backbone"),
+    ):
         t = Table(title=title)
         t.add_column("name")
         t.add_column("config")

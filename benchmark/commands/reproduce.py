@@ -54,15 +54,27 @@ class Table:
 #: protocol's; the record says so with ``protocol.variant=smoke``.
 _SMOKE_EVAL = (
     "protocol.variant=smoke",
-    *(f"eval.{block}.{key}={value}" for block in ("clip", "retrieval.clip")
-      for key, value in (("num_clips", 2), ("frames", 8), ("short_side", 40), ("crop_size", 32))),
-    "eval.finetune.epochs=1", "eval.finetune.batch_size=4", "eval.finetune.train_short_sides=[40]",
+    *(
+        f"eval.{block}.{key}={value}"
+        for block in ("clip", "retrieval.clip")
+        for key, value in (("num_clips", 2), ("frames", 8), ("short_side", 40), ("crop_size", 32))
+    ),
+    "eval.finetune.epochs=1",
+    "eval.finetune.batch_size=4",
+    "eval.finetune.train_short_sides=[40]",
 )
 
 _SMOKE_COMMON = (
     *TINY_INPUT_OVERRIDES,
-    "dataset=synthetic_kinetics", "split_manifest=null", "partition=iid", "backbone=tiny_r3d",
-    "federation.rounds=2", "federation.local_steps=1", "engine=simulation", "eval=smoke", *_SMOKE_EVAL,
+    "dataset=synthetic_kinetics",
+    "split_manifest=null",
+    "partition=iid",
+    "backbone=tiny_r3d",
+    "federation.rounds=2",
+    "federation.local_steps=1",
+    "engine=simulation",
+    "eval=smoke",
+    *_SMOKE_EVAL,
 )
 
 
@@ -71,12 +83,23 @@ _SMOKE_COMMON = (
 #: the ssd_image protocol's (views, optimiser, evaluation recipe).
 def _smoke_image(dataset: str) -> tuple[str, ...]:
     return (
-        f"dataset=synthetic_{dataset}", "split_manifest=null", "partition.num_clients=3", "partition.min_size=2",
+        f"dataset=synthetic_{dataset}",
+        "split_manifest=null",
+        "partition.num_clients=3",
+        "partition.min_size=2",
         # 1 % must still hold one labelled image per class (a stratified draw): 100 per class
-        "dataset.standin.per_class_train=100", "dataset.standin.per_class_test=4",
-        "backbone.params.width=8", "federation.rounds=2", "federation.local_epochs=1", "client.batch_size=16",
-        "client.num_workers=0", "client.num_threads=1", "engine.client_resources.num_cpus=1",
-        "protocol.variant=smoke", "eval.image.linear.epochs=20", "eval.image.semi.epochs=2",
+        "dataset.standin.per_class_train=100",
+        "dataset.standin.per_class_test=4",
+        "backbone.params.width=8",
+        "federation.rounds=2",
+        "federation.local_epochs=1",
+        "client.batch_size=16",
+        "client.num_workers=0",
+        "client.num_threads=1",
+        "engine.client_resources.num_cpus=1",
+        "protocol.variant=smoke",
+        "eval.image.linear.epochs=20",
+        "eval.image.semi.epochs=2",
         "eval.image.semi.test_every=1",
     )
 
@@ -87,22 +110,31 @@ def _ssd_image_table(dataset: str, kind: str) -> Table:
     d = dataset.upper().replace("CIFAR", "CIFAR-")
     return Table(
         name=f"ssd-{dataset}-{kind}",
-        title=(f"SSD, {d} {kind.replace('cross', 'cross-')}: {clients} clients ({per_round}), hc-fang/ssd's Dirichlet "
-               "alpha=0.1 split, CIFAR ResNet-18, 100 rounds x 5 epochs"),
-        source=("Fang et al., ICCV 2025 (arXiv 2508.01251): no reported numbers are recorded here: the paper's tables "
-                "could not be read from a citable copy in this environment, so the reported column stays empty"),
-        metrics=(f"image_linear_probe.{dataset}.top1", f"image_semi.{dataset}.1%.top1",
-                 f"image_semi.{dataset}.10%.top1"),
+        title=(
+            f"SSD, {d} {kind.replace('cross', 'cross-')}: {clients} clients ({per_round}), hc-fang/ssd's Dirichlet "
+            "alpha=0.1 split, CIFAR ResNet-18, 100 rounds x 5 epochs"
+        ),
+        source=(
+            "Fang et al., ICCV 2025 (arXiv 2508.01251): no reported numbers are recorded here: the paper's tables "
+            "could not be read from a citable copy in this environment, so the reported column stays empty"
+        ),
+        metrics=(
+            f"image_linear_probe.{dataset}.top1",
+            f"image_semi.{dataset}.1%.top1",
+            f"image_semi.{dataset}.10%.top1",
+        ),
         rows=(
             Row("FedAlignUniform", (experiment, "method=align_uniform")),
             Row("SSD", (experiment,)),
         ),
         protocol="ssd_image",
-        full_compute=(f"2 runs x 100 rounds x 5 epochs over {'all 50,000' if kind == 'crosssilo' else '~1/5 of the 50,000'} "
-                      "images per round, 2 views each (ResNet-18 at 32x32, ~0.56 GMAC per view forward): about "
-                      f"{'170' if kind == 'crosssilo' else '35'} PFLOP per run, i.e. "
-                      f"{'3-9 hours' if kind == 'crosssilo' else '1-2 hours'} per run on one V100/A100-class GPU "
-                      "(arithmetic estimate, not measured) plus the evaluation (under an hour)"),
+        full_compute=(
+            f"2 runs x 100 rounds x 5 epochs over {'all 50,000' if kind == 'crosssilo' else '~1/5 of the 50,000'} "
+            "images per round, 2 views each (ResNet-18 at 32x32, ~0.56 GMAC per view forward): about "
+            f"{'170' if kind == 'crosssilo' else '35'} PFLOP per run, i.e. "
+            f"{'3-9 hours' if kind == 'crosssilo' else '1-2 hours'} per run on one V100/A100-class GPU "
+            "(arithmetic estimate, not measured) plus the evaluation (under an hour)"
+        ),
         smoke_overrides=_smoke_image(dataset),
     )
 
@@ -110,11 +142,13 @@ def _ssd_image_table(dataset: str, kind: str) -> Table:
 def _fvssl_grid(prefix: str) -> tuple[Row, ...]:
     rows = []
     for alpha, beta in ((0, 0), (1, 0), (0, 1), (1, 1), (0.9, 0), (0.9, 1)):
-        rows.append(Row(
-            f"alpha={alpha:g}, beta={beta}",
-            (f"aggregator.params.alpha={alpha}", f"aggregator.params.beta={beta}"),
-            f"{prefix}-a{alpha:g}-b{beta}".replace(".", "p"),
-        ))
+        rows.append(
+            Row(
+                f"alpha={alpha:g}, beta={beta}",
+                (f"aggregator.params.alpha={alpha}", f"aggregator.params.beta={beta}"),
+                f"{prefix}-a{alpha:g}-b{beta}".replace(".", "p"),
+            )
+        )
     return tuple(rows)
 
 
@@ -124,7 +158,9 @@ def _methods_grid() -> tuple[Row, ...]:
     cite line by line; the FEDVSSL README lists Table 4's checkpoints only."""
     rows = []
     for method, label in (("vcop", "VCOP"), ("speed", "Speed"), ("ctp", "CtP")):
-        rows.append(Row(f"{label}, centralized", ("experiment=fedvssl_k400_methods", f"method={method}", "engine=centralized")))
+        rows.append(
+            Row(f"{label}, centralized", ("experiment=fedvssl_k400_methods", f"method={method}", "engine=centralized"))
+        )
         rows.append(Row(f"{label}, FedAvg", ("experiment=fedvssl_k400_methods", f"method={method}")))
     return tuple(rows)
 
@@ -135,11 +171,16 @@ TABLES: dict[str, Table] = {
         Table(
             name="fedvssl-k400-noniid",
             title="FedVSSL, Table 4: CtP pretrained on Kinetics-400 non-IID (100 clients, 5/round, 540 rounds)",
-            source=("https://github.com/yasar-rehman/FEDVSSL/blob/dc19238897e2440b1756407ee181cc1bba661384/README.md#L91-L98 "
-                    "(retrieval, 'see Table 4'; retrieval protocol unverified: no published script); "
-                    "https://github.com/adap/flower/blob/969c69b33ac7a1025df8fd56ef7ba175ea414511/baselines/fedvssl/README.md#L215-L222"),
+            source=(
+                "https://github.com/yasar-rehman/FEDVSSL/blob/dc19238897e2440b1756407ee181cc1bba661384/README.md#L91-L98 "
+                "(retrieval, 'see Table 4'; retrieval protocol unverified: no published script); "
+                "https://github.com/adap/flower/blob/969c69b33ac7a1025df8fd56ef7ba175ea414511/baselines/fedvssl/README.md#L215-L222"
+            ),
             metrics=("retrieval.ucf101.top1", "retrieval.hmdb51.top1", "finetune.ucf101.video_top1"),
-            rows=tuple(Row(r.label, ("experiment=fvssl_k400_noniid", *r.overrides), r.reported_record) for r in _fvssl_grid("fedvssl-k400-noniid")),
+            rows=tuple(
+                Row(r.label, ("experiment=fvssl_k400_noniid", *r.overrides), r.reported_record)
+                for r in _fvssl_grid("fedvssl-k400-noniid")
+            ),
             protocol="fedvssl",
             full_compute="6 runs x 540 rounds x 5 clients x 1 epoch of ~2.2k clips (R3D-18, 16x112x112): about 4-5 GPU-days per run on one V100-class GPU, plus 150-epoch fine-tuning.",
             smoke_overrides=(*_SMOKE_COMMON, "partition.num_clients=4", "federation.clients_per_round=2"),
@@ -147,26 +188,35 @@ TABLES: dict[str, Table] = {
         Table(
             name="fedvssl-k400-methods",
             title="FedVSSL, Table 1: VCOP, Speed and CtP, centralized vs FedAvg on Kinetics-400 non-IID (100 clients, 5/round, 540 rounds)",
-            source=("Rehman et al., ECCV 2022 (arXiv 2207.01975), Table 1; reported column empty: the numbers were not "
-                    "reachable from a citable file here (yasar-rehman/FEDVSSL@dc19238 README lists Table 4 only). "
-                    "Checkpoints VCOP5c1e540r / Speed5c1e540r / Ctp5c1e540r named in the issue are not in the mirror."),
+            source=(
+                "Rehman et al., ECCV 2022 (arXiv 2207.01975), Table 1; reported column empty: the numbers were not "
+                "reachable from a citable file here (yasar-rehman/FEDVSSL@dc19238 README lists Table 4 only). "
+                "Checkpoints VCOP5c1e540r / Speed5c1e540r / Ctp5c1e540r named in the issue are not in the mirror."
+            ),
             metrics=("retrieval.ucf101.top1", "retrieval.hmdb51.top1", "finetune.ucf101.video_top1"),
             rows=_methods_grid(),
             protocol="fedvssl",
-            full_compute=("6 runs of 540 rounds x 5 clients x 1 epoch of ~2.2k clips (R3D-18, 16x112x112): a CtP or Speed "
-                          "run costs what a fedvssl-k400-noniid row does (about 4-5 GPU-days on one V100-class GPU), a VCOP "
-                          "run about 3x that (3 clips per sample); each centralized row the same step budget as its "
-                          "FedAvg row; plus 150-epoch fine-tuning per row. Not measured here."),
+            full_compute=(
+                "6 runs of 540 rounds x 5 clients x 1 epoch of ~2.2k clips (R3D-18, 16x112x112): a CtP or Speed "
+                "run costs what a fedvssl-k400-noniid row does (about 4-5 GPU-days on one V100-class GPU), a VCOP "
+                "run about 3x that (3 clips per sample); each centralized row the same step budget as its "
+                "FedAvg row; plus 150-epoch fine-tuning per row. Not measured here."
+            ),
             # the rows choose their engine (centralized rows, which have no Ray client resources)
-            smoke_overrides=(*(o for o in _SMOKE_COMMON if not o.startswith(("engine=", "engine.client_resources"))),
-                             "partition.num_clients=4", "federation.clients_per_round=2"),
+            smoke_overrides=(
+                *(o for o in _SMOKE_COMMON if not o.startswith(("engine=", "engine.client_resources"))),
+                "partition.num_clients=4",
+                "federation.clients_per_round=2",
+            ),
         ),
         Table(
             name="fedvssl-ucf101-crosssilo",
             title="FedVSSL (alpha=0.9, beta=1), cross-silo: 5 clients, pretrained and fine-tuned on UCF101",
             source="https://github.com/adap/flower/blob/969c69b33ac7a1025df8fd56ef7ba175ea414511/baselines/fedvssl/README.md#L204-L206",
             metrics=("finetune.ucf101.video_top1", "finetune.ucf101.video_top5"),
-            rows=(Row("alpha=0.9, beta=1", ("experiment=fvssl_ucf101_crosssilo",), "fedvssl-ucf101-crosssilo-a0p9-b1"),),
+            rows=(
+                Row("alpha=0.9, beta=1", ("experiment=fvssl_ucf101_crosssilo",), "fedvssl-ucf101-crosssilo-a0p9-b1"),
+            ),
             protocol="ctp",
             full_compute="20 rounds x 5 clients on UCF101 split 1 (R3D-18): about half a GPU-day, plus 150-epoch fine-tuning.",
             smoke_overrides=(*_SMOKE_COMMON, "partition.num_clients=3", "federation.clients_per_round=3"),
@@ -208,9 +258,13 @@ def print_tables() -> None:
         rt.add_column("reported " + ", ".join(t.metrics))
         for r in t.rows:
             rep = _reported(r.reported_record)
-            rt.add_row(r.label, " ".join(r.overrides), ", ".join(f"{100 * rep[m]:.2f}" if m in rep else "–" for m in t.metrics))
+            rt.add_row(
+                r.label, " ".join(r.overrides), ", ".join(f"{100 * rep[m]:.2f}" if m in rep else "–" for m in t.metrics)
+            )
         console.print(rt)
-        console.print(f"  source: {t.source}\n  protocol: {t.protocol} (docs/protocols/{t.protocol}.md)\n  full-scale compute: {t.full_compute}\n  smoke overrides: {' '.join(t.smoke_overrides)}\n")
+        console.print(
+            f"  source: {t.source}\n  protocol: {t.protocol} (docs/protocols/{t.protocol}.md)\n  full-scale compute: {t.full_compute}\n  smoke overrides: {' '.join(t.smoke_overrides)}\n"
+        )
 
 
 def row_command(table: Table, row: Row, scale: str, run_dir: Path, extra: list[str]) -> list[str]:
@@ -224,8 +278,12 @@ def row_command(table: Table, row: Row, scale: str, run_dir: Path, extra: list[s
 
 
 #: On scale=smoke the downstream sets are the synthetic stand-ins of the real ones.
-SMOKE_DATASETS = {"ucf101": "synthetic_ucf101", "hmdb51": "synthetic_hmdb51", "cifar10": "synthetic_cifar10",
-                  "cifar100": "synthetic_cifar100"}
+SMOKE_DATASETS = {
+    "ucf101": "synthetic_ucf101",
+    "hmdb51": "synthetic_hmdb51",
+    "cifar10": "synthetic_cifar10",
+    "cifar100": "synthetic_cifar100",
+}
 
 
 def reproduced_metric(metric: str, scale: str) -> str:
@@ -237,25 +295,38 @@ def reproduced_metric(metric: str, scale: str) -> str:
     return f"{kind}.{SMOKE_DATASETS.get(ds, ds)}.{key}"
 
 
-def compare(table: Table, results: dict[str, dict[str, float]], scale: str = "full",
-            rows: tuple[Row, ...] | None = None) -> list[dict]:
+def compare(
+    table: Table, results: dict[str, dict[str, float]], scale: str = "full", rows: tuple[Row, ...] | None = None
+) -> list[dict]:
     out = []
     for row in table.rows if rows is None else rows:
         rep = _reported(row.reported_record)
         got = results.get(row.label, {})
         for m in table.metrics:
             r, g = rep.get(m), got.get(reproduced_metric(m, scale))
-            out.append({"row": row.label, "metric": m, "reported": r, "reproduced": g,
-                        "gap": (g - r) if (r is not None and g is not None) else None})
+            out.append(
+                {
+                    "row": row.label,
+                    "metric": m,
+                    "reported": r,
+                    "reproduced": g,
+                    "gap": (g - r) if (r is not None and g is not None) else None,
+                }
+            )
     return out
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fedvid reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fedvid reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", nargs="?", choices=sorted(TABLES))
     parser.add_argument("--list", action="store_true", help="list the tables, their rows and settings")
-    parser.add_argument("args", nargs="*", help="scale=smoke|full, out=DIR, rows=I,J (a subset, 0-based), "
-                        "and extra `fedvid run` overrides")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        help="scale=smoke|full, out=DIR, rows=I,J (a subset, 0-based), and extra `fedvid run` overrides",
+    )
     ns = parser.parse_args(argv)
     if ns.list or not ns.name:
         print_tables()
@@ -275,8 +346,10 @@ def main(argv: list[str]) -> int:
                 if not all(0 <= i < len(table.rows) for i in indices):
                     raise ValueError
             except ValueError:
-                print(f"fedvid reproduce: rows={picked!r}; expected comma-separated row numbers 0..{len(table.rows) - 1}",
-                      file=sys.stderr)
+                print(
+                    f"fedvid reproduce: rows={picked!r}; expected comma-separated row numbers 0..{len(table.rows) - 1}",
+                    file=sys.stderr,
+                )
                 return 2
             selected = sorted(set(indices))
         else:
@@ -311,13 +384,23 @@ def main(argv: list[str]) -> int:
         rt.add_column(col, overflow="fold")
     fmt = lambda v: "–" if v is None else f"{100 * v:.2f}"  # noqa: E731
     for r in rows:
-        rt.add_row(r["row"], r["metric"], fmt(r["reported"]), fmt(r["reproduced"]), "–" if r["gap"] is None else f"{100 * r['gap']:+.2f}")
+        rt.add_row(
+            r["row"],
+            r["metric"],
+            fmt(r["reported"]),
+            fmt(r["reproduced"]),
+            "–" if r["gap"] is None else f"{100 * r['gap']:+.2f}",
+        )
     Console().print(rt)
     if scale == "smoke":
-        print("scale=smoke: synthetic data and a tiny backbone; the gap is not meaningful, the pipeline is what is checked.")
+        print(
+            "scale=smoke: synthetic data and a tiny backbone; the gap is not meaningful, the pipeline is what is checked."
+        )
     from benchmark.io import atomic_write_json
 
-    atomic_write_json(out / "comparison.json", {"table": table.name, "scale": scale, "rows": rows, "failed": failed,
-                                                  "rows_run": [r.label for r in run_rows]})
+    atomic_write_json(
+        out / "comparison.json",
+        {"table": table.name, "scale": scale, "rows": rows, "failed": failed, "rows_run": [r.label for r in run_rows]},
+    )
     print(f"comparison written to {out / 'comparison.json'}")
     return 1 if failed else 0

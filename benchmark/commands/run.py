@@ -57,8 +57,11 @@ def run_task(cfg: DictConfig) -> int:
             console.print(Text(f"continue with: {resume_command(run_dir)}"), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        console.print("interrupted; every Flower/Ray process of the run was stopped. "
-                      f"Continue with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
+        console.print(
+            f"interrupted; every Flower/Ray process of the run was stopped. Continue with: {resume_command(run_dir)}",
+            soft_wrap=True,
+            markup=False,
+        )
         return 130
     return 0
 
@@ -78,7 +81,9 @@ def resume_command(run_dir: Path) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
-    return " ".join(["fedvid run", *map(shlex.quote, overrides), "resume=true", f"hydra.run.dir={shlex.quote(str(run_dir))}"])
+    return " ".join(
+        ["fedvid run", *map(shlex.quote, overrides), "resume=true", f"hydra.run.dir={shlex.quote(str(run_dir))}"]
+    )
 
 
 # ------------------------------------------------------------------------------------
@@ -95,8 +100,9 @@ def prepare_data(cfg: DictConfig, console=None) -> None:
     elif cfg.dataset.get("synthetic", False):
         from benchmark.data.synthetic import ensure_synthetic
 
-        ensure_synthetic(cfg.data_root, size=str(cfg.get("synthetic_size", "default")), seed=0,
-                         progress=console is not None)
+        ensure_synthetic(
+            cfg.data_root, size=str(cfg.get("synthetic_size", "default")), seed=0, progress=console is not None
+        )
     root = Path(str(cfg.dataset.root))
     if not root.is_dir():
         raise RunError(
@@ -125,8 +131,13 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
     elif target.is_file() and cfg.get("resume", False):
         manifest = load_manifest(target)
     else:
-        data = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice,
-                             inputs=input_overrides(_task_overrides()))
+        data = make_manifest(
+            annotations,
+            cfg.partition,
+            int(cfg.seed),
+            dataset_choice=dataset_choice,
+            inputs=input_overrides(_task_overrides()),
+        )
         validate_manifest_data(data, target)
         manifest = SplitManifest(path=target, data=data)
     where = manifest.path
@@ -143,8 +154,10 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
         )
     empty = [c for c in range(num_clients) if not manifest.client_videos(c)]
     if empty:
-        raise RunError(f"split manifest {where}: clients {empty[:10]} have no videos; every client needs at least one "
-                       "(fewer clients: partition.num_clients=N)")
+        raise RunError(
+            f"split manifest {where}: clients {empty[:10]} have no videos; every client needs at least one "
+            "(fewer clients: partition.num_clients=N)"
+        )
     train_paths = {r.path: r for r in annotations.train}
     listed = [(rel, lab) for c in range(num_clients) for rel, lab in manifest.client_videos(c)]
     unknown = [rel for rel, _ in listed if rel not in train_paths]
@@ -157,8 +170,11 @@ def prepare_manifest(cfg: DictConfig, run_dir: Path, annotations, dataset_choice
         from benchmark.data.images import ImageItems
 
         return manifest, ImageItems([train_paths[rel] for rel, _ in listed], cfg.dataset)
-    resolved = resolve_videos([train_paths[rel] for rel, _ in listed], cfg.dataset.root,
-                              allow_missing=bool(cfg.get("allow_missing_videos", False)))
+    resolved = resolve_videos(
+        [train_paths[rel] for rel, _ in listed],
+        cfg.dataset.root,
+        allow_missing=bool(cfg.get("allow_missing_videos", False)),
+    )
     return manifest, resolved
 
 
@@ -170,8 +186,12 @@ def _task_overrides() -> list[str]:
 
 def lists_sha256(annotations) -> dict[str, str]:
     """Content hashes of the dataset's train/test lists as read (path, label per video)."""
-    return {f"{annotations.dataset}/{part}": sha256_bytes(canonical_json_bytes(
-        [[r.path, int(r.label)] for r in getattr(annotations, part)])) for part in ("train", "test")}
+    return {
+        f"{annotations.dataset}/{part}": sha256_bytes(
+            canonical_json_bytes([[r.path, int(r.label)] for r in getattr(annotations, part)])
+        )
+        for part in ("train", "test")
+    }
 
 
 def code_version() -> dict[str, Any]:
@@ -193,10 +213,14 @@ def _check_legacy_resume(run_dir: Path, resolved: dict) -> None:
     if (run_dir / rundir.INPUTS).is_file() or not path.is_file():
         return
     changed = rundir.RunInputs(rundir.training_config(read_json(path)), "", {}, {}).differences(
-        rundir.RunInputs(rundir.training_config(resolved), "", {}, {}))
+        rundir.RunInputs(rundir.training_config(resolved), "", {}, {})
+    )
     if changed:
-        raise RunError(f"resume=true refused: the config differs from {path} in " + "; ".join(changed)
-                       + ". Resume with the same overrides as the original run.")
+        raise RunError(
+            f"resume=true refused: the config differs from {path} in "
+            + "; ".join(changed)
+            + ". Resume with the same overrides as the original run."
+        )
 
 
 # ------------------------------------------------------------------------------------
@@ -204,8 +228,9 @@ def _check_legacy_resume(run_dir: Path, resolved: dict) -> None:
 # ------------------------------------------------------------------------------------
 
 
-def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice: str | None = None,
-                evaluate: bool | None = None) -> dict[str, Any]:
+def execute_run(
+    cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice: str | None = None, evaluate: bool | None = None
+) -> dict[str, Any]:
     """Validate, prepare, federate, evaluate and write ``result.json``; returns the result record.
 
     Order: config check (every problem at once) -> run lock -> data, manifest and resume
@@ -227,14 +252,17 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
     resume = bool(resolved.get("resume"))
     with rundir.RunLock(run_dir):
         if not resume and rundir.has_checkpoint(run_dir):
-            raise RunError(f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir")
+            raise RunError(
+                f"{run_dir} already holds a run; continue it with resume=true or choose another hydra.run.dir"
+            )
         from benchmark.data.annotations import load_annotations
 
         prepare_data(cfg, console)
         annotations = load_annotations(cfg.dataset)
         manifest, videos = prepare_manifest(cfg, run_dir, annotations, dataset_choice)
-        inputs = rundir.RunInputs(rundir.training_config(resolved), manifest.content_sha256,
-                                  lists_sha256(annotations), code_version())
+        inputs = rundir.RunInputs(
+            rundir.training_config(resolved), manifest.content_sha256, lists_sha256(annotations), code_version()
+        )
         if resume:
             rundir.check_resume(run_dir, inputs)
             _check_legacy_resume(run_dir, resolved)
@@ -243,8 +271,18 @@ def execute_run(cfg: DictConfig, run_dir: Path, *, console=None, dataset_choice:
         write_manifest(manifest.data, run_dir / rundir.MANIFEST)
         save_config(resolved, run_dir)
         inputs.write(run_dir)
-        return _federate_and_evaluate(cfg, resolved, spec, run_dir, manifest, videos, console=console,
-                                      evaluate=evaluate, started_at=started_at, t0=t0)
+        return _federate_and_evaluate(
+            cfg,
+            resolved,
+            spec,
+            run_dir,
+            manifest,
+            videos,
+            console=console,
+            evaluate=evaluate,
+            started_at=started_at,
+            t0=t0,
+        )
 
 
 class EvaluationFailed(RunError):
@@ -253,8 +291,19 @@ class EvaluationFailed(RunError):
     resumable = True
 
 
-def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path, manifest, videos, *, console,
-                           evaluate: bool | None, started_at: str, t0: float) -> dict[str, Any]:
+def _federate_and_evaluate(
+    cfg: DictConfig,
+    resolved: dict,
+    spec,
+    run_dir: Path,
+    manifest,
+    videos,
+    *,
+    console,
+    evaluate: bool | None,
+    started_at: str,
+    t0: float,
+) -> dict[str, Any]:
     from benchmark.config import config_sha256
     from benchmark.federation.checkpoint import final_global_state
     from benchmark.federation.engine import FederationOutcome
@@ -266,12 +315,22 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path,
 
     def write_record(evaluations: dict, outcome, failure: dict | None = None) -> dict:
         record = build_result_record(
-            spec, manifest, rundir.read_round_log(run_dir), evaluations,
-            dataset_id=str(resolved["dataset"]["id"]), method_display_name=resolved["method"].get("display_name"),
-            config_sha256=config_sha256(resolved), protocol=record_protocol(resolved),
-            wall_time_s=time.perf_counter() - t0, peak_memory_bytes=outcome.peak_memory_bytes,
-            started_at=started_at, finished_at=utc_now(), method_pretext=method_pretext,
-            startup_s=outcome.startup_s, videos=record_videos, failure=failure,
+            spec,
+            manifest,
+            rundir.read_round_log(run_dir),
+            evaluations,
+            dataset_id=str(resolved["dataset"]["id"]),
+            method_display_name=resolved["method"].get("display_name"),
+            config_sha256=config_sha256(resolved),
+            protocol=record_protocol(resolved),
+            wall_time_s=time.perf_counter() - t0,
+            peak_memory_bytes=outcome.peak_memory_bytes,
+            started_at=started_at,
+            finished_at=utc_now(),
+            method_pretext=method_pretext,
+            startup_s=outcome.startup_s,
+            videos=record_videos,
+            failure=failure,
         )
         atomic_write_json(run_dir / rundir.RESULT, record.to_json())
         if console is not None:
@@ -291,8 +350,11 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path,
         try:
             outcome = _run_engine(cfg, spec, run_dir, console)
         except Exception as e:
-            write_record({}, FederationOutcome(0.0, None, 0, run_dir / rundir.FLOWER_LOG),
-                         {"stage": "federation", "message": str(e)})
+            write_record(
+                {},
+                FederationOutcome(0.0, None, 0, run_dir / rundir.FLOWER_LOG),
+                {"stage": "federation", "message": str(e)},
+            )
             raise
 
     method.load_partial_state(final_global_state(run_dir))
@@ -311,7 +373,9 @@ def _federate_and_evaluate(cfg: DictConfig, resolved: dict, spec, run_dir: Path,
                 "or data and finish it with resume=true (no retraining) or `fedvid evaluate`."
             ) from e
         evaluations = report["evaluations"]
-        record_videos["evaluation"] = {ds: meta["videos"] for ds, meta in report["datasets"].items() if "videos" in meta}
+        record_videos["evaluation"] = {
+            ds: meta["videos"] for ds, meta in report["datasets"].items() if "videos" in meta
+        }
     return write_record(evaluations, outcome)
 
 
@@ -341,12 +405,16 @@ def disk_plan(spec, method, run_dir: Path) -> str:
         n_files = retention.max_client_files(num_clients, per_round, rounds)
         total += n_files * local
         text += f" + {n_files} client-state files x {rundir.format_bytes(local)}"
-    text += (f" = {rundir.format_bytes(total)} (checkpoint.keep_last={retention.keep_last}, "
-             f"keep_every={retention.keep_every})")
+    text += (
+        f" = {rundir.format_bytes(total)} (checkpoint.keep_last={retention.keep_last}, "
+        f"keep_every={retention.keep_every})"
+    )
     free = shutil.disk_usage(run_dir).free
     if free < total:
-        text += (f"; WARNING: only {rundir.format_bytes(free)} free under {run_dir}: lower checkpoint.keep_last / "
-                 "raise checkpoint.keep_every (0: no milestones) or free space")
+        text += (
+            f"; WARNING: only {rundir.format_bytes(free)} free under {run_dir}: lower checkpoint.keep_last / "
+            "raise checkpoint.keep_every (0: no milestones) or free space"
+        )
     return text
 
 
@@ -363,11 +431,24 @@ def _run_engine(cfg: DictConfig, spec, run_dir: Path, console):
         on_poll = progress.update if progress is not None else None
         if spec.engine.name == "centralized":
             # one in-process model on the pooled data (benchmark/federation/centralized.py)
-            return run_centralized(spec, run_dir, str(cfg.dataset.root), resume=bool(cfg.get("resume", False)),
-                                   allow_missing_videos=bool(cfg.get("allow_missing_videos", False)),
-                                   on_line=on_line, on_poll=on_poll)
-        return run_federation(spec.engine, spec.federation.num_clients, str(cfg.dataset.root), run_dir,
-                              run_dir / rundir.CONFIG_JSON, on_line=on_line, on_poll=on_poll)
+            return run_centralized(
+                spec,
+                run_dir,
+                str(cfg.dataset.root),
+                resume=bool(cfg.get("resume", False)),
+                allow_missing_videos=bool(cfg.get("allow_missing_videos", False)),
+                on_line=on_line,
+                on_poll=on_poll,
+            )
+        return run_federation(
+            spec.engine,
+            spec.federation.num_clients,
+            str(cfg.dataset.root),
+            run_dir,
+            run_dir / rundir.CONFIG_JSON,
+            on_line=on_line,
+            on_poll=on_poll,
+        )
     finally:
         if progress is not None:
             progress.stop()
@@ -390,9 +471,14 @@ def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None
         from benchmark.protocols import protocol_id
 
         device = "cuda" if torch.cuda.is_available() and str(cfg.client.get("device", "auto")) != "cpu" else "cpu"
-        return evaluate_image_backbone(backbone, cfg.dataset, cfg.eval.image,
-                                       protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None},
-                                       device=device, progress=console is not None)
+        return evaluate_image_backbone(
+            backbone,
+            cfg.dataset,
+            cfg.eval.image,
+            protocol_id(cfg) or {"name": "unnamed", "version": 0, "variant": None},
+            device=device,
+            progress=console is not None,
+        )
     from benchmark.commands.evaluate import evaluation_spec
     from benchmark.evaluation.pipeline import evaluate_backbone_report
 
@@ -420,8 +506,15 @@ class _RunProgress:
         self.run_dir = run_dir
         self.rounds = rounds
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rounds"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rounds"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         self.task = self.progress.add_task("starting Flower", total=rounds)
 
@@ -461,17 +554,26 @@ def status_line(record: ResultRecord) -> str:
     part = record.participation
     if part:
         by_reason = ", ".join(f"{n} {reason}" for reason, n in sorted(part["failed_by_reason"].items()))
-        lines.append(f"client updates: {part['sampled']} sampled, {part['replied']} used, {part['failed']} failed"
-                     + (f" ({by_reason})" if by_reason else "")
-                     + (f"; clients never used: {part['excluded_clients']}" if part["excluded_clients"] else ""))
+        lines.append(
+            f"client updates: {part['sampled']} sampled, {part['replied']} used, {part['failed']} failed"
+            + (f" ({by_reason})" if by_reason else "")
+            + (f"; clients never used: {part['excluded_clients']}" if part["excluded_clients"] else "")
+        )
     videos = record.videos or {}
     counts = [("pretraining", videos["pretraining"])] if videos.get("pretraining") else []
-    counts += [(f"{ds} {split}", c) for ds, splits in sorted((videos.get("evaluation") or {}).items())
-               for split, c in sorted(splits.items())]
+    counts += [
+        (f"{ds} {split}", c)
+        for ds, splits in sorted((videos.get("evaluation") or {}).items())
+        for split, c in sorted(splits.items())
+    ]
     if counts:
-        lines.append("videos (present/listed, skipped): " + "; ".join(
-            f"{where} {c['present']}/{c['listed']}" + (f", {c['skipped']} skipped" if c.get("skipped") else "")
-            for where, c in counts))
+        lines.append(
+            "videos (present/listed, skipped): "
+            + "; ".join(
+                f"{where} {c['present']}/{c['listed']}" + (f", {c['skipped']} skipped" if c.get("skipped") else "")
+                for where, c in counts
+            )
+        )
     return "\n".join(lines)
 
 
@@ -486,11 +588,23 @@ def print_summary(console, record: ResultRecord, rounds: list[dict], run_dir: Pa
     table.add_column("compute s", justify="right")
     table.add_column("MB up/down", justify="right")
     for r in rounds:
-        failed = (" (failed: " + ", ".join(f"{f['client_id']} {f.get('reason') or 'error'}" for f in r["failed_clients"])
-                  + ")") if r.get("failed_clients") else ""
-        table.add_row(str(r["round"]), ",".join(map(str, r["replied_clients"])) + failed, f"{r['loss']:.4f}",
-                      f"{r['round_wall_s']:.1f}", f"{r['client_compute_s']:.1f}",
-                      f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}")
+        failed = (
+            (
+                " (failed: "
+                + ", ".join(f"{f['client_id']} {f.get('reason') or 'error'}" for f in r["failed_clients"])
+                + ")"
+            )
+            if r.get("failed_clients")
+            else ""
+        )
+        table.add_row(
+            str(r["round"]),
+            ",".join(map(str, r["replied_clients"])) + failed,
+            f"{r['loss']:.4f}",
+            f"{r['round_wall_s']:.1f}",
+            f"{r['client_compute_s']:.1f}",
+            f"{r['bytes_up'] / 1e6:.2f}/{r['bytes_down'] / 1e6:.2f}",
+        )
     console.print(table)
     ev = record.evaluations
     if ev.datasets("retrieval"):
@@ -504,9 +618,17 @@ def print_summary(console, record: ResultRecord, rounds: list[dict], run_dir: Pa
         console.print(t)
     console.print(status_line(record), soft_wrap=True, markup=False)
     sysd = record.systems
-    console.print(f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
-                  f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB")
+    console.print(
+        f"wall time {sysd['wall_time_s']:.1f}s (Flower/Ray start-up {sysd['startup_s'] or 0:.1f}s), "
+        f"client compute {sysd['client_compute_s']:.1f}s, peak memory {sysd['peak_memory_bytes'] / 2**20:.0f} MiB"
+    )
     console.print("files:")
-    for name in (rundir.RESULT, rundir.ROUNDS_LOG, rundir.CONFIG_YAML, rundir.MANIFEST,
-                 f"{rundir.CHECKPOINTS}/{rundir.LATEST}", rundir.FLOWER_LOG):
+    for name in (
+        rundir.RESULT,
+        rundir.ROUNDS_LOG,
+        rundir.CONFIG_YAML,
+        rundir.MANIFEST,
+        f"{rundir.CHECKPOINTS}/{rundir.LATEST}",
+        rundir.FLOWER_LOG,
+    ):
         console.print(f"  {run_dir / name}", soft_wrap=True, markup=False)

@@ -41,8 +41,13 @@ def make_from_overrides(overrides: Sequence[str], cache: dict | None = None) -> 
 
     cfg = compose_splits_config(overrides)
     annotations = annotations_for(cfg, cache)
-    return make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice(overrides),
-                         inputs=input_overrides(overrides))
+    return make_manifest(
+        annotations,
+        cfg.partition,
+        int(cfg.seed),
+        dataset_choice=dataset_choice(overrides),
+        inputs=input_overrides(overrides),
+    )
 
 
 def _make_task(cfg: Any) -> int:
@@ -56,8 +61,13 @@ def _make_task(cfg: Any) -> int:
     try:
         annotations = load_annotations(cfg.dataset)
         choice = HydraConfig.get().runtime.choices.get("dataset")
-        manifest = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=choice,
-                                 inputs=input_overrides(HydraConfig.get().overrides.task))
+        manifest = make_manifest(
+            annotations,
+            cfg.partition,
+            int(cfg.seed),
+            dataset_choice=choice,
+            inputs=input_overrides(HydraConfig.get().overrides.task),
+        )
         out = Path(cfg.out) if cfg.out else Path(f"{manifest['manifest_id']}.json")
         write_manifest(manifest, out)
     except (ValueError, FileNotFoundError) as e:  # PartitionError, ManifestError, bad lists
@@ -195,7 +205,9 @@ def make_standard_main(argv: list[str]) -> int:
     for spec in track(specs, description="making standard splits", console=console):
         published = [o.split("=", 1)[1] for o in spec.overrides if o.startswith("partition.path=")]
         if published and not (PROJECT_ROOT / published[0]).exists():
-            console.print(f"[yellow]skipped[/yellow] {' '.join(spec.overrides)}: {PROJECT_ROOT / published[0]} not found")
+            console.print(
+                f"[yellow]skipped[/yellow] {' '.join(spec.overrides)}: {PROJECT_ROOT / published[0]} not found"
+            )
             continue
         manifest = make_from_overrides(spec.overrides, cache)
         path = write_manifest(manifest, standard_manifest_path(manifest, spec.compress))

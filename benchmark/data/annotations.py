@@ -100,7 +100,9 @@ def _split_number(split: object, dataset: str) -> int:
     except ValueError:
         number = 0
     if number < 1 or str(split).strip() != str(number):
-        raise ValueError(f"{dataset}: split must be a positive integer (1, 2 or 3 for the official lists); got {split!r}")
+        raise ValueError(
+            f"{dataset}: split must be a positive integer (1, 2 or 3 for the official lists); got {split!r}"
+        )
     return number
 
 
@@ -146,7 +148,9 @@ def _read_class_index(file: Path, *, consecutive: bool) -> dict[int, tuple[str, 
             raise AnnotationFormatError(file, line_no, text, "expected '<id> <class name>'")
         class_id, name = int(parts[0]), parts[1]
         if consecutive and class_id != len(table) + 1:
-            raise AnnotationFormatError(file, line_no, text, f"expected class id {len(table) + 1} (ids run 1..N in order)")
+            raise AnnotationFormatError(
+                file, line_no, text, f"expected class id {len(table) + 1} (ids run 1..N in order)"
+            )
         if class_id in table or name in names:
             raise AnnotationFormatError(file, line_no, text, "class id or name listed twice")
         table[class_id] = (name, line_no)
@@ -181,7 +185,9 @@ def read_ucf101(annotation_dir: str | os.PathLike, split: int) -> AnnotationSpli
         for line_no, text in _lines(file):
             parts = text.split()
             if len(parts) not in (1, 2) or (len(parts) == 2 and not parts[1].isdigit()):
-                raise AnnotationFormatError(file, line_no, text, "expected '<Class>/<video>.avi' optionally followed by a class id")
+                raise AnnotationFormatError(
+                    file, line_no, text, "expected '<Class>/<video>.avi' optionally followed by a class id"
+                )
             path = parts[0]
             _safe_path(path, file, line_no, text)
             folder, _, video = path.partition("/")
@@ -192,7 +198,10 @@ def read_ucf101(annotation_dir: str | os.PathLike, split: int) -> AnnotationSpli
             label = label_of[folder]
             if len(parts) == 2 and int(parts[1]) != label + 1:
                 raise AnnotationFormatError(
-                    file, line_no, text, f"class id {parts[1]} contradicts folder {folder!r} (id {label + 1} in {class_file.name})"
+                    file,
+                    line_no,
+                    text,
+                    f"class id {parts[1]} contradicts folder {folder!r} (id {label + 1} in {class_file.name})",
                 )
             records.append((line_no, VideoRecord(path, label, folder)))
         return _check_unique(records, file)
@@ -228,7 +237,9 @@ def read_hmdb51(annotation_dir: str | os.PathLike, split: int) -> AnnotationSpli
     found = [m for p in directory.iterdir() if (m := _HMDB_FILE.match(p.name))]
     classes = sorted({m["cls"] for m in found})
     if not classes:
-        raise FileNotFoundError(f"hmdb51: no '<class>_test_split<k>.txt' files in {directory}; check dataset.annotations")
+        raise FileNotFoundError(
+            f"hmdb51: no '<class>_test_split<k>.txt' files in {directory}; check dataset.annotations"
+        )
     files = [_require(directory / f"{name}_test_split{split}.txt", "hmdb51", split) for name in classes]
 
     train: list[VideoRecord] = []
@@ -238,11 +249,15 @@ def read_hmdb51(annotation_dir: str | os.PathLike, split: int) -> AnnotationSpli
         for line_no, text in _lines(file):
             parts = text.split()
             if len(parts) != 2 or parts[1] not in _HMDB_FLAGS:
-                raise AnnotationFormatError(file, line_no, text, "expected '<video>.avi <1|2|0>' (1 train, 2 test, 0 unused)")
+                raise AnnotationFormatError(
+                    file, line_no, text, "expected '<video>.avi <1|2|0>' (1 train, 2 test, 0 unused)"
+                )
             path = f"{name}/{parts[0]}"
             _safe_path(path, file, line_no, text)
             if "/" in parts[0]:
-                raise AnnotationFormatError(file, line_no, text, "expected a bare file name (the class comes from the list's name)")
+                raise AnnotationFormatError(
+                    file, line_no, text, "expected a bare file name (the class comes from the list's name)"
+                )
             listed.append((line_no, VideoRecord(path, label, name)))
             if parts[1] != "0":
                 (train if parts[1] == "1" else test).append(listed[-1][1])
@@ -299,7 +314,10 @@ def _parse_kinetics_csv(file: Path) -> list[tuple[int, str, str, str]]:
         missing = [c for c in ("youtube_id", "time_start", "time_end") if c not in header]
         if missing:
             raise AnnotationFormatError(
-                file, 1, ",".join(header), f"Kinetics CSV header lacks {missing} (expected label,youtube_id,time_start,time_end,split[,is_cc])"
+                file,
+                1,
+                ",".join(header),
+                f"Kinetics CSV header lacks {missing} (expected label,youtube_id,time_start,time_end,split[,is_cc])",
             )
         if "label" not in header:
             raise ValueError(
@@ -327,7 +345,9 @@ def _parse_kinetics_csv(file: Path) -> list[tuple[int, str, str, str]]:
     return rows
 
 
-def _read_named_list(file: Path, class_index: Path | None, label_names: dict[str, str]) -> list[tuple[int, str, str, str]]:
+def _read_named_list(
+    file: Path, class_index: Path | None, label_names: dict[str, str]
+) -> list[tuple[int, str, str, str]]:
     """Rows of a FedVSSL-style ``class_dir/clip id`` list as (line_no, label, clip stem, text).
 
     ``label_names`` maps class folder (label with '_') -> label-map spelling.
@@ -348,7 +368,9 @@ def _read_named_list(file: Path, class_index: Path | None, label_names: dict[str
     for line_no, text in _lines(file):
         parts = text.split()
         if len(parts) != 2 or not parts[1].isdigit() or parts[0].count("/") != 1:
-            raise AnnotationFormatError(file, line_no, text, "expected '<class_dir>/<youtube_id>_<start>_<end> <class id>'")
+            raise AnnotationFormatError(
+                file, line_no, text, "expected '<class_dir>/<youtube_id>_<start>_<end> <class id>'"
+            )
         folder, stem = parts[0].split("/")
         if not stem or stem in (".", ".."):
             raise AnnotationFormatError(file, line_no, text, "expected a clip name after '<class_dir>/'")
@@ -357,7 +379,10 @@ def _read_named_list(file: Path, class_index: Path | None, label_names: dict[str
             raise AnnotationFormatError(file, line_no, text, f"class id {class_id} is not in {class_index}")
         if folder != id_to_folder[class_id]:
             raise AnnotationFormatError(
-                file, line_no, text, f"class id {class_id} is {id_to_folder[class_id]!r} in {class_index.name}, not {folder!r}"
+                file,
+                line_no,
+                text,
+                f"class id {class_id} is {id_to_folder[class_id]!r} in {class_index.name}, not {folder!r}",
             )
         rows.append((line_no, label_names[folder], stem, text))
     return rows
@@ -399,7 +424,9 @@ def read_kinetics(
     lists = {"train": (train_file, train_subdir, train_class_index), "test": (test_file, test_subdir, test_class_index)}
     for key, file in (("label_map", label_map_file), ("train_list", train_file), ("test_list", test_file)):
         if file is not None and not file.is_file():
-            raise FileNotFoundError(f"Kinetics {key} {file} does not exist; check dataset.{key} and dataset.annotations")
+            raise FileNotFoundError(
+                f"Kinetics {key} {file} does not exist; check dataset.{key} and dataset.annotations"
+            )
 
     parsed: dict[str, list[tuple[int, str, str, str]]] = {}
     if label_map_file is not None:
@@ -415,7 +442,9 @@ def read_kinetics(
     for folder in folder_names:
         # checked once per class, so the per-clip paths below (folder + '/'-free clip name) are safe
         if "/" in folder or "\\" in folder or folder in (".", ".."):
-            raise ValueError(f"Kinetics class {folder_names[folder]!r} cannot be a folder name (it contains '/' or is '.'/'..')")
+            raise ValueError(
+                f"Kinetics class {folder_names[folder]!r} cannot be a folder name (it contains '/' or is '.'/'..')"
+            )
     if len(folder_names) != len(classes):
         raise ValueError(f"{label_map_file}: two classes map to the same folder once spaces become '_'")
 
@@ -512,7 +541,6 @@ class KineticsReader(DatasetReader):
         )
 
 
-
 def _cfg_value(cfg: Mapping, key: str, dataset: str) -> object:
     value = cfg.get(key)
     if value is None or value == "":
@@ -543,8 +571,9 @@ def load_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
     """
     name = dataset_cfg.get("name")
     if not isinstance(name, str) or name not in DATASET_READERS:
-        raise ValueError(f"dataset.name must be one of {', '.join(DATASET_READERS.names())} (the annotation reader); "
-                         f"got {name!r}")
+        raise ValueError(
+            f"dataset.name must be one of {', '.join(DATASET_READERS.names())} (the annotation reader); got {name!r}"
+        )
     reader = DATASET_READERS.get(name)()
     if isinstance(reader, ImageDatasetReader):  # image sets read their own files (benchmark.data.images)
         return reader.read(dataset_cfg, Path(str(dataset_cfg.get("annotations") or "")))
@@ -552,6 +581,8 @@ def load_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
     result = reader.read(dataset_cfg, directory)
     for part in ("train", "test"):
         if not getattr(result, part):
-            raise ValueError(f"{name}: the {part} list is empty ({', '.join(sorted(result.source_sha256))} under "
-                             f"{directory}); check dataset.annotations and the list files")
+            raise ValueError(
+                f"{name}: the {part} list is empty ({', '.join(sorted(result.source_sha256))} under "
+                f"{directory}); check dataset.annotations and the list files"
+            )
     return dataclasses.replace(result, dataset=str(dataset_cfg.get("id") or name))

@@ -58,7 +58,7 @@ def _full_decode(path: str, logs: list) -> tuple[int, list[str], str]:
     try:
         for _ in sequential_frames(path, frame_threads=False):
             frames += 1
-    except Exception as e:  # a decoder or demuxer error stops the decode
+    except Exception as e:  # noqa: BLE001 - any decoder or demuxer error is this file's finding
         failure = f"{type(e).__name__}: {e}"
     errors = [f"{name}: {message.strip()}" for level, name, message in logs[before:] if level <= av.logging.ERROR]
     return frames, errors, failure
@@ -88,7 +88,7 @@ def _raw_decord(path: str, indices: list[int], truth: _Truth, num_frames: int) -
             return f"frame count {len(reader)}"
         batch = reader.get_batch(indices)
         frames = batch if not hasattr(batch, "asnumpy") else batch.asnumpy()
-    except Exception as e:  # decord raises its own error types
+    except Exception as e:  # noqa: BLE001 - decord raises its own error types; each is a finding
         return f"fails: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     import torch
 
@@ -124,10 +124,14 @@ def _sequential_truth(path: str, indices: list[int], info, num_frames: int) -> _
     from benchmark.data.decoding import decode_sequentially
 
     wanted = sorted({j for i in indices for j in (i - 1, i, i + 1) if 0 <= j < num_frames})
-    decoded = {k: torch.from_numpy(v) for k, v in
-               decode_sequentially(path, wanted, info.rotation, info.height, info.width).items()}
-    return _Truth(torch.stack([decoded[i] for i in indices]),
-                  [[decoded[j] for j in (i - 1, i + 1) if j in decoded] for i in indices])
+    decoded = {
+        k: torch.from_numpy(v)
+        for k, v in decode_sequentially(path, wanted, info.rotation, info.height, info.width).items()
+    }
+    return _Truth(
+        torch.stack([decoded[i] for i in indices]),
+        [[decoded[j] for j in (i - 1, i + 1) if j in decoded] for i in indices],
+    )
 
 
 def check_video(path: str | os.PathLike, random_access: bool = True) -> dict:
@@ -162,9 +166,16 @@ def _check_video(path: str, logs: list, random_access: bool) -> dict:
         info = inspect_video(path)
     except VideoDecodeError as e:
         return {**result, "status": "unusable", "problems": [e.reason]}
-    result.update(container=info.container, codec=info.codec, width=info.width, height=info.height,
-                  fps=round(info.fps, 3), rotation=info.rotation, header_frames=info.header_frames,
-                  hazard=info.hazard)
+    result.update(
+        container=info.container,
+        codec=info.codec,
+        width=info.width,
+        height=info.height,
+        fps=round(info.fps, 3),
+        rotation=info.rotation,
+        header_frames=info.header_frames,
+        hazard=info.hazard,
+    )
     frames, errors, failure = _full_decode(path, logs)
     result.update(frames=frames, decode_errors=len(errors), first_error=(errors or [failure or ""])[0])
     cut = info.container == "avi" and info.header_frames > 0 and frames < _AVI_MIN_FRAME_SHARE * info.header_frames
@@ -242,8 +253,11 @@ def unusable_in_cache(root: str | os.PathLike, files: Iterable[Path]) -> dict[Pa
     cache_root = _find_cache_root(Path(root).resolve())
     if cache_root is None:
         return {}
-    unusable = {path: entry for path, entry in load_cache(cache_root).items()
-                if (entry.get("result") or {}).get("status") == "unusable"}
+    unusable = {
+        path: entry
+        for path, entry in load_cache(cache_root).items()
+        if (entry.get("result") or {}).get("status") == "unusable"
+    }
     names = {os.path.basename(path) for path in unusable}  # only these files need a realpath and stat
     out = {}
     for file in files:
@@ -286,8 +300,13 @@ class CheckReport:
                 **{s: self.by_status().get(s, 0) for s in ("ok", "unusable", "missing", "empty")},
                 "from_cache": self.from_cache,
             },
-            "codecs": dict(sorted(Counter(f"{r.get('container', '?')}/{r.get('codec', '?')}" for r in self.results
-                                          if "codec" in r).items())),
+            "codecs": dict(
+                sorted(
+                    Counter(
+                        f"{r.get('container', '?')}/{r.get('codec', '?')}" for r in self.results if "codec" in r
+                    ).items()
+                )
+            ),
             "problems": dict(sorted(Counter(_problem_kind(r) for r in self.unusable).items())),
             "files": self.results,
         }
@@ -303,8 +322,10 @@ class CheckReport:
         ]
         hazards = Counter(r["hazard"] for r in self.results if r.get("hazard"))
         if hazards:
-            lines.append("decoded exactly by PyAV (decord would be wrong): "
-                         + ", ".join(f"{k} {v}" for k, v in sorted(hazards.items())))
+            lines.append(
+                "decoded exactly by PyAV (decord would be wrong): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(hazards.items()))
+            )
         rotated = sum(1 for r in self.results if r.get("rotation"))
         if rotated:
             lines.append(f"rotated (display matrix, applied): {rotated}")

@@ -58,6 +58,7 @@ from .transforms import ShortSideResize
 
 BACKENDS = ("decord", "pyav", "auto")
 
+
 class VideoDecodeError(RuntimeError):
     """A video file could not be opened or decoded.
 
@@ -227,7 +228,7 @@ def _mp4_rotation(path: str) -> int:
 
 
 def _mpeg4_b_frames(packets: list) -> str:
-    """"" or why: an MPEG-4 Part 2 packet holding two pictures (packed B-frames) or a B-VOP."""
+    """ "" or why: an MPEG-4 Part 2 packet holding two pictures (packed B-frames) or a B-VOP."""
     for packet in packets:
         data = bytes(packet)
         starts = [m.start() for m in re.finditer(b"\x00\x00\x01\xb6", data)]
@@ -293,8 +294,7 @@ def _inspect(path: str, identity: tuple[int, int, int]) -> StreamInfo:  # identi
     rotation = _mp4_rotation(path) if name == "mov" else 0
     if rotation in (90, 270):
         height, width = width, height
-    return StreamInfo(path, name, codec, height, width, rotation, float(rate) if rate else 0.0,
-                      header_frames, hazard)
+    return StreamInfo(path, name, codec, height, width, rotation, float(rate) if rate else 0.0, header_frames, hazard)
 
 
 def probe_frame_size(path: str) -> tuple[int, int]:
@@ -323,7 +323,9 @@ def sequential_frames(path: str, frame_threads: bool = True) -> Iterator:
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if frame_threads else "SLICE"
-        unpack = av.BitStreamFilterContext("mpeg4_unpack_bframes", stream) if stream.codec_context.name == "mpeg4" else None
+        unpack = (
+            av.BitStreamFilterContext("mpeg4_unpack_bframes", stream) if stream.codec_context.name == "mpeg4" else None
+        )
         for packet in container.demux(stream):
             if not packet.size:
                 continue
@@ -350,7 +352,9 @@ def count_frames(path: str) -> int:
     return _FRAME_COUNTS[key]
 
 
-def decode_sequentially(path: str, indices: Sequence[int], rotation: int, height: int, width: int) -> dict[int, np.ndarray]:
+def decode_sequentially(
+    path: str, indices: Sequence[int], rotation: int, height: int, width: int
+) -> dict[int, np.ndarray]:
     """frame number -> upright uint8 (height, width, 3) RGB for ``indices``, by decoding from
     the first frame up to the last wanted one (exact by definition; no seeking)."""
     wanted, last = set(indices), max(indices)
@@ -392,7 +396,8 @@ class _DecordReader(VideoReader):
         info = info or inspect_video(path)
         if info.hazard:
             raise VideoDecodeError(
-                path, f"decord would return wrong frames ({info.hazard}); use clip.backend=auto or pyav, which are exact"
+                path,
+                f"decord would return wrong frames ({info.hazard}); use clip.backend=auto or pyav, which are exact",
             )
         self.height, self.width = scaled_frame_size(info.height, info.width, short_side)
         # decord rotates after its own resize (a rotated video comes out squashed), so a
@@ -497,9 +502,7 @@ class _PyAVReader(VideoReader):
         except VideoDecodeError:
             raise
         except Exception as e:
-            raise VideoDecodeError(
-                self.path, f"PyAV failed on frames {indices[:3]}...: {type(e).__name__}: {e}"
-            ) from e
+            raise VideoDecodeError(self.path, f"PyAV failed on frames {indices[:3]}...: {type(e).__name__}: {e}") from e
         missing = sorted(set(indices) - set(frames))
         if missing:
             raise VideoDecodeError(self.path, f"PyAV did not return frames {missing[:5]} (corrupt or truncated?)")
@@ -576,8 +579,9 @@ class _AutoReader(VideoReader):
                 if fallback.num_frames != self.num_frames:  # the indices were drawn from decord's count
                     fallback.close()
                     raise VideoDecodeError(
-                        self.path, f"decord failed ({decord_error.reason}) and PyAV decodes {fallback.num_frames} "
-                        f"frames, not decord's {self.num_frames}"
+                        self.path,
+                        f"decord failed ({decord_error.reason}) and PyAV decodes {fallback.num_frames} "
+                        f"frames, not decord's {self.num_frames}",
                     ) from decord_error
                 self._fallback = fallback
         return self._fallback.get_frames(indices)

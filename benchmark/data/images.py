@@ -59,10 +59,20 @@ class CifarSpec:
 
 
 CIFAR_SPECS: dict[str, CifarSpec] = {
-    "cifar10": CifarSpec("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-                         "batches.meta", "labels", "label_names", 10, 50_000, 10_000),
-    "cifar100": CifarSpec("cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names",
-                          100, 50_000, 10_000),
+    "cifar10": CifarSpec(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",),
+        "batches.meta",
+        "labels",
+        "label_names",
+        10,
+        50_000,
+        10_000,
+    ),
+    "cifar100": CifarSpec(
+        "cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names", 100, 50_000, 10_000
+    ),
 }
 
 
@@ -97,7 +107,7 @@ def _load_pickle(file: Path, name: str) -> dict[str, Any]:
     try:
         with open(file, "rb") as f:
             obj = pickle.load(f, encoding="latin1")
-    except Exception as e:  # truncated (EOFError, UnpicklingError), garbage, wrong protocol
+    except Exception as e:  # noqa: BLE001 - truncated (EOFError, UnpicklingError), garbage, wrong protocol
         raise ImageDataError(
             f"{file}: not a readable CIFAR pickle batch ({type(e).__name__}: {e}); the file is truncated or "
             f"corrupt: {_fix_hint(name)} again"
@@ -119,8 +129,9 @@ def _read_batch(file: Path, spec: CifarSpec, name: str) -> tuple[np.ndarray, np.
     data = np.asarray(batch["data"])
     labels = np.asarray(batch[spec.label_key], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ImageDataError(f"{file}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}; "
-                             f"{_fix_hint(name)} again")
+        raise ImageDataError(
+            f"{file}: 'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}; {_fix_hint(name)} again"
+        )
     if labels.shape != (data.shape[0],):
         raise ImageDataError(f"{file}: {data.shape[0]} images but {labels.shape[0]} labels; {_fix_hint(name)} again")
     if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
@@ -148,8 +159,13 @@ def read_cifar(root: str | os.PathLike, name: str, train: bool = True) -> ImageS
     return ImageSet(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes, files)
 
 
-def write_cifar(root: str | os.PathLike, name: str, train: tuple[np.ndarray, np.ndarray],
-                test: tuple[np.ndarray, np.ndarray], classes: Sequence[str]) -> Path:
+def write_cifar(
+    root: str | os.PathLike,
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: Sequence[str],
+) -> Path:
     """Write ``(images (N, 32, 32, 3) uint8, labels)`` pairs in the distributed pickle layout
     under ``root/<folder>/``; CIFAR-10's train images are split over 5 batches in order."""
     from benchmark.io import atomic_write_bytes
@@ -161,8 +177,12 @@ def write_cifar(root: str | os.PathLike, name: str, train: tuple[np.ndarray, np.
     def batch(images: np.ndarray, labels: np.ndarray, label: str) -> bytes:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         data = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
-        obj = {"batch_label": label, spec.label_key: [int(x) for x in labels], "data": data,
-               "filenames": [f"img_{i:05d}.png" for i in range(len(images))]}
+        obj = {
+            "batch_label": label,
+            spec.label_key: [int(x) for x in labels],
+            "data": data,
+            "filenames": [f"img_{i:05d}.png" for i in range(len(images))],
+        }
         if name == "cifar100":
             obj["coarse_labels"] = [int(x) // 5 for x in labels]
         return pickle.dumps(obj, protocol=2)
@@ -178,8 +198,14 @@ def write_cifar(root: str | os.PathLike, name: str, train: tuple[np.ndarray, np.
     return base
 
 
-def make_cifar_standin(root: str | os.PathLike, name: str = "cifar10", per_class_train: int = 20,
-                       per_class_test: int = 10, seed: int = 0, num_classes: int | None = None) -> Path:
+def make_cifar_standin(
+    root: str | os.PathLike,
+    name: str = "cifar10",
+    per_class_train: int = 20,
+    per_class_test: int = 10,
+    seed: int = 0,
+    num_classes: int | None = None,
+) -> Path:
     """A small deterministic CIFAR-format stand-in: each class is a smooth random colour field
     plus a class-specific oriented stripe pattern and per-image noise, so classes are
     learnable from colour and texture. Written with :func:`write_cifar` (real pickle format)."""
@@ -247,8 +273,10 @@ def tiny_imagenet_records(root: str | os.PathLike, train: bool = True) -> tuple[
         raise ImageDataError(f"{train_dir}: missing; download {TINY_URL} and unzip it under dataset.root")
     classes = sorted(d.name for d in os.scandir(train_dir) if d.is_dir())  # torchvision find_classes
     if sorted(wnids) != classes:
-        raise ImageDataError(f"{wnids_file}: lists {len(wnids)} wnids but {train_dir} has {len(classes)} class "
-                             f"folders; they must be the same set (re-extract the archive)")
+        raise ImageDataError(
+            f"{wnids_file}: lists {len(wnids)} wnids but {train_dir} has {len(classes)} class "
+            f"folders; they must be the same set (re-extract the archive)"
+        )
     index = {c: i for i, c in enumerate(classes)}
     out: list[tuple[str, int]] = []
     if train:
@@ -266,7 +294,9 @@ def tiny_imagenet_records(root: str | os.PathLike, train: bool = True) -> tuple[
             continue
         parts = line.split("\t")
         if len(parts) < 2 or parts[1] not in index:
-            raise ImageDataError(f"{ann}:{n}: expected '<file>\\t<wnid>\\t<box>' with a wnid of wnids.txt, got {line!r}")
+            raise ImageDataError(
+                f"{ann}:{n}: expected '<file>\\t<wnid>\\t<box>' with a wnid of wnids.txt, got {line!r}"
+            )
         out.append((f"val/images/{parts[0]}", index[parts[1]]))
     return classes, out
 
@@ -287,16 +317,23 @@ def read_tiny_imagenet(root: str | os.PathLike, train: bool = True, size: int | 
                 if size is not None:
                     im = im.resize((size, size), Image.BILINEAR)
                 images.append(np.asarray(im, dtype=np.uint8))
-        except Exception as e:
-            raise ImageDataError(f"{f}: cannot decode the image ({type(e).__name__}: {e}); re-extract the archive") from None
+        except Exception as e:  # noqa: BLE001 - PIL raises many types; all mean "re-extract"
+            raise ImageDataError(
+                f"{f}: cannot decode the image ({type(e).__name__}: {e}); re-extract the archive"
+            ) from None
         labels.append(label)
         files.append(f)
-    return ImageSet(np.stack(images) if images else np.zeros((0, size or 64, size or 64, 3), np.uint8),
-                    np.asarray(labels, np.int64), classes, files)
+    return ImageSet(
+        np.stack(images) if images else np.zeros((0, size or 64, size or 64, 3), np.uint8),
+        np.asarray(labels, np.int64),
+        classes,
+        files,
+    )
 
 
-def write_tiny_imagenet(root: str | os.PathLike, train: Mapping[str, Sequence[np.ndarray]],
-                        val: Sequence[tuple[np.ndarray, str]]) -> Path:
+def write_tiny_imagenet(
+    root: str | os.PathLike, train: Mapping[str, Sequence[np.ndarray]], val: Sequence[tuple[np.ndarray, str]]
+) -> Path:
     """Write the Tiny-ImageNet-200 layout: ``train[wnid]`` = images, ``val`` = (image, wnid) pairs."""
     from PIL import Image
 
@@ -305,7 +342,9 @@ def write_tiny_imagenet(root: str | os.PathLike, train: Mapping[str, Sequence[np
         (base / "train" / wnid / "images").mkdir(parents=True, exist_ok=True)
         boxes = []
         for i, img in enumerate(imgs):
-            Image.fromarray(np.asarray(img, np.uint8)).save(base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", "JPEG")
+            Image.fromarray(np.asarray(img, np.uint8)).save(
+                base / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", "JPEG"
+            )
             boxes.append(f"{wnid}_{i}.JPEG\t0\t0\t63\t63")
         (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("\n".join(boxes) + "\n")
     (base / "val" / "images").mkdir(parents=True, exist_ok=True)
@@ -337,11 +376,18 @@ def image_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
         from benchmark.io import sha256_file
 
         sets = [read_cifar(str(dataset_cfg.get("root")), name, train) for train in (True, False)]
-        parts = [[VideoRecord(f"{part}/{i:05d}", int(lab), s.classes[int(lab)]) for i, lab in enumerate(s.labels)]
-                 for part, s in zip(("train", "test"), sets)]
-        return AnnotationSplit(dataset=dataset_id, split="official", classes=sets[0].classes, train=parts[0],
-                               test=parts[1],
-                               source_sha256={f.name: sha256_file(f) for s in sets for f in s.files})
+        parts = [
+            [VideoRecord(f"{part}/{i:05d}", int(lab), s.classes[int(lab)]) for i, lab in enumerate(s.labels)]
+            for part, s in zip(("train", "test"), sets)
+        ]
+        return AnnotationSplit(
+            dataset=dataset_id,
+            split="official",
+            classes=sets[0].classes,
+            train=parts[0],
+            test=parts[1],
+            source_sha256={f.name: sha256_file(f) for s in sets for f in s.files},
+        )
     root = dataset_cfg.get("root")
     if not root:
         raise ValueError(f"dataset config ({name}): key 'dataset.root' is missing or empty")
@@ -351,11 +397,15 @@ def image_annotations(dataset_cfg: Mapping) -> AnnotationSplit:
     from benchmark.io import sha256_file
 
     return AnnotationSplit(
-        dataset=dataset_id, split="official", classes=classes,
+        dataset=dataset_id,
+        split="official",
+        classes=classes,
         train=[VideoRecord(p, lab, classes[lab]) for p, lab in train],
         test=[VideoRecord(p, lab, classes[lab]) for p, lab in test],
-        source_sha256={"wnids.txt": sha256_file(wnids),
-                       "val/val_annotations.txt": sha256_file(_tiny_base(root) / "val" / "val_annotations.txt")},
+        source_sha256={
+            "wnids.txt": sha256_file(wnids),
+            "val/val_annotations.txt": sha256_file(_tiny_base(root) / "val" / "val_annotations.txt"),
+        },
     )
 
 
@@ -397,7 +447,9 @@ def record_indices(dataset_cfg: Mapping, records: Sequence[str], train: bool = T
     where = {p: i for i, (p, _) in enumerate(listed)}
     missing = [r for r in records if r not in where]
     if missing:
-        raise ImageDataError(f"{dataset_cfg.get('root')}: {len(missing)} listed images are missing (e.g. {missing[:3]})")
+        raise ImageDataError(
+            f"{dataset_cfg.get('root')}: {len(missing)} listed images are missing (e.g. {missing[:3]})"
+        )
     return [where[r] for r in records]
 
 
@@ -418,8 +470,16 @@ class ImageItems:
         self.num_records = len(records)
 
     def summary(self) -> dict[str, int]:
-        return {"listed": self.num_records, "present": len(self.present), "skipped": 0, "missing": 0, "empty": 0,
-                "undecodable": 0, "unusable": 0, "case_mismatch_resolved": 0}
+        return {
+            "listed": self.num_records,
+            "present": len(self.present),
+            "skipped": 0,
+            "missing": 0,
+            "empty": 0,
+            "undecodable": 0,
+            "unusable": 0,
+            "case_mismatch_resolved": 0,
+        }
 
 
 class TrainImageDataset(Dataset):
@@ -438,8 +498,15 @@ class TrainImageDataset(Dataset):
     draws come from ``item_seed(seed, epoch, index)``.
     """
 
-    def __init__(self, images: np.ndarray, items: Sequence[tuple[int, int]], num_views: int, sample_transform,
-                 seed: int, flip_prob: float = 0.5):
+    def __init__(
+        self,
+        images: np.ndarray,
+        items: Sequence[tuple[int, int]],
+        num_views: int,
+        sample_transform,
+        seed: int,
+        flip_prob: float = 0.5,
+    ):
         self.images, self.items = images, [(int(i), int(lab)) for i, lab in items]
         self.num_views, self.sample_transform = int(num_views), sample_transform
         self.seed, self.flip_prob, self.epoch = int(seed), float(flip_prob), 0
@@ -473,8 +540,9 @@ class TrainImageDataset(Dataset):
         return sample
 
 
-def train_image_dataset(dataset_cfg: Mapping, videos: Sequence[tuple[str, int]], num_views: int, sample_transform,
-                        seed: int) -> TrainImageDataset:
+def train_image_dataset(
+    dataset_cfg: Mapping, videos: Sequence[tuple[str, int]], num_views: int, sample_transform, seed: int
+) -> TrainImageDataset:
     """A client's :class:`TrainImageDataset` from its manifest entries ``(record, label)``;
     labels -1 (an imported index split) are replaced by the dataset files' labels."""
     data = load_image_set(dataset_cfg, train=True)
@@ -494,14 +562,19 @@ def ensure_standin(dataset_cfg: Mapping) -> Path:
     spec = CIFAR_SPECS[name]
     base = Path(str(dataset_cfg.get("root"))) / spec.folder
     opts = dict(dataset_cfg.get("standin") or {})
-    params = {"name": name, "per_class_train": int(opts.get("per_class_train", 20)),
-              "per_class_test": int(opts.get("per_class_test", 10)), "seed": int(opts.get("seed", 0))}
+    params = {
+        "name": name,
+        "per_class_train": int(opts.get("per_class_train", 20)),
+        "per_class_test": int(opts.get("per_class_test", 10)),
+        "seed": int(opts.get("seed", 0)),
+    }
     stamp = base / "standin.json"  # which parameters made the files: other parameters regenerate them
     present = all((base / f).is_file() for f in (*spec.train_files, *spec.test_files, spec.meta_file))
     if present and stamp.is_file() and json.loads(stamp.read_text()) == params:
         return base
-    make_cifar_standin(str(dataset_cfg.get("root")), name, params["per_class_train"], params["per_class_test"],
-                       params["seed"])
+    make_cifar_standin(
+        str(dataset_cfg.get("root")), name, params["per_class_train"], params["per_class_test"], params["seed"]
+    )
     _cached_set.cache_clear()
     atomic_write_text(stamp, json.dumps(params, sort_keys=True))
     return base

@@ -366,7 +366,9 @@ def _checked_plan(planned, num_frames: int, path: str) -> tuple[list[list[int]],
     except (TypeError, ValueError):
         raise TypeError(f"sample_frames must return (clips, targets) or None, got {type(planned).__name__}") from None
     if not clips or len({len(c) for c in clips}) != 1 or not clips[0]:
-        raise ValueError(f"sample_frames returned clips of lengths {[len(c) for c in clips]}: expected non-empty clips of one length")
+        raise ValueError(
+            f"sample_frames returned clips of lengths {[len(c) for c in clips]}: expected non-empty clips of one length"
+        )
     bad = [i for clip in clips for i in clip if not 0 <= i < num_frames]
     if bad:
         raise ValueError(f"sample_frames returned frame {bad[0]} for {path}, which has frames 0..{num_frames - 1}")

@@ -55,9 +55,7 @@ def check_relative_path(path: str, where: str) -> str:
             f"{where}: video path {path!r} is absolute; paths in lists must be relative to the dataset root"
         )
     if ".." in path.split("/"):
-        raise ValueError(
-            f"{where}: video path {path!r} contains '..'; paths in lists may not leave the dataset root"
-        )
+        raise ValueError(f"{where}: video path {path!r} contains '..'; paths in lists may not leave the dataset root")
     return path
 
 
@@ -156,12 +154,17 @@ class MissingVideosError(RuntimeError):
         more = f"\n  ... and {len(skipped) - _SHOWN_IN_ERROR} more" if len(skipped) > _SHOWN_IN_ERROR else ""
         checked = (
             " Files marked unusable were found so by `fedvid data check` (its report in the data root says why)."
-            if counts["unusable"] else ""
+            if counts["unusable"]
+            else ""
         )
         if resolved.present:
-            fix = checked[1:] + (" " if checked else "") + (
-                "Check the dataset root and layout (datasets/README.md), or set allow_missing_videos=true "
-                f"to run on the {len(resolved.present)} present videos (the skipped count is recorded in the result)."
+            fix = (
+                checked[1:]
+                + (" " if checked else "")
+                + (
+                    "Check the dataset root and layout (datasets/README.md), or set allow_missing_videos=true "
+                    f"to run on the {len(resolved.present)} present videos (the skipped count is recorded in the result)."
+                )
             )
         else:
             fix = "No listed video is usable: check dataset.root and the layout described in datasets/README.md."
@@ -283,9 +286,7 @@ def resolve_videos(
             resolved.problems.append(VideoProblem(record.path, "missing", exact, why))
             continue
         if found != exact:
-            resolved.problems.append(
-                VideoProblem(record.path, CASE_RESOLVED, found, f"(listed as {record.path!r})")
-            )
+            resolved.problems.append(VideoProblem(record.path, CASE_RESOLVED, found, f"(listed as {record.path!r})"))
         if found.stat().st_size == 0:
             resolved.problems.append(VideoProblem(record.path, "empty", found, "(zero bytes)"))
             continue

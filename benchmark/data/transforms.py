@@ -242,8 +242,9 @@ class CtPColorAugment:
     Works on a (C, T, H, W) clip, uint8 or float in [0, 1]; returns floats in [0, 1].
     """
 
-    def __init__(self, prob: float, brightness_delta: float, contrast_delta: float, hue_delta: float,
-                 saturation_delta: float):
+    def __init__(
+        self, prob: float, brightness_delta: float, contrast_delta: float, hue_delta: float, saturation_delta: float
+    ):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"CtPColorAugment prob={prob}: expected a probability in [0, 1]")
         self.prob = prob
@@ -282,8 +283,13 @@ class SimCLRVideoAugment:
     [0, 1] -> float in [0, 1]; an image (C, H, W) is treated as a one-frame clip.
     """
 
-    def __init__(self, crop_scale: Sequence[float] = (0.08, 1.0), jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
-                 jitter_prob: float = 0.8, gray_prob: float = 0.2):
+    def __init__(
+        self,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        jitter: Sequence[float] = (0.8, 0.8, 0.8, 0.2),
+        jitter_prob: float = 0.8,
+        gray_prob: float = 0.2,
+    ):
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.brightness, self.contrast, self.saturation, self.hue = (float(x) for x in jitter)
         self.jitter_prob, self.gray_prob = float(jitter_prob), float(gray_prob)
@@ -331,8 +337,12 @@ class SimCLRVideoAugment:
         c = _uniform(generator, max(0.0, 1 - self.contrast), 1 + self.contrast)
         s = _uniform(generator, max(0.0, 1 - self.saturation), 1 + self.saturation)
         h = _uniform(generator, -self.hue, self.hue)
-        steps = {0: lambda x: TF.adjust_brightness(x, b), 1: lambda x: TF.adjust_contrast(x, c),
-                 2: lambda x: TF.adjust_saturation(x, s), 3: lambda x: TF.adjust_hue(x, h)}
+        steps = {
+            0: lambda x: TF.adjust_brightness(x, b),
+            1: lambda x: TF.adjust_contrast(x, c),
+            2: lambda x: TF.adjust_saturation(x, s),
+            3: lambda x: TF.adjust_hue(x, h),
+        }
         for k in torch.randperm(4, generator=generator).tolist():
             frames = steps[k](frames)
         return frames

@@ -14,4 +14,11 @@ from benchmark.evaluation.pipeline import (
 )
 from benchmark.evaluation.spec import DownstreamDatasetSpec, EvaluationSpec
 
-__all__ = ["EVALUATION_FORMAT", "DownstreamDatasetSpec", "EvaluationSpec", "evaluate_backbone", "evaluate_backbone_report", "random_init_copy"]
+__all__ = [
+    "EVALUATION_FORMAT",
+    "DownstreamDatasetSpec",
+    "EvaluationSpec",
+    "evaluate_backbone",
+    "evaluate_backbone_report",
+    "random_init_copy",
+]

@@ -231,9 +231,7 @@ def feature_cache_key(
     """sha256 naming a feature file: model, dataset, split, pooling, clip settings, video list
     with each file's identity (size, mtime, inode: a replaced or rewritten video gets new
     features, never stale ones; ``None`` for a file that cannot be stat'ed)."""
-    listing = sha256_bytes(
-        "\n".join(f"{path}\t{label}\t{_video_identity(path)}" for path, label in videos).encode()
-    )
+    listing = sha256_bytes("\n".join(f"{path}\t{label}\t{_video_identity(path)}" for path, label in videos).encode())
     return sha256_bytes(
         canonical_json_bytes(
             {
@@ -255,7 +253,7 @@ def load_cached(path: Path) -> SplitFeatures | None:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
         return SplitFeatures(data["features"], data["labels"])
-    except Exception:  # a corrupt or foreign file is recomputed, never trusted
+    except Exception:  # noqa: BLE001 - a corrupt or foreign file is recomputed, never trusted
         return None
 
 

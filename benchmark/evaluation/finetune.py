@@ -32,8 +32,9 @@ from benchmark.evaluation.spec import FinetuneSpec
 class ClassifierHead(nn.Module):
     """backbone -> GAP -> dropout -> linear. forward: (B, 3, T, H, W) -> (B, num_classes) logits."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float, generator: torch.Generator,
-                 init_std: float = 0.001):
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, dropout: float, generator: torch.Generator, init_std: float = 0.001
+    ):
         super().__init__()
         self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
@@ -53,9 +54,13 @@ class ColorView:
     def __init__(self, color) -> None:
         from benchmark.data.transforms import CtPColorAugment
 
-        self.augment = CtPColorAugment(float(color["prob"]), float(color["brightness_delta"]),
-                                       float(color["contrast_delta"]), float(color["hue_delta"]),
-                                       float(color["saturation_delta"]))
+        self.augment = CtPColorAugment(
+            float(color["prob"]),
+            float(color["brightness_delta"]),
+            float(color["contrast_delta"]),
+            float(color["hue_delta"]),
+            float(color["saturation_delta"]),
+        )
 
     def __call__(self, views: list[torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         (view,) = views
@@ -67,8 +72,17 @@ def color_transform(color) -> ColorView | None:
     return ColorView(color) if color else None
 
 
-def finetune(backbone: nn.Module, ds, ft: FinetuneSpec, clip: ClipSettings, device: torch.device, *,
-             test_batch_size: int, test_num_workers: int, progress=None) -> dict:
+def finetune(
+    backbone: nn.Module,
+    ds,
+    ft: FinetuneSpec,
+    clip: ClipSettings,
+    device: torch.device,
+    *,
+    test_batch_size: int,
+    test_num_workers: int,
+    progress=None,
+) -> dict:
     """Fine-tune on ``ds.train``, test on ``ds.test``; returns metrics and the training log.
 
     ds: a :class:`benchmark.evaluation.pipeline.Downstream` ((path, label) lists, classes); ft: the
@@ -85,22 +99,34 @@ def finetune(backbone: nn.Module, ds, ft: FinetuneSpec, clip: ClipSettings, devi
         raise ValueError(f"eval.finetune.epochs={epochs}: expected at least 1")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        model = ClassifierHead(copy.deepcopy(backbone), num_classes, float(ft.dropout),
-                               torch.Generator().manual_seed(seed), float(ft.head_init_std)).to(device)
+        model = ClassifierHead(
+            copy.deepcopy(backbone),
+            num_classes,
+            float(ft.dropout),
+            torch.Generator().manual_seed(seed),
+            float(ft.head_init_std),
+        ).to(device)
         sides = ft.train_short_sides
         train_set = TrainClipDataset(
-            ds.train, frames=clip.frames, stride=clip.stride,
+            ds.train,
+            frames=clip.frames,
+            stride=clip.stride,
             short_side=[int(x) for x in sides] if sides else clip.short_side,
-            crop_size=clip.crop_size, backend=clip.backend, seed=seed, flip_prob=float(ft.flip_prob),
-            sample_transform=color_transform(ft.color), normalization=clip.normalization,
+            crop_size=clip.crop_size,
+            backend=clip.backend,
+            seed=seed,
+            flip_prob=float(ft.flip_prob),
+            sample_transform=color_transform(ft.color),
+            normalization=clip.normalization,
         )
         clip_norm = ft.grad_clip_norm
-        loader = make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers),
-                                   seed=seed)
-        optimizer = torch.optim.SGD(model.parameters(), lr=float(ft.lr), momentum=float(ft.momentum),
-                                    weight_decay=float(ft.weight_decay))
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(m) for m in ft.milestones],
-                                                         gamma=float(ft.gamma))
+        loader = make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers), seed=seed)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=float(ft.lr), momentum=float(ft.momentum), weight_decay=float(ft.weight_decay)
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[int(m) for m in ft.milestones], gamma=float(ft.gamma)
+        )
         task = progress.add_task(f"{ds.id} fine-tune", total=epochs * len(loader)) if progress is not None else None
         losses, lrs = [], []
         for epoch in range(epochs):
@@ -127,8 +153,14 @@ def finetune(backbone: nn.Module, ds, ft: FinetuneSpec, clip: ClipSettings, devi
             progress.remove_task(task)
 
         model.eval()
-        source = ClipSource(ds.test, clip, batch_size=test_batch_size, num_workers=test_num_workers,
-                            max_bytes=0, description=f"{ds.id}/test")
+        source = ClipSource(
+            ds.test,
+            clip,
+            batch_size=test_batch_size,
+            num_workers=test_num_workers,
+            max_bytes=0,
+            description=f"{ds.id}/test",
+        )
         scores, labels = [], []
         with torch.no_grad():
             for clips, y in source:

@@ -45,20 +45,32 @@ def pooled(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: np.ndarray, batch_size: int = 512,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+def extract_features(
+    backbone: nn.Module, images: np.ndarray, batch_size: int = 512, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Frozen features (N, d) of uint8 images (N, H, W, 3), the backbone in eval mode."""
     was_training = backbone.training
     backbone.eval().to(device)
-    out = [pooled(backbone, to_unit(images[i : i + batch_size]).to(device)).cpu()
-           for i in range(0, len(images), batch_size)]
+    out = [
+        pooled(backbone, to_unit(images[i : i + batch_size]).to(device)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     backbone.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, getattr(backbone, "out_channels", 0))
 
 
-def linear_eval(train_z: torch.Tensor, train_y: torch.Tensor, test_z: torch.Tensor, test_y: torch.Tensor,
-                num_classes: int, epochs: int = 200, batch_size: int = 512, lr: float = 3e-3, seed: int = 1,
-                test_every: int = 20) -> dict[str, Any]:
+def linear_eval(
+    train_z: torch.Tensor,
+    train_y: torch.Tensor,
+    test_z: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    epochs: int = 200,
+    batch_size: int = 512,
+    lr: float = 3e-3,
+    seed: int = 1,
+    test_every: int = 20,
+) -> dict[str, Any]:
     """``linear_eval.py``: Adam-trained ``Linear(d, num_classes)`` on frozen features
     (N, d). Returns ``top1`` (after the last epoch) and ``top1_history`` (every ``test_every``)."""
     gen = torch.Generator().manual_seed(int(seed))
@@ -120,12 +132,16 @@ def stratified_subset(labels: Sequence[int], ratio: float, seed: int = 17) -> li
     class_counts = np.bincount(y_indices)
     # scikit-learn's checks (train_test_split / StratifiedShuffleSplit refuse these draws)
     if n_train == 0:
-        raise ValueError(f"semi-supervised subset: {ratio} of {n} train images is empty; use more images or a larger ratio")
+        raise ValueError(
+            f"semi-supervised subset: {ratio} of {n} train images is empty; use more images or a larger ratio"
+        )
     if class_counts.min() < 2:
         raise ValueError("semi-supervised subset: a class has only 1 image; stratification needs at least 2 per class")
     if n_train < len(classes) or n_test < len(classes):
-        raise ValueError(f"semi-supervised subset: {n_train} labelled images for {len(classes)} classes; a stratified "
-                         f"draw needs at least one per class (use at least {len(classes) / ratio:.0f} train images)")
+        raise ValueError(
+            f"semi-supervised subset: {n_train} labelled images for {len(classes)} classes; a stratified "
+            f"draw needs at least one per class (use at least {len(classes) / ratio:.0f} train images)"
+        )
     class_indices = np.split(np.argsort(y_indices, kind="mergesort"), np.cumsum(class_counts)[:-1])
     n_i = _approximate_mode(class_counts, n_train, rng)
     t_i = _approximate_mode(class_counts - n_i, n_test, rng)
@@ -163,11 +179,24 @@ def _square_crop_flip(x: torch.Tensor, scale: tuple[float, float], generator: to
     return out
 
 
-def semi_eval(backbone: nn.Module, train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
-              test_labels: np.ndarray, num_classes: int, ratio: float, epochs: int = 200, batch_size: int = 128,
-              encoder_lr: float = 1e-3, head_lr: float = 0.3, momentum: float = 0.9,
-              crop_scale: Sequence[float] = (0.64, 1.0), test_every: int = 50, seed: int = 17,
-              device: torch.device | str = "cpu") -> dict[str, Any]:
+def semi_eval(
+    backbone: nn.Module,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+    num_classes: int,
+    ratio: float,
+    epochs: int = 200,
+    batch_size: int = 128,
+    encoder_lr: float = 1e-3,
+    head_lr: float = 0.3,
+    momentum: float = 0.9,
+    crop_scale: Sequence[float] = (0.64, 1.0),
+    test_every: int = 50,
+    seed: int = 17,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
     """``semi_eval.py``: fine-tune a copy of the encoder with a linear head on the stratified
     ``ratio`` subset; returns ``top1`` (best test accuracy over the checks every ``test_every``
     epochs, as the official script reports), ``top1_history`` and ``num_labelled``."""
@@ -175,9 +204,12 @@ def semi_eval(backbone: nn.Module, train_images: np.ndarray, train_labels: np.nd
     encoder = copy.deepcopy(backbone).to(device)
     torch.manual_seed(int(seed))
     gen = torch.Generator().manual_seed(int(seed))
-    classifier = nn.Linear(int(getattr(encoder, "out_channels")), num_classes).to(device)
-    optimizer = torch.optim.SGD([{"params": encoder.parameters()}, {"params": classifier.parameters(), "lr": head_lr}],
-                                lr=encoder_lr, momentum=momentum)
+    classifier = nn.Linear(int(encoder.out_channels), num_classes).to(device)
+    optimizer = torch.optim.SGD(
+        [{"params": encoder.parameters()}, {"params": classifier.parameters(), "lr": head_lr}],
+        lr=encoder_lr,
+        momentum=momentum,
+    )
     x_all, y_all = to_unit(train_images[labelled]), torch.as_tensor(train_labels[labelled], dtype=torch.int64)
     x_test, y_test = to_unit(test_images), torch.as_tensor(test_labels, dtype=torch.int64)
     scale = (float(crop_scale[0]), float(crop_scale[1]))
@@ -199,22 +231,33 @@ def semi_eval(backbone: nn.Module, train_images: np.ndarray, train_labels: np.nd
             encoder.eval()
             classifier.eval()
             with torch.no_grad():
-                preds = torch.cat([classifier(pooled(encoder, x_test[i : i + 128].to(device))).argmax(1).cpu()
-                                   for i in range(0, len(x_test), 128)])
+                preds = torch.cat(
+                    [
+                        classifier(pooled(encoder, x_test[i : i + 128].to(device))).argmax(1).cpu()
+                        for i in range(0, len(x_test), 128)
+                    ]
+                )
             history.append(float((preds == y_test).float().mean()))
     return {"top1": max(history) if history else None, "top1_history": history, "num_labelled": len(labelled)}
 
 
-def evaluate_image_backbone(backbone: nn.Module, dataset: Mapping, image_eval: Mapping, protocol_id: Mapping,
-                            device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+def evaluate_image_backbone(
+    backbone: nn.Module,
+    dataset: Mapping,
+    image_eval: Mapping,
+    protocol_id: Mapping,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
     """Linear probe, semi-supervised fine-tuning (each ``image_eval.semi.ratios``) and
     representation metrics on the run's image ``dataset`` (its config block; train -> test).
 
     image_eval: the ``eval.image`` block (``linear``, ``semi``); protocol_id: the ``{"name",
     "version", "variant"}`` the entries claim. Returns the report ``{"evaluations": {...},
     "datasets": {...}, "wall_time_s"}`` the runner records."""
-    from benchmark.data.images import load_image_set
     from omegaconf import OmegaConf
+
+    from benchmark.data.images import load_image_set
 
     started = time.perf_counter()
     ds = OmegaConf.create(_plain(dataset))
@@ -225,27 +268,71 @@ def evaluate_image_backbone(backbone: nn.Module, dataset: Mapping, image_eval: M
     train_z = extract_features(backbone, train.images, int(lin.batch_size), device)
     test_z = extract_features(backbone, test.images, int(lin.batch_size), device)
     ds_id = str(ds.id)
-    linear = linear_eval(train_z, torch.as_tensor(train.labels), test_z, torch.as_tensor(test.labels), k,
-                         int(lin.epochs), int(lin.batch_size), float(lin.lr), int(lin.seed))
-    common = {**_plain(protocol_id), "dataset": ds_id, "num_train": len(train), "num_test": len(test), "num_classes": k,
-              "feature_dim": int(train_z.shape[1]), "pooling": "avg"}
+    linear = linear_eval(
+        train_z,
+        torch.as_tensor(train.labels),
+        test_z,
+        torch.as_tensor(test.labels),
+        k,
+        int(lin.epochs),
+        int(lin.batch_size),
+        float(lin.lr),
+        int(lin.seed),
+    )
+    common = {
+        **_plain(protocol_id),
+        "dataset": ds_id,
+        "num_train": len(train),
+        "num_test": len(test),
+        "num_classes": k,
+        "feature_dim": int(train_z.shape[1]),
+        "pooling": "avg",
+    }
     out: dict[str, Any] = {
-        "image_linear_probe": {ds_id: {**linear, "protocol": {**common, "source": "hc-fang/ssd linear_eval.py",
-                                                              **{key: lin[key] for key in ("epochs", "batch_size", "lr", "seed")}}}},
+        "image_linear_probe": {
+            ds_id: {
+                **linear,
+                "protocol": {
+                    **common,
+                    "source": "hc-fang/ssd linear_eval.py",
+                    **{key: lin[key] for key in ("epochs", "batch_size", "lr", "seed")},
+                },
+            }
+        },
         "image_semi": {ds_id: {}},
         "representation": {ds_id: representation_metrics(test_z.unsqueeze(1))},
     }
     semi = ev.semi
     for ratio in semi.ratios:
-        res = semi_eval(backbone, train.images, train.labels, test.images, test.labels, k, float(ratio),
-                        int(semi.epochs), int(semi.batch_size), float(semi.encoder_lr), float(semi.head_lr),
-                        float(semi.momentum), list(semi.crop_scale), int(semi.test_every), int(semi.seed), device)
+        res = semi_eval(
+            backbone,
+            train.images,
+            train.labels,
+            test.images,
+            test.labels,
+            k,
+            float(ratio),
+            int(semi.epochs),
+            int(semi.batch_size),
+            float(semi.encoder_lr),
+            float(semi.head_lr),
+            float(semi.momentum),
+            list(semi.crop_scale),
+            int(semi.test_every),
+            int(semi.seed),
+            device,
+        )
         out["image_semi"][ds_id][f"{float(ratio) * 100:g}%"] = res
-    out["image_semi"][ds_id]["protocol"] = {**common, "source": "hc-fang/ssd semi_eval.py",
-                                            **{key: semi[key] for key in ("epochs", "batch_size", "encoder_lr",
-                                                                          "head_lr", "test_every", "seed")}}
-    return {"evaluations": _plain(out), "datasets": {ds_id: {"num_train": len(train), "num_test": len(test)}},
-            "wall_time_s": round(time.perf_counter() - started, 3)}
+    out["image_semi"][ds_id]["protocol"] = {
+        **common,
+        "source": "hc-fang/ssd semi_eval.py",
+        **{key: semi[key] for key in ("epochs", "batch_size", "encoder_lr", "head_lr", "test_every", "seed")},
+    }
+    return {
+        "evaluations": _plain(out),
+        "datasets": {ds_id: {"num_train": len(train), "num_test": len(test)}},
+        "wall_time_s": round(time.perf_counter() - started, 3),
+    }
 
 
 def _plain(value: Any) -> Any:

@@ -51,8 +51,13 @@ class Downstream:
     skipped: dict
 
 
-def load_downstream(dataset: DownstreamDatasetSpec, *, data_root: Path, synthetic_size: str = "default",
-                    allow_missing_videos: bool = False) -> Downstream:
+def load_downstream(
+    dataset: DownstreamDatasetSpec,
+    *,
+    data_root: Path,
+    synthetic_size: str = "default",
+    allow_missing_videos: bool = False,
+) -> Downstream:
     """Annotations of split ``dataset.split`` of a downstream dataset, mapped to files under its root.
 
     Synthetic sets are generated on first use under ``data_root`` (``ensure_synthetic``, preset
@@ -146,9 +151,9 @@ def evaluate_backbone(
     linear_probe, finetune, robustness, representation, random_init; each entry with the
     ``protocol`` that produced it). See docs/evaluation.md.
     """
-    return evaluate_backbone_report(
-        backbone, spec, run_dir, checkpoint_sha256=checkpoint_sha256, progress=progress
-    )["evaluations"]
+    return evaluate_backbone_report(backbone, spec, run_dir, checkpoint_sha256=checkpoint_sha256, progress=progress)[
+        "evaluations"
+    ]
 
 
 def evaluate_backbone_report(
@@ -214,10 +219,15 @@ def evaluate_backbone_report(
     try:
         with _progress(progress) as bar:
             for dataset in spec.datasets:
-                ds = load_downstream(dataset, data_root=spec.data_root, synthetic_size=spec.synthetic_size,
-                                     allow_missing_videos=spec.allow_missing_videos)
-                _evaluate_dataset(backbone, random_model, ds, spec, clip, pooling, ks, device, cache_id, cache_dir,
-                                  bar, out)
+                ds = load_downstream(
+                    dataset,
+                    data_root=spec.data_root,
+                    synthetic_size=spec.synthetic_size,
+                    allow_missing_videos=spec.allow_missing_videos,
+                )
+                _evaluate_dataset(
+                    backbone, random_model, ds, spec, clip, pooling, ks, device, cache_id, cache_dir, bar, out
+                )
     finally:
         backbone.to(original_device)
         torch.set_num_threads(saved_threads)
@@ -232,22 +242,40 @@ def evaluate_backbone_report(
             plots["perturbation"] = plot_perturbation_curves(out["robustness"], run_dir / "perturbation_curves.png")
         for name, lp in out["linear_probe"].items():
             plots[f"confusion_{name}"] = plot_confusion_matrix(
-                lp["confusion_matrix"], out["datasets"][name]["classes"], f"{name} linear probe (video level)",
+                lp["confusion_matrix"],
+                out["datasets"][name]["classes"],
+                f"{name} linear probe (video level)",
                 run_dir / f"confusion_linear_probe_{name}.png",
             )
     out["plots"] = {k: str(Path(p).relative_to(run_dir)) for k, p in plots.items()}
     out["wall_time_s"] = round(time.perf_counter() - started, 3)
     if progress:
         print_summary(out)
-    report = {k: out[k] for k in ("format", "settings", "backbone_sha256", "checkpoint_sha256", "datasets", "plots",
-                                  "wall_time_s")}
+    report = {
+        k: out[k]
+        for k in ("format", "settings", "backbone_sha256", "checkpoint_sha256", "datasets", "plots", "wall_time_s")
+    }
     report["evaluations"] = record_block(out)
     return report
 
 
 #: eval.finetune keys recorded in each fine-tuning entry's protocol.
-FINETUNE_PROTOCOL_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gamma", "dropout",
-                          "seed", "grad_clip_norm", "train_short_sides", "flip_prob", "color", "head_init_std")
+FINETUNE_PROTOCOL_KEYS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "dropout",
+    "seed",
+    "grad_clip_norm",
+    "train_short_sides",
+    "flip_prob",
+    "color",
+    "head_init_std",
+)
 
 
 def record_block(out: dict) -> dict:
@@ -263,10 +291,17 @@ def record_block(out: dict) -> dict:
         meta = out["datasets"][ds_id]
         return {
             **settings["protocol_id"],
-            "dataset": meta["name"], "split": meta["split"], "num_train": meta["num_train"],
-            "num_test": meta["num_test"], "num_classes": meta["num_classes"], "pooling": settings["pooling"],
-            "feature_dim": meta["feature_dim"], "backbone_sha256": out["backbone_sha256"],
-            "backbone_layout": settings["backbone_layout"], **clip, **extra,
+            "dataset": meta["name"],
+            "split": meta["split"],
+            "num_train": meta["num_train"],
+            "num_test": meta["num_test"],
+            "num_classes": meta["num_classes"],
+            "pooling": settings["pooling"],
+            "feature_dim": meta["feature_dim"],
+            "backbone_sha256": out["backbone_sha256"],
+            "backbone_layout": settings["backbone_layout"],
+            **clip,
+            **extra,
         }
 
     def retrieval(ds_id: str, r: dict) -> dict:
@@ -275,12 +310,25 @@ def record_block(out: dict) -> dict:
             "topk": {str(k): r[topk_key(k)] for k in r["ks"]},
             "chance_top1": r["chance_top1"],
             "chance_topk": {str(k): r["chance"][topk_key(k)] for k in r["ks"]},
-            "protocol": protocol(ds_id, query="test", gallery="train", similarity="cosine", ties="gallery order",
-                                 num_queries=r["num_queries"], num_gallery=r["num_gallery"]),
+            "protocol": protocol(
+                ds_id,
+                query="test",
+                gallery="train",
+                similarity="cosine",
+                ties="gallery order",
+                num_queries=r["num_queries"],
+                num_gallery=r["num_gallery"],
+            ),
         }
 
-    accuracy_keys = ("clip_top1", "clip_top5", "clip_mean_class_accuracy", "video_top1", "video_top5",
-                     "video_mean_class_accuracy")
+    accuracy_keys = (
+        "clip_top1",
+        "clip_top5",
+        "clip_mean_class_accuracy",
+        "video_top1",
+        "video_top5",
+        "video_mean_class_accuracy",
+    )
     lp_cfg = settings["linear_probe"]
 
     def probe(ds_id: str, lp: dict) -> dict:
@@ -288,9 +336,13 @@ def record_block(out: dict) -> dict:
         if "confusion_matrix" in lp:
             entry["confusion_matrix"] = lp["confusion_matrix"]
         entry["protocol"] = protocol(
-            ds_id, classifier="multinomial logistic regression, L-BFGS, standardised clip features",
-            weight_decay=lp["weight_decay"], val_top1_by_weight_decay=lp["val_top1_by_weight_decay"],
-            weight_decays=lp_cfg["weight_decays"], val_fraction=lp_cfg["val_fraction"], seed=lp_cfg["seed"],
+            ds_id,
+            classifier="multinomial logistic regression, L-BFGS, standardised clip features",
+            weight_decay=lp["weight_decay"],
+            val_top1_by_weight_decay=lp["val_top1_by_weight_decay"],
+            weight_decays=lp_cfg["weight_decays"],
+            val_fraction=lp_cfg["val_fraction"],
+            seed=lp_cfg["seed"],
             max_iter=lp_cfg["max_iter"],
         )
         return entry
@@ -302,37 +354,68 @@ def record_block(out: dict) -> dict:
         block["linear_probe"][ds_id] = probe(ds_id, lp)
     for ds_id, rep in out["representation"].items():
         metrics = {k: v for k, v in rep.items() if k not in ("feature_dim", "num_videos")}
-        block["representation"][ds_id] = {**metrics, "protocol": protocol(
-            ds_id, features="video features (mean over clips) of train + test", num_videos=rep["num_videos"],
-            alignment_pairs="clip 0 and clip N-1 of each video", uniformity_t=2)}
+        block["representation"][ds_id] = {
+            **metrics,
+            "protocol": protocol(
+                ds_id,
+                features="video features (mean over clips) of train + test",
+                num_videos=rep["num_videos"],
+                alignment_pairs="clip 0 and clip N-1 of each video",
+                uniformity_t=2,
+            ),
+        }
     if "finetune" in out:
         ft_cfg = settings["finetune"]
         block["finetune"] = {
-            ds_id: {"split": out["datasets"][ds_id]["split"], **{k: ft[k] for k in accuracy_keys},
-                    "train_loss": ft["train_loss"],
-                    "protocol": {**protocol(ds_id, **{k: ft_cfg[k] for k in FINETUNE_PROTOCOL_KEYS if k in ft_cfg},
-                                            lr_per_epoch=ft["lr"], train_clips_per_video_per_epoch=1,
-                                            pooling="avg (classifier head)"),
-                                 **settings["finetune_clip_resolved"]}}
+            ds_id: {
+                "split": out["datasets"][ds_id]["split"],
+                **{k: ft[k] for k in accuracy_keys},
+                "train_loss": ft["train_loss"],
+                "protocol": {
+                    **protocol(
+                        ds_id,
+                        **{k: ft_cfg[k] for k in FINETUNE_PROTOCOL_KEYS if k in ft_cfg},
+                        lr_per_epoch=ft["lr"],
+                        train_clips_per_video_per_epoch=1,
+                        pooling="avg (classifier head)",
+                    ),
+                    **settings["finetune_clip_resolved"],
+                },
+            }
             for ds_id, ft in out["finetune"].items()
         }
     if "robustness" in out:
         block["robustness"] = {}
         for ds_id, rb in out["robustness"].items():
             curve = [
-                {"k": k, "top1_mean": rb["top1_mean"][i], "top1_std": rb["top1_std"][i],
-                 "top5_mean": rb["top5_mean"][i], "top5_std": rb["top5_std"][i],
-                 "top1_by_seed": [row[i] for row in rb["top1_by_seed"]],
-                 "top5_by_seed": [row[i] for row in rb["top5_by_seed"]]}
+                {
+                    "k": k,
+                    "top1_mean": rb["top1_mean"][i],
+                    "top1_std": rb["top1_std"][i],
+                    "top5_mean": rb["top5_mean"][i],
+                    "top5_std": rb["top5_std"][i],
+                    "top1_by_seed": [row[i] for row in rb["top1_by_seed"]],
+                    "top5_by_seed": [row[i] for row in rb["top5_by_seed"]],
+                }
                 for i, k in enumerate(rb["ks"])
             ]
-            entry = {"curve": curve, "k_half": rb["k_half"], "k_half_text": rb["k_half_text"],
-                     "clean_top1": rb["clean_top1"], "clean_top5": rb["clean_top5"]}
+            entry = {
+                "curve": curve,
+                "k_half": rb["k_half"],
+                "k_half_text": rb["k_half_text"],
+                "clean_top1": rb["clean_top1"],
+                "clean_top5": rb["clean_top5"],
+            }
             if rb["area_top1_normalized"] is not None:
                 entry["auc_norm"] = rb["area_top1_normalized"]
-            entry["protocol"] = protocol(ds_id, direction=rb["direction"], seeds=rb["seeds"], ks=rb["ks"],
-                                         perturbed="floating-point parameters (not buffers)",
-                                         clips_in_memory=rb["clips_in_memory"])
+            entry["protocol"] = protocol(
+                ds_id,
+                direction=rb["direction"],
+                seeds=rb["seeds"],
+                ks=rb["ks"],
+                perturbed="floating-point parameters (not buffers)",
+                clips_in_memory=rb["clips_in_memory"],
+            )
             block["robustness"][ds_id] = entry
     if "random_init" in out:
         ri = out["random_init"]
@@ -344,8 +427,20 @@ def record_block(out: dict) -> dict:
     return block
 
 
-def _evaluate_dataset(backbone, random_model, ds: Downstream, spec: EvaluationSpec, clip, pooling, ks, device,
-                      model_sha, cache_dir, bar, out) -> None:
+def _evaluate_dataset(
+    backbone,
+    random_model,
+    ds: Downstream,
+    spec: EvaluationSpec,
+    clip,
+    pooling,
+    ks,
+    device,
+    model_sha,
+    cache_dir,
+    bar,
+    out,
+) -> None:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     num_classes = len(ds.classes)
@@ -364,8 +459,15 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, spec: EvaluationSp
     cached = {}
     for split, source in sources.items():
         feats[split], cached[split] = cached_features(
-            backbone, source, model_sha256=model_sha, dataset_id=ds.id, split=split, pooling=pooling,
-            device=device, cache_dir=cache_dir, progress=bar,
+            backbone,
+            source,
+            model_sha256=model_sha,
+            dataset_id=ds.id,
+            split=split,
+            pooling=pooling,
+            device=device,
+            cache_dir=cache_dir,
+            progress=bar,
         )
     timings["features"] = time.perf_counter() - t0
     out["datasets"][ds.id] = {
@@ -399,8 +501,17 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, spec: EvaluationSp
         t = time.perf_counter()
         rsha = _cache_id(state_dict_sha256(random_model), spec.backbone_layout)
         rfeats = {
-            split: cached_features(random_model, source, model_sha256=rsha, dataset_id=ds.id, split=split,
-                                   pooling=pooling, device=device, cache_dir=cache_dir, progress=bar)[0]
+            split: cached_features(
+                random_model,
+                source,
+                model_sha256=rsha,
+                dataset_id=ds.id,
+                split=split,
+                pooling=pooling,
+                device=device,
+                cache_dir=cache_dir,
+                progress=bar,
+            )[0]
             for split, source in sources.items()
         }
         out["random_init"]["retrieval"][ds.id] = _retrieval_entry(rfeats["train"], rfeats["test"], ks)
@@ -414,21 +525,35 @@ def _evaluate_dataset(backbone, random_model, ds: Downstream, spec: EvaluationSp
         from benchmark.evaluation.finetune import finetune
 
         t = time.perf_counter()
-        out["finetune"][ds.id] = finetune(backbone, ds, spec.finetune, spec.finetune_clip, device,
-                                          test_batch_size=spec.batch_size, test_num_workers=spec.num_workers,
-                                          progress=bar)
+        out["finetune"][ds.id] = finetune(
+            backbone,
+            ds,
+            spec.finetune,
+            spec.finetune_clip,
+            device,
+            test_batch_size=spec.batch_size,
+            test_num_workers=spec.num_workers,
+            progress=bar,
+        )
         timings["finetune"] = time.perf_counter() - t
 
     if spec.robustness.enabled:
         t = time.perf_counter()
-        out["robustness"][ds.id] = robustness_curve(backbone, sources, feats, ks, pooling, device, spec.robustness,
-                                                    bar)
+        out["robustness"][ds.id] = robustness_curve(backbone, sources, feats, ks, pooling, device, spec.robustness, bar)
         timings["robustness"] = time.perf_counter() - t
     out["datasets"][ds.id]["seconds"] = {k: round(v, 3) for k, v in timings.items()}
 
 
-def robustness_curve(backbone, sources: dict[str, ClipSource], clean: dict[str, SplitFeatures], ks, pooling, device,
-                     robustness: RobustnessSpec, bar=None) -> dict:
+def robustness_curve(
+    backbone,
+    sources: dict[str, ClipSource],
+    clean: dict[str, SplitFeatures],
+    ks,
+    pooling,
+    device,
+    robustness: RobustnessSpec,
+    bar=None,
+) -> dict:
     """Retrieval Top-1/Top-5 of perturbed copies over the (k, seed) grid; see robustness.py.
 
     k = 0 leaves the weights unchanged, so it is evaluated once (identical for every seed).
@@ -437,16 +562,22 @@ def robustness_curve(backbone, sources: dict[str, ClipSource], clean: dict[str, 
     seeds = [int(s) for s in robustness.seeds]
     direction = str(robustness.direction)
     measure_ks = sorted({1, 5} | {k for k in ks if k <= 5})
-    clean_hits = retrieval_topk(clean["test"].video_features, clean["test"].labels,
-                                clean["train"].video_features, clean["train"].labels, measure_ks)
+    clean_hits = retrieval_topk(
+        clean["test"].video_features,
+        clean["test"].labels,
+        clean["train"].video_features,
+        clean["train"].labels,
+        measure_ks,
+    )
     rows = {"top1": [[0.0] * len(grid) for _ in seeds], "top5": [[0.0] * len(grid) for _ in seeds]}
     task = bar.add_task("perturbation", total=len(grid) * len(seeds)) if bar is not None else None
     for j, k in enumerate(grid):
         for i, seed in enumerate(seeds):
             model = perturbed_copy(backbone, k, seed, direction)
             f = {s: compute_features(model, src, pooling, device) for s, src in sources.items()}
-            hits = retrieval_topk(f["test"].video_features, f["test"].labels, f["train"].video_features,
-                                  f["train"].labels, (1, 5))
+            hits = retrieval_topk(
+                f["test"].video_features, f["test"].labels, f["train"].video_features, f["train"].labels, (1, 5)
+            )
             rows["top1"][i][j] = hits[1]
             rows["top5"][i][j] = hits[5]
             del model
@@ -462,8 +593,12 @@ def robustness_curve(backbone, sources: dict[str, ClipSource], clean: dict[str, 
     if task is not None:
         bar.remove_task(task)
     summary = summarize_curve(grid, rows, clean_hits[1])
-    summary.update(direction=direction, seeds=seeds, clean_top5=clean_hits[5],
-                   clips_in_memory={s: src.in_memory for s, src in sources.items()})
+    summary.update(
+        direction=direction,
+        seeds=seeds,
+        clean_top5=clean_hits[5],
+        clips_in_memory={s: src.in_memory for s, src in sources.items()},
+    )
     return summary
 
 
@@ -508,5 +643,8 @@ def print_summary(out: dict) -> None:
     row("alignment", lambda n: f"{out['representation'][n]['alignment']:.3f}")
     row("uniformity", lambda n: f"{out['representation'][n]['uniformity']:.3f}")
     row("effective rank (centred)", lambda n: f"{out['representation'][n]['effective_rank_centered']:.1f}")
-    row("mean dim std (l2) ×√d", lambda n: f"{out['representation'][n]['mean_dim_std_l2'] / out['representation'][n]['healthy_dim_std_l2']:.2f}")
+    row(
+        "mean dim std (l2) ×√d",
+        lambda n: f"{out['representation'][n]['mean_dim_std_l2'] / out['representation'][n]['healthy_dim_std_l2']:.2f}",
+    )
     Console().print(table)

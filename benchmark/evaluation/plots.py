@@ -33,8 +33,9 @@ def plot_perturbation_curves(robustness: dict[str, dict], path: Path) -> Path:
             mean = [100 * v for v in r[f"{key}_mean"]]
             std = [100 * v for v in r[f"{key}_std"]]
             ax.plot(ks, mean, marker="o", color=colour, label=key.replace("top", "Top-"))
-            ax.fill_between(ks, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=colour, alpha=0.2)
+            ax.fill_between(
+                ks, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=colour, alpha=0.2
+            )
         positive = [k for k in ks if k > 0]
         if positive and min(ks) == 0:
             ax.set_xscale("symlog", linthresh=min(positive))

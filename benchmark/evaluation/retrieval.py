@@ -106,7 +106,9 @@ def retrieval_topk(
     return {k: float((ranks < k).sum().item()) / n for k in ks}
 
 
-def chance_topk(query_labels: torch.Tensor, gallery_labels: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[int, float]:
+def chance_topk(
+    query_labels: torch.Tensor, gallery_labels: torch.Tensor, ks: Sequence[int] = DEFAULT_KS
+) -> dict[int, float]:
     """Expected hit rate at k of a uniformly random gallery ranking (the chance level).
 
     For a query whose class has m of the G gallery videos, P(hit at k) = 1 - C(G-m, k) / C(G, k)
@@ -124,7 +126,8 @@ def chance_topk(query_labels: torch.Tensor, gallery_labels: torch.Tensor, ks: Se
         ok = (num_gallery - m) >= kk
         gm = num_gallery - m[ok]
         log_miss = (
-            torch.lgamma(gm + 1) - torch.lgamma(gm - kk + 1)
+            torch.lgamma(gm + 1)
+            - torch.lgamma(gm - kk + 1)
             - (math.lgamma(num_gallery + 1) - math.lgamma(num_gallery - kk + 1))
         )
         miss[ok] = torch.exp(log_miss)

@@ -43,8 +43,12 @@ class LinearProbeSpec:
 
     def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`benchmark.evaluation.linear_probe.linear_probe`."""
-        return dict(weight_decays=list(self.weight_decays), val_fraction=self.val_fraction, seed=self.seed,
-                    max_iter=self.max_iter)
+        return dict(
+            weight_decays=list(self.weight_decays),
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            max_iter=self.max_iter,
+        )
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,9 @@ class EvaluationSpec:
     allow_missing_videos: bool
 
     @classmethod
-    def from_config(cls, cfg: Mapping, datasets: tuple[DownstreamDatasetSpec, ...],
-                    protocol_id: Mapping[str, Any]) -> EvaluationSpec:
+    def from_config(
+        cls, cfg: Mapping, datasets: tuple[DownstreamDatasetSpec, ...], protocol_id: Mapping[str, Any]
+    ) -> EvaluationSpec:
         """From a resolved config (plain dicts): ``eval``, ``clip``, ``data_root``, ``synthetic_size``,
         ``allow_missing_videos``; ``datasets`` composed by the command."""
         ev = cfg["eval"]
@@ -136,25 +141,45 @@ class EvaluationSpec:
             pooling=str(ev["pooling"]),
             backbone_layout=str(ev.get("backbone_layout") or "pretraining"),
             retrieval_ks=tuple(int(k) for k in ev["retrieval"]["ks"]),
-            feature_cache_dir=(Path(ev["feature_cache_dir"]) if ev.get("feature_cache_dir")
-                               else Path(str(cfg["data_root"])) / ".feature_cache") if ev["feature_cache"] else None,
+            feature_cache_dir=(
+                Path(ev["feature_cache_dir"])
+                if ev.get("feature_cache_dir")
+                else Path(str(cfg["data_root"])) / ".feature_cache"
+            )
+            if ev["feature_cache"]
+            else None,
             clip_cache_max_mib=int(ev["clip_cache_max_mib"]),
             linear_probe=LinearProbeSpec(
-                enabled=bool(lp["enabled"]), weight_decays=tuple(float(x) for x in lp["weight_decays"]),
-                val_fraction=float(lp["val_fraction"]), seed=int(lp["seed"]), max_iter=int(lp["max_iter"]),
+                enabled=bool(lp["enabled"]),
+                weight_decays=tuple(float(x) for x in lp["weight_decays"]),
+                val_fraction=float(lp["val_fraction"]),
+                seed=int(lp["seed"]),
+                max_iter=int(lp["max_iter"]),
             ),
             finetune=FinetuneSpec(
-                enabled=bool(ft["enabled"]), epochs=int(ft["epochs"]), batch_size=int(ft["batch_size"]),
-                num_workers=int(ft["num_workers"]), lr=float(ft["lr"]), momentum=float(ft["momentum"]),
-                weight_decay=float(ft["weight_decay"]), milestones=tuple(int(m) for m in ft["milestones"]),
-                gamma=float(ft["gamma"]), dropout=float(ft["dropout"]), seed=int(ft["seed"]),
+                enabled=bool(ft["enabled"]),
+                epochs=int(ft["epochs"]),
+                batch_size=int(ft["batch_size"]),
+                num_workers=int(ft["num_workers"]),
+                lr=float(ft["lr"]),
+                momentum=float(ft["momentum"]),
+                weight_decay=float(ft["weight_decay"]),
+                milestones=tuple(int(m) for m in ft["milestones"]),
+                gamma=float(ft["gamma"]),
+                dropout=float(ft["dropout"]),
+                seed=int(ft["seed"]),
                 grad_clip_norm=float(clip_norm) if clip_norm else None,
                 train_short_sides=tuple(int(x) for x in sides) if sides else None,
-                flip_prob=float(ft["flip_prob"]), color=ft.get("color") or None,
+                flip_prob=float(ft["flip_prob"]),
+                color=ft.get("color") or None,
                 head_init_std=float(ft["head_init_std"]),
             ),
-            robustness=RobustnessSpec(enabled=bool(rb["enabled"]), direction=str(rb["direction"]),
-                                      ks=tuple(rb["ks"]), seeds=tuple(rb["seeds"])),
+            robustness=RobustnessSpec(
+                enabled=bool(rb["enabled"]),
+                direction=str(rb["direction"]),
+                ks=tuple(rb["ks"]),
+                seeds=tuple(rb["seeds"]),
+            ),
             random_init_seed=int(ev["random_init_seed"]) if ev["random_init_baseline"] else None,
             plots=bool(ev["plots"]),
             data_root=Path(str(cfg["data_root"])),

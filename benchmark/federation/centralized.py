@@ -55,7 +55,15 @@ from benchmark.federation.training import (
     run_local_training,
     sample_clients,
 )
-from benchmark.rundir import MANIFEST, ROUNDS_LOG, RoundRecord, prune_checkpoints, resume_point, write_round_log, write_status
+from benchmark.rundir import (
+    MANIFEST,
+    ROUNDS_LOG,
+    RoundRecord,
+    prune_checkpoints,
+    resume_point,
+    write_round_log,
+    write_status,
+)
 from benchmark.specs import FederationSpec, LocalTrainingSpec, RunSpec
 
 
@@ -83,8 +91,9 @@ class RoundBudget:
         return sum(self.client_steps.values())
 
 
-def federated_step_budget(federation: FederationSpec, training: LocalTrainingSpec,
-                          client_sizes: Sequence[int]) -> list[RoundBudget]:
+def federated_step_budget(
+    federation: FederationSpec, training: LocalTrainingSpec, client_sizes: Sequence[int]
+) -> list[RoundBudget]:
     """Per round, the clients the federated run samples and the steps each would make.
 
     client_sizes: number of (present) training videos of client 0..K-1 (K = len, must be
@@ -94,9 +103,7 @@ def federated_step_budget(federation: FederationSpec, training: LocalTrainingSpe
     """
     num_clients = federation.num_clients
     if len(client_sizes) != num_clients:
-        raise ValueError(
-            f"got the sizes of {len(client_sizes)} clients but federation.num_clients={num_clients}"
-        )
+        raise ValueError(f"got the sizes of {len(client_sizes)} clients but federation.num_clients={num_clients}")
     empty = [c for c, n in enumerate(client_sizes) if int(n) <= 0]
     if empty:
         raise ValueError(f"clients {empty} have no videos in the split manifest; every client needs at least one")
@@ -113,8 +120,9 @@ def federated_step_budget(federation: FederationSpec, training: LocalTrainingSpe
     return budget
 
 
-def pooled_client_videos(run_dir: Path, dataset_root: str, num_clients: int,
-                         allow_missing: bool) -> list[list[tuple[str, int]]]:
+def pooled_client_videos(
+    run_dir: Path, dataset_root: str, num_clients: int, allow_missing: bool
+) -> list[list[tuple[str, int]]]:
     """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp would see it."""
     manifest = str(Path(run_dir) / MANIFEST)
     return [client_videos(manifest, dataset_root, c, allow_missing) for c in range(num_clients)]
@@ -167,16 +175,25 @@ def run_centralized(
             save_checkpoint(run_dir, Checkpoint(0, global_state, {"local_state": {}}))
             say("federation.rounds=0: saved the initial model (round 0), no training")
     write_round_log(run_dir, rounds_log)
-    write_status(run_dir, state="running", round=first_round - 1, rounds=num_rounds, first_round=first_round,
-                 engine="centralized")
+    write_status(
+        run_dir,
+        state="running",
+        round=first_round - 1,
+        rounds=num_rounds,
+        first_round=first_round,
+        engine="centralized",
+    )
     if on_poll is not None:
         on_poll()
 
     # Only the step count, the client context and failures differ from a client's round;
     # everything else (optimizer, clipping, clip sampling, method) is the run's.
-    pooled_spec = replace(spec.training, num_clients=num_clients + 1,  # the pseudo-client's context: K of K + 1
-                          failure_prob=0.0)
-    for plan in budget[first_round - 1:]:
+    pooled_spec = replace(
+        spec.training,
+        num_clients=num_clients + 1,  # the pseudo-client's context: K of K + 1
+        failure_prob=0.0,
+    )
+    for plan in budget[first_round - 1 :]:
         r = plan.round
         started = time.perf_counter()
         lr = round_learning_rate(spec.training.optimizer, r)
@@ -187,28 +204,37 @@ def run_centralized(
         save_checkpoint(run_dir, Checkpoint(r, global_state, {"local_state": local_state}))
         prune_checkpoints(run_dir, spec.retention)  # after latest.json names round r
         compute_s = float(result.metrics["compute_s"])
-        rounds_log.append(RoundRecord(
-            round=r,
-            # The pooled data of every client trains; the federated run's sampled
-            # clients only set this round's step budget.
-            sampled_clients=list(range(num_clients)),
-            replied_clients=list(range(num_clients)),
-            failed_clients=[],
-            lr=lr,
-            loss=float(result.metrics["loss"]),
-            num_examples=int(result.num_examples),
-            client_compute_s=compute_s,
-            round_wall_s=time.perf_counter() - started,
-            global_weight_norm=weight_norm,
-            extra={"engine": "centralized", "steps": int(result.metrics["steps"]),
-                   "budget": {"federated_sampled_clients": plan.sampled_clients,
-                              "federated_client_steps": {str(c): s for c, s in plan.client_steps.items()}}},
-        ).to_json())
+        rounds_log.append(
+            RoundRecord(
+                round=r,
+                # The pooled data of every client trains; the federated run's sampled
+                # clients only set this round's step budget.
+                sampled_clients=list(range(num_clients)),
+                replied_clients=list(range(num_clients)),
+                failed_clients=[],
+                lr=lr,
+                loss=float(result.metrics["loss"]),
+                num_examples=int(result.num_examples),
+                client_compute_s=compute_s,
+                round_wall_s=time.perf_counter() - started,
+                global_weight_norm=weight_norm,
+                extra={
+                    "engine": "centralized",
+                    "steps": int(result.metrics["steps"]),
+                    "budget": {
+                        "federated_sampled_clients": plan.sampled_clients,
+                        "federated_client_steps": {str(c): s for c, s in plan.client_steps.items()},
+                    },
+                },
+            ).to_json()
+        )
         write_round_log(run_dir, rounds_log)
         write_status(run_dir, round=r)
         peak = max(peak, memory_bytes([os.getpid()]))
-        say(f"round {r}/{num_rounds}: loss {result.metrics['loss']:.4f}, {plan.total_steps} steps "
-            f"on {len(pooled)} pooled videos, {compute_s:.1f}s")
+        say(
+            f"round {r}/{num_rounds}: loss {result.metrics['loss']:.4f}, {plan.total_steps} steps "
+            f"on {len(pooled)} pooled videos, {compute_s:.1f}s"
+        )
         if on_poll is not None:
             on_poll()
     write_status(run_dir, state="completed", round=num_rounds)

@@ -122,9 +122,9 @@ def extract_backbone_state(obj, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint={path}: no tensors found (expected name -> tensor entries)")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
-        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     return state
 
 
@@ -138,13 +138,17 @@ def resolve_checkpoint_path(path: Path) -> Path:
         folder = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
         pointer = folder / LATEST
         if not pointer.is_file():
-            raise FileNotFoundError(f"checkpoint={path}: a directory without {CHECKPOINTS}/{LATEST}; "
-                                    "name a checkpoint file or a run directory of `fedvid run`")
+            raise FileNotFoundError(
+                f"checkpoint={path}: a directory without {CHECKPOINTS}/{LATEST}; "
+                "name a checkpoint file or a run directory of `fedvid run`"
+            )
         return folder / str(read_json(pointer)["file"])
     if not path.is_file() and (path.parent / LATEST).is_file():
         kept = sorted(p.name for p in path.parent.glob("round_*.pt"))
-        raise FileNotFoundError(f"checkpoint={path}: no such file (pruned by checkpoint.keep_last/keep_every?); "
-                                f"kept: {', '.join(kept) or 'none'}; or pass the run directory for the latest")
+        raise FileNotFoundError(
+            f"checkpoint={path}: no such file (pruned by checkpoint.keep_last/keep_every?); "
+            f"kept: {', '.join(kept) or 'none'}; or pass the run directory for the latest"
+        )
     return path
 
 
@@ -166,6 +170,8 @@ def load_backbone_state(path: Path) -> dict[str, torch.Tensor]:
     state = extract_backbone_state(obj, path)
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
-        raise ValueError(f"checkpoint={path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]}); the model "
-                         "diverged. Evaluate an earlier checkpoint (checkpoints/round_XXXX.pt)")
+        raise ValueError(
+            f"checkpoint={path}: non-finite weights in {len(bad)} tensors (e.g. {bad[:3]}); the model "
+            "diverged. Evaluate an earlier checkpoint (checkpoints/round_XXXX.pt)"
+        )
     return state

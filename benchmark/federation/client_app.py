@@ -56,7 +56,7 @@ def client_identity(node_config: dict, num_clients: int) -> int:
         cid = int(node_config["partition-id"])
     else:
         raise ValueError(
-            "the SuperNode's node config names no client: start it with --node-config \"client-id=N manifest=PATH\""
+            'the SuperNode\'s node config names no client: start it with --node-config "client-id=N manifest=PATH"'
         )
     if not 0 <= cid < num_clients:
         raise ValueError(f"node config client-id={cid}: the run has clients 0..{num_clients - 1}")
@@ -123,8 +123,13 @@ def _train(msg: Message, context: Context) -> Message:
         server_round=server_round,
         global_state=global_state,
         local_state=local_state,
-        videos=client_videos(manifest, dataset_root, cid, bool(cfg.get("allow_missing_videos", False)),
-                             image=spec.image_dataset is not None),
+        videos=client_videos(
+            manifest,
+            dataset_root,
+            cid,
+            bool(cfg.get("allow_missing_videos", False)),
+            image=spec.image_dataset is not None,
+        ),
         lr=float(conf["lr"]),
     )
     if result.local:
@@ -140,8 +145,9 @@ def _train(msg: Message, context: Context) -> Message:
         atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getvalue())
         # Round server_round - 1 is checkpointed (the server starts a round after saving the
         # previous one): of the older files only the newest can still be read by a resume.
-        prune_client_state(_local_state_file(state_dir, cid, server_round).parent, server_round - 1,
-                           Retention.from_config(cfg))
+        prune_client_state(
+            _local_state_file(state_dir, cid, server_round).parent, server_round - 1, Retention.from_config(cfg)
+        )
     metrics = {**result.metrics, "num-examples": int(result.num_examples), "client-id": cid}
     content = RecordDict({"arrays": ArrayRecord(result.exchanged), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

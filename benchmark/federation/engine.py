@@ -128,8 +128,12 @@ class Processes:
         env = {k: v for k, v in os.environ.items() if k not in (RUN_TAG_ENV, "FLWR_HOME")}
         self._reaper = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), self.tag],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, cwd=str(PROJECT_ROOT),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=str(PROJECT_ROOT),
         )
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -151,8 +155,9 @@ class Processes:
         env.update(extra or {})
         return env
 
-    def spawn(self, name: str, cmd: list[str], log_file: Path | None, env: dict[str, str] | None = None,
-              pipe: bool = False) -> subprocess.Popen:
+    def spawn(
+        self, name: str, cmd: list[str], log_file: Path | None, env: dict[str, str] | None = None, pipe: bool = False
+    ) -> subprocess.Popen:
         out = subprocess.PIPE if pipe else (open(log_file, "ab") if log_file else subprocess.DEVNULL)
         proc = subprocess.Popen(
             cmd,
@@ -210,8 +215,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_health(address: str, proc: subprocess.Popen, timeout: float, log_file: Path, what: str,
-                    ca_cert: Path | None = None) -> None:
+def wait_for_health(
+    address: str, proc: subprocess.Popen, timeout: float, log_file: Path, what: str, ca_cert: Path | None = None
+) -> None:
     """Poll ``/health`` (over TLS verified against ``ca_cert`` when given) until it answers."""
     import httpx
 
@@ -295,7 +301,13 @@ def write_flower_app(run_dir: Path) -> Path:
 
 def write_flower_home(run_dir: Path, address: str, insecure: bool = True, root_certificates: str | None = None) -> Path:
     home = run_dir / FLOWER_HOME_DIR
-    lines = ["[superlink]", f'default = "{CONNECTION_NAME}"', "", f"[superlink.{CONNECTION_NAME}]", f'address = "{address}"']
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION_NAME}"',
+        "",
+        f"[superlink.{CONNECTION_NAME}]",
+        f'address = "{address}"',
+    ]
     if root_certificates:
         lines.append(f'root-certificates = "{root_certificates}"')
     lines.append(f"insecure = {'true' if insecure else 'false'}")
@@ -358,18 +370,36 @@ def run_federation(
             creds = _local_credentials(run_dir, num_clients) if _secure_local(engine) else None
             write_flower_home(run_dir, address, creds is None, str(creds.ca_cert) if creds else None)
             cmd = [
-                _bin("flower-superlink"), *superlink_security_args(creds), "--disable-runtime-dependency-installation",
-                "--host", "127.0.0.1", "--port", str(port),
+                _bin("flower-superlink"),
+                *superlink_security_args(creds),
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
             ]
             if engine.name == "simulation":
                 cmd.append("--simulation")
             superlink = procs.spawn("superlink", cmd, logs / "superlink.log", extra_env)
-            wait_for_health(address, superlink, engine.startup_timeout_s, logs / "superlink.log",
-                            "flower-superlink", creds.ca_cert if creds else None)
+            wait_for_health(
+                address,
+                superlink,
+                engine.startup_timeout_s,
+                logs / "superlink.log",
+                "flower-superlink",
+                creds.ca_cert if creds else None,
+            )
             if engine.name == "deployment":
                 _start_supernodes(procs, num_clients, dataset_root, run_dir, address, logs, creds)
-        run_cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream",
-                    "--run-config", f"config-path='{config_path}'"]
+        run_cmd = [
+            _bin("flwr"),
+            "run",
+            str(app_dir),
+            CONNECTION_NAME,
+            "--stream",
+            "--run-config",
+            f"config-path='{config_path}'",
+        ]
         if engine.name == "simulation":
             run_cmd += ["--federation-config", _simulation_config(engine, num_clients)]
         flwr_run = procs.spawn("flwr run", run_cmd, None, extra_env, pipe=True)
@@ -396,8 +426,10 @@ def run_federation(
         status = rundir.read_status(run_dir)
         if status.get("state") != "completed":
             why = status.get("message") or f"`flwr run` exited with code {flwr_run.returncode} before the run completed"
-            raise FederationError(f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
-                                  resumable=bool(status.get("resumable", True)))
+            raise FederationError(
+                f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
+                resumable=bool(status.get("resumable", True)),
+            )
         return FederationOutcome(wall, startup_s, peak, flower_log)
     finally:
         leftovers = procs.stop()
@@ -407,8 +439,9 @@ def run_federation(
             on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
 
 
-def _start_supernodes(procs: Processes, num_clients: int, dataset_root: str, run_dir: Path, address: str, logs: Path,
-                      creds: Layout | None) -> None:
+def _start_supernodes(
+    procs: Processes, num_clients: int, dataset_root: str, run_dir: Path, address: str, logs: Path, creds: Layout | None
+) -> None:
     manifest = run_dir / rundir.MANIFEST
     if creds is not None:  # a SuperNode whose key is not registered is refused
         for cid in range(num_clients):
@@ -417,8 +450,16 @@ def _start_supernodes(procs: Processes, num_clients: int, dataset_root: str, run
         node_config = f"client-id={cid} manifest='{manifest}' dataset-root='{dataset_root}'"
         procs.spawn(
             f"supernode {cid}",
-            [_bin("flower-supernode"), *supernode_security_args(creds, local_node_name(cid)), "--superlink", address,
-             "--port", str(free_port()), "--node-config", node_config],
+            [
+                _bin("flower-supernode"),
+                *supernode_security_args(creds, local_node_name(cid)),
+                "--superlink",
+                address,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                node_config,
+            ],
             logs / f"supernode_{cid}.log",
         )
 
@@ -484,16 +525,28 @@ def local_node_name(cid: int) -> str:
 def _local_credentials(run_dir: Path, num_clients: int) -> Layout:
     """Fresh CA, 127.0.0.1 certificate and one key per SuperNode for this launch (replaced on resume)."""
     layout = Layout(run_dir / LOCAL_CREDENTIALS_DIR)
-    make_credentials(layout.root, ["127.0.0.1", "localhost"], [local_node_name(c) for c in range(num_clients)],
-                     days=30, overwrite=True)
+    make_credentials(
+        layout.root,
+        ["127.0.0.1", "localhost"],
+        [local_node_name(c) for c in range(num_clients)],
+        days=30,
+        overwrite=True,
+    )
     return layout
 
 
 def superlink_security_args(creds: Layout | None) -> list[str]:
     if creds is None:
         return ["--insecure"]
-    return ["--ssl-certfile", str(creds.server_cert), "--ssl-keyfile", str(creds.server_key),
-            "--ssl-ca-certfile", str(creds.superlink_ca), "--enable-supernode-auth"]
+    return [
+        "--ssl-certfile",
+        str(creds.server_cert),
+        "--ssl-keyfile",
+        str(creds.server_key),
+        "--ssl-ca-certfile",
+        str(creds.superlink_ca),
+        "--enable-supernode-auth",
+    ]
 
 
 def supernode_security_args(creds: Layout | None, node: str) -> list[str]:
@@ -507,13 +560,18 @@ def register_supernode(procs: Processes, public_key: Path, name: str, timeout: f
     try:
         done = subprocess.run(
             [_bin("flwr"), "supernode", "register", str(public_key), CONNECTION_NAME, "--name", name],
-            env=procs.env(), cwd=str(procs.run_dir), capture_output=True, text=True, timeout=timeout,
+            env=procs.env(),
+            cwd=str(procs.run_dir),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as e:
         raise FederationError(f"registering SuperNode {name} ({public_key}) took over {timeout:.0f}s") from e
     if done.returncode != 0:
-        raise FederationError(f"registering SuperNode {name} ({public_key}) failed: {done.stdout[-500:]}"
-                              f"{done.stderr[-500:]}")
+        raise FederationError(
+            f"registering SuperNode {name} ({public_key}) failed: {done.stdout[-500:]}{done.stderr[-500:]}"
+        )
 
 
 def _simulation_config(engine: EngineSpec, num_clients: int) -> str:
@@ -536,7 +594,7 @@ def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None]
             if on_line is not None:
                 try:
                     on_line(raw.decode("utf-8", "replace").rstrip("\n"))
-                except Exception:  # the console must never stop the log
+                except Exception:  # noqa: BLE001 - the console must never stop the log
                     pass
 
 

@@ -41,8 +41,12 @@ class GuardSpec:
     def from_config(cls, guard: Mapping | None) -> GuardSpec:
         guard = dict(guard or {})
         default = cls()
-        return cls(**{k: (None if guard.get(k, getattr(default, k)) is None else float(guard.get(k, getattr(default, k))))
-                      for k in ("update_norm_factor", "max_weight_norm_ratio", "max_loss")})
+        return cls(
+            **{
+                k: (None if guard.get(k, getattr(default, k)) is None else float(guard.get(k, getattr(default, k))))
+                for k in ("update_norm_factor", "max_weight_norm_ratio", "max_loss")
+            }
+        )
 
 
 def float_norm(state: Mapping[str, torch.Tensor], minus: Mapping[str, torch.Tensor] | None = None) -> float:
@@ -91,29 +95,41 @@ def screen_updates(
         reference = lower_median(previous_norms) or lower_median(list(norms.values()))
         for cid, norm in list(norms.items()):
             if reference and norm > spec.update_norm_factor * reference:
-                failures.append(ClientFailure(
-                    cid, "update norm",
-                    f"update norm {norm:.4g} > federation.guard.update_norm_factor={spec.update_norm_factor:g} x "
-                    f"the reference {reference:.4g}"))
+                failures.append(
+                    ClientFailure(
+                        cid,
+                        "update norm",
+                        f"update norm {norm:.4g} > federation.guard.update_norm_factor={spec.update_norm_factor:g} x "
+                        f"the reference {reference:.4g}",
+                    )
+                )
                 del norms[cid]
     return norms, failures
 
 
-def check_global(server_round: int, state: Mapping[str, torch.Tensor], loss: float, initial_norm: float,
-                 spec: GuardSpec) -> float:
+def check_global(
+    server_round: int, state: Mapping[str, torch.Tensor], loss: float, initial_norm: float, spec: GuardSpec
+) -> float:
     """The new global weight norm; raises :class:`Diverged` when the model diverged."""
     norm = float_norm(state)
     why = None
     if not math.isfinite(loss) or not math.isfinite(norm):
         why = f"the round loss is {loss} and the global weight norm {norm}"
-    elif spec.max_weight_norm_ratio is not None and initial_norm > 0 and norm > spec.max_weight_norm_ratio * initial_norm:
-        why = (f"the global weight norm is {norm:.4g}, {norm / initial_norm:.3g} x the initial {initial_norm:.4g} "
-               f"(federation.guard.max_weight_norm_ratio={spec.max_weight_norm_ratio:g})")
+    elif (
+        spec.max_weight_norm_ratio is not None and initial_norm > 0 and norm > spec.max_weight_norm_ratio * initial_norm
+    ):
+        why = (
+            f"the global weight norm is {norm:.4g}, {norm / initial_norm:.3g} x the initial {initial_norm:.4g} "
+            f"(federation.guard.max_weight_norm_ratio={spec.max_weight_norm_ratio:g})"
+        )
     elif spec.max_loss is not None and loss > spec.max_loss:
         why = f"the round loss is {loss:.4g} > federation.guard.max_loss={spec.max_loss:g}"
     if why:
-        kept = (f"the last good checkpoint (round {server_round - 1}) is kept" if server_round > 1
-                else "no round completed, so nothing was checkpointed")
+        kept = (
+            f"the last good checkpoint (round {server_round - 1}) is kept"
+            if server_round > 1
+            else "no round completed, so nothing was checkpointed"
+        )
         raise Diverged(
             f"round {server_round}: the global model diverged: {why}. The run stops; {kept}. Lower "
             "client.optimizer.lr or clip gradients (client.grad_clip_norm) and start a new run."

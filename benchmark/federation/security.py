@@ -99,8 +99,9 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _pem_cert(cert: x509.Certificate) -> bytes:
@@ -141,17 +142,29 @@ def make_ca(common_name: str, days: int) -> tuple[ec.EllipticCurvePrivateKey, x5
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA384())
     )
     return key, cert
 
 
-def issue_server_cert(ca_key, ca_cert: x509.Certificate, hosts: list[str],
-                      days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def issue_server_cert(
+    ca_key, ca_cert: x509.Certificate, hosts: list[str], days: int
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A TLS server certificate for the SuperLink, valid for ``hosts`` (SANs), signed by the CA."""
     sans = san_entries(hosts)
     key = new_key()
@@ -176,8 +189,9 @@ def issue_server_cert(ca_key, ca_cert: x509.Certificate, hosts: list[str],
 def node_key_pair() -> tuple[bytes, bytes]:
     """(OpenSSH private key, OpenSSH public key) of one SuperNode, the formats Flower loads."""
     key = new_key()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return private, public + b"\n"
 
@@ -194,8 +208,10 @@ def load_ca(cert_path: Path, key_path: Path):
     try:
         key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     except (ValueError, TypeError) as e:
-        raise CredentialsError(f"--ca-key {key_path}: not an unencrypted PEM private key ({e}); "
-                               "decrypt it first, e.g. `openssl pkey -in KEY -out ca.key`") from e
+        raise CredentialsError(
+            f"--ca-key {key_path}: not an unencrypted PEM private key ({e}); "
+            "decrypt it first, e.g. `openssl pkey -in KEY -out ca.key`"
+        ) from e
     if key.public_key().public_numbers() != cert.public_key().public_numbers():
         raise CredentialsError(f"--ca-key {key_path} is not the key of --ca-cert {cert_path}")
     return key, cert

@@ -48,13 +48,22 @@ def main(grid: Grid, context: Context) -> None:
     _exit_with_launcher()
     try:
         config = read_json(config_path)  # checked by the runner that wrote it
-        serve_rounds(grid, RunSpec.from_config(config, check=False), run_dir,
-                     resume=bool(config.get("resume", False)),
-                     node_wait_timeout_s=float((config.get("engine") or {}).get("node_wait_timeout_s", 300)),
-                     tensorboard=bool((config.get("log") or {}).get("tensorboard", False)))
+        serve_rounds(
+            grid,
+            RunSpec.from_config(config, check=False),
+            run_dir,
+            resume=bool(config.get("resume", False)),
+            node_wait_timeout_s=float((config.get("engine") or {}).get("node_wait_timeout_s", 300)),
+            tensorboard=bool((config.get("log") or {}).get("tensorboard", False)),
+        )
     except Exception as exc:
-        write_status(run_dir, state="failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                     resumable=bool(getattr(exc, "resumable", True)))
+        write_status(
+            run_dir,
+            state="failed",
+            message=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(),
+            resumable=bool(getattr(exc, "resumable", True)),
+        )
         log.error("the federation failed:\n%s", traceback.format_exc())
         raise
 
@@ -127,13 +136,17 @@ def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, 
             )
         time.sleep(0.2)
     messages = [
-        Message(RecordDict({"query": ConfigRecord({"what": "client-id"})}), dst_node_id=n, message_type=MessageType.QUERY)
+        Message(
+            RecordDict({"query": ConfigRecord({"what": "client-id"})}), dst_node_id=n, message_type=MessageType.QUERY
+        )
         for n in node_ids
     ]
     node_of_client: dict[int, int] = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise RuntimeError(f"SuperNode {reply.metadata.src_node_id} could not identify itself: {reply.error.reason}")
+            raise RuntimeError(
+                f"SuperNode {reply.metadata.src_node_id} could not identify itself: {reply.error.reason}"
+            )
         cid = int(reply.content["identity"]["client-id"])
         if cid in node_of_client:
             raise RuntimeError(
@@ -147,8 +160,15 @@ def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, 
     return node_of_client
 
 
-def serve_rounds(grid: Grid, spec: RunSpec, run_dir: Path, *, resume: bool = False, node_wait_timeout_s: float = 300,
-                 tensorboard: bool = False) -> None:
+def serve_rounds(
+    grid: Grid,
+    spec: RunSpec,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    node_wait_timeout_s: float = 300,
+    tensorboard: bool = False,
+) -> None:
     """The ServerApp's work: identify the SuperNodes, run the rounds from the resume point, checkpoint each."""
     fed = spec.federation
     num_rounds = fed.rounds
@@ -200,8 +220,14 @@ def serve_rounds(grid: Grid, spec: RunSpec, run_dir: Path, *, resume: bool = Fal
             _tensorboard_round(writer, record)
 
     previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
-    strategy = FedVidStrategy(fed, aggregator, node_of_client, on_round_end=on_round_end,
-                              previous_update_norms=previous_norms, initial_norm=float_norm(initial_state))
+    strategy = FedVidStrategy(
+        fed,
+        aggregator,
+        node_of_client,
+        on_round_end=on_round_end,
+        previous_update_norms=previous_norms,
+        initial_norm=float_norm(initial_state),
+    )
     if first_round <= num_rounds:
         strategy.start(
             grid,

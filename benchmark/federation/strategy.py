@@ -65,8 +65,9 @@ def serialized_size(content: RecordDict) -> int:
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             data += sum(len(a.data) for a in record.values())
-            light[name] = ArrayRecord({k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=b"")
-                                       for k, a in record.items()})
+            light[name] = ArrayRecord(
+                {k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=b"") for k, a in record.items()}
+            )
         else:
             light[name] = record
     return data + int(recorddict_to_proto(light).ByteSize())
@@ -127,7 +128,9 @@ class FedVidStrategy(Strategy):
             self.spec.min_clients,
         )
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         sampled = sample_clients(self.spec.seed, server_round, list(self.node_of_client), self.spec.clients_per_round)
         lr = round_learning_rate(self.spec.optimizer, server_round)
         config["server-round"] = server_round
@@ -160,21 +163,28 @@ class FedVidStrategy(Strategy):
             metrics = dict(msg.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
-            received[cid] = (msg.content["arrays"].to_torch_state_dict(), num_examples, metrics,
-                             serialized_size(msg.content))
+            received[cid] = (
+                msg.content["arrays"].to_torch_state_dict(),
+                num_examples,
+                metrics,
+                serialized_size(msg.content),
+            )
         for cid in sampled:
             if cid not in answered:
                 failures.append(ClientFailure(cid, "timeout", "no reply before the round timeout"))
         # the update guard: non-finite or outsized updates never reach the aggregator
-        norms, rejected = screen_updates({c: r[0] for c, r in received.items()}, self.global_state,
-                                         self.previous_update_norms, self.guard)
+        norms, rejected = screen_updates(
+            {c: r[0] for c, r in received.items()}, self.global_state, self.previous_update_norms, self.guard
+        )
         for f in rejected:
             log.error("round %d: client %d's update rejected (%s): %s", server_round, f.client_id, f.reason, f.error)
         failures += rejected
         failures.sort(key=lambda f: f.client_id)
         self._round["failed_clients"] = failures
-        updates = [ClientUpdate(arrays=received[c][0], num_examples=received[c][1], metrics=received[c][2], client_id=c)
-                   for c in sorted(norms)]
+        updates = [
+            ClientUpdate(arrays=received[c][0], num_examples=received[c][1], metrics=received[c][2], client_id=c)
+            for c in sorted(norms)
+        ]
         clients = [
             {
                 "client_id": u.client_id,
@@ -195,8 +205,9 @@ class FedVidStrategy(Strategy):
                 f"round {server_round}: only {len(updates)} of {len(sampled)} sampled clients replied with a usable "
                 f"update, federation.min_clients={self.min_clients}. The run stops here; the last complete "
                 "checkpoint is intact. Failures: "
-                + "; ".join(f"client {f.client_id}: {f.reason}: {f.error.splitlines()[0] if f.error else ''}"
-                            for f in failures),
+                + "; ".join(
+                    f"client {f.client_id}: {f.reason}: {f.error.splitlines()[0] if f.error else ''}" for f in failures
+                ),
                 resumable=any(f.reason == "timeout" for f in failures),
             )
         t0 = time.perf_counter()
@@ -233,7 +244,9 @@ class FedVidStrategy(Strategy):
         metrics = MetricRecord({"loss": float(loss), "num-clients": len(updates)})
         return ArrayRecord(new_state), metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return []  # the global model is evaluated centrally after the run (benchmark.evaluation)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:

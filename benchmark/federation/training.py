@@ -80,9 +80,7 @@ def clients_per_round(per_round: int | float, num_clients: int) -> int:
             raise ValueError(f"federation.clients_per_round={per_round}: a fraction must be in (0, 1]")
         return max(1, int(math.floor(per_round * num_clients + 1e-9)))
     if not 1 <= per_round <= num_clients:
-        raise ValueError(
-            f"federation.clients_per_round={per_round}: expected 1..{num_clients} (the number of clients)"
-        )
+        raise ValueError(f"federation.clients_per_round={per_round}: expected 1..{num_clients} (the number of clients)")
     return int(per_round)
 
 
@@ -126,8 +124,9 @@ def autocast_settings(precision: str, device: torch.device) -> tuple[torch.dtype
     if precision == "fp32":
         return None, False
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("client.precision=fp16 needs a CUDA device (CPU autocast is bf16); "
-                         "use client.precision=bf16 or fp32")
+        raise ValueError(
+            "client.precision=fp16 needs a CUDA device (CPU autocast is bf16); use client.precision=bf16 or fp32"
+        )
     return (torch.bfloat16, False) if precision == "bf16" else (torch.float16, True)
 
 
@@ -138,8 +137,9 @@ def _load_manifest(path: str):
     return load_manifest(path)
 
 
-def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_missing: bool = False,
-                  image: bool = False) -> list[tuple[str, int]]:
+def client_videos(
+    manifest_path: str, dataset_root: str, client_id: int, allow_missing: bool = False, image: bool = False
+) -> list[tuple[str, int]]:
     """(absolute video path, label) of one client's manifest entry, resolved under ``dataset_root``.
 
     Uses ``benchmark.data.resolve.resolve_videos`` (case-mismatch lookup, missing/empty
@@ -157,7 +157,9 @@ def client_videos(manifest_path: str, dataset_root: str, client_id: int, allow_m
         )
     if image:  # image track: manifest records name images of the dataset files (benchmark/data/images.py)
         return [(rel, int(label)) for rel, label in manifest.client_videos(client_id)]
-    records = [VideoRecord(path=rel, label=int(label), class_name="") for rel, label in manifest.client_videos(client_id)]
+    records = [
+        VideoRecord(path=rel, label=int(label), class_name="") for rel, label in manifest.client_videos(client_id)
+    ]
     resolved = resolve_videos(records, dataset_root, allow_missing=allow_missing, show_progress=False)
     return [(str(path), int(rec.label)) for rec, path in resolved.present]
 
@@ -198,8 +200,7 @@ def maybe_inject_failure(seed: int, prob: float, server_round: int, client_id: i
     draw = np.random.default_rng(derive_seed(seed, _TAG_FAULT, server_round, client_id)).random()
     if draw < prob:
         raise RuntimeError(
-            f"injected failure of client {client_id} in round {server_round} "
-            f"(fault.client_failure_prob={prob})"
+            f"injected failure of client {client_id} in round {server_round} (fault.client_failure_prob={prob})"
         )
 
 
@@ -243,8 +244,13 @@ def run_local_training(
 
     clip = spec.clip
     if spec.image_dataset is not None:  # the image track (benchmark/data/images.py)
-        dataset = train_image_dataset(spec.image_dataset, videos, method.num_views, method.sample_transform,
-                                      seed=derive_seed(spec.seed, _TAG_DATA, client_id))
+        dataset = train_image_dataset(
+            spec.image_dataset,
+            videos,
+            method.num_views,
+            method.sample_transform,
+            seed=derive_seed(spec.seed, _TAG_DATA, client_id),
+        )
     else:
         dataset = TrainClipDataset(
             videos,
@@ -265,9 +271,7 @@ def run_local_training(
     max_steps = spec.local_steps
     batch_size = spec.batch_size
     num_epochs = (
-        math.ceil(max_steps / epoch_batches(len(videos), batch_size))
-        if max_steps is not None
-        else spec.local_epochs
+        math.ceil(max_steps / epoch_batches(len(videos), batch_size)) if max_steps is not None else spec.local_epochs
     )
     # epoch ids are unique per (round, epoch), so every round draws new clips and patches
     loader = make_train_loader(

@@ -167,7 +167,9 @@ def with_layout(backbone: nn.Module, layout: str) -> nn.Module:
     # a backbone already in the layout is returned as is; one in the other layout (a method
     # that pretrains in the downstream layout, e.g. VCOP) is rebuilt, so evaluation always
     # sees the protocol's layout
-    if getattr(backbone, "spatial_stride", 8) == want and (layout == "pretraining" or isinstance(backbone, CtPResNet3D)):
+    if getattr(backbone, "spatial_stride", 8) == want and (
+        layout == "pretraining" or isinstance(backbone, CtPResNet3D)
+    ):
         return backbone
     if not isinstance(backbone, CtPResNet3D):
         raise ValueError(
@@ -294,8 +296,14 @@ def load_pretrained_backbone(model: CtPResNet3D, state_dict: dict[str, torch.Ten
         raise ValueError(f"state dict has keys the {type(model).__name__} backbone does not have: {unknown[:5]}")
     missing = sorted(set(own) - set(incoming))
     if missing and strict:
-        raise ValueError(f"state dict lacks {len(missing)} backbone keys, e.g. {missing[:5]}; pass strict=False to keep them")
-    bad = [f"{k}: got {tuple(v.shape)}, expected {tuple(own[k].shape)}" for k, v in incoming.items() if v.shape != own[k].shape]
+        raise ValueError(
+            f"state dict lacks {len(missing)} backbone keys, e.g. {missing[:5]}; pass strict=False to keep them"
+        )
+    bad = [
+        f"{k}: got {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+        for k, v in incoming.items()
+        if v.shape != own[k].shape
+    ]
     if bad:
         hint = ""
         if isinstance(model, R2Plus1D18) and model.midplanes_rule == "ctp":

@@ -57,6 +57,7 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "content_sha256": str,
 }
 
+
 class ManifestError(ValueError):
     """A manifest file is malformed or inconsistent; the message starts with the file."""
 
@@ -298,5 +299,3 @@ def load_manifest(path: str | os.PathLike) -> SplitManifest:
 def read_manifest_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     return gzip.decompress(raw) if path.name.endswith(".gz") else raw
-
-

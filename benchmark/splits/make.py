@@ -17,12 +17,13 @@ from benchmark.splits.standard import standard_split_hashes
 _NOT_PARAMS = ("name", "num_clients")
 
 
-
 def _split_tag(dataset: str, split: str) -> str:
     return f"{dataset}-s{split}" if str(split).isdigit() else f"{dataset}-{split}"
 
 
-def manifest_id_for(dataset: str, split: str, partitioner: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
+def manifest_id_for(
+    dataset: str, split: str, partitioner: str, params: Mapping[str, Any], num_clients: int, seed: int
+) -> str:
     """``<dataset>-s<split>-<partitioner[param]>-c<clients>-seed<seed>``: the partitioner's
     declared id parameters name it (:meth:`Partitioner.manifest_id`)."""
     return build_partitioner(partitioner).manifest_id(_split_tag(dataset, split), params, num_clients, seed)
@@ -36,10 +37,16 @@ def _plain(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
 
-def _make_command(dataset_choice: str, split: str, partition: Mapping[str, Any], seed: int,
-                  inputs: Sequence[str] = ()) -> str:
-    parts = ["fedvid splits make", f"dataset={dataset_choice}", f"dataset.split={split}", *inputs,
-             f"partition={partition['name']}"]
+def _make_command(
+    dataset_choice: str, split: str, partition: Mapping[str, Any], seed: int, inputs: Sequence[str] = ()
+) -> str:
+    parts = [
+        "fedvid splits make",
+        f"dataset={dataset_choice}",
+        f"dataset.split={split}",
+        *inputs,
+        f"partition={partition['name']}",
+    ]
     parts += [f"partition.{k}={format_value(v)}" for k, v in sorted(partition.items()) if k != "name" and v is not None]
     parts.append(f"seed={seed}")
     return " ".join(parts)
@@ -60,7 +67,9 @@ def input_overrides(overrides: Sequence[str]) -> list[str]:
         elif key.startswith("dataset.") and key not in ("dataset.split", "dataset.root"):  # root: where, not which
             out.append(o)
     if any(" " in o for o in out):
-        raise PartitionError(f"overrides with spaces cannot be recorded in make_command: {[o for o in out if ' ' in o]}")
+        raise PartitionError(
+            f"overrides with spaces cannot be recorded in make_command: {[o for o in out if ' ' in o]}"
+        )
     return out
 
 
@@ -73,8 +82,9 @@ def _check_disjoint_lists(annotations: Any) -> None:
         )
 
 
-def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_choice: str | None = None,
-                  inputs: Sequence[str] = ()) -> dict[str, Any]:
+def make_manifest(
+    annotations: Any, partition_cfg: Any, seed: int, *, dataset_choice: str | None = None, inputs: Sequence[str] = ()
+) -> dict[str, Any]:
     """Partition ``annotations.train`` as ``partition_cfg`` says and return the manifest dict.
 
     annotations: ``benchmark.data.records.AnnotationSplit``. partition_cfg: the
@@ -123,8 +133,9 @@ def make_manifest(annotations: Any, partition_cfg: Any, seed: int, *, dataset_ch
         "seed": seed,
         "num_clients": num_clients,
         "overlap": overlap,
-        "make_command": _make_command(dataset_choice or annotations.dataset, split, partition_for_command, seed,
-                                      inputs),
+        "make_command": _make_command(
+            dataset_choice or annotations.dataset, split, partition_for_command, seed, inputs
+        ),
         "clients": clients,
         "statistics": client_statistics(clients),
         "properties": props,

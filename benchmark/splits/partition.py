@@ -63,9 +63,7 @@ def _check_num_clients(pairs: Sequence[Pair], num_clients: int) -> None:
     if not isinstance(num_clients, (int, np.integer)) or isinstance(num_clients, bool) or num_clients < 1:
         raise PartitionError(f"partition.num_clients must be a positive integer, got {num_clients!r}")
     if num_clients > len(pairs):
-        raise PartitionError(
-            f"partition.num_clients={num_clients} is more than the {len(pairs)} videos to partition"
-        )
+        raise PartitionError(f"partition.num_clients={num_clients} is more than the {len(pairs)} videos to partition")
 
 
 def _param(params: Mapping[str, Any], key: str, kind: type, *, positive: bool = True) -> Any:
@@ -149,9 +147,7 @@ def dirichlet(records: Sequence[Any], num_clients: int, params: Mapping[str, Any
     )
 
 
-def pathological(
-    records: Sequence[Any], num_clients: int, params: Mapping[str, Any], seed: int
-) -> list[list[Pair]]:
+def pathological(records: Sequence[Any], num_clients: int, params: Mapping[str, Any], seed: int) -> list[list[Pair]]:
     """Exactly ``classes_per_client`` (k) classes per client; every video in exactly one client.
 
     Needs ``k <= num_classes`` and ``num_clients * k >= num_classes`` (so every class, and
@@ -176,9 +172,7 @@ def pathological(
     classes = np.unique(labels)
     num_classes = len(classes)
     if k > num_classes:
-        raise PartitionError(
-            f"partition.classes_per_client={k} is more than the {num_classes} classes in the split"
-        )
+        raise PartitionError(f"partition.classes_per_client={k} is more than the {num_classes} classes in the split")
     slots = num_clients * k
     if slots < num_classes:
         need = -(-num_classes // num_clients)
@@ -256,8 +250,8 @@ def _class_key(name: str) -> str:
 
 def fedvssl_client_files(directory: Path) -> list[Path]:
     """``client_dist1.json .. client_distN.json`` of a FedVSSL split folder, in client order."""
-    files = sorted(directory.glob("client_dist*.json"), key=lambda f: int(f.stem[len("client_dist"):] or 0))
-    numbers = [int(f.stem[len("client_dist"):]) for f in files]
+    files = sorted(directory.glob("client_dist*.json"), key=lambda f: int(f.stem[len("client_dist") :] or 0))
+    numbers = [int(f.stem[len("client_dist") :]) for f in files]
     if not files:
         raise PartitionError(f"{directory}: no client_dist<N>.json files (expected a FedVSSL split folder)")
     if numbers != list(range(1, len(files) + 1)):
@@ -352,7 +346,9 @@ def read_index_lists(file: Path) -> list[list[int]]:
         raw = file.read_bytes()
         data = json.loads(gzip.decompress(raw) if file.name.endswith(".gz") else raw)
     except (OSError, EOFError, ValueError) as e:
-        raise PartitionError(f"{file}: not a readable JSON index split ({type(e).__name__}: {e}); restore the file") from None
+        raise PartitionError(
+            f"{file}: not a readable JSON index split ({type(e).__name__}: {e}); restore the file"
+        ) from None
     if not isinstance(data, list) or not all(
         isinstance(c, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in c) for c in data
     ):
@@ -459,8 +455,9 @@ class Partitioner:
 
     def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
         """``<head>-<name><label><value>...-c<clients>-seed<seed>`` from the declared id parameters."""
-        part = self.registry_name + "".join(f"{p.id_label}{format_value(params.get(p.name))}" for p in self.params
-                                            if p.id_label is not None)
+        part = self.registry_name + "".join(
+            f"{p.id_label}{format_value(params.get(p.name))}" for p in self.params if p.id_label is not None
+        )
         return f"{head}-{part}-c{num_clients}-seed{seed}"
 
 
@@ -513,16 +510,21 @@ class Imported(Partitioner):
 
     def check_params(self, params: Mapping[str, Any]) -> None:
         if not params.get("path"):
-            raise PartitionError("partition.path is required for the imported partitioner "
-                                 "(a FedVSSL split folder or an SSD index-list file)")
+            raise PartitionError(
+                "partition.path is required for the imported partitioner "
+                "(a FedVSSL split folder or an SSD index-list file)"
+            )
 
     def prepare(self, params: Mapping[str, Any]) -> PreparedParams:
         """Split from the folder's absolute path; record it relative to the repository, with its
         ``tag`` (default: the folder name) and the published files' hashes (``imported_sha256``)."""
         self.check_params(params)
         folder = project_path(str(params["path"]))
-        recorded = {**params, "path": relative_to_project(folder),
-                    self.id_param: params.get(self.id_param) or folder.name.split(".")[0]}
+        recorded = {
+            **params,
+            "path": relative_to_project(folder),
+            self.id_param: params.get(self.id_param) or folder.name.split(".")[0],
+        }
         if folder.is_file():  # an index-list split (hc-fang/ssd data/fed/*.json)
             files = [folder]
         else:
@@ -534,9 +536,11 @@ class Imported(Partitioner):
     def recorded_input_problems(self, manifest: Mapping[str, Any]) -> list[str] | None:
         if not project_path(manifest["params"]["path"]).exists():
             return None  # the published files are not here; nothing more to compare
-        return [f"imported_sha256: {rel} is missing or changed since the split was imported"
-                for rel, sha in manifest.get("imported_sha256", {}).items()
-                if not project_path(rel).is_file() or sha256_file(project_path(rel)) != sha]
+        return [
+            f"imported_sha256: {rel} is missing or changed since the split was imported"
+            for rel, sha in manifest.get("imported_sha256", {}).items()
+            if not project_path(rel).is_file() or sha256_file(project_path(rel)) != sha
+        ]
 
     def manifest_id(self, head: str, params: Mapping[str, Any], num_clients: int, seed: int) -> str:
         return f"{head}-{params[self.id_param]}-c{num_clients}"

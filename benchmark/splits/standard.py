@@ -54,7 +54,12 @@ def standard_split_hashes() -> dict[str, str]:
 
 
 def standard_manifest_path(manifest: Mapping[str, Any], compress: bool) -> Path:
-    return DATASETS_DIR / manifest["dataset"] / "splits" / (manifest["manifest_id"] + (".json.gz" if compress else ".json"))
+    return (
+        DATASETS_DIR
+        / manifest["dataset"]
+        / "splits"
+        / (manifest["manifest_id"] + (".json.gz" if compress else ".json"))
+    )
 
 
 # ----------------------------------------------------------------------------- standard set
@@ -79,14 +84,21 @@ def _standard_splits() -> list[StandardSplit]:
         ]
         out.append(
             StandardSplit(
-                (*base, "partition=pathological", f"partition.classes_per_client={classes_per_client}",
-                 "partition.num_clients=10", "seed=0")
+                (
+                    *base,
+                    "partition=pathological",
+                    f"partition.classes_per_client={classes_per_client}",
+                    "partition.num_clients=10",
+                    "seed=0",
+                )
             )
         )
     k400 = ("dataset=kinetics400",)
     out.append(StandardSplit((*k400, "partition=iid", "partition.num_clients=100", "seed=0"), compress=True))
     out += [
-        StandardSplit((*k400, "partition=dirichlet", f"partition.alpha={a}", "partition.num_clients=100", "seed=0"), compress=True)
+        StandardSplit(
+            (*k400, "partition=dirichlet", f"partition.alpha={a}", "partition.num_clients=100", "seed=0"), compress=True
+        )
         for a in (0.1, 0.5)
     ]
     out.append(
@@ -98,9 +110,13 @@ def _standard_splits() -> list[StandardSplit]:
     for dataset in ("cifar10", "cifar100"):  # hc-fang/ssd's published splits (datasets/<name>/ssd_splits/)
         out += [
             StandardSplit(
-                (f"dataset={dataset}", "partition=imported",
-                 f"partition.path=datasets/{dataset}/ssd_splits/{dataset}_dir_client{n}_alpha0.1.json.gz",
-                 "partition.tag=ssd-dir0.1", f"partition.num_clients={n}"),
+                (
+                    f"dataset={dataset}",
+                    "partition=imported",
+                    f"partition.path=datasets/{dataset}/ssd_splits/{dataset}_dir_client{n}_alpha0.1.json.gz",
+                    "partition.tag=ssd-dir0.1",
+                    f"partition.num_clients={n}",
+                ),
                 compress=True,
             )
             for n in (10, 50)
@@ -108,8 +124,13 @@ def _standard_splits() -> list[StandardSplit]:
     fedvssl = "../shared/annotations/kinetics400/fedvssl_splits"
     out += [
         StandardSplit(
-            (*k400, "partition=imported", f"partition.path={fedvssl}/{kind}", f"partition.tag=fedvssl-{kind}",
-             "partition.num_clients=100"),
+            (
+                *k400,
+                "partition=imported",
+                f"partition.path={fedvssl}/{kind}",
+                f"partition.tag=fedvssl-{kind}",
+                "partition.num_clients=100",
+            ),
             compress=True,
         )
         for kind in ("iid", "noniid")

@@ -36,8 +36,12 @@ def annotations_for(cfg: Any, cache: dict | None = None) -> Any:
 
 
 def verify_manifest(
-    path: str | os.PathLike, compose: Callable[[Sequence[str]], Any], annotations: Any = None, *,
-    regenerate: bool = True, cache: dict | None = None,
+    path: str | os.PathLike,
+    compose: Callable[[Sequence[str]], Any],
+    annotations: Any = None,
+    *,
+    regenerate: bool = True,
+    cache: dict | None = None,
 ) -> list[str]:
     """Problems with one manifest (empty list = good); every message starts with the file.
 
@@ -80,10 +84,13 @@ def verify_manifest(
         return problems
     if data["source_sha256"] != dict(annotations.source_sha256):
         changed = sorted(
-            k for k in set(data["source_sha256"]) | set(annotations.source_sha256)
+            k
+            for k in set(data["source_sha256"]) | set(annotations.source_sha256)
             if data["source_sha256"].get(k) != annotations.source_sha256.get(k)
         )
-        problem(f"source_sha256 differs from the annotation lists for {changed[:5]} (lists changed since the split was made)")
+        problem(
+            f"source_sha256 differs from the annotation lists for {changed[:5]} (lists changed since the split was made)"
+        )
     if data["num_classes"] != len(annotations.classes):
         problem(f"num_classes is {data['num_classes']} but the dataset has {len(annotations.classes)} classes")
 
@@ -117,8 +124,13 @@ def verify_manifest(
             for text in recorded_problems:
                 problem(text)
         try:
-            fresh = make_manifest(annotations, cfg.partition, int(cfg.seed), dataset_choice=dataset_choice(overrides),
-                                  inputs=input_overrides(overrides))
+            fresh = make_manifest(
+                annotations,
+                cfg.partition,
+                int(cfg.seed),
+                dataset_choice=dataset_choice(overrides),
+                inputs=input_overrides(overrides),
+            )
         except Exception as e:  # noqa: BLE001 - reported against this file; the other files are still verified
             problem(f"cannot regenerate with {data['make_command']!r} ({type(e).__name__}: {e})")
             return problems
@@ -130,5 +142,3 @@ def verify_manifest(
                 "regenerate it with `fedvid splits make-standard`"
             )
     return problems
-
-
