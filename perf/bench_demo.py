@@ -53,18 +53,27 @@ def run_demo(code_dir: Path, run_dir: Path, data_root: str) -> dict:
 
 
 def learning(record: dict) -> list[str]:
-    """One line per evaluation figure with its random-init and chance references, as found."""
+    """One line per downstream set: retrieval Top-1 and linear-probe video top-1, trained vs
+    random init vs chance (names from the record's one reader, ``Evaluations.metrics()``)."""
+    from leaderboard.record import Evaluations
+
+    evaluations = record.get("evaluations", {})
+    trained = Evaluations.from_json(evaluations).metrics()
+    random_init = Evaluations.from_json(evaluations.get("random_init") or {}).metrics()
+    datasets = sorted({k.split(".")[1] for k in trained if k.startswith("retrieval.")})
     out = []
+    for ds in datasets:
 
-    def walk(node, path):
-        if isinstance(node, dict):
-            if "top1" in node and isinstance(node["top1"], (int, float)):
-                extra = {k: node[k] for k in ("random_init_top1", "chance") if k in node}
-                out.append(f"{'/'.join(path)} top1 {node['top1']:.3f} {extra if extra else ''}")
-            for k, v in node.items():
-                walk(v, [*path, str(k)])
+        def pct(metrics: dict, key: str) -> str:
+            value = metrics.get(key)
+            return "n/a" if value is None else f"{100 * value:.1f}"
 
-    walk(record.get("evaluations", {}), [])
+        out.append(
+            f"{ds}: retrieval top-1 {pct(trained, f'retrieval.{ds}.top1')} % "
+            f"(random init {pct(random_init, f'retrieval.{ds}.top1')}, chance {pct(trained, f'retrieval.{ds}.chance_top1')}); "
+            f"linear probe {pct(trained, f'linear_probe.{ds}.video_top1')} % "
+            f"(random init {pct(random_init, f'linear_probe.{ds}.video_top1')})"
+        )
     return out
 
 
@@ -97,7 +106,6 @@ def main() -> None:
             )
             for line in learning(rec):
                 print(f"    {line}", flush=True)
-            print(f"    {json.dumps(rec.get('evaluations', {}))[:1500]}", flush=True)
     old_m, new_m = statistics.median(walls["old"]), statistics.median(walls["new"])
     print(
         f"\nmedian wall: old {old_m:.1f} s, new {new_m:.1f} s, ratio new/old {new_m / old_m:.2f} "
