@@ -216,7 +216,6 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
 
     from benchmark.data.loaders import TrainClipDataset, collate_batch
     from benchmark.federation.training import (
-        _int_or_list,
         build_model,
         client_init_seed,
         client_videos,
@@ -246,8 +245,8 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
     dataset = TrainClipDataset(
         videos,
         frames=clip.frames,
-        stride=_int_or_list(clip.stride),
-        short_side=_int_or_list(clip.short_side),
+        stride=clip.stride,
+        short_side=clip.short_side,
         crop_size=clip.size,
         num_views=method.num_views,
         sample_transform=method.sample_transform,

@@ -32,7 +32,8 @@ from benchmark.specs import LocalTrainingSpec
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.client")
 
-#: Key of the client's own (never exchanged) tensors in its Flower context state.
+#: Context-state key the client's own tensors once used; they now live only in its state
+#: file (see ``_train``), and tests check that the context stays free of them.
 LOCAL_STATE_KEY = "fedvid.local"
 #: Error code of a ClientApp that raised (the reason carries the traceback).
 CLIENT_FAILED = 1001
@@ -84,11 +85,8 @@ def _local_state_file(state_dir: Path, cid: int, server_round: int) -> Path:
     return state_dir / f"client_{cid:04d}" / f"round_{server_round:04d}.pt"
 
 
-def _restore_local_state(context: Context, state_dir: Path, cid: int, server_round: int):
-    """This client's own tensors: the newest file it wrote in a round before ``server_round``
-    (a context state from an older version of this app is still read first)."""
-    if LOCAL_STATE_KEY in context.state:
-        return context.state[LOCAL_STATE_KEY].to_torch_state_dict()
+def _restore_local_state(state_dir: Path, cid: int, server_round: int):
+    """This client's own tensors: the newest file it wrote in a round before ``server_round``."""
     client_dir = state_dir / f"client_{cid:04d}"
     if not client_dir.is_dir():
         return None
@@ -116,7 +114,7 @@ def _train(msg: Message, context: Context) -> Message:
     manifest, dataset_root, state_dir = _paths(cfg, context)
 
     global_state = msg.content["arrays"].to_torch_state_dict()
-    local_state = _restore_local_state(context, state_dir, cid, server_round)
+    local_state = _restore_local_state(state_dir, cid, server_round)
     result = run_local_training(
         spec,
         client_id=cid,
@@ -137,7 +135,6 @@ def _train(msg: Message, context: Context) -> Message:
         # file only, which a resumed run (fresh contexts) reads too: in the simulation every
         # client's context lives in one process, and 100 CtP heads of R3D-18 kept there
         # would grow it by 2.8 GB as clients get sampled (perf/bench_scale.py).
-        context.state.pop(LOCAL_STATE_KEY, None)
         import io
 
         buf = io.BytesIO()

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from benchmark.device import resolve_device
 from benchmark.registry import build_backbone, build_method
@@ -255,8 +254,8 @@ def run_local_training(
         dataset = TrainClipDataset(
             videos,
             frames=int(clip.frames),
-            stride=_int_or_list(clip.stride),
-            short_side=_int_or_list(clip.short_side),
+            stride=clip.stride,  # int or a tuple to draw from (TrainClipSpec)
+            short_side=clip.short_side,
             crop_size=int(clip.size),
             num_views=method.num_views,
             sample_transform=method.sample_transform,
@@ -342,13 +341,6 @@ def run_local_training(
         "restored_local_state": float(restored),
     }
     return LocalResult(method.exchanged_state(), method.local_state(), len(videos), metrics)
-
-
-def _int_or_list(value) -> int | list[int]:
-    """A clip setting that is one int or a list to draw from per clip (CtP's strides / scales)."""
-    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
-        return [int(v) for v in value]
-    return int(value)
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
