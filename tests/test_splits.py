@@ -418,7 +418,7 @@ def test_a_partitioner_is_one_registered_class_whose_declaration_names_and_check
     from benchmark.splits.make import manifest_id_for
     from benchmark.splits.partition import Param, Partitioner
 
-    assert PARTITIONERS.names() == ["dirichlet", "iid", "imported", "pathological", "quantity"]
+    assert PARTITIONERS.names() == ["dirichlet", "dirichlet_fedbox", "iid", "imported", "pathological", "quantity"]
     # the ids of the committed splits come from the declarations
     assert (
         manifest_id_for("ucf101", "1", "dirichlet", {"alpha": 0.5, "min_size": 10}, 10, 0)

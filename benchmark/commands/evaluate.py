@@ -9,7 +9,9 @@ what :func:`benchmark.federation.checkpoint.load_backbone_state` reads — a
 ``fedvid-checkpoint/1`` file written by ``fedvid run`` or a plain state dict of the
 backbone (e.g. torchvision's ``r3d_18`` / ``r2plus1d_18`` weights). A run directory (or its
 ``checkpoints/``) stands for the checkpoint its ``latest.json`` names
-(:func:`benchmark.federation.checkpoint.resolve_checkpoint_path`).
+(:func:`benchmark.federation.checkpoint.resolve_checkpoint_path`). A checkpoint of an image-track
+run is evaluated with that run's image protocol (its dataset, backbone and ``eval.image``:
+SSD's linear probe and semi-supervised fine-tuning), whatever the command line's video settings.
 """
 
 from __future__ import annotations
@@ -84,13 +86,48 @@ def load_backbone(cfg: DictConfig, path: Path) -> torch.nn.Module:
     return backbone
 
 
+def run_config_of(path: Path) -> dict | None:
+    """The resolved config (``config.json``) of the ``fedvid run`` whose ``checkpoints/`` holds
+    the checkpoint file ``path``; None for a file outside a run directory."""
+    from benchmark import rundir
+    from benchmark.io import read_json
+
+    config = path.parent.parent / rundir.CONFIG_JSON
+    return read_json(config) if path.parent.name == rundir.CHECKPOINTS and config.is_file() else None
+
+
+def evaluate_image_checkpoint(run_cfg: DictConfig, path: Path, run_dir: Path, progress: bool = True) -> dict:
+    """An image-track run's checkpoint, evaluated as its run evaluates (SSD's ``linear_eval.py`` /
+    ``semi_eval.py``): the run's own ``dataset``, ``backbone``, ``eval.image`` and protocol."""
+    from benchmark.commands.run import evaluate_global_model
+    from benchmark.data.images import ensure_standin
+
+    if run_cfg.dataset.get("synthetic", False):
+        ensure_standin(run_cfg.dataset)  # the generated stand-in, as `fedvid run` makes it
+    backbone = load_backbone(run_cfg, path)
+    from rich.console import Console
+
+    report = evaluate_global_model(backbone, run_cfg, run_dir, console=Console() if progress else None)
+    record = {"checkpoint": str(path.resolve()), "backbone": to_container(run_cfg.backbone), **report}
+    atomic_write_json(run_dir / "evaluation.json", record)
+    return record
+
+
 def evaluate_checkpoint(cfg: DictConfig, run_dir: Path, progress: bool = True) -> dict:
-    """Load ``cfg.checkpoint``, evaluate it, write ``run_dir/evaluation.json``; returns the record."""
+    """Load ``cfg.checkpoint``, evaluate it, write ``run_dir/evaluation.json``; returns the record.
+
+    A checkpoint of an image-track run (its run directory's config says ``dataset.modality:
+    image``) is evaluated with that run's image protocol (:func:`evaluate_image_checkpoint`);
+    the command line's video evaluation settings do not apply to it."""
     from benchmark.config_check import check_eval_config
+    from benchmark.data.images import is_image_dataset
     from benchmark.evaluation import evaluate_backbone_report
 
     check_eval_config({"eval": to_container(cfg.eval)})
     path = resolve_checkpoint_path(Path(str(cfg.checkpoint)).expanduser())
+    run_cfg = run_config_of(path)
+    if run_cfg is not None and is_image_dataset(run_cfg.get("dataset") or {}):
+        return evaluate_image_checkpoint(OmegaConf.create(run_cfg), path, run_dir, progress)
     backbone = load_backbone(cfg, path)
     checkpoint_sha = sha256_file(path)
     spec = evaluation_spec(cfg)

@@ -198,6 +198,31 @@ def write_cifar(
     return base
 
 
+def _standin_draw(rng: np.random.Generator, num_classes: int, size: int):
+    """The stand-ins' class model: each class is a smooth random colour field plus a
+    class-specific oriented stripe pattern and per-image noise (learnable from colour and
+    texture). Returns ``draw(n_per) -> (images (n_per * num_classes, size, size, 3) uint8,
+    labels)``, shuffled, consuming ``rng`` in a fixed order."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) * (32.0 / size)
+    bases = rng.uniform(40, 215, size=(num_classes, 3)).astype(np.float32)
+    angles = rng.uniform(0, np.pi, size=num_classes)
+    freqs = rng.uniform(0.25, 0.9, size=num_classes)
+
+    def draw(n_per: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(num_classes), n_per)
+        order = rng.permutation(len(labels))
+        labels = labels[order]
+        imgs = np.empty((len(labels), size, size, 3), np.uint8)
+        for i, c in enumerate(labels):
+            phase = rng.uniform(0, 2 * np.pi)
+            stripe = np.sin(freqs[c] * (np.cos(angles[c]) * xx + np.sin(angles[c]) * yy) + phase)
+            img = bases[c][None, None, :] + 35.0 * stripe[..., None] + rng.normal(0, 12, size=(size, size, 3))
+            imgs[i] = np.clip(img, 0, 255).astype(np.uint8)
+        return imgs, labels.astype(np.int64)
+
+    return draw
+
+
 def make_cifar_standin(
     root: str | os.PathLike,
     name: str = "cifar10",
@@ -206,31 +231,26 @@ def make_cifar_standin(
     seed: int = 0,
     num_classes: int | None = None,
 ) -> Path:
-    """A small deterministic CIFAR-format stand-in: each class is a smooth random colour field
-    plus a class-specific oriented stripe pattern and per-image noise, so classes are
-    learnable from colour and texture. Written with :func:`write_cifar` (real pickle format)."""
+    """A small deterministic CIFAR-format stand-in (:func:`_standin_draw`), written with
+    :func:`write_cifar` (real pickle format). ``num_classes``: how many of the dataset's
+    classes get images (default all; the meta file always names all of them)."""
     spec = CIFAR_SPECS[name]
-    k = num_classes or spec.num_classes
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
-    bases = rng.uniform(40, 215, size=(k, 3)).astype(np.float32)
-    angles = rng.uniform(0, np.pi, size=k)
-    freqs = rng.uniform(0.25, 0.9, size=k)
-
-    def draw(n_per: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.repeat(np.arange(k), n_per)
-        order = rng.permutation(len(labels))
-        labels = labels[order]
-        imgs = np.empty((len(labels), 32, 32, 3), np.uint8)
-        for i, c in enumerate(labels):
-            phase = rng.uniform(0, 2 * np.pi)
-            stripe = np.sin(freqs[c] * (np.cos(angles[c]) * xx + np.sin(angles[c]) * yy) + phase)
-            img = bases[c][None, None, :] + 35.0 * stripe[..., None] + rng.normal(0, 12, size=(32, 32, 3))
-            imgs[i] = np.clip(img, 0, 255).astype(np.uint8)
-        return imgs, labels.astype(np.int64)
-
+    draw = _standin_draw(np.random.default_rng(seed), num_classes or spec.num_classes, 32)
     classes = [f"class_{c:03d}" for c in range(spec.num_classes)]
     return write_cifar(root, name, draw(per_class_train), draw(per_class_test), classes)
+
+
+def make_tiny_imagenet_standin(
+    root: str | os.PathLike, per_class_train: int = 20, per_class_test: int = 10, seed: int = 0, num_classes: int = 10
+) -> Path:
+    """A small deterministic Tiny-ImageNet-200-format stand-in: ``num_classes`` wnids
+    (``n00000000``..), 64 x 64 JPEGs in the real layout (:func:`write_tiny_imagenet`)."""
+    draw = _standin_draw(np.random.default_rng(seed), num_classes, 64)
+    wnids = [f"n{c:08d}" for c in range(num_classes)]
+    train_imgs, train_labels = draw(per_class_train)
+    test_imgs, test_labels = draw(per_class_test)
+    train = {w: [img for img, lab in zip(train_imgs, train_labels) if lab == c] for c, w in enumerate(wnids)}
+    return write_tiny_imagenet(root, train, [(img, wnids[lab]) for img, lab in zip(test_imgs, test_labels)])
 
 
 def cifar_index_annotations(name: str, dataset_id: str | None = None) -> AnnotationSplit:
@@ -552,15 +572,17 @@ def train_image_dataset(
 
 
 def ensure_standin(dataset_cfg: Mapping) -> Path:
-    """Generate the CIFAR-format stand-in under ``dataset.root`` unless its files are there
-    (``dataset.standin``: per_class_train, per_class_test, seed)."""
+    """Generate the stand-in (CIFAR or Tiny-ImageNet format, by ``dataset.name``) under
+    ``dataset.root`` unless its files are there (``dataset.standin``: per_class_train,
+    per_class_test, seed, num_classes)."""
     import json
+    import shutil
 
     from benchmark.io import atomic_write_text
 
     name = str(dataset_cfg.get("name"))
-    spec = CIFAR_SPECS[name]
-    base = Path(str(dataset_cfg.get("root"))) / spec.folder
+    root = Path(str(dataset_cfg.get("root")))
+    base = root / CIFAR_SPECS[name].folder if name in CIFAR_SPECS else _tiny_base(root)
     opts = dict(dataset_cfg.get("standin") or {})
     params = {
         "name": name,
@@ -568,13 +590,18 @@ def ensure_standin(dataset_cfg: Mapping) -> Path:
         "per_class_test": int(opts.get("per_class_test", 10)),
         "seed": int(opts.get("seed", 0)),
     }
+    if opts.get("num_classes") is not None:  # recorded only when set: older stamps stay valid
+        params["num_classes"] = int(opts["num_classes"])
     stamp = base / "standin.json"  # which parameters made the files: other parameters regenerate them
-    present = all((base / f).is_file() for f in (*spec.train_files, *spec.test_files, spec.meta_file))
-    if present and stamp.is_file() and json.loads(stamp.read_text()) == params:
+    files = [*CIFAR_SPECS[name].train_files, *CIFAR_SPECS[name].test_files] if name in CIFAR_SPECS else ["wnids.txt"]
+    if all((base / f).is_file() for f in files) and stamp.is_file() and json.loads(stamp.read_text()) == params:
         return base
-    make_cifar_standin(
-        str(dataset_cfg.get("root")), name, params["per_class_train"], params["per_class_test"], params["seed"]
-    )
+    sizes = {k: params[k] for k in ("per_class_train", "per_class_test", "seed")}
+    if name in CIFAR_SPECS:
+        make_cifar_standin(str(root), name, **sizes, num_classes=params.get("num_classes"))
+    else:
+        shutil.rmtree(base, ignore_errors=True)  # other parameters: other wnids and files
+        make_tiny_imagenet_standin(str(root), **sizes, num_classes=params.get("num_classes", 10))
     _cached_set.cache_clear()
     atomic_write_text(stamp, json.dumps(params, sort_keys=True))
     return base

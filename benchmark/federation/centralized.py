@@ -121,11 +121,12 @@ def federated_step_budget(
 
 
 def pooled_client_videos(
-    run_dir: Path, dataset_root: str, num_clients: int, allow_missing: bool
+    run_dir: Path, dataset_root: str, num_clients: int, allow_missing: bool, image: bool = False
 ) -> list[list[tuple[str, int]]]:
-    """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp would see it."""
+    """Each client's (path, label) list from ``<run_dir>/split_manifest.json``, as its ClientApp
+    would see it (``image``: image-track records, as listed)."""
     manifest = str(Path(run_dir) / MANIFEST)
-    return [client_videos(manifest, dataset_root, c, allow_missing) for c in range(num_clients)]
+    return [client_videos(manifest, dataset_root, c, allow_missing, image=image) for c in range(num_clients)]
 
 
 def run_centralized(
@@ -155,7 +156,8 @@ def run_centralized(
 
     # PSS of this process sampled at round ends (ru_maxrss would carry over earlier jobs of a multirun)
     peak = memory_bytes([os.getpid()])
-    per_client = pooled_client_videos(run_dir, dataset_root, num_clients, allow_missing_videos)
+    image = spec.training.image_dataset is not None
+    per_client = pooled_client_videos(run_dir, dataset_root, num_clients, allow_missing_videos, image)
     budget = federated_step_budget(spec.federation, spec.training, [len(v) for v in per_client])
     pooled = [video for videos in per_client for video in videos]
 

@@ -147,6 +147,56 @@ def dirichlet(records: Sequence[Any], num_clients: int, params: Mapping[str, Any
     )
 
 
+def _counts_from_ratios(total: int, ratios: np.ndarray) -> np.ndarray:
+    """fedbox ``_counts_from_ratios``: floor(total x normalised ratios), the remainder to the
+    largest fractional parts (``argsort``'s order breaks ties)."""
+    ratios = ratios / ratios.sum()
+    counts = total * ratios
+    result = np.floor(counts).astype(np.int64)
+    rest = total - int(result.sum())
+    if rest > 0:
+        result[np.argsort(counts - result)[-rest:]] += 1
+    return result
+
+
+def dirichlet_fedbox(
+    records: Sequence[Any], num_clients: int, params: Mapping[str, Any], seed: int
+) -> list[list[Pair]]:
+    """Label skew by a per-class Dirichlet allocation exactly as hc-fang/ssd draws it
+    (``split_dataset.py`` -> ``fedbox/utils/data/splitting.py`` ``split_dirichlet_label`` @ ffb85ba).
+
+    Params: ``alpha``; ``numpy_seed``: the seed of numpy's legacy global generator
+    (``set_seed(1)`` in ``split_dataset.py``). The run's ``seed`` does not enter the draw.
+
+    Algorithm (one ``numpy.random.RandomState(numpy_seed)``, the stream ``np.random.seed``
+    gives): sort by path (= torchvision order for CIFAR's ``train/<index>`` records and
+    Tiny-ImageNet's ``ImageFolder`` paths); ``P = dirichlet(alpha * ones(num_clients),
+    size=num_classes)`` in one draw; then for each class in increasing label order, its
+    positions in ascending order are shuffled in place (``shuffle``) and cut into
+    ``_counts_from_ratios(n_k, P[k])`` pieces; client ``c`` gets piece ``c``. No redraw: a
+    client may end up empty (the runner then refuses the split). Reproduces the four
+    published SSD CIFAR splits index for index (``tests/test_image_track.py``).
+    """
+    pairs = as_pairs(records)
+    _check_num_clients(pairs, num_clients)
+    alpha = _param(params, "alpha", float)
+    numpy_seed = _param(params, "numpy_seed", int, positive=False)
+    if not 0 <= numpy_seed < 2**32:
+        raise PartitionError(f"partition.numpy_seed must be in 0..2**32-1 (a numpy.random.seed), got {numpy_seed}")
+    labels = np.array([label for _, label in pairs], dtype=np.int64)
+    classes, y = np.unique(labels, return_inverse=True)
+    rs = np.random.RandomState(numpy_seed)
+    proportion = rs.dirichlet(np.repeat(alpha, num_clients), size=len(classes))  # (classes, clients)
+    groups: list[list[int]] = [[] for _ in range(num_clients)]
+    for k in range(len(classes)):
+        idx = np.flatnonzero(y == k)
+        rs.shuffle(idx)
+        cuts = np.cumsum(_counts_from_ratios(len(idx), proportion[k]))[:-1]
+        for c, piece in enumerate(np.split(idx, cuts)):
+            groups[c].extend(piece.tolist())
+    return _finish(pairs, groups)
+
+
 def pathological(records: Sequence[Any], num_clients: int, params: Mapping[str, Any], seed: int) -> list[list[Pair]]:
     """Exactly ``classes_per_client`` (k) classes per client; every video in exactly one client.
 
@@ -476,6 +526,15 @@ class Dirichlet(Partitioner):
 
     def split(self, records, num_clients, params, seed):
         return dirichlet(records, num_clients, params, seed)
+
+
+@register_partitioner("dirichlet_fedbox")
+class DirichletFedbox(Partitioner):
+    __doc__ = dirichlet_fedbox.__doc__
+    params = (Param("alpha", float, id_label=""), Param("numpy_seed", int, positive=False, id_label="-np"))
+
+    def split(self, records, num_clients, params, seed):
+        return dirichlet_fedbox(records, num_clients, params, seed)
 
 
 @register_partitioner("pathological")
