@@ -144,58 +144,167 @@ def test_semi_eval_fine_tunes_a_copy_and_reports_the_best_check(tmp_path):
     assert feats.shape == (20, 32)
 
 
-def test_ssd_tables_rows_smoke_and_compute():
+#: The image track's reproduce tables: (table, dataset config, client count, per-round fraction).
+SSD_IMAGE_TABLES = [
+    (f"ssd-{d}-{kind}", ds, 10 if kind == "crosssilo" else 50, 1.0 if kind == "crosssilo" else 0.2)
+    for d, ds in (("cifar10", "cifar10"), ("cifar100", "cifar100"), ("tinyimagenet", "tiny_imagenet"))
+    for kind in ("crosssilo", "crossdevice")
+]
+
+
+@pytest.mark.parametrize("name,dataset,clients,fraction", SSD_IMAGE_TABLES)
+def test_ssd_tables_rows_and_full_scale_settings(name, dataset, clients, fraction):
     from test_protocols import compose
 
     from benchmark.commands.reproduce import TABLES, reproduced_metric
 
-    for d in ("cifar10", "cifar100"):
-        for kind in ("crosssilo", "crossdevice"):
-            t = TABLES[f"ssd-{d}-{kind}"]
-            assert [r.label for r in t.rows] == ["FedAlignUniform", "SSD"] and t.protocol == "ssd_image"
-            assert all(r.reported_record is None for r in t.rows)  # no citable reported numbers: none recorded
-            assert "GPU" in t.full_compute
-            cfg = compose(list(t.rows[1].overrides))
-            n = 10 if kind == "crosssilo" else 50
-            assert (cfg.method.name, cfg.backbone.name, cfg.seed, cfg.client.batch_size) == (
-                "ssd",
-                "cifar_resnet18",
-                17,
-                128,
-            )
-            assert (cfg.client.optimizer.lr, cfg.federation.rounds, cfg.federation.local_epochs) == (0.1, 100, 5)
-            assert cfg.partition.num_clients == n and cfg.split_manifest.endswith(
-                f"{d}-official-ssd-dir0.1-c{n}.json.gz"
-            )
-            assert compose(list(t.rows[0].overrides)).method.name == "align_uniform"
-            assert reproduced_metric(t.metrics[0], "smoke") == f"image_linear_probe.synthetic_{d}.top1"
+    t = TABLES[name]
+    assert [r.label for r in t.rows] == ["FedAlignUniform", "SSD"] and t.protocol == "ssd_image"
+    assert all(r.reported_record is None for r in t.rows)  # no citable reported numbers: none recorded
+    assert "GPU" in t.full_compute
+    cfg = compose(list(t.rows[1].overrides))
+    assert (cfg.method.name, cfg.backbone.name, cfg.seed, cfg.client.batch_size) == ("ssd", "cifar_resnet18", 17, 128)
+    assert (cfg.client.optimizer.lr, cfg.federation.rounds, cfg.federation.local_epochs) == (0.1, 100, 5)
+    assert (cfg.dataset.name, cfg.partition.num_clients, cfg.federation.clients_per_round) == (
+        dataset,
+        clients,
+        fraction,
+    )
+    # the draw of split_dataset.py; numpy_seed 17 reproduces the published cifar10 c10 file, 1 the others
+    assert (cfg.partition.name, cfg.partition.alpha) == ("dirichlet_fedbox", 0.1)
+    assert cfg.partition.numpy_seed == (17 if name == "ssd-cifar10-crosssilo" else 1)
+    if dataset == "tiny_imagenet":  # no published split: drawn at run time; 64x64 images read at 32x32
+        assert cfg.split_manifest is None and cfg.dataset.image_size == 32
+    else:
+        assert cfg.split_manifest.endswith(f"{dataset}-official-ssd-dir0.1-c{clients}.json.gz")
+    assert compose(list(t.rows[0].overrides)).method.name == "align_uniform"
+    assert reproduced_metric(t.metrics[0], "smoke") == f"image_linear_probe.synthetic_{dataset}.top1"
+
+
+def test_fedbox_counts_hand_example():
+    from benchmark.splits.partition import _counts_from_ratios
+
+    # 10 x [0.25, 0.35, 0.40] = 2.5, 3.5, 4.0 -> floor 2, 3, 4; one left over goes to the largest
+    # remainder; the tie (0.5, 0.5) is broken by argsort's order: the later index (client 1)
+    assert _counts_from_ratios(10, np.array([0.25, 0.35, 0.40])).tolist() == [2, 4, 4]
+    assert _counts_from_ratios(7, np.array([2.0, 2.0])).tolist() == [3, 4]  # ratios are normalised
+
+
+def _published(dataset: str, clients: int) -> list[list[int]]:
+    import gzip
+
+    from benchmark import DATASETS_DIR
+
+    path = DATASETS_DIR / dataset / "ssd_splits" / f"{dataset}_dir_client{clients}_alpha0.1.json.gz"
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def test_dirichlet_fedbox_reproduces_the_published_ssd_splits_index_for_index():
+    """hc-fang/ssd's files list, per client, class 0's share, then class 1's ... (split_dataset.py).
+    The block sizes follow from the seed alone (CIFAR classes have 5,000 / 500 images), so the
+    files give back every CIFAR train label; the two files of a dataset must agree on them, and
+    our partitioner on those labels must hand every client exactly the published indices."""
+    from benchmark.registry import build_partitioner
+    from benchmark.splits.partition import _counts_from_ratios
+
+    fedbox = build_partitioner("dirichlet_fedbox")
+    for dataset, num_classes in (("cifar10", 10), ("cifar100", 100)):
+        recovered = []
+        for clients in (10, 50):
+            seed = 17 if (dataset, clients) == ("cifar10", 10) else 1
+            published = _published(dataset, clients)
+            proportion = np.random.RandomState(seed).dirichlet(np.repeat(0.1, clients), size=num_classes)
+            counts = np.stack([_counts_from_ratios(50_000 // num_classes, proportion[c]) for c in range(num_classes)])
+            assert [len(c) for c in published] == counts.sum(0).tolist()
+            labels = np.full(50_000, -1)
+            for k, indices in enumerate(published):
+                labels[indices] = np.repeat(np.arange(num_classes), counts[:, k])
+            assert (labels >= 0).all() and np.bincount(labels).tolist() == [50_000 // num_classes] * num_classes
+            recovered.append(labels)
+            records = [(f"train/{i:05d}", int(lab)) for i, lab in enumerate(labels)]
+            ours = fedbox.split(records, clients, {"alpha": 0.1, "numpy_seed": seed}, 0)
+            assert [[int(v.split("/")[1]) for v, _ in c] for c in ours] == [sorted(c) for c in published]
+        assert np.array_equal(*recovered)  # both files describe the same CIFAR labels
+    with pytest.raises(ValueError, match="numpy_seed"):
+        fedbox.split([("a", 0), ("b", 1)], 2, {"alpha": 0.1, "numpy_seed": -1}, 0)
+
+
+def _assert_smoke_record(record: dict, table, row_index: int, run_dir, *, engine: str) -> None:
+    """A scale=smoke record of ``table``'s row: protocol, status, metrics in range, split, budget."""
+    from benchmark.commands.reproduce import reproduced_metric
+    from leaderboard.record import ResultRecord
+    from leaderboard.records import validate_records
+
+    _, problems = validate_records([run_dir / "result.json"])
+    assert problems == [], [str(p) for p in problems]
+    assert record["protocol"] == {"name": "ssd_image", "version": 1, "variant": "smoke"}
+    assert record["status"] == "reproduced"
+    assert record["method"]["name"].startswith(("align_uniform", "ssd")[row_index])
+    metrics = ResultRecord.from_json(record).evaluations.metrics()
+    for m in table.metrics:
+        assert 0.0 <= metrics[reproduced_metric(m, "smoke")] <= 1.0, m
+    ds = reproduced_metric(table.metrics[0], "smoke").split(".")[1]
+    ev = record["evaluations"]
+    assert ev["image_linear_probe"][ds]["protocol"]["num_train"] == 1000  # 10 classes x 100
+    assert [ev["image_semi"][ds][k]["num_labelled"] for k in ("1%", "10%")] == [10, 100]
+    rep = ev["representation"][ds]
+    assert rep["num_videos"] == 20 and rep["feature_dim"] == 64 and -4.0 <= rep["uniformity"] <= 0.0
+    crosssilo = table.name.endswith("crosssilo")
+    clients, per_round = (3, 3) if crosssilo else (5, 1)  # the table's fraction (1.0 / 0.2) of the smoke clients
+    manifest = json.loads((run_dir / "split_manifest.json").read_text())
+    assert (manifest["partitioner"], manifest["num_clients"], manifest["dataset"]) == ("dirichlet_fedbox", clients, ds)
+    assert manifest["params"]["numpy_seed"] == (17 if table.name == "ssd-cifar10-crosssilo" else 1)
+    assert record["track"]["split_manifest_id"] == manifest["manifest_id"]
+    assert (record["track"]["num_clients"], record["track"]["clients_per_round"]) == (clients, per_round)
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 1 and np.isfinite(rounds[0]["loss"])
+    if engine == "centralized":  # the pooled model makes the federated run's steps: 2 per sampled client
+        assert len(rounds[0]["budget"]["federated_sampled_clients"]) == per_round
+        assert rounds[0]["steps"] == 2 * per_round and record["method"]["aggregator"] == "centralized"
+    else:
+        assert len(rounds[0]["replied_clients"]) == per_round and record["method"]["aggregator"] == "fedavg"
 
 
 @pytest.mark.slow
-def test_reproduce_ssd_cifar10_crosssilo_smoke_end_to_end(tmp_path, monkeypatch):
-    """Both rows through `fedvid run` (Flower simulation) on the generated CIFAR-format stand-in."""
-    from benchmark.commands.reproduce import main
+def test_every_ssd_image_table_at_smoke_scale(tmp_path, monkeypatch):
+    """All six ssd-* image tables at scale=smoke, sharing one generated stand-in per dataset.
 
-    monkeypatch.setenv("FEDVID_DATA_ROOT", str(tmp_path / "data"))
+    One row goes through `fedvid reproduce` as CI users run it (its own process, the Flower
+    simulation); `fedvid evaluate` on its run directory gives back its evaluation. Then every
+    row of every table runs in this process with the table's smoke overrides and
+    engine=centralized: the same data, split draw, method, client context, evaluation and
+    record, without a SuperLink/Ray start per row (the start-up is most of a smoke row's time).
+    """
+    from test_protocols import compose
+
+    from benchmark.commands.evaluate import main as evaluate_main
+    from benchmark.commands.reproduce import TABLES, main
+    from benchmark.commands.run import execute_run
+
+    data = tmp_path / "data"
+    monkeypatch.setenv("FEDVID_DATA_ROOT", str(data))
     monkeypatch.chdir(tmp_path)
-    assert main(["ssd-cifar10-crosssilo", "scale=smoke", f"out={tmp_path / 'out'}"]) == 0
-    comparison = json.loads((tmp_path / "out" / "comparison.json").read_text())
-    assert comparison["failed"] == []
-    for r in comparison["rows"]:
-        assert r["reported"] is None and r["gap"] is None and 0.0 <= r["reproduced"] <= 1.0
-    from leaderboard.records import validate_records
+    flower = TABLES["ssd-tinyimagenet-crossdevice"]
+    out = tmp_path / "out"
+    assert main([flower.name, "scale=smoke", "rows=1", f"out={out}"]) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["failed"] == [] and comparison["rows_run"] == ["SSD"]
+    assert all(r["reported"] is None and r["gap"] is None for r in comparison["rows"])
+    record = json.loads((out / "row1" / "result.json").read_text())
+    _assert_smoke_record(record, flower, 1, out / "row1", engine="simulation")
+    assert evaluate_main([f"checkpoint={out / 'row1'}", f"hydra.run.dir={tmp_path / 'ev'}"]) == 0
+    again = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["evaluations"]
+    assert again == record["evaluations"]  # the image protocol again, deterministic
 
-    for i, method in enumerate(("align_uniform", "ssd")):
-        result = tmp_path / "out" / f"row{i}" / "result.json"
-        good, problems = validate_records([result])
-        assert problems == [], [str(p) for p in problems]
-        record = json.loads(result.read_text())
-        assert record["protocol"] == {"name": "ssd_image", "version": 1, "variant": "smoke"}
-        assert record["method"]["name"].startswith(method)
-        ev = record["evaluations"]
-        assert ev["image_linear_probe"]["synthetic_cifar10"]["protocol"]["num_train"] == 1000
-        assert [ev["image_semi"]["synthetic_cifar10"][k]["num_labelled"] for k in ("1%", "10%")] == [10, 100]
-        rep = ev["representation"]["synthetic_cifar10"]
-        assert rep["num_videos"] == 40 and rep["feature_dim"] == 64 and rep["uniformity"] <= 0.0
-        rounds = [json.loads(line) for line in (tmp_path / "out" / f"row{i}" / "rounds.jsonl").read_text().splitlines()]
-        assert len(rounds) == 2 and all(np.isfinite(r["loss"]) for r in rounds)
+    threads = torch.get_num_threads()
+    try:
+        for name, *_ in SSD_IMAGE_TABLES:
+            table = TABLES[name]
+            for i, row in enumerate(table.rows):
+                overrides = [o for o in table.smoke_overrides if not o.startswith("engine.client_resources")]
+                cfg = compose([*row.overrides, *overrides, "engine=centralized", f"data_root={data / 'smoke'}"])
+                run_dir = tmp_path / name / f"row{i}"
+                record = execute_run(cfg, run_dir)
+                _assert_smoke_record(record, table, i, run_dir, engine="centralized")
+    finally:
+        torch.set_num_threads(threads)
