@@ -6,8 +6,9 @@ features) and a higher effective rank than FedAlignUniform, and a better linear 
 
 This runs the federation in one process with the benchmark's own pieces — the composed
 ``experiment=ssd_cifar10_crosssilo`` config (protocol ``ssd_image``), ``run_local_training``
-(the code every Flower ClientApp runs), the ``fedavg`` aggregator, the same Dirichlet
-alpha = 0.1 partitioner — without Flower/Ray start-up, so a few rounds fit a CPU budget.
+(the code every Flower ClientApp runs), the ``fedavg`` aggregator, the experiment's Dirichlet
+alpha = 0.1 draw (``dirichlet_fedbox``, split_dataset.py's; the same split for every seed) —
+without Flower/Ray start-up, so a few rounds fit a CPU budget.
 Then it measures, on the stand-in's test images, the pooled encoder features of the
 final global model: uniformity (t = 2, on l2-normalised features), effective rank, and
 the linear probe of ``linear_eval.py`` (shortened).
@@ -51,7 +52,6 @@ def run(method: str, seed: int, args, data_root: str) -> dict:
             f"dataset.standin.per_class_train={args.per_class}",
             "dataset.standin.per_class_test=20",
             f"partition.num_clients={args.clients}",
-            "partition.min_size=8",
             f"backbone.params.width={args.width}",
             f"client.batch_size={args.batch}",
             f"client.optimizer.lr={0.2 * args.batch / 256}",

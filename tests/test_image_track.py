@@ -103,6 +103,27 @@ def test_image_dataset_serves_uint8_views_seeded_per_epoch_and_item(tmp_path):
     assert len(batches) == 2 and batches[0]["video"].shape == (2, 2, 3, 32, 32)
 
 
+def test_tiny_imagenet_standin_is_the_real_layout_deterministic_and_regenerated_on_new_parameters(tmp_path):
+    from benchmark.data.images import ensure_standin, load_image_set, read_tiny_imagenet, tiny_imagenet_records
+
+    cfg = {"name": "tiny_imagenet", "root": str(tmp_path / "t"), "image_size": 32}
+    cfg["standin"] = {"per_class_train": 3, "per_class_test": 2, "seed": 0, "num_classes": 4}
+    base = ensure_standin(cfg)
+    assert (base / "wnids.txt").read_text().split() == [f"n{c:08d}" for c in range(4)]
+    classes, records = tiny_imagenet_records(base)
+    assert records[0] == ("train/n00000000/images/n00000000_0.JPEG", 0) and len(records) == 12
+    assert [lab for _, lab in records] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]  # ImageFolder order
+    train, test = load_image_set(cfg, True), load_image_set(cfg, False)
+    assert train.images.shape == (12, 32, 32, 3) and sorted(test.labels.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]
+    again = read_tiny_imagenet(base, True, 32)
+    assert np.array_equal(again.images, train.images)
+    stamp = (base / "standin.json").stat().st_mtime_ns
+    assert ensure_standin(cfg) == base and (base / "standin.json").stat().st_mtime_ns == stamp  # kept
+    cfg["standin"] = {**cfg["standin"], "num_classes": 2}
+    ensure_standin(cfg)  # other parameters: other files, and the cached read is dropped
+    assert len(tiny_imagenet_records(base)[1]) == 6 and len(load_image_set(cfg, True)) == 6
+
+
 def test_stratified_subset_hand_example_and_properties():
     # 50/30/20 labels, 10 %: n_train = 10, per class 5/3/2 (proportional, no remainder)
     labels = [0] * 50 + [1] * 30 + [2] * 20
