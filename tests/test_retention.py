@@ -1,21 +1,14 @@
-"""Checkpoint and client-state retention (checkpoint.keep_last / keep_every), the disk plan
-printed before round 1, and resume + `fedvid evaluate` on pruned run directories."""
+"""Checkpoint and client-state retention (checkpoint.keep_last / keep_every) and the disk plan.
+A pruned run killed, resumed and evaluated end to end: test_runner.py (its kill/resume run
+keeps the newest checkpoint and every 2nd round)."""
 
 from __future__ import annotations
-
-import json
-import signal
-import subprocess
-import time
 
 import pytest
 import torch
 
-from benchmark import PROJECT_ROOT
 from benchmark.federation.checkpoint import Checkpoint, load_latest, save_checkpoint
 from benchmark.rundir import Retention, prune_all_client_state, prune_checkpoints, prune_client_state
-
-from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
 
 def _ckpt_rounds(run_dir) -> list[int]:
@@ -91,80 +84,6 @@ def test_client_state_keeps_what_a_resume_reads(tmp_path):
     assert sorted(p.name for p in client.iterdir()) == ["notes.txt", "round_0004.pt", "round_0009.pt", "round_0010.pt"]
     assert prune_all_client_state(tmp_path, 10, Retention(keep_last=2, keep_every=0)) == 2
     assert sorted(p.name for p in client.glob("round_*")) == ["round_0010.pt"]
-
-
-# ------------------------------------------------------------------ end to end (Flower simulation)
-
-RUN = [
-    *TINY,
-    "seed=1",
-    "federation.rounds=4",
-    "federation.clients_per_round=2",
-    "federation.min_clients=1",
-    "checkpoint.keep_last=1",
-    "checkpoint.keep_every=0",
-]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("fedvid-data-retention")
-
-
-@pytest.mark.slow
-def test_pruned_run_resumes_exactly_and_evaluates(tmp_path, data_root):
-    full = tmp_path / "full"
-    result = fedvid(["run", f"hydra.run.dir={full}", f"data_root={data_root}", *RUN])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert wait_no_flower_processes(full) == []
-    assert "disk: at most 2 checkpoints x" in result.stdout and "client-state files" in result.stdout
-    assert _ckpt_rounds(full) == [4]
-    rounds = [json.loads(line) for line in (full / "rounds.jsonl").read_text().splitlines()]
-    trained = {c: [r["round"] for r in rounds if c in r["replied_clients"]] for c in range(3)}
-    # each client keeps the file of its last round only (CtP's head stays on the client)
-    assert _client_rounds(full) == {f"client_{c:04d}": rs[-1:] for c, rs in trained.items() if rs}
-
-    # killed as soon as a checkpoint exists, resumed from whatever is latest: same weights
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*FEDVID, "run", f"hydra.run.dir={killed}", f"data_root={data_root}", *RUN],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoints" / "latest.json").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert wait_no_flower_processes(killed, timeout=90) == []
-    resumed_from = json.loads((killed / "checkpoints" / "latest.json").read_text())["round"]
-    assert len(_ckpt_rounds(killed)) <= 2  # pruned while it ran
-    result = fedvid(["run", f"hydra.run.dir={killed}", f"data_root={data_root}", *RUN, "resume=true"])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert wait_no_flower_processes(killed) == []
-    a, b = final_weights(full), final_weights(killed)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"resumed after round {resumed_from}"
-    again = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
-    assert [(r["round"], r["loss"]) for r in again] == [(r["round"], r["loss"]) for r in rounds]
-    assert _ckpt_rounds(killed) == [4]
-
-    # `fedvid evaluate` reads the pruned directory's latest checkpoint (given the run directory)
-    out = tmp_path / "eval"
-    args = ["eval=smoke", "synthetic_size=tiny", f"data_root={data_root}"]
-    result = fedvid(["evaluate", f"checkpoint={full}", f"hydra.run.dir={out}", *args], timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    record = json.loads((out / "evaluation.json").read_text())
-    assert record["checkpoint"] == str((full / "checkpoints" / "round_0004.pt").resolve())
-    # a pruned round is an error that lists what is kept
-    result = fedvid(
-        ["evaluate", f"checkpoint={full / 'checkpoints' / 'round_0002.pt'}", f"hydra.run.dir={out}2", *args]
-    )
-    assert result.returncode != 0
-    assert "round_0002.pt: no such file (pruned by checkpoint.keep_last/keep_every?); kept: round_0004.pt" in (
-        result.stdout + result.stderr
-    )
 
 
 def test_evaluate_accepts_a_run_dir_and_names_pruned_rounds(tmp_path):

@@ -22,7 +22,8 @@ from benchmark.specs import FederationSpec, OptimizerSpec
 
 from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
-# seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
+# seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled).
+# Retention on: the newest checkpoint + every 2nd round (round 2 stays: the test rewinds to it).
 RUN = [
     *TINY,
     "seed=1",
@@ -30,8 +31,9 @@ RUN = [
     "federation.clients_per_round=2",
     "federation.min_clients=1",
     "fault.client_failure_prob=0.3",
-    "checkpoint.keep_every=1",
-]  # keep every checkpoint: the test rewinds to round 2 by hand (pruning: test_retention.py)
+    "checkpoint.keep_last=1",
+    "checkpoint.keep_every=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -169,8 +171,21 @@ def test_unknown_config_option_is_hydras_error_listing_the_choices():
 # ------------------------------------------------------------------ end to end (Flower + Ray)
 
 
+def _ckpt_rounds(run_dir) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("round_*.pt"))
+
+
+def _client_rounds(run_dir) -> dict[str, list[int]]:
+    return {
+        d.name: sorted(int(p.stem.split("_")[1]) for p in d.glob("round_*.pt"))
+        for d in sorted((run_dir / "client_state").glob("client_*"))
+    }
+
+
 @pytest.mark.slow
 def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root):
+    """One uninterrupted run (record, failures, retention), the same run SIGKILLed and resumed
+    (same weights and log), and `fedvid evaluate` on the pruned run directory."""
     full = tmp_path / "full"
     result = fedvid(["run", "hydra.run.dir=" + str(full), f"data_root={data_root}", *RUN])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -230,6 +245,15 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
         "variant": "modified",
         "overridden": {"clip.short_side": 40, "clip.size": 32, "clip.stride": 1},
     }
+    # retention, planned before round 1: 1 newest + 1 being written + milestones 2 and 4
+    assert "disk: at most 4 checkpoints x" in result.stdout and "client-state files" in result.stdout
+    assert _ckpt_rounds(full) == [2, 4]
+    # each client keeps its newest file (what a resume loads; CtP's head stays on the client)
+    # and its milestone rounds' files
+    trained = {c: [r["round"] for r in rounds if c in r["replied_clients"]] for c in range(3)}
+    assert _client_rounds(full) == {
+        f"client_{c:04d}": sorted({rs[-1]} | {r for r in rs if r % 2 == 0}) for c, rs in trained.items() if rs
+    }
 
     # the same run, SIGKILLed after round 2's checkpoint, then resumed
     killed = tmp_path / "killed"
@@ -268,6 +292,24 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert [(r["round"], r["sampled_clients"], r["loss"]) for r in resumed] == [
         (r["round"], r["sampled_clients"], r["loss"]) for r in rounds
     ]
+    assert _ckpt_rounds(killed) == [2, 4]
+
+    # `fedvid evaluate` reads the pruned directory's latest checkpoint (given the run directory)
+    out = tmp_path / "eval"
+    args = ["eval=smoke", "synthetic_size=tiny", f"data_root={data_root}"]
+    result = fedvid(["evaluate", f"checkpoint={full}", f"hydra.run.dir={out}", *args], timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((out / "evaluation.json").read_text())
+    assert record["checkpoint"] == str((full / "checkpoints" / "round_0004.pt").resolve())
+    # a pruned round is an error that lists what is kept
+    result = fedvid(
+        ["evaluate", f"checkpoint={full / 'checkpoints' / 'round_0003.pt'}", f"hydra.run.dir={out}2", *args]
+    )
+    assert result.returncode != 0
+    assert (
+        "round_0003.pt: no such file (pruned by checkpoint.keep_last/keep_every?); kept: round_0002.pt, round_0004.pt"
+        in (result.stdout + result.stderr)
+    )
 
 
 @pytest.mark.slow
