@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,8 +28,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def evaluate(code_dir: Path, run_dir: Path, checkpoint: str, data_root: str) -> tuple[float, dict]:
-    """-> (wall s of `fedvid evaluate`, its evaluation.json)."""
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def evaluate(code_dir: Path, run_dir: Path, checkpoint: str, data_root: str) -> tuple[float, float, dict]:
+    """-> (wall s of `fedvid evaluate`, its CPU s with its decode workers, its evaluation.json)."""
+    cpu = children_cpu_s()
     start = time.perf_counter()
     proc = subprocess.run(
         [
@@ -47,9 +54,10 @@ def evaluate(code_dir: Path, run_dir: Path, checkpoint: str, data_root: str) -> 
         text=True,
     )
     wall = time.perf_counter() - start
+    cpu = children_cpu_s() - cpu
     if proc.returncode != 0:
         raise SystemExit(f"fedvid evaluate in {code_dir} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, json.loads((run_dir / "evaluation.json").read_text())
+    return wall, cpu, json.loads((run_dir / "evaluation.json").read_text())
 
 
 def main() -> None:
@@ -61,6 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     checkpoint = str(Path(args.checkpoint).resolve())
     times: dict[str, list[float]] = {"old": [], "new": []}
+    cpus: dict[str, list[float]] = {"old": [], "new": []}
     blocks: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fedvid-bench-evaluation-") as tmp:
         old = Path(tmp) / "code"
@@ -71,24 +80,27 @@ def main() -> None:
         for rep in range(args.repeats):
             order += ["old", "new"] if rep % 2 == 0 else ["new", "old"]
         for k, name in enumerate(order):
-            wall, report = evaluate(
+            wall, cpu, report = evaluate(
                 old if name == "old" else ROOT, Path(tmp) / f"run_{k}_{name}", checkpoint, args.data_root
             )
             times[name].append(report["wall_time_s"])
+            cpus[name].append(cpu)
             blocks.setdefault(name, report["evaluations"])
             parts = "; ".join(
                 f"{ds}: " + ", ".join(f"{part} {s:.1f}" for part, s in sorted(meta["seconds"].items()) if s >= 0.05)
                 for ds, meta in sorted(report["datasets"].items())
             )
             print(
-                f"{name}: command {wall:.1f} s, evaluation {report['wall_time_s']:.1f} s ({parts}); "
+                f"{name}: command {wall:.1f} s ({cpu:.1f} CPU s), evaluation {report['wall_time_s']:.1f} s ({parts}); "
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     same = blocks["old"] == blocks["new"]
     old_m, new_m = statistics.median(times["old"]), statistics.median(times["new"])
+    old_c, new_c = statistics.median(cpus["old"]), statistics.median(cpus["new"])
     print(
         f"\nevaluations old == new: {same}\n"
+        f"median CPU s of the command: old {old_c:.1f}, new {new_c:.1f}, ratio new/old {new_c / old_c:.2f}\n"
         f"median evaluation time: old {old_m:.1f} s, new {new_m:.1f} s, ratio new/old {new_m / old_m:.2f} "
         "(shared machine: compare only within this run)"
     )
