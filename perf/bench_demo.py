@@ -8,7 +8,8 @@ own config) and of this work tree, alternating (old, new, new, old, ...), each i
 run directory under a temporary folder. Prints per run: wall time of the command, the
 record's Flower/Ray start-up, the sum of client compute, per-round losses and the learning
 result (retrieval Top-1 and linear probe, trained vs random init vs chance, on both
-synthetic sets), then the ratio new / old of the median wall times.
+synthetic sets), then the ratio new / old of the median wall times. Every run computes its
+evaluation features itself (its own ``eval.feature_cache_dir``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def run_demo(code_dir: Path, run_dir: Path, data_root: str) -> dict:
             f"hydra.run.dir={run_dir}",
             f"data_root={data_root}",
             "engine.echo_log=false",
+            # each run computes its own features: a cache shared under data_root would hand the
+            # second run the first one's (same random-init weights, same trained weights on a rerun)
+            f"eval.feature_cache_dir={run_dir / 'feature_cache'}",
         ],
         cwd=code_dir,
         env=env,
@@ -98,9 +102,12 @@ def main() -> None:
             walls[name].append(r["wall_s"])
             rec = r["record"]
             compute = sum(c["compute_s"] for rd in r["rounds"] for c in rd["clients"])
+            startup = rec["systems"].get("startup_s") or 0
+            rounds_wall = sum(rd["round_wall_s"] for rd in r["rounds"])
             print(
-                f"{name}: wall {r['wall_s']:.1f} s, start-up {rec['systems'].get('startup_s') or 0:.1f} s, "
-                f"client compute {compute:.1f} s, losses {[round(rd['loss'], 4) for rd in r['rounds']]}, "
+                f"{name}: wall {r['wall_s']:.1f} s = start-up {startup:.1f} + rounds {rounds_wall:.1f} "
+                f"(client compute {compute:.1f}) + the rest {r['wall_s'] - startup - rounds_wall:.1f} "
+                f"(evaluation, Flower shutdown, writing); losses {[round(rd['loss'], 4) for rd in r['rounds']]}, "
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )

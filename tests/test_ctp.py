@@ -7,15 +7,18 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from baselines.ctp import (
     CtP,
+    PastedPatch,
     base_alpha_mask,
     ctp_loss,
     ctp_targets,
     hsv_to_rgb,
     interpolate_key_frames,
+    paste,
     rgb_to_hsv,
     sample_initial_boxes,
     sample_key_frames,
@@ -139,6 +142,86 @@ def test_opaque_static_patch_is_pasted_pixel_exactly():
     outside = torch.ones(40, 40, dtype=torch.bool)
     outside[y1:y2, x1:x2] = False
     assert torch.equal(out["video"][:, :, outside], clip[:, :, outside])
+
+
+def paste_per_frame(clip: torch.Tensor, patches: list[PastedPatch]) -> torch.Tensor:
+    """The previous pasting (baselines/ctp.py at ca4cd01): for every frame, for every patch
+    (largest first), resize patch and alpha to the box and blend, from scratch."""
+
+    def resize(image, h, w):
+        if image.shape[-2:] == (h, w):
+            return image
+        return F.interpolate(image[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+
+    out = clip.clone()
+    sizes = np.stack([p.boxes[:, 2:4] - p.boxes[:, 0:2] for p in patches])
+    order = np.argsort(np.prod(sizes.mean(axis=1), axis=1), kind="stable")[::-1]
+    crops = []
+    for p in patches:
+        x1, y1, x2, y2 = (int(v) for v in p.boxes[p.source_frame])
+        crops.append(clip[:, p.source_frame, y1:y2, x1:x2])
+    for t in range(clip.shape[1]):
+        for n in order:
+            p = patches[n]
+            x1, y1, x2, y2 = (int(v) for v in p.boxes[t])
+            h, w = y2 - y1, x2 - x1
+            if not p.visible[t] or h <= 0 or w <= 0 or crops[n].numel() == 0:
+                continue
+            alpha = resize(torch.from_numpy(p.alpha).to(clip.dtype)[None], h, w)[0] * float(p.opacity[t])
+            patch = resize(crops[n], h, w)
+            region = out[:, t, y1:y2, x1:x2]
+            out[:, t, y1:y2, x1:x2] = region * (1 - alpha) + patch * alpha
+    return out
+
+
+def test_pasting_equals_the_per_frame_blend_on_hand_built_and_drawn_patches():
+    clip = clip_of(frames=6, size=24)[:, :, :20]  # (3, 6, 20, 24)
+    # overlapping, moving, resizing; soft and hard alphas, opacity < 1, hidden frames, a zero-width box
+    moving = np.array([[2, 3, 10, 9], [3, 3, 11, 9], [3, 4, 11, 10], [4, 4, 13, 12], [4, 4, 13, 12], [5, 5, 5, 12]])
+    hand = [
+        PastedPatch(
+            2,
+            moving,
+            base_alpha_mask(8, 6, "ellipse", 0.35),
+            np.array([0.8, 0.9, 1.0, 1.0, 0.85, 0.8]),
+            np.array([True, True, False, True, True, True]),
+        ),
+        PastedPatch(
+            0, np.array([[0, 0, 12, 10]] * 3 + [[1, 1, 13, 11]] * 3), np.ones((10, 12)), np.ones(6), np.ones(6, bool)
+        ),
+        PastedPatch(
+            5,
+            np.array([[8, 2, 14, 7]] * 6) + np.arange(6)[:, None],
+            base_alpha_mask(6, 5, "rhombus", None),
+            np.ones(6),
+            np.ones(6, bool),
+        ),
+    ]
+    expected = paste_per_frame(clip, hand)
+    assert torch.equal(paste(clip, hand), expected)
+    assert not torch.equal(expected[:, 2], clip[:, 2])  # pasting happened
+    for params in ({}, {"visible_prob": 1.0, "opacity_range": (1.0, 1.0), "smooth_edge_prob": 0.0}):  # ctp, ctp_cpu
+        for frames, size in ((8, 64), (16, 40)):
+            ctp = make_ctp(num_frames=frames, **params)
+            for seed in range(6):
+                clip = clip_of(frames=frames, size=size, seed=seed)
+                traj, patches = ctp.draw_patches(frames, size, size, np.random.default_rng(seed))
+                sample = ctp.paste_patches(clip, np.random.default_rng(seed))
+                assert torch.equal(sample["video"], paste_per_frame(clip, patches))
+                assert torch.equal(sample["ctp_boxes"], torch.from_numpy(traj).float())
+                assert torch.equal(sample["ctp_boxes"], torch.from_numpy(np.stack([p.boxes for p in patches])).float())
+
+
+def test_patch_positions_are_drawn_as_before():
+    # The draws did not move: 50 seeds of 16 x 112^2 boxes and visibility as baselines/ctp.py at
+    # ca4cd01 drew them (sums of the integer-valued boxes, plain and frame-weighted).
+    ctp = make_ctp()
+    draws = [ctp.draw_patches(16, 112, 112, np.random.default_rng(seed)) for seed in range(50)]
+    boxes = torch.from_numpy(np.stack([traj for traj, _ in draws]))
+    assert boxes.shape == (50, 3, 16, 4)
+    assert float(boxes.sum()) == 544487.0
+    assert float((boxes * torch.arange(16)[None, None, :, None]).sum()) == 4075022.0
+    assert sum(int(p.visible.sum()) for _, patches in draws for p in patches) == 1998
 
 
 def test_patch_sizes_and_speeds_scale_with_the_crop():

@@ -116,3 +116,50 @@ def test_k0_reproduces_clean_top1_exactly_on_decoded_videos(tiny_synthetic):
     # a large perturbation changes the features
     noisy = compute_features(perturbed_copy(backbone, 0.5, 0), sources["test"], "avg", torch.device("cpu"))
     assert not torch.allclose(noisy.features, clean["test"].features)
+
+
+def test_parallel_features_and_the_reused_k0_row_give_the_previous_numbers(tiny_synthetic):
+    """Batches on several threads give bit-identical features, and the curve (k = 0 taken from
+    the clean features) equals the previous loop that recomputed every (k, seed)."""
+    from benchmark.registry import build_backbone
+
+    cpu = torch.device("cpu")
+    ds = load_downstream(compose_eval_dataset("synthetic_hmdb51", str(tiny_synthetic)), data_root=tiny_synthetic)
+    clip = ClipSettings(num_clips=2, frames=4, stride=2, short_side=40, crop_size=32)
+    sources = {
+        split: ClipSource(videos, clip, batch_size=2, num_workers=0, max_bytes=64 << 20, description=split)
+        for split, videos in (("train", ds.train), ("test", ds.test))
+    }
+    torch.manual_seed(0)
+    backbone = build_backbone("tiny_r3d", width=8)
+    one = {s: compute_features(backbone, src, "avg", cpu) for s, src in sources.items()}
+    three = {s: compute_features(backbone, src, "avg", cpu, parallel=3) for s, src in sources.items()}
+    for s in sources:
+        assert torch.equal(three[s].features, one[s].features) and torch.equal(three[s].labels, one[s].labels)
+
+    rcfg = RobustnessSpec(enabled=True, ks=(0.0, 0.5), seeds=(3,), direction="gaussian")
+    curve = robustness_curve(backbone, sources, three, [1, 5], "avg", cpu, rcfg, parallel=2)
+    expected = {"top1": [], "top5": []}
+    for seed in rcfg.seeds:  # the previous path: every (k, seed) decoded features, one batch at a time
+        hits = []
+        for k in rcfg.ks:
+            f = {s: compute_features(perturbed_copy(backbone, k, seed), src, "avg", cpu) for s, src in sources.items()}
+            hits.append(
+                retrieval_topk(
+                    f["test"].video_features, f["test"].labels, f["train"].video_features, f["train"].labels, (1, 5)
+                )
+            )
+        expected["top1"].append([h[1] for h in hits])
+        expected["top5"].append([h[5] for h in hits])
+    assert curve["top1_by_seed"] == expected["top1"] and curve["top5_by_seed"] == expected["top5"]
+
+
+def test_feature_threads_use_the_free_cores_on_cpu_only(monkeypatch):
+    from benchmark.evaluation.features import MAX_FEATURE_THREADS, feature_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(6)))
+    assert feature_threads(torch.device("cpu"), 1) == MAX_FEATURE_THREADS
+    assert feature_threads(torch.device("cpu"), 2) == 3
+    assert feature_threads(torch.device("cpu"), 8) == 1
+    assert feature_threads(torch.device("cpu"), None) == 1  # the caller's threads: leave it alone
+    assert feature_threads(torch.device("cuda"), 1) == 1

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,7 +185,6 @@ class ClipSource:
             self._memory = kept
 
 
-@torch.no_grad()
 def compute_features(
     backbone: nn.Module,
     source: ClipSource,
@@ -190,30 +192,69 @@ def compute_features(
     device: torch.device,
     progress=None,
     task_label: str = "features",
+    parallel: int = 1,
 ) -> SplitFeatures:
-    """Run ``backbone`` (eval mode) over every clip of ``source``; (V, N, D) features.
+    """Run ``backbone`` (eval mode, no gradients) over every clip of ``source``; (V, N, D) features.
 
-    ``progress``: an optional ``rich.progress.Progress`` to show a bar on.
+    ``progress``: an optional ``rich.progress.Progress`` to show a bar on. ``parallel``: batches
+    in flight on that many Python threads (:func:`feature_threads`); each batch is computed
+    exactly as alone (torch's per-thread op count is unchanged), so the features are
+    bit-identical to ``parallel=1``.
     """
     was_training = backbone.training
     backbone.eval()
     task = progress.add_task(task_label, total=source.num_batches) if progress is not None else None
-    feats: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    try:
-        for clips, y in source:
+
+    def forward(clips: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # grad mode is per thread
             b, n = clips.shape[:2]
             x = clips.reshape(b * n, *clips.shape[2:]).to(device, non_blocking=True)
-            f = pool_feature_map(backbone(x), pooling).float().cpu()
-            feats.append(f.reshape(b, n, -1))
-            labels.append(y)
-            if task is not None:
-                progress.advance(task)
+            return pool_feature_map(backbone(x), pooling).float().cpu().reshape(b, n, -1)
+
+    feats: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+
+    def done(f: torch.Tensor) -> None:
+        feats.append(f)
+        if task is not None:
+            progress.advance(task)
+
+    try:
+        if parallel <= 1:
+            for clips, y in source:
+                labels.append(y)
+                done(forward(clips))
+        else:
+            with ThreadPoolExecutor(parallel, thread_name_prefix="fedvid-features") as pool:
+                pending: deque[Future] = deque()
+                for clips, y in source:
+                    labels.append(y)
+                    pending.append(pool.submit(forward, clips))
+                    while len(pending) > parallel:  # in order; at most `parallel` batches held
+                        done(pending.popleft().result())
+                while pending:
+                    done(pending.popleft().result())
     finally:
         backbone.train(was_training)
         if task is not None:
             progress.remove_task(task)
     return SplitFeatures(torch.cat(feats), torch.cat(labels))
+
+
+#: Most batches in flight on a CPU: each thread holds one batch's activations.
+MAX_FEATURE_THREADS = 4
+
+
+def feature_threads(device: torch.device, torch_threads: int | None) -> int:
+    """How many batches :func:`compute_features` runs at once: on a CPU with a fixed torch
+    thread count, one per group of that many free cores (at most :data:`MAX_FEATURE_THREADS`);
+    else 1. Independent forwards on 1 torch thread each scale with the cores, where one
+    forward on 2 OpenMP threads was several times slower on the shared 2-core machine
+    (perf/RESULTS.md)."""
+    if device.type != "cpu" or not torch_threads:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores // int(torch_threads), MAX_FEATURE_THREADS))
 
 
 def _video_identity(path) -> tuple[int, int, int] | None:
@@ -274,8 +315,10 @@ def cached_features(
     device: torch.device,
     cache_dir: Path | None,
     progress=None,
+    parallel: int = 1,
 ) -> tuple[SplitFeatures, bool]:
-    """Features from the disk cache when present, else computed (and saved). Returns (features, was_cached)."""
+    """Features from the disk cache when present, else computed (and saved; ``parallel``: see
+    :func:`compute_features`). Returns (features, was_cached)."""
     path = None
     if cache_dir is not None:
         key = feature_cache_key(model_sha256, dataset_id, split, pooling, source.clip, source.videos)
@@ -283,7 +326,9 @@ def cached_features(
         hit = load_cached(path)
         if hit is not None and hit.features.shape[0] == len(source):
             return hit, True
-    features = compute_features(backbone, source, pooling, device, progress, f"{dataset_id}/{split} features")
+    features = compute_features(
+        backbone, source, pooling, device, progress, f"{dataset_id}/{split} features", parallel=parallel
+    )
     if path is not None:
         save_cached(path, features)
     return features, False
