@@ -33,8 +33,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
-from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance
+from benchmark.federation.guard import check_global, float64_scratch, float_norm, screen_updates, squared_distance
 from benchmark.federation.training import round_learning_rate, sample_clients
+from benchmark.federation.wire import record_from_state, state_from_record
 from benchmark.rundir import ClientFailure, RoundRecord
 from benchmark.specs import FederationSpec
 
@@ -82,7 +83,8 @@ def l2_spread(values: list[float]) -> dict[str, float] | None:
 
 
 def l2_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list[str]) -> float:
-    return math.sqrt(sum(squared_distance(a[k], b[k]) for k in keys if a[k].is_floating_point()))
+    scratch = float64_scratch(a[k] for k in keys)
+    return math.sqrt(sum(squared_distance(a[k], b[k], scratch) for k in keys if a[k].is_floating_point()))
 
 
 class FedVidStrategy(Strategy):
@@ -164,7 +166,7 @@ class FedVidStrategy(Strategy):
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             received[cid] = (
-                msg.content["arrays"].to_torch_state_dict(),
+                state_from_record(msg.content["arrays"]),  # read-only views of the reply's bytes
                 num_examples,
                 metrics,
                 serialized_size(msg.content),
@@ -242,7 +244,7 @@ class FedVidStrategy(Strategy):
         self.previous_update_norms = list(norms.values())
         self.global_state = new_state
         metrics = MetricRecord({"loss": float(loss), "num-clients": len(updates)})
-        return ArrayRecord(new_state), metrics
+        return record_from_state(new_state), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
