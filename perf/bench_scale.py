@@ -122,12 +122,54 @@ def main() -> None:
     )
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--keep", help="keep the run directory here instead of a temporary one")
+    ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="time each phase of a round in the server and client processes (perf/scale_plugin/sitecustomize.py)",
+    )
+    ap.add_argument(
+        "--tracemalloc-every",
+        type=int,
+        default=0,
+        help="every N rounds, the server process's Python allocations that grew most since round 2",
+    )
+    ap.add_argument(
+        "--old",
+        metavar="COMMIT",
+        help="first run the same bench on COMMIT (a temporary `git worktree`, imported through PYTHONPATH), "
+        "then on this tree, and print the server overhead of both and their ratio",
+    )
     args = ap.parse_args()
+    if not args.old:
+        run_once(args, ROOT, "this tree")
+        return
+    with tempfile.TemporaryDirectory(prefix="fedvid-scale-old-") as tmp_s:
+        old_tree = Path(tmp_s) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.old], cwd=ROOT, check=True)
+        try:
+            old = run_once(args, old_tree, f"old: {args.old}")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=True)
+    new = run_once(args, ROOT, "new: this tree")
+    print(
+        f"== old vs new, {args.rounds} rounds each, one after the other: server overhead median "
+        f"{old['overhead']:.2f} -> {new['overhead']:.2f} s/round, new/old {new['overhead'] / old['overhead']:.3f}; "
+        f"cycle {old['cycle']:.2f} -> {new['cycle']:.2f} s/round, new/old {new['cycle'] / old['cycle']:.3f}"
+    )
 
+
+def run_once(args, tree: Path, label: str) -> dict:
+    """One ``fedvid run`` of the scale shape with the code of ``tree``; prints its report."""
+    print(f"== {label} ({tree}), load average {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="fedvid-scale-") as tmp_s:
         tmp = Path(tmp_s)
-        run_dir = Path(args.keep) if args.keep else tmp / "run"
-        env = {**os.environ, "PYTHONPATH": plugin_path(tmp)}
+        run_dir = Path(args.keep) / label.split(":")[0].replace(" ", "_") if args.keep else tmp / "run"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), plugin_path(tmp)])}
+        phases_file = tmp / "phases.jsonl"
+        if args.phases:
+            env["FEDVID_SCALE_PHASES"] = str(phases_file)
+        if args.tracemalloc_every:
+            env["FEDVID_SCALE_TRACEMALLOC"] = f"{args.tracemalloc_every}:{tmp / 'tracemalloc.txt'}"
         cmd = [
             sys.executable,
             "-m",
@@ -155,7 +197,7 @@ def main() -> None:
         ]
         t_start = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
         done_at: dict[int, float] = {}
         tail: list[str] = []
@@ -198,10 +240,15 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"fedvid run failed (rc {proc.returncode}):\n{''.join(tail)}")
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
-        report(args, run_dir, rounds, done_at, peaks, total_s)
+        summary = report(args, run_dir, rounds, done_at, peaks, total_s)
+        if args.phases:
+            report_phases(phases_file, args.per_round)
+        if args.tracemalloc_every and (tmp / "tracemalloc.txt").exists():
+            print((tmp / "tracemalloc.txt").read_text(), end="")
+        return summary
 
 
-def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> None:
+def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> dict:
     n = len(rounds)
     mib = 2**20
     print(
@@ -285,6 +332,27 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         f"{len(list((run_dir / 'client_state').rglob('*.pt')))} files)"
     )
     print(f"whole run: {total_s:.0f} s for {n} rounds incl. start-up and teardown")
+    return {"overhead": med(over), "cycle": med(cyc)}
+
+
+def report_phases(path: Path, per_round: int) -> None:
+    """Per phase: calls per round and the median over rounds >= 2 of its seconds per round
+    (the sum of its calls in that round), server process and client processes apart."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    server_pids = {r["pid"] for r in rows if r["phase"].startswith("server: configure_train")}
+    per: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in rows:
+        if r["round"] is None or r["round"] < 2:
+            continue
+        where = "server" if r["pid"] in server_pids else "client"
+        per.setdefault((where, r["phase"]), {}).setdefault(r["round"], []).append(r["s"])
+    print(f"phases (median over rounds >= 2; one Ray actor per CPU, {per_round} clients per round):")
+    print(f"{'process':<7} {'phase':<62} {'calls':>5} {'s/round':>8} {'s/call':>7}")
+    for (where, phase), by_round in sorted(per.items()):
+        sums = sorted(sum(v) for v in by_round.values())
+        calls = sorted(len(v) for v in by_round.values())
+        med_sum, med_calls = sums[len(sums) // 2], calls[len(calls) // 2]
+        print(f"{where:<7} {phase[:62]:<62} {med_calls:>5} {med_sum:>8.3f} {med_sum / max(1, med_calls):>7.3f}")
 
 
 if __name__ == "__main__":

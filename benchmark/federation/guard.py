@@ -59,8 +59,11 @@ def float_norm(state: Mapping[str, torch.Tensor], minus: Mapping[str, torch.Tens
     return math.sqrt(total)
 
 
-#: elements per chunk of the float64 passes: 512 KiB of float64, cache-resident
-CHUNK = 1 << 16
+#: elements per chunk of the float64 passes (128 KiB of float64: stays in cache). Below
+#: ATen's grain size (32768), so each chunk's op runs on one thread: with a thread barrier
+#: per chunk, a loaded 2-core machine made the passes 5x slower than the old whole-tensor
+#: copies (perf/bench_scale.py --phases); serial chunks are 5x faster than those.
+CHUNK = 1 << 14
 
 
 def float64_scratch(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
