@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
-from benchmark.federation.guard import check_global, float64_scratch, float_norm, screen_updates, squared_distance
+from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance
 from benchmark.federation.training import round_learning_rate, sample_clients
 from benchmark.federation.wire import record_from_state, state_from_record
 from benchmark.rundir import ClientFailure, RoundRecord
@@ -83,8 +83,7 @@ def l2_spread(values: list[float]) -> dict[str, float] | None:
 
 
 def l2_distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], keys: list[str]) -> float:
-    scratch = float64_scratch(a[k] for k in keys)
-    return math.sqrt(sum(squared_distance(a[k], b[k], scratch) for k in keys if a[k].is_floating_point()))
+    return math.sqrt(sum(squared_distance(a[k], b[k]) for k in keys if a[k].is_floating_point()))
 
 
 class FedVidStrategy(Strategy):
