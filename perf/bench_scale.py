@@ -20,7 +20,7 @@ Measured, in one run:
   serialisation, guard, checkpoint + retention, round log);
   server overhead per round = cycle - the clients' compute on the critical path
   (sum of compute_s / Ray actors).
-- memory over rounds: every 1 s the RSS (and PSS) of each process of the run (those whose
+- memory over rounds: every 1 s the RSS (every 10 s the PSS) of each process of the run (those whose
   FLWR_HOME is the run's), grouped into server (SuperLink, flwr-simulation = ServerApp +
   Ray driver, SuperExec) and clients (Ray workers/actors, raylet, GCS, ...); per round
   the peak; a least-squares slope of the peak against the round and against the number of
@@ -78,7 +78,15 @@ def run_processes(run_dir: Path) -> list[tuple[int, str]]:
     return found
 
 
-def rss_pss(pid: int) -> tuple[int, int]:
+def rss_pss(pid: int, with_pss: bool = True) -> tuple[int, int]:
+    """RSS and PSS in bytes; without ``with_pss`` only the RSS (from ``statm``: reading
+    ``smaps_rollup`` of the run's large processes every second cost this bench ~20 % of a
+    core in kernel time, which the run under test then lacked) and PSS 0."""
+    if not with_pss:
+        try:
+            return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE"), 0
+        except (OSError, IndexError, ValueError):
+            return 0, 0
     rss = pss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -218,18 +226,23 @@ def run_once(args, tree: Path, label: str) -> dict:
         reader.start()
         # per round (the round in progress = completed + 1): peak server / client RSS and PSS
         peaks: dict[int, list[int]] = {}
+        members: list[tuple[int, str]] = []
+        tick = 0
         try:
             while proc.poll() is None:
                 current = len(done_at) + 1
                 srv = [0, 0]
                 cli = [0, 0]
-                for pid, c in run_processes(run_dir):
-                    rss, pss = rss_pss(pid)
+                if tick % 10 == 0:  # the run's processes (scanning /proc's environs is not free)
+                    members = run_processes(run_dir)
+                for pid, c in members:
+                    rss, pss = rss_pss(pid, with_pss=tick % 10 == 0)
                     tgt = srv if is_server(c) else cli
                     tgt[0] += rss
                     tgt[1] += pss
                 p = peaks.setdefault(current, [0, 0, 0, 0])
                 peaks[current] = [max(p[0], srv[0]), max(p[1], srv[1]), max(p[2], cli[0]), max(p[3], cli[1])]
+                tick += 1
                 time.sleep(1.0)
         except KeyboardInterrupt:
             proc.terminate()  # fedvid run stops everything it started
@@ -311,8 +324,11 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         seen.update(rec["sampled_clients"])
         distinct.append(len(seen))
     # memory: the completed rounds' peaks; skip round 1 (start-up, first allocations)
-    mem_rounds = [r for r in range(2, n + 1) if r in peaks]
+    all_rounds = [r for r in range(2, n + 1) if r in peaks]
     for label, idx in (("server RSS", 0), ("server PSS", 1), ("client-side RSS", 2), ("client-side PSS", 3)):
+        mem_rounds = [r for r in all_rounds if peaks[r][idx] > 0]  # PSS: sampled every 10 s only
+        if len(mem_rounds) < 2:
+            continue
         ys = [peaks[r][idx] / mib for r in mem_rounds]
         s, i = fit([float(r) for r in mem_rounds], ys)
         first, last = i + s * mem_rounds[0], i + s * mem_rounds[-1]
