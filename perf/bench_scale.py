@@ -28,6 +28,14 @@ Measured, in one run:
 - disk of the run directory at the end; bytes per round (``bytes_up + bytes_down``).
 Rounds can be fewer than 540 (``--rounds``); the figures are then extrapolated to 540
 rounds with the fitted linear trend.
+
+Modes: ``--old COMMIT`` runs the same bench first on COMMIT (a temporary ``git worktree``
+put first on PYTHONPATH for every process of the run, removed afterwards) and then on this
+tree, one after the other, and prints both server overheads and their ratio;
+``--phases`` times each phase of a round inside the server and client processes;
+``--mallinfo`` logs the ServerApp process's RSS and glibc malloc statistics per round;
+``--tracemalloc-every N`` prints the Python allocation sites that grew most (the last
+three through the bench-only ``perf/scale_plugin/sitecustomize.py``, inert otherwise).
 """
 
 from __future__ import annotations
@@ -142,6 +150,11 @@ def main() -> None:
         help="every N rounds, the server process's Python allocations that grew most since round 2",
     )
     ap.add_argument(
+        "--mallinfo",
+        action="store_true",
+        help="per round, the server process's RSS and glibc malloc statistics (in use, free in the heaps, mmap'd)",
+    )
+    ap.add_argument(
         "--old",
         metavar="COMMIT",
         help="first run the same bench on COMMIT (a temporary `git worktree`, imported through PYTHONPATH), "
@@ -176,6 +189,8 @@ def run_once(args, tree: Path, label: str) -> dict:
         phases_file = tmp / "phases.jsonl"
         if args.phases:
             env["FEDVID_SCALE_PHASES"] = str(phases_file)
+        if args.mallinfo:
+            env["FEDVID_SCALE_MALLINFO"] = str(tmp / "mallinfo.jsonl")
         if args.tracemalloc_every:
             env["FEDVID_SCALE_TRACEMALLOC"] = f"{args.tracemalloc_every}:{tmp / 'tracemalloc.txt'}"
         cmd = [
@@ -256,6 +271,8 @@ def run_once(args, tree: Path, label: str) -> dict:
         summary = report(args, run_dir, rounds, done_at, peaks, total_s)
         if args.phases:
             report_phases(phases_file, args.per_round)
+        if args.mallinfo and (tmp / "mallinfo.jsonl").exists():
+            report_mallinfo(tmp / "mallinfo.jsonl")
         if args.tracemalloc_every and (tmp / "tracemalloc.txt").exists():
             print((tmp / "tracemalloc.txt").read_text(), end="")
         return summary
@@ -349,6 +366,25 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
     )
     print(f"whole run: {total_s:.0f} s for {n} rounds incl. start-up and teardown")
     return {"overhead": med(over), "cycle": med(cyc)}
+
+
+def report_mallinfo(path: Path) -> None:
+    """Slopes over rounds >= 3 of the ServerApp process's RSS and malloc figures (MiB/round)."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["round"] >= 3]
+    if len(rows) < 2:
+        return
+    xs = [float(r["round"]) for r in rows]
+    print(f"server process (ServerApp + Ray driver), rounds {rows[0]['round']}-{rows[-1]['round']}:")
+    for key in ("rss", "in_use", "mmapped", "heap", "free_in_heap"):
+        ys = [r[key] / 2**20 for r in rows]
+        slope, _ = fit(xs, ys)
+        print(
+            f"  {key:<13} {ys[0]:8.1f} -> {ys[-1]:8.1f} MiB (min {min(ys):.1f}, max {max(ys):.1f}), {slope:+.3f} MiB/round"
+        )
+    objs = [(r["round"], r["objects"]) for r in rows if r.get("objects")]
+    if objs:
+        print("  Python objects tracked by gc: " + ", ".join(f"round {r}: {n}" for r, n in objs[:3] + objs[-3:]))
 
 
 def report_phases(path: Path, per_round: int) -> None:

@@ -22,7 +22,7 @@ import os
 
 _SINK = os.environ.get("FEDVID_SCALE_PHASES")
 
-if _SINK or os.environ.get("FEDVID_SCALE_TRACEMALLOC"):
+if _SINK or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ.get("FEDVID_SCALE_MALLINFO"):
     import functools
     import importlib.abc
     import json
@@ -100,7 +100,50 @@ if _SINK or os.environ.get("FEDVID_SCALE_TRACEMALLOC"):
 
         return wrapper
 
+    def _mallinfo_round_log(write_round_log):
+        """FEDVID_SCALE_MALLINFO=<file>: per round (at the round log write), this process's RSS
+        and glibc's malloc statistics (mallinfo2: bytes in use on the heaps, free inside
+        them, in mmap'd blocks), and every 10 rounds the number of Python objects the
+        collector tracks: growth of RSS with flat in-use bytes is the allocator, not a leak."""
+        import ctypes
+        import gc
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [
+                (n, ctypes.c_size_t)
+                for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
+                + ("fordblks", "keepcost")
+            ]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        out = os.environ["FEDVID_SCALE_MALLINFO"]
+        page = os.sysconf("SC_PAGE_SIZE")
+
+        @functools.wraps(write_round_log)
+        def wrapper(run_dir, records):
+            write_round_log(run_dir, records)
+            r = len(records)
+            m = libc.mallinfo2()
+            with open(f"/proc/{os.getpid()}/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            row = {
+                "round": r,
+                "rss": rss,
+                "heap": m.arena,
+                "in_use": m.uordblks,
+                "free_in_heap": m.fordblks,
+                "mmapped": m.hblkhd,
+                "objects": len(gc.get_objects()) if r % 10 == 0 else None,
+            }
+            with open(out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+        return wrapper
+
     def _patch_server_app(mod) -> None:
+        if os.environ.get("FEDVID_SCALE_MALLINFO"):
+            mod.write_round_log = _mallinfo_round_log(mod.write_round_log)
         if os.environ.get("FEDVID_SCALE_TRACEMALLOC"):
             mod.write_round_log = _tracemalloc_round_log(mod.write_round_log)
         _wrap(mod, "save_checkpoint", "server: checkpoint (torch.save, sha256, fsync, rename)")
