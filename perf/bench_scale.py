@@ -186,11 +186,13 @@ def run_once(args, tree: Path, label: str) -> dict:
         tmp = Path(tmp_s)
         run_dir = Path(args.keep) / label.split(":")[0].replace(" ", "_") if args.keep else tmp / "run"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), plugin_path(tmp)])}
-        phases_file = tmp / "phases.jsonl"
+        aux = run_dir.parent if args.keep else tmp  # diagnostics kept beside a kept run dir
+        aux.mkdir(parents=True, exist_ok=True)
+        phases_file = aux / "phases.jsonl"
         if args.phases:
             env["FEDVID_SCALE_PHASES"] = str(phases_file)
         if args.mallinfo:
-            env["FEDVID_SCALE_MALLINFO"] = str(tmp / "mallinfo.jsonl")
+            env["FEDVID_SCALE_MALLINFO"] = str(aux / "mallinfo.jsonl")
         if args.tracemalloc_every:
             env["FEDVID_SCALE_TRACEMALLOC"] = f"{args.tracemalloc_every}:{tmp / 'tracemalloc.txt'}"
         cmd = [
@@ -271,8 +273,8 @@ def run_once(args, tree: Path, label: str) -> dict:
         summary = report(args, run_dir, rounds, done_at, peaks, total_s)
         if args.phases:
             report_phases(phases_file, args.per_round)
-        if args.mallinfo and (tmp / "mallinfo.jsonl").exists():
-            report_mallinfo(tmp / "mallinfo.jsonl")
+        if args.mallinfo and (aux / "mallinfo.jsonl").exists():
+            report_mallinfo(aux / "mallinfo.jsonl")
         if args.tracemalloc_every and (tmp / "tracemalloc.txt").exists():
             print((tmp / "tracemalloc.txt").read_text(), end="")
         return summary

@@ -153,3 +153,21 @@ def test_chunked_norms_are_as_exact_as_the_blas_dot_and_weighted_sum_is_bit_iden
             # -0.0 and +0.0 compare equal: compare the bits too
             assert new[k].numpy().tobytes() == old[k].numpy().tobytes(), k
     assert new["backbone.layer0.bn.num_batches_tracked"].dtype == torch.int64
+
+
+def test_update_norm_flags_exactly_the_non_finite_tensors_in_the_norm_pass():
+    from benchmark.federation.guard import GuardSpec, is_finite, screen_updates
+
+    glob = _r3d_like(0)
+    clean = _r3d_like(1)
+    nan = {**clean, "backbone.layer1.bn.bias": clean["backbone.layer1.bn.bias"].clone()}
+    nan["backbone.layer1.bn.bias"][3] = float("nan")
+    nan["backbone.layer0.conv.weight"] = clean["backbone.layer0.conv.weight"].clone()
+    nan["backbone.layer0.conv.weight"].view(-1)[-1] = float("-inf")
+    # finite float64 values whose squares overflow: not "non-finite", an infinite norm
+    huge = {**clean, "head.fc.weight": torch.full((33, 129), 1e200, dtype=torch.float64)}
+    norms, failures = screen_updates({1: clean, 2: nan, 3: huge}, glob, [], GuardSpec())
+    assert [(f.client_id, f.reason) for f in failures] == [(2, "non-finite update"), (3, "update norm")]
+    assert failures[0].error == "non-finite values in backbone.layer0.conv.weight, backbone.layer1.bn.bias"
+    assert not is_finite(nan) and is_finite(huge)
+    assert norms == {1: float_norm(clean, glob)}

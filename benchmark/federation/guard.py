@@ -89,6 +89,27 @@ def is_finite(state: Mapping[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
 
 
+def update_norm(
+    arrays: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor]
+) -> tuple[float, list[str]]:
+    """(||arrays - global_state||, sorted names of the non-finite tensors of ``arrays``) in one
+    pass: ``float_norm(arrays, global_state)`` and ``is_finite``'s verdict per tensor.
+
+    With a finite global model (``check_global`` stops the run otherwise), a tensor's Σ (a - g)²
+    is finite unless the tensor holds a NaN/inf or (float64 only) its squares overflow; only
+    such tensors get an explicit ``isfinite`` check — a separate isfinite pass over a 33 M
+    update cost as much as its norm (perf/bench_scale.py --phases)."""
+    total, bad = 0.0, []
+    for k, v in arrays.items():
+        if not v.is_floating_point():
+            continue
+        sq = squared_distance(v, global_state[k] if k in global_state else None)
+        if not math.isfinite(sq) and not bool(torch.isfinite(v).all()):
+            bad.append(k)
+        total += sq
+    return math.sqrt(total), sorted(bad)
+
+
 def lower_median(values: list[float]) -> float | None:
     values = sorted(v for v in values if math.isfinite(v))
     return values[(len(values) - 1) // 2] if values else None
@@ -104,11 +125,11 @@ def screen_updates(
     norms: dict[int, float] = {}
     failures: list[ClientFailure] = []
     for cid, arrays in updates.items():
-        if not is_finite(arrays):
-            bad = sorted(k for k, v in arrays.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        norm, bad = update_norm(arrays, global_state)
+        if bad:
             failures.append(ClientFailure(cid, "non-finite update", f"non-finite values in {', '.join(bad[:5])}"))
             continue
-        norms[cid] = float_norm(arrays, global_state)
+        norms[cid] = norm
     if spec.update_norm_factor is not None:
         reference = lower_median(previous_norms) or lower_median(list(norms.values()))
         for cid, norm in list(norms.items()):
