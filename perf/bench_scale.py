@@ -20,7 +20,7 @@ Measured, in one run:
   serialisation, guard, checkpoint + retention, round log);
   server overhead per round = cycle - the clients' compute on the critical path
   (sum of compute_s / Ray actors).
-- memory over rounds: every 1 s the RSS (and PSS) of each process of the run (those whose
+- memory over rounds: every 1 s the RSS (every 10 s the PSS) of each process of the run (those whose
   FLWR_HOME is the run's), grouped into server (SuperLink, flwr-simulation = ServerApp +
   Ray driver, SuperExec) and clients (Ray workers/actors, raylet, GCS, ...); per round
   the peak; a least-squares slope of the peak against the round and against the number of
@@ -28,6 +28,14 @@ Measured, in one run:
 - disk of the run directory at the end; bytes per round (``bytes_up + bytes_down``).
 Rounds can be fewer than 540 (``--rounds``); the figures are then extrapolated to 540
 rounds with the fitted linear trend.
+
+Modes: ``--old COMMIT`` runs the same bench first on COMMIT (a temporary ``git worktree``
+put first on PYTHONPATH for every process of the run, removed afterwards) and then on this
+tree, one after the other, and prints both server overheads and their ratio;
+``--phases`` times each phase of a round inside the server and client processes;
+``--mallinfo`` logs the ServerApp process's RSS and glibc malloc statistics per round;
+``--tracemalloc-every N`` prints the Python allocation sites that grew most (the last
+three through the bench-only ``perf/scale_plugin/sitecustomize.py``, inert otherwise).
 """
 
 from __future__ import annotations
@@ -78,7 +86,15 @@ def run_processes(run_dir: Path) -> list[tuple[int, str]]:
     return found
 
 
-def rss_pss(pid: int) -> tuple[int, int]:
+def rss_pss(pid: int, with_pss: bool = True) -> tuple[int, int]:
+    """RSS and PSS in bytes; without ``with_pss`` only the RSS (from ``statm``: reading
+    ``smaps_rollup`` of the run's large processes every second cost this bench ~20 % of a
+    core in kernel time, which the run under test then lacked) and PSS 0."""
+    if not with_pss:
+        try:
+            return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE"), 0
+        except (OSError, IndexError, ValueError):
+            return 0, 0
     rss = pss = 0
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -122,12 +138,63 @@ def main() -> None:
     )
     ap.add_argument("--data-root", default=str(ROOT / "data"))
     ap.add_argument("--keep", help="keep the run directory here instead of a temporary one")
+    ap.add_argument(
+        "--phases",
+        action="store_true",
+        help="time each phase of a round in the server and client processes (perf/scale_plugin/sitecustomize.py)",
+    )
+    ap.add_argument(
+        "--tracemalloc-every",
+        type=int,
+        default=0,
+        help="every N rounds, the server process's Python allocations that grew most since round 2",
+    )
+    ap.add_argument(
+        "--mallinfo",
+        action="store_true",
+        help="per round, the server process's RSS and glibc malloc statistics (in use, free in the heaps, mmap'd)",
+    )
+    ap.add_argument(
+        "--old",
+        metavar="COMMIT",
+        help="first run the same bench on COMMIT (a temporary `git worktree`, imported through PYTHONPATH), "
+        "then on this tree, and print the server overhead of both and their ratio",
+    )
     args = ap.parse_args()
+    if not args.old:
+        run_once(args, ROOT, "this tree")
+        return
+    with tempfile.TemporaryDirectory(prefix="fedvid-scale-old-") as tmp_s:
+        old_tree = Path(tmp_s) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.old], cwd=ROOT, check=True)
+        try:
+            old = run_once(args, old_tree, f"old: {args.old}")
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=True)
+    new = run_once(args, ROOT, "new: this tree")
+    print(
+        f"== old vs new, {args.rounds} rounds each, one after the other: server overhead median "
+        f"{old['overhead']:.2f} -> {new['overhead']:.2f} s/round, new/old {new['overhead'] / old['overhead']:.3f}; "
+        f"cycle {old['cycle']:.2f} -> {new['cycle']:.2f} s/round, new/old {new['cycle'] / old['cycle']:.3f}"
+    )
 
+
+def run_once(args, tree: Path, label: str) -> dict:
+    """One ``fedvid run`` of the scale shape with the code of ``tree``; prints its report."""
+    print(f"== {label} ({tree}), load average {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="fedvid-scale-") as tmp_s:
         tmp = Path(tmp_s)
-        run_dir = Path(args.keep) if args.keep else tmp / "run"
-        env = {**os.environ, "PYTHONPATH": plugin_path(tmp)}
+        run_dir = Path(args.keep) / label.split(":")[0].replace(" ", "_") if args.keep else tmp / "run"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), plugin_path(tmp)])}
+        aux = run_dir.parent if args.keep else tmp  # diagnostics kept beside a kept run dir
+        aux.mkdir(parents=True, exist_ok=True)
+        phases_file = aux / "phases.jsonl"
+        if args.phases:
+            env["FEDVID_SCALE_PHASES"] = str(phases_file)
+        if args.mallinfo:
+            env["FEDVID_SCALE_MALLINFO"] = str(aux / "mallinfo.jsonl")
+        if args.tracemalloc_every:
+            env["FEDVID_SCALE_TRACEMALLOC"] = f"{args.tracemalloc_every}:{tmp / 'tracemalloc.txt'}"
         cmd = [
             sys.executable,
             "-m",
@@ -155,7 +222,7 @@ def main() -> None:
         ]
         t_start = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
         done_at: dict[int, float] = {}
         tail: list[str] = []
@@ -176,18 +243,23 @@ def main() -> None:
         reader.start()
         # per round (the round in progress = completed + 1): peak server / client RSS and PSS
         peaks: dict[int, list[int]] = {}
+        members: list[tuple[int, str]] = []
+        tick = 0
         try:
             while proc.poll() is None:
                 current = len(done_at) + 1
                 srv = [0, 0]
                 cli = [0, 0]
-                for pid, c in run_processes(run_dir):
-                    rss, pss = rss_pss(pid)
+                if tick % 10 == 0:  # the run's processes (scanning /proc's environs is not free)
+                    members = run_processes(run_dir)
+                for pid, c in members:
+                    rss, pss = rss_pss(pid, with_pss=tick % 10 == 0)
                     tgt = srv if is_server(c) else cli
                     tgt[0] += rss
                     tgt[1] += pss
                 p = peaks.setdefault(current, [0, 0, 0, 0])
                 peaks[current] = [max(p[0], srv[0]), max(p[1], srv[1]), max(p[2], cli[0]), max(p[3], cli[1])]
+                tick += 1
                 time.sleep(1.0)
         except KeyboardInterrupt:
             proc.terminate()  # fedvid run stops everything it started
@@ -198,10 +270,17 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"fedvid run failed (rc {proc.returncode}):\n{''.join(tail)}")
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
-        report(args, run_dir, rounds, done_at, peaks, total_s)
+        summary = report(args, run_dir, rounds, done_at, peaks, total_s)
+        if args.phases:
+            report_phases(phases_file, args.per_round)
+        if args.mallinfo and (aux / "mallinfo.jsonl").exists():
+            report_mallinfo(aux / "mallinfo.jsonl")
+        if args.tracemalloc_every and (tmp / "tracemalloc.txt").exists():
+            print((tmp / "tracemalloc.txt").read_text(), end="")
+        return summary
 
 
-def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> None:
+def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> dict:
     n = len(rounds)
     mib = 2**20
     print(
@@ -264,8 +343,11 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         seen.update(rec["sampled_clients"])
         distinct.append(len(seen))
     # memory: the completed rounds' peaks; skip round 1 (start-up, first allocations)
-    mem_rounds = [r for r in range(2, n + 1) if r in peaks]
+    all_rounds = [r for r in range(2, n + 1) if r in peaks]
     for label, idx in (("server RSS", 0), ("server PSS", 1), ("client-side RSS", 2), ("client-side PSS", 3)):
+        mem_rounds = [r for r in all_rounds if peaks[r][idx] > 0]  # PSS: sampled every 10 s only
+        if len(mem_rounds) < 2:
+            continue
         ys = [peaks[r][idx] / mib for r in mem_rounds]
         s, i = fit([float(r) for r in mem_rounds], ys)
         first, last = i + s * mem_rounds[0], i + s * mem_rounds[-1]
@@ -285,6 +367,46 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         f"{len(list((run_dir / 'client_state').rglob('*.pt')))} files)"
     )
     print(f"whole run: {total_s:.0f} s for {n} rounds incl. start-up and teardown")
+    return {"overhead": med(over), "cycle": med(cyc)}
+
+
+def report_mallinfo(path: Path) -> None:
+    """Slopes over rounds >= 3 of the ServerApp process's RSS and malloc figures (MiB/round)."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["round"] >= 3]
+    if len(rows) < 2:
+        return
+    xs = [float(r["round"]) for r in rows]
+    print(f"server process (ServerApp + Ray driver), rounds {rows[0]['round']}-{rows[-1]['round']}:")
+    for key in ("rss", "in_use", "mmapped", "heap", "free_in_heap"):
+        ys = [r[key] / 2**20 for r in rows]
+        slope, _ = fit(xs, ys)
+        print(
+            f"  {key:<13} {ys[0]:8.1f} -> {ys[-1]:8.1f} MiB (min {min(ys):.1f}, max {max(ys):.1f}), {slope:+.3f} MiB/round"
+        )
+    objs = [(r["round"], r["objects"]) for r in rows if r.get("objects")]
+    if objs:
+        print("  Python objects tracked by gc: " + ", ".join(f"round {r}: {n}" for r, n in objs[:3] + objs[-3:]))
+
+
+def report_phases(path: Path, per_round: int) -> None:
+    """Per phase: calls per round and the median over rounds >= 2 of its seconds per round
+    (the sum of its calls in that round), server process and client processes apart."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    server_pids = {r["pid"] for r in rows if r["phase"].startswith("server: configure_train")}
+    per: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for r in rows:
+        if r["round"] is None or r["round"] < 2:
+            continue
+        where = "server" if r["pid"] in server_pids else "client"
+        per.setdefault((where, r["phase"]), {}).setdefault(r["round"], []).append(r["s"])
+    print(f"phases (median over rounds >= 2; one Ray actor per CPU, {per_round} clients per round):")
+    print(f"{'process':<7} {'phase':<62} {'calls':>5} {'s/round':>8} {'s/call':>7}")
+    for (where, phase), by_round in sorted(per.items()):
+        sums = sorted(sum(v) for v in by_round.values())
+        calls = sorted(len(v) for v in by_round.values())
+        med_sum, med_calls = sums[len(sums) // 2], calls[len(calls) // 2]
+        print(f"{where:<7} {phase[:62]:<62} {med_calls:>5} {med_sum:>8.3f} {med_sum / max(1, med_calls):>7.3f}")
 
 
 if __name__ == "__main__":

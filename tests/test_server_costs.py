@@ -1,5 +1,5 @@
 """Server-side per-round costs at R3D-18 scale (perf/bench_scale.py): the message size is
-counted without serializing the tensors, norms take one float64 copy — same numbers."""
+counted without serializing the tensors, norms are chunked float64 sums — same numbers."""
 
 from __future__ import annotations
 

@@ -73,13 +73,33 @@ class Aggregator:
         """Σ_k weights[k] · w_k per tensor, computed in float64 and cast back to each tensor's dtype.
 
         Integer tensors (e.g. BatchNorm ``num_batches_tracked``) are rounded back.
+        Per element: acc = 0; acc += float64(w_k) * weights[k] for k in order; cast. It runs
+        chunk by chunk (guard.CHUNK elements, float64 temporaries that stay in cache), which
+        gives every element the same operations in the same order as whole-tensor float64
+        copies — the same bits (tests/test_server_costs.py) — without a fresh float64 copy
+        of each 33 M-parameter update (perf/bench_server_round.py).
         """
+        from benchmark.federation.guard import CHUNK
+
+        scale = [float(w) for w in weights]
         out: dict[str, torch.Tensor] = {}
         for key in keys:
             ref = updates[0].arrays[key]
-            acc = torch.zeros(ref.shape, dtype=torch.float64)
-            for u, w in zip(updates, weights):
-                # = acc += w * float64(w_k), bit for bit, with one temporary instead of two
-                acc += u.arrays[key].detach().to(torch.float64, copy=True).mul_(float(w))
-            out[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
+            n = ref.numel()
+            result = torch.empty(ref.shape, dtype=ref.dtype)
+            flat_out = result.view(-1)
+            sources = [u.arrays[key].detach().reshape(-1) for u in updates]
+            acc = torch.empty(min(n, CHUNK), dtype=torch.float64)
+            term = torch.empty_like(acc)
+            for start in range(0, n, CHUNK):
+                end = min(start + CHUNK, n)
+                part, tmp = acc[: end - start], term[: end - start]
+                part.zero_()
+                for src, w in zip(sources, scale):
+                    tmp.copy_(src[start:end])
+                    part += tmp.mul_(w)
+                if not ref.is_floating_point():
+                    part.round_()
+                flat_out[start:end].copy_(part)
+            out[key] = result
         return out

@@ -53,7 +53,7 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> Path:
         },
         buf,
     )
-    data = buf.getvalue()
+    data = buf.getbuffer()  # the written bytes themselves: no 133 MB copy per R3D-18 round
     name = f"round_{ckpt.round:04d}.pt"
     path = atomic_write_bytes(checkpoint_dir(run_dir) / name, data)
     atomic_write_json(

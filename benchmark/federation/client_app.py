@@ -21,10 +21,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from benchmark.federation.training import client_videos, run_local_training
+from benchmark.federation.wire import record_from_state
 from benchmark.io import atomic_write_bytes, read_json
 from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, prune_client_state
 from benchmark.specs import LocalTrainingSpec
@@ -146,5 +147,5 @@ def _train(msg: Message, context: Context) -> Message:
             _local_state_file(state_dir, cid, server_round).parent, server_round - 1, Retention.from_config(cfg)
         )
     metrics = {**result.metrics, "num-examples": int(result.num_examples), "client-id": cid}
-    content = RecordDict({"arrays": ArrayRecord(result.exchanged), "metrics": MetricRecord(metrics)})
+    content = RecordDict({"arrays": record_from_state(result.exchanged), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

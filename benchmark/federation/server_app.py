@@ -16,13 +16,14 @@ import time
 import traceback
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.guard import float_norm
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import initial_global_state
+from benchmark.federation.wire import record_from_state
 from benchmark.io import read_json
 from benchmark.registry import build_aggregator
 from benchmark.rundir import (
@@ -231,7 +232,7 @@ def serve_rounds(
     if first_round <= num_rounds:
         strategy.start(
             grid,
-            ArrayRecord(global_state),
+            record_from_state(global_state),
             num_rounds=num_rounds,
             timeout=fed.round_timeout_s,
             first_round=first_round,

@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from benchmark.federation.base import ClientUpdate
 from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance
 from benchmark.federation.training import round_learning_rate, sample_clients
+from benchmark.federation.wire import record_from_state, state_from_record
 from benchmark.rundir import ClientFailure, RoundRecord
 from benchmark.specs import FederationSpec
 
@@ -164,7 +165,7 @@ class FedVidStrategy(Strategy):
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             received[cid] = (
-                msg.content["arrays"].to_torch_state_dict(),
+                state_from_record(msg.content["arrays"]),  # read-only views of the reply's bytes
                 num_examples,
                 metrics,
                 serialized_size(msg.content),
@@ -242,7 +243,7 @@ class FedVidStrategy(Strategy):
         self.previous_update_norms = list(norms.values())
         self.global_state = new_state
         metrics = MetricRecord({"loss": float(loss), "num-clients": len(updates)})
-        return ArrayRecord(new_state), metrics
+        return record_from_state(new_state), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
