@@ -341,6 +341,7 @@ def test_dataset_configs_have_required_keys_and_synthetic_layouts(tmp_path):
         "synthetic_cifar100",
         "synthetic_hmdb51",
         "synthetic_kinetics",
+        "synthetic_tiny_imagenet",
         "synthetic_ucf101",
         "tiny_imagenet",
         "ucf101",
