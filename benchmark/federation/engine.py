@@ -369,18 +369,9 @@ def run_federation(
             address = f"127.0.0.1:{port}"
             creds = _local_credentials(run_dir, num_clients) if _secure_local(engine) else None
             write_flower_home(run_dir, address, creds is None, str(creds.ca_cert) if creds else None)
-            cmd = [
-                _bin("flower-superlink"),
-                *superlink_security_args(creds),
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
-            if engine.name == "simulation":
-                cmd.append("--simulation")
-            superlink = procs.spawn("superlink", cmd, logs / "superlink.log", extra_env)
+            superlink = spawn_superlink(
+                procs, port, creds, engine.name == "simulation", logs / "superlink.log", extra_env
+            )
             wait_for_health(
                 address,
                 superlink,
@@ -437,6 +428,29 @@ def run_federation(
         restore()
         if leftovers and on_line is not None:
             on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
+
+
+def spawn_superlink(
+    procs: Processes,
+    port: int,
+    creds: Layout | None,
+    simulation: bool,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``flower-superlink`` on 127.0.0.1:``port`` (``--simulation``: runs on Ray); wait with :func:`wait_for_health`."""
+    cmd = [
+        _bin("flower-superlink"),
+        *superlink_security_args(creds),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if simulation:
+        cmd.append("--simulation")
+    return procs.spawn("superlink", cmd, log_file, env)
 
 
 def _start_supernodes(
