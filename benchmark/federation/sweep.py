@@ -204,12 +204,11 @@ def _wait_for_ray(head, log_file: Path, timeout_s: float) -> None:
 
 class Sweep:
     """The owner of a sweep's shared instance: started for the first job that asks, replaced
-    when a job needs another key, stopped by :meth:`close`."""
+    when a job needs another key, stopped by :meth:`discard`."""
 
     def __init__(self, sweep_dir: Path):
         self.root = Path(sweep_dir) / SHARED_DIR
         self.current: SharedFlower | None = None
-        self.started = 0  # instances started (the record of each job names its own)
 
     def flower_for(self, engine: EngineSpec, say=print) -> SharedFlower:
         key = SharedKey.of(engine)
@@ -223,17 +222,17 @@ class Sweep:
         if self.current is None:
             shared = SharedFlower(self.root, key)
             self.current = shared
-            self.started += 1
-            shared.start(engine.startup_timeout_s)
+            try:
+                shared.start(engine.startup_timeout_s)
+            except BaseException:  # a half-started instance is never handed to a job
+                self.discard()
+                raise
         return self.current
 
     def discard(self) -> list[int]:
         """Stop the running instance (a job that did not complete may have left its simulation running)."""
         shared, self.current = self.current, None
         return shared.stop() if shared is not None else []
-
-    def close(self) -> None:
-        self.discard()
 
 
 _active: Sweep | None = None
@@ -282,7 +281,7 @@ def _close_active() -> None:
     global _active
     sweep, _active = _active, None
     if sweep is not None:
-        sweep.close()
+        sweep.discard()
 
 
 class SweepInterrupted(KeyboardInterrupt):
