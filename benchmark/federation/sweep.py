@@ -14,10 +14,9 @@ Ray driver, and Ray gives every driver its own worker processes, so the ClientAp
 never run in job 1's workers; threads come from the config (``client.num_threads``) and Ray
 sets ``OMP_NUM_THREADS`` per actor from ``engine.client_resources``; Flower passes the
 driver's ``PYTHONPATH`` as the job's runtime_env. The rest of the environment reaches the
-workers from the processes started first, so a job whose environment (Hydra's
-``hydra.job.env_set``), ``engine.ray_num_cpus``, ``engine.ray_address`` or
-``engine.superlink_port`` differs from the running instance's gets a new instance (the line
-printed says which key).
+workers from the processes started first, so a job whose ``hydra.job.env_set``,
+``engine.ray_num_cpus``, ``engine.ray_address`` or ``engine.superlink_port`` differs from the
+running instance's gets a new instance (the line printed says which key).
 
 Ownership: the instance's processes carry their own ``FEDVID_RUN_TAG`` and reaper
 (:class:`benchmark.federation.engine.Processes`). A job that does not complete (error,
@@ -30,7 +29,6 @@ stop it too; a SIGKILLed ``fedvid run`` leaves it to the reaper.
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import signal
 import tempfile
@@ -38,11 +36,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from benchmark.federation.engine import (
     FLOWER_HOME_DIR,
-    LAUNCHER_PID_ENV,
     FederationError,
     Processes,
     _bin,
@@ -50,7 +47,6 @@ from benchmark.federation.engine import (
     spawn_superlink,
     wait_for_health,
 )
-from benchmark.federation.reaper import RUN_TAG_ENV
 
 if TYPE_CHECKING:
     from benchmark.specs import EngineSpec
@@ -59,8 +55,6 @@ if TYPE_CHECKING:
 SHARED_DIR = "shared_flower"
 #: Keep Ray on 127.0.0.1 and quiet (as the per-run simulation's own Ray).
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-#: Set per process by :class:`Processes` (not part of the environment a job chooses).
-_MANAGED_ENV = {RUN_TAG_ENV, LAUNCHER_PID_ENV, "FLWR_HOME"}
 
 
 @dataclass(frozen=True)
@@ -68,7 +62,9 @@ class SharedKey:
     """What a shared instance was started with; a job with another key needs another instance.
 
     ray_address: the user's Ray cluster (``engine.ray_address``), None: the sweep's own head.
-    environment: ``os.environ`` (sorted items) when the job asked."""
+    environment: the job's ``hydra.job.env_set`` (sorted items), the one way jobs of a sweep
+    get different environments (comparing all of ``os.environ`` would restart for variables
+    that libraries set in this process, such as torch's ``TORCHINDUCTOR_CACHE_DIR``)."""
 
     ray_address: str | None
     ray_num_cpus: int | None
@@ -76,8 +72,8 @@ class SharedKey:
     environment: tuple[tuple[str, str], ...]
 
     @classmethod
-    def of(cls, engine: EngineSpec) -> SharedKey:
-        env = tuple(sorted((k, v) for k, v in os.environ.items() if k not in _MANAGED_ENV))
+    def of(cls, engine: EngineSpec, env_set: Mapping[str, Any]) -> SharedKey:
+        env = tuple(sorted((str(k), str(v)) for k, v in env_set.items()))
         return cls(engine.ray_address, engine.ray_num_cpus, engine.superlink_port, env)
 
     def differences(self, other: SharedKey) -> list[str]:
@@ -211,7 +207,7 @@ class Sweep:
         self.current: SharedFlower | None = None
 
     def flower_for(self, engine: EngineSpec, say=print) -> SharedFlower:
-        key = SharedKey.of(engine)
+        key = SharedKey.of(engine, _job_env_set())
         if self.current is not None and self.current.key != key:
             say(
                 "[fedvid] this job needs its own SuperLink/Ray (it differs from the running one in "
@@ -233,6 +229,12 @@ class Sweep:
         """Stop the running instance (a job that did not complete may have left its simulation running)."""
         shared, self.current = self.current, None
         return shared.stop() if shared is not None else []
+
+
+def _job_env_set() -> Mapping[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().job.env_set if HydraConfig.initialized() else {}
 
 
 _active: Sweep | None = None
