@@ -20,23 +20,15 @@ from benchmark.federation.training import clients_per_round, derive_seed, sample
 from benchmark.registry import build_aggregator
 from benchmark.specs import FederationSpec, OptimizerSpec
 
-from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
+from _federation_helpers import FAULTY_RUN, FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
 # seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
-RUN = [
-    *TINY,
-    "seed=1",
-    "federation.rounds=4",
-    "federation.clients_per_round=2",
-    "federation.min_clients=1",
-    "fault.client_failure_prob=0.3",
-    "checkpoint.keep_every=1",
-]  # keep every checkpoint: the test rewinds to round 2 by hand (pruning: test_retention.py)
+RUN = [*FAULTY_RUN, "seed=1"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("fedvid-data")
+def data_root(tiny_data_root):
+    return tiny_data_root
 
 
 # ------------------------------------------------------------------ fast unit tests
@@ -170,11 +162,8 @@ def test_unknown_config_option_is_hydras_error_listing_the_choices():
 
 
 @pytest.mark.slow
-def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root):
-    full = tmp_path / "full"
-    result = fedvid(["run", "hydra.run.dir=" + str(full), f"data_root={data_root}", *RUN])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert wait_no_flower_processes(full) == []
+def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root, single_run_seed1):
+    full, result = single_run_seed1.run_dir, single_run_seed1.result  # `fedvid run ... RUN` (conftest.py)
 
     # the run directory
     for name in (
