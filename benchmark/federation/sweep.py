@@ -178,6 +178,7 @@ class SharedFlower:
             "ray_address": self.ray_address,
             "ray_pid": self.ray_pid,  # None: the user's cluster (engine.ray_address)
             "flwr_home": str(self.root / FLOWER_HOME_DIR),
+            "start_s": round(self.startup_s, 3),  # starting both; in startup_s of the job that started them
         }
 
 
