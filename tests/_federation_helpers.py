@@ -26,7 +26,7 @@ TINY = [
 
 
 #: test_runner's federation (4 rounds, 2 of 3 clients, injected failures) without its seed: the
-#: single run (seed 1), the kill/resume, the sweep (seeds 1, 3, 4) and the Ray-cluster run (seed 3).
+#: kill/resume (seed 1), the sweep of conftest.py (seeds 1, 3, 4) and the Ray-cluster run (seed 3).
 #: Seed 1: client 1 fails in round 1 and client 0 in round 3 (seed 2 would fail: both of round 3).
 #: Every checkpoint is kept: the kill/resume test rewinds to round 2 by hand (pruning: test_retention.py).
 FAULTY_RUN = [
@@ -78,8 +78,3 @@ def rounds_log(run_dir: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()]
-
-
-def same_weights(a_dir: Path, b_dir: Path) -> bool:
-    a, b = final_weights(a_dir), final_weights(b_dir)
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

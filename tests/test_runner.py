@@ -162,8 +162,10 @@ def test_unknown_config_option_is_hydras_error_listing_the_choices():
 
 
 @pytest.mark.slow
-def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root, single_run_seed1):
-    full, result = single_run_seed1.run_dir, single_run_seed1.result  # `fedvid run ... RUN` (conftest.py)
+def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root, interrupted_sweep):
+    # the uninterrupted run of RUN is job 0 of the sweep in conftest.py (`fedvid run -m seed=1,3,4`,
+    # one Flower run of its own); the killed and resumed run below is a single run and must equal it
+    full, output = interrupted_sweep.sweep_dir / "0", interrupted_sweep.output
 
     # the run directory
     for name in (
@@ -211,7 +213,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     ]
     assert (record["participation"]["sampled"], record["participation"]["failed"]) == (8, 2)
     assert record["status"] == "degraded" and "2 of 8 sampled client updates failed (> 10%)" in record["status_reasons"]
-    assert "status: degraded" in result.stdout
+    assert "status: degraded" in output
     # the embedded default's protocol, at tiny inputs the cpu protocol does not define: recorded as modified
     assert record["protocol"] == {
         "name": "cpu",
@@ -253,6 +255,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert wait_no_flower_processes(killed) == []
     a, b = final_weights(full), final_weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((killed / "result.json").read_text())["systems"]["flower"]["shared"] is False  # its own
     resumed = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
     assert [(r["round"], r["sampled_clients"], r["loss"]) for r in resumed] == [
         (r["round"], r["sampled_clients"], r["loss"]) for r in rounds
