@@ -325,6 +325,7 @@ def build_result_record(
     finished_at: str,
     method_pretext: str,
     startup_s: float | None = None,
+    flower: dict[str, Any] | None = None,
     videos: dict[str, Any] | None = None,
     failure: dict[str, str] | None = None,
 ) -> ResultRecord:
@@ -337,7 +338,8 @@ def build_result_record(
     rounds: the records of ``rounds.jsonl``. evaluations: ``evaluate_backbone``'s block
     (``{}`` when evaluation was switched off). videos: listed/present/skipped counts,
     ``{"pretraining": {...}, "evaluation": {dataset: {split: {...}}}}``. failure: the stage
-    that did not complete (``{"stage": "evaluation", "message": ...}``), or None.
+    that did not complete (``{"stage": "evaluation", "message": ...}``), or None. flower: the
+    SuperLink/Ray the federation ran on (``FederationOutcome.flower``; shared in a sweep), or None.
     """
     from benchmark.federation.training import clients_per_round
 
@@ -386,6 +388,7 @@ def build_result_record(
             "bytes_per_round": bytes_per_round,
             "peak_memory_bytes": int(peak_memory_bytes),
             "hardware": hardware(),
+            **({"flower": flower} if flower else {}),
         },
         "provenance": {
             "git_commit": commit,

@@ -25,6 +25,20 @@ TINY = [
 ]
 
 
+#: test_runner's federation (4 rounds, 2 of 3 clients, injected failures) without its seed: the
+#: kill/resume (seed 1), the sweep of conftest.py (seeds 1, 3, 4) and the Ray-cluster run (seed 3).
+#: Seed 1: client 1 fails in round 1 and client 0 in round 3 (seed 2 would fail: both of round 3).
+#: Every checkpoint is kept: the kill/resume test rewinds to round 2 by hand (pruning: test_retention.py).
+FAULTY_RUN = [
+    *TINY,
+    "federation.rounds=4",
+    "federation.clients_per_round=2",
+    "federation.min_clients=1",
+    "fault.client_failure_prob=0.3",
+    "checkpoint.keep_every=1",
+]
+
+
 def fedvid(args: list[str], timeout: float = 400, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*FEDVID, *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -58,3 +72,9 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from benchmark.federation.checkpoint import final_global_state
 
     return final_global_state(run_dir)
+
+
+def rounds_log(run_dir: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()]

@@ -20,25 +20,18 @@ from benchmark.federation.training import clients_per_round, derive_seed, sample
 from benchmark.registry import build_aggregator
 from benchmark.specs import FederationSpec, OptimizerSpec
 
-from _federation_helpers import FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
+from _federation_helpers import FAULTY_RUN, FEDVID, TINY, fedvid, final_weights, wait_no_flower_processes
 
-# seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled).
-# Retention on: the newest checkpoint + every 2nd round (round 2 stays: the test rewinds to it).
-RUN = [
-    *TINY,
-    "seed=1",
-    "federation.rounds=4",
-    "federation.clients_per_round=2",
-    "federation.min_clients=1",
-    "fault.client_failure_prob=0.3",
-    "checkpoint.keep_last=1",
-    "checkpoint.keep_every=2",
-]
+# seed 1, failure prob 0.3: client 1 fails in round 1 and client 0 in round 3 (2 of 3 sampled)
+RUN = [*FAULTY_RUN, "seed=1"]
+# The killed and resumed run prunes (the sweep's uninterrupted job keeps every checkpoint, which
+# test_ray_cluster reads): the newest checkpoint + every 2nd round; round 2 stays, the test rewinds to it.
+PRUNED = ["checkpoint.keep_last=1", "checkpoint.keep_every=2"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("fedvid-data")
+def data_root(tiny_data_root):
+    return tiny_data_root
 
 
 # ------------------------------------------------------------------ fast unit tests
@@ -183,13 +176,10 @@ def _client_rounds(run_dir) -> dict[str, list[int]]:
 
 
 @pytest.mark.slow
-def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root):
-    """One uninterrupted run (record, failures, retention), the same run SIGKILLed and resumed
-    (same weights and log), and `fedvid evaluate` on the pruned run directory."""
-    full = tmp_path / "full"
-    result = fedvid(["run", "hydra.run.dir=" + str(full), f"data_root={data_root}", *RUN])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert wait_no_flower_processes(full) == []
+def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_path, data_root, interrupted_sweep):
+    # the uninterrupted run of RUN is job 0 of the sweep in conftest.py (`fedvid run -m seed=1,3,4`,
+    # one Flower run of its own); the killed and resumed run below is a single run and must equal it
+    full, output = interrupted_sweep.sweep_dir / "0", interrupted_sweep.output
 
     # the run directory
     for name in (
@@ -237,7 +227,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     ]
     assert (record["participation"]["sampled"], record["participation"]["failed"]) == (8, 2)
     assert record["status"] == "degraded" and "2 of 8 sampled client updates failed (> 10%)" in record["status_reasons"]
-    assert "status: degraded" in result.stdout
+    assert "status: degraded" in output
     # the embedded default's protocol, at tiny inputs the cpu protocol does not define: recorded as modified
     assert record["protocol"] == {
         "name": "cpu",
@@ -245,20 +235,10 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
         "variant": "modified",
         "overridden": {"clip.short_side": 40, "clip.size": 32, "clip.stride": 1},
     }
-    # retention, planned before round 1: 1 newest + 1 being written + milestones 2 and 4
-    assert "disk: at most 4 checkpoints x" in result.stdout and "client-state files" in result.stdout
-    assert _ckpt_rounds(full) == [2, 4]
-    # each client keeps its newest file (what a resume loads; CtP's head stays on the client)
-    # and its milestone rounds' files
-    trained = {c: [r["round"] for r in rounds if c in r["replied_clients"]] for c in range(3)}
-    assert _client_rounds(full) == {
-        f"client_{c:04d}": sorted({rs[-1]} | {r for r in rs if r % 2 == 0}) for c, rs in trained.items() if rs
-    }
-
     # the same run, SIGKILLed after round 2's checkpoint, then resumed
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        [*FEDVID, "run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN],
+        [*FEDVID, "run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN, *PRUNED],
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -283,27 +263,36 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     log = (killed / "rounds.jsonl").read_text().splitlines(keepends=True)
     (killed / "rounds.jsonl").write_text("".join(log[:2]))
 
-    result = fedvid(["run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN, "resume=true"])
+    result = fedvid(["run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN, *PRUNED, "resume=true"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert wait_no_flower_processes(killed) == []
     a, b = final_weights(full), final_weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((killed / "result.json").read_text())["systems"]["flower"]["shared"] is False  # its own
     resumed = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
     assert [(r["round"], r["sampled_clients"], r["loss"]) for r in resumed] == [
         (r["round"], r["sampled_clients"], r["loss"]) for r in rounds
     ]
+    # retention, planned before round 1: 1 newest + 1 being written + milestones 2 and 4
+    assert "disk: at most 4 checkpoints x" in result.stdout and "client-state files" in result.stdout
     assert _ckpt_rounds(killed) == [2, 4]
+    # each client keeps its newest file (what a resume loads; CtP's head stays on the client)
+    # and its milestone rounds' files
+    trained = {c: [r["round"] for r in resumed if c in r["replied_clients"]] for c in range(3)}
+    assert _client_rounds(killed) == {
+        f"client_{c:04d}": sorted({rs[-1]} | {r for r in rs if r % 2 == 0}) for c, rs in trained.items() if rs
+    }
 
     # `fedvid evaluate` reads the pruned directory's latest checkpoint (given the run directory)
     out = tmp_path / "eval"
     args = ["eval=smoke", "synthetic_size=tiny", f"data_root={data_root}"]
-    result = fedvid(["evaluate", f"checkpoint={full}", f"hydra.run.dir={out}", *args], timeout=300)
+    result = fedvid(["evaluate", f"checkpoint={killed}", f"hydra.run.dir={out}", *args], timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     record = json.loads((out / "evaluation.json").read_text())
-    assert record["checkpoint"] == str((full / "checkpoints" / "round_0004.pt").resolve())
+    assert record["checkpoint"] == str((killed / "checkpoints" / "round_0004.pt").resolve())
     # a pruned round is an error that lists what is kept
     result = fedvid(
-        ["evaluate", f"checkpoint={full / 'checkpoints' / 'round_0003.pt'}", f"hydra.run.dir={out}2", *args]
+        ["evaluate", f"checkpoint={killed / 'checkpoints' / 'round_0003.pt'}", f"hydra.run.dir={out}2", *args]
     )
     assert result.returncode != 0
     assert (

@@ -32,7 +32,12 @@ class RunError(RuntimeError):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return hydra_entry("fedvid run", "config", run_task, list(sys.argv[1:] if argv is None else argv))
+    from benchmark.federation.sweep import SweepInterrupted
+
+    try:
+        return hydra_entry("fedvid run", "config", run_task, list(sys.argv[1:] if argv is None else argv))
+    except SweepInterrupted:  # the job printed what it stopped; the sweep's instance is stopped at exit
+        return 130
 
 
 def run_task(cfg: DictConfig) -> int:
@@ -57,11 +62,16 @@ def run_task(cfg: DictConfig) -> int:
             console.print(Text(f"continue with: {resume_command(run_dir)}"), soft_wrap=True)
         return 1
     except KeyboardInterrupt:
+        from benchmark.federation import sweep
+
         console.print(
             f"interrupted; every Flower/Ray process of the run was stopped. Continue with: {resume_command(run_dir)}",
             soft_wrap=True,
             markup=False,
         )
+        if sweep.active() is not None:  # Ctrl-C ends the whole sweep, not only this job
+            console.print("the sweep stops here (its later jobs were not run)", soft_wrap=True, markup=False)
+            raise sweep.SweepInterrupted() from None
         return 130
     return 0
 
@@ -329,6 +339,7 @@ def _federate_and_evaluate(
             finished_at=utc_now(),
             method_pretext=method_pretext,
             startup_s=outcome.startup_s,
+            flower=outcome.flower,
             videos=record_videos,
             failure=failure,
         )

@@ -39,7 +39,7 @@ import time
 import tomllib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -326,6 +326,8 @@ class FederationOutcome:
     startup_s: float | None
     peak_memory_bytes: int
     flower_log: Path
+    #: the SuperLink (and Ray) the run used: ``{"shared": bool, "superlink": address, ...}``
+    flower: dict | None = None
 
 
 def run_federation(
@@ -341,7 +343,12 @@ def run_federation(
     under ``dataset_root``, run the apps on ``config_path`` to the end, stop everything.
 
     Raises :class:`FederationError` when the ServerApp did not report completion.
+
+    In a Hydra sweep (:mod:`benchmark.federation.sweep`) a simulation run submits its
+    ``flwr run`` to the sweep's SuperLink and Ray instead of starting its own.
     """
+    from benchmark.federation import sweep
+
     run_dir = Path(run_dir)
     logs = run_dir / rundir.LOGS
     logs.mkdir(parents=True, exist_ok=True)
@@ -354,6 +361,9 @@ def run_federation(
     peak = 0
     startup_s = None
     flower_log = run_dir / rundir.FLOWER_LOG
+    owner = sweep.active() if engine.name == "simulation" else None
+    shared = None
+    completed = False
     try:
         rundir.clear_status(run_dir)
         app_dir = write_flower_app(run_dir)
@@ -361,26 +371,25 @@ def run_federation(
         if engine.name == "simulation" and engine.ray_address:
             extra_env["RAY_ADDRESS"] = engine.ray_address
         external = engine.name == "deployment" and engine.superlink
-        if external:
+        if owner is not None:
+            shared = owner.flower_for(engine, say=on_line or print)
+            address = shared.superlink_address
+            write_flower_home(run_dir, address)
+            flower = shared.describe()
+            # the shared Ray is an existing cluster to this run: no init-args-num-cpus
+            engine = replace(engine, ray_address=shared.ray_address)
+        elif external:
             address = engine.superlink
             write_flower_home(run_dir, address, engine.insecure, engine.root_certificates)
+            flower = {"shared": False, "superlink": address, "superlink_pid": None}
         else:
             port = engine.superlink_port or free_port()
             address = f"127.0.0.1:{port}"
             creds = _local_credentials(run_dir, num_clients) if _secure_local(engine) else None
             write_flower_home(run_dir, address, creds is None, str(creds.ca_cert) if creds else None)
-            cmd = [
-                _bin("flower-superlink"),
-                *superlink_security_args(creds),
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
-            if engine.name == "simulation":
-                cmd.append("--simulation")
-            superlink = procs.spawn("superlink", cmd, logs / "superlink.log", extra_env)
+            superlink = spawn_superlink(
+                procs, port, creds, engine.name == "simulation", logs / "superlink.log", extra_env
+            )
             wait_for_health(
                 address,
                 superlink,
@@ -389,8 +398,10 @@ def run_federation(
                 "flower-superlink",
                 creds.ca_cert if creds else None,
             )
+            flower = {"shared": False, "superlink": address, "superlink_pid": superlink.pid}
             if engine.name == "deployment":
                 _start_supernodes(procs, num_clients, dataset_root, run_dir, address, logs, creds)
+        rundir.write_status(run_dir, flower=flower)
         run_cmd = [
             _bin("flwr"),
             "run",
@@ -407,7 +418,7 @@ def run_federation(
         reader.start()
         while flwr_run.poll() is None:
             time.sleep(0.5)
-            peak = max(peak, memory_bytes(procs.tagged()))
+            peak = max(peak, memory_bytes(procs.tagged() + (shared.tagged() if shared else [])))
             if startup_s is None:
                 status = rundir.read_status(run_dir)
                 if status.get("state") in ("running", "completed", "failed"):
@@ -430,13 +441,39 @@ def run_federation(
                 f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
                 resumable=bool(status.get("resumable", True)),
             )
-        return FederationOutcome(wall, startup_s, peak, flower_log)
+        completed = True
+        return FederationOutcome(wall, startup_s, peak, flower_log, flower)
     finally:
         leftovers = procs.stop()
+        if shared is not None and not completed:  # its simulation may still be running
+            leftovers += owner.discard()
         atexit.unregister(procs.stop)
         restore()
         if leftovers and on_line is not None:
             on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
+
+
+def spawn_superlink(
+    procs: Processes,
+    port: int,
+    creds: Layout | None,
+    simulation: bool,
+    log_file: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``flower-superlink`` on 127.0.0.1:``port`` (``--simulation``: runs on Ray); wait with :func:`wait_for_health`."""
+    cmd = [
+        _bin("flower-superlink"),
+        *superlink_security_args(creds),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if simulation:
+        cmd.append("--simulation")
+    return procs.spawn("superlink", cmd, log_file, env)
 
 
 def _start_supernodes(
