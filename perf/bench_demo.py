@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sides import alternating, old_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,15 +90,8 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("FEDVID_DATA_ROOT", str(ROOT / "data")))
     args = parser.parse_args()
     walls: dict[str, list[float]] = {"old": [], "new": []}
-    with tempfile.TemporaryDirectory(prefix="fedvid-bench-demo-") as tmp:
-        old = Path(tmp) / "code"
-        old.mkdir()
-        archive = subprocess.run(["git", "archive", args.old_ref], cwd=ROOT, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-        order = []
-        for rep in range(args.repeats):
-            order += ["old", "new"] if rep % 2 == 0 else ["new", "old"]
-        for k, name in enumerate(order):
+    with tempfile.TemporaryDirectory(prefix="fedvid-bench-demo-") as tmp, old_tree(args.old_ref) as old:
+        for k, name in enumerate(alternating(args.repeats)):
             code = old if name == "old" else ROOT
             r = run_demo(code, Path(tmp) / f"run_{k}_{name}", args.data_root)
             walls[name].append(r["wall_s"])

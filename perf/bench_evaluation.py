@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sides import alternating, old_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,15 +73,8 @@ def main() -> None:
     times: dict[str, list[float]] = {"old": [], "new": []}
     cpus: dict[str, list[float]] = {"old": [], "new": []}
     blocks: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="fedvid-bench-evaluation-") as tmp:
-        old = Path(tmp) / "code"
-        old.mkdir()
-        archive = subprocess.run(["git", "archive", args.old_ref], cwd=ROOT, capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-        order = []
-        for rep in range(args.repeats):
-            order += ["old", "new"] if rep % 2 == 0 else ["new", "old"]
-        for k, name in enumerate(order):
+    with tempfile.TemporaryDirectory(prefix="fedvid-bench-evaluation-") as tmp, old_tree(args.old_ref) as old:
+        for k, name in enumerate(alternating(args.repeats)):
             wall, cpu, report = evaluate(
                 old if name == "old" else ROOT, Path(tmp) / f"run_{k}_{name}", checkpoint, args.data_root
             )

@@ -51,6 +51,8 @@ import threading
 import time
 from pathlib import Path
 
+from sides import old_tree
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "perf" / "scale_plugin"
 ROUND_LINE = re.compile(r"round (\d+)/(\d+): loss")
@@ -164,13 +166,8 @@ def main() -> None:
     if not args.old:
         run_once(args, ROOT, "this tree")
         return
-    with tempfile.TemporaryDirectory(prefix="fedvid-scale-old-") as tmp_s:
-        old_tree = Path(tmp_s) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old_tree), args.old], cwd=ROOT, check=True)
-        try:
-            old = run_once(args, old_tree, f"old: {args.old}")
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=ROOT, check=True)
+    with old_tree(args.old) as tree:
+        old = run_once(args, tree, f"old: {args.old}")
     new = run_once(args, ROOT, "new: this tree")
     print(
         f"== old vs new, {args.rounds} rounds each, one after the other: server overhead median "

@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sides import alternating, old_tree  # noqa: E402
+
 from benchmark.config import TINY_INPUT_OVERRIDES  # noqa: E402
 
 #: the tiny federation of the tests: 3 clients, 2 per round, 1 step, 1 round, no evaluation
@@ -94,29 +96,21 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     results: dict[str, list[dict]] = {"old": [], "new": []}
-    with tempfile.TemporaryDirectory(prefix="fedvid-bench-sweep-") as tmp:
-        old = Path(tmp) / "old"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old_ref], cwd=ROOT, check=True)
-        try:
-            data_root = args.data_root or str(Path(tmp) / "data")
-            order = []
-            for rep in range(args.repeats):
-                order += ["old", "new"] if rep % 2 == 0 else ["new", "old"]
-            for k, name in enumerate(order):
-                r = run_sweep(old if name == "old" else ROOT, Path(tmp) / f"sweep_{k}_{name}", data_root, args.seeds)
-                results[name].append(r)
-                startups = [j["startup_s"] or 0.0 for j in r["jobs"]]
-                print(
-                    f"{name}: sweep wall {r['wall_s']:.1f} s, start-up {sum(startups):.1f} s "
-                    f"(per job {', '.join(f'{s:.1f}' for s in startups)}), "
-                    f"SuperLink PIDs {[j['superlink_pid'] for j in r['jobs']]}, "
-                    f"starting the shared SuperLink + Ray {_shared_start(r['jobs'])}, "
-                    f"losses {[[round(x, 4) for x in j['losses']] for j in r['jobs']]}, "
-                    f"load average {os.getloadavg()[0]:.1f}",
-                    flush=True,
-                )
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
+    with tempfile.TemporaryDirectory(prefix="fedvid-bench-sweep-") as tmp, old_tree(args.old_ref) as old:
+        data_root = args.data_root or str(Path(tmp) / "data")
+        for k, name in enumerate(alternating(args.repeats)):
+            r = run_sweep(old if name == "old" else ROOT, Path(tmp) / f"sweep_{k}_{name}", data_root, args.seeds)
+            results[name].append(r)
+            startups = [j["startup_s"] or 0.0 for j in r["jobs"]]
+            print(
+                f"{name}: sweep wall {r['wall_s']:.1f} s, start-up {sum(startups):.1f} s "
+                f"(per job {', '.join(f'{s:.1f}' for s in startups)}), "
+                f"SuperLink PIDs {[j['superlink_pid'] for j in r['jobs']]}, "
+                f"starting the shared SuperLink + Ray {_shared_start(r['jobs'])}, "
+                f"losses {[[round(x, 4) for x in j['losses']] for j in r['jobs']]}, "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
     same = all(
         [j["losses"] for j in o["jobs"]] == [j["losses"] for j in n["jobs"]]
         for o in results["old"]
