@@ -458,21 +458,28 @@ def _evaluate_dataset(
         )
         for split, videos in (("train", ds.train), ("test", ds.test))
     }
-    feats = {}
-    cached = {}
-    for split, source in sources.items():
-        feats[split], cached[split] = cached_features(
-            backbone,
-            source,
-            model_sha256=model_sha,
-            dataset_id=ds.id,
-            split=split,
-            pooling=pooling,
-            device=device,
-            cache_dir=cache_dir,
-            progress=bar,
-            parallel=parallel,
-        )
+
+    def features_of(model, sha: str) -> dict[str, tuple]:
+        """split -> (features, from cache) of ``model`` on this dataset's decoded clips."""
+        return {
+            split: cached_features(
+                model,
+                source,
+                model_sha256=sha,
+                dataset_id=ds.id,
+                split=split,
+                pooling=pooling,
+                device=device,
+                cache_dir=cache_dir,
+                progress=bar,
+                parallel=parallel,
+            )
+            for split, source in sources.items()
+        }
+
+    trained = features_of(backbone, model_sha)
+    feats = {split: f for split, (f, _) in trained.items()}
+    cached = {split: hit for split, (_, hit) in trained.items()}
     timings["features"] = time.perf_counter() - t0
     out["datasets"][ds.id] = {
         "name": ds.name,
@@ -504,21 +511,7 @@ def _evaluate_dataset(
     if random_model is not None:
         t = time.perf_counter()
         rsha = _cache_id(state_dict_sha256(random_model), spec.backbone_layout)
-        rfeats = {
-            split: cached_features(
-                random_model,
-                source,
-                model_sha256=rsha,
-                dataset_id=ds.id,
-                split=split,
-                pooling=pooling,
-                device=device,
-                cache_dir=cache_dir,
-                progress=bar,
-                parallel=parallel,
-            )[0]
-            for split, source in sources.items()
-        }
+        rfeats = {split: f for split, (f, _) in features_of(random_model, rsha).items()}
         out["random_init"]["retrieval"][ds.id] = _retrieval_entry(rfeats["train"], rfeats["test"], ks)
         if spec.linear_probe.enabled:
             lp = linear_probe(rfeats["train"], rfeats["test"], num_classes, **lp_kwargs)
