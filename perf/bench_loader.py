@@ -1,22 +1,26 @@
-"""Training loader throughput against raw decord decoding of the same frames.
+"""Training loader throughput against raw decord decoding of the same frames, old vs new.
 
 Encodes its own 320x240 test videos (MPEG-4 Part 2 in AVI, like UCF101/HMDB51), then in
-one run and alternating repetition by repetition measures clips/s of
-  (a) raw ``decord.VideoReader(path).get_batch(indices)`` (open + decode, nothing else),
-  (b) ``TrainClipDataset`` through ``make_train_loader`` with 1 worker (decode, 16
-      frames at stride 2, short side 128, random 112x112 crop, flip, collate; the loader
-      decodes straight to the 170x128 short-side size, raw decord at 320x240) shipping
-      uint8 batches, each normalised in the consuming (training) process with
-      ``dataset.normalize_video`` as ``run_local_training`` does ("loader");
-  (c) the same loader normalising in the worker and shipping float32 batches, as before
-      issue 16 ("old loader"),
-  with ``--ctp``, also (d) the loader with CtP's ``sample_transform`` in the worker (the
-      paper's CtP settings, 16 frames: patch draws, pasting, colour) and (e) the same with
-      CtP as it was at ``--old-ref`` (its module loaded from git), for the pasting old vs new,
+one run, rotating the order repetition by repetition, measures clips/s of
+  (a) raw ``decord.VideoReader(path).get_batch(indices)`` in this process (open + decode,
+      nothing else; decord's own decode threads);
+  (b) ``TrainClipDataset`` through ``make_train_loader`` with 1 worker process (decode, 16
+      frames at stride 2, short side 128, random 112x112 crop, flip; uint8 batches of 8)
+      and each batch normalised here, in the consuming process, with
+      ``dataset.normalize_video`` as ``run_local_training`` does. "loader": one loader
+      whose worker persists from pass to pass (as in a fine-tuning's epochs); "loader,
+      worker per pass": a new loader each pass (as one client's round: its worker starts
+      with the pass and is counted);
+  (c) the same with the loader of commit ``--old`` (default 1b90bb1: a new worker per
+      pass, a new shared-memory file per batch) loaded from a temporary worktree
+      (perf/sides.py), as the training loop of that commit used it ("old loader");
+  with ``--ctp``, also (d) (b) and (c) with CtP's ``sample_transform`` in the worker (the
+      paper's CtP settings, 16 frames: patch draws, pasting, colour),
 on exactly the same frame indices: (a) takes them from the dataset's per-item generator
-the way the dataset draws them. Worker start-up counts (persistent_workers=False is how
-training uses the loader). The first repetition is a warm-up and is not counted; the
-order of the variants rotates per repetition.
+the way the dataset draws them. This process runs 1 torch thread (the demo trainer's
+setting), so the layout is raw: 1 process; loader: 1 worker + this consumer, 2 cores.
+The first repetition is a warm-up (it also starts the persistent worker) and is not
+counted. "steady" excludes each pass's first batch (clips/s from the first batch on).
 
     .venv/bin/python perf/bench_loader.py [--items 384] [--repeats 5] [--ctp]   (about 3 minutes; 5 with --ctp)
 
@@ -26,83 +30,108 @@ Target: loader / raw >= 0.95.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import decord
 import torch
+from sides import old_tree  # perf/ is on sys.path when run as a script
 
 from benchmark.data.clips import train_clip_indices
 from benchmark.data.loaders import EpochBatchSampler, TrainClipDataset, make_train_loader
 
-ROOT = Path(__file__).resolve().parent.parent
 FRAMES, STRIDE, SHORT_SIDE, CROP = 16, 2, 128, 112
 WIDTH, HEIGHT, NUM_FRAMES, NUM_VIDEOS, FPS = 320, 240, 90, 16, 25
 TARGET = 0.95
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def encode_video(path: Path, seed: int) -> None:
     """A moving, slightly noisy block texture (so the codec has real work), MPEG-4 in AVI."""
-    from bench_decoding import encode_video as encode  # perf/ is on sys.path when run as a script
+    from bench_decoding import encode_video as encode
 
     encode(path, "mpeg4", seed)
 
 
-def children_cpu_s() -> float:
-    """CPU seconds of finished child processes (the DataLoader worker, once joined)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def old_loaders(tree: Path):
+    """``benchmark.data.loaders`` of the old tree, imported as ``fedvid_old.data.loaders``
+    (its siblings decoding/clips/transforms come from the old tree too)."""
+    for name, folder in (("fedvid_old", tree / "benchmark"), ("fedvid_old.data", tree / "benchmark" / "data")):
+        spec = importlib.util.spec_from_file_location(
+            name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module("fedvid_old.data.loaders")
 
 
-def raw_decode(jobs: list[tuple[str, list[int]]]) -> tuple[float, float]:
-    """-> (clips/s, CPU ms per clip)."""
-    cpu, start = time.process_time(), time.perf_counter()
-    for path, indices in jobs:
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds of this process, its finished children and the live processes ``pids``."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = time.process_time() + children.ru_utime + children.ru_stime
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    return total
+
+
+def worker_pids(loader) -> list[int]:
+    iterator = getattr(loader, "_iterator", None)
+    return [w.pid for w in getattr(iterator, "_workers", [])]
+
+
+class Pass:
+    """One timed pass: clips/s whole and steady (from the first batch on), CPU ms per clip."""
+
+    def __init__(self, clips: int, elapsed: float, first: float, first_clips: int, cpu: float):
+        self.rate = clips / elapsed
+        self.steady = (clips - first_clips) / (elapsed - first)
+        self.first_ms = first * 1000
+        self.cpu_ms = cpu / clips * 1000
+
+
+def raw_decode(jobs: list[tuple[str, list[int]]], batch_size: int) -> Pass:
+    cpu, start = cpu_s([]), time.perf_counter()
+    first = None
+    for k, (path, indices) in enumerate(jobs):
         decord.VideoReader(path).get_batch(indices)
+        if k == batch_size - 1:
+            first = time.perf_counter() - start
     elapsed = time.perf_counter() - start
-    return len(jobs) / elapsed, (time.process_time() - cpu) / len(jobs) * 1000
+    return Pass(len(jobs), elapsed, first, batch_size, cpu_s([]) - cpu)
 
 
-def ctp_at(ref: str) -> type:
-    """The CtP class of baselines/ctp.py at git ``ref`` (not registered: the name is taken)."""
-    source = subprocess.run(
-        ["git", "show", f"{ref}:baselines/ctp.py"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout
-    module = types.ModuleType(f"ctp_at_{ref}")
-    module.__file__ = f"{ref}:baselines/ctp.py"
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source.replace('@register_method("ctp")\n', ""), module.__file__, "exec"), module.__dict__)
-    return module.CtP
-
-
-class WorkerNormalizedDataset(TrainClipDataset):
-    """The pre-issue-16 loader: normalises into float32 batch slots inside the worker."""
-
-    normalize_in_worker = True
-
-
-def run_loader(dataset: TrainClipDataset, batch_size: int) -> tuple[float, float]:
-    """-> (clips/s, CPU ms per clip of worker + main process). uint8 batches are normalised
-    here, in the consuming process, as the training loop does."""
-    cpu, worker_cpu, start = time.process_time(), children_cpu_s(), time.perf_counter()
-    clips = 0
-    for batch in make_train_loader(dataset, batch_size=batch_size, num_workers=1, seed=0):
-        video = batch["video"]
-        if video.dtype == torch.uint8:
-            video = dataset.normalize_video(video)
+def run_loader(dataset, make_loader, persistent_loader=None) -> Pass:
+    """A pass of ``persistent_loader`` or of a new ``make_loader()``; uint8 batches are
+    normalised here, in the consuming process, as the training loop does."""
+    pids = worker_pids(persistent_loader)
+    cpu, start = cpu_s(pids), time.perf_counter()
+    loader = persistent_loader or make_loader()
+    clips, first, first_clips = 0, None, 0
+    for batch in loader:
+        video = dataset.normalize_video(batch.pop("video"))
         assert video.dtype == torch.float32
         clips += video.shape[0]
+        if first is None:
+            first, first_clips = time.perf_counter() - start, clips
+        pids = pids or worker_pids(loader)
     elapsed = time.perf_counter() - start
+    if persistent_loader is None and hasattr(loader, "close"):
+        loader.close()
+    del loader
     assert clips == len(dataset), (clips, len(dataset))
-    used = (time.process_time() - cpu) + (children_cpu_s() - worker_cpu)
-    return clips / elapsed, used / clips * 1000
+    return Pass(clips, elapsed, first, first_clips, cpu_s(pids) - cpu)
 
 
 def main() -> None:
@@ -110,44 +139,45 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=384, help="training items per epoch (videos reused)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ctp", action="store_true", help="also the loader with CtP's sample_transform, old vs new")
-    parser.add_argument("--old-ref", default="ca4cd01", help="commit whose CtP is the 'old' one (with --ctp)")
+    parser.add_argument("--ctp", action="store_true", help="also the loaders with CtP's sample_transform")
+    parser.add_argument("--old", default="1b90bb1", help="commit whose loader is the 'old' one")
     args = parser.parse_args()
+    torch.set_num_threads(1)
 
-    with tempfile.TemporaryDirectory(prefix="fedvid-bench-loader-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fedvid-bench-loader-") as tmp, old_tree(args.old) as tree:
+        old = old_loaders(tree)
         paths = [Path(tmp) / f"video_{k:02d}.avi" for k in range(NUM_VIDEOS)]
         for k, path in enumerate(paths):
             encode_video(path, seed=k)
         num_frames = {str(p): len(decord.VideoReader(str(p))) for p in paths}
         videos = [(str(paths[i % NUM_VIDEOS]), i % 7) for i in range(args.items)]
-        dataset = TrainClipDataset(videos, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0)
-        old_dataset = WorkerNormalizedDataset(
-            videos, frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0
-        )
-        datasets = {"new": dataset, "old": old_dataset}
+        settings = dict(frames=FRAMES, stride=STRIDE, short_side=SHORT_SIDE, crop_size=CROP, seed=0)
+        transforms = {"": None}
         if args.ctp:
             from baselines.ctp import CtP
             from benchmark.models.backbones import TinyR3D
 
-            for name, method in (("ctp", CtP), (f"ctp@{args.old_ref}", ctp_at(args.old_ref))):
-                transform = method(TinyR3D(width=4), num_frames=FRAMES, hidden_channels=8).sample_transform
-                datasets[name] = TrainClipDataset(
-                    videos,
-                    frames=FRAMES,
-                    stride=STRIDE,
-                    short_side=SHORT_SIDE,
-                    crop_size=CROP,
-                    seed=0,
-                    sample_transform=transform,
-                )
+            transforms[" + CtP"] = CtP(TinyR3D(width=4), num_frames=FRAMES, hidden_channels=8).sample_transform
+        # name -> (dataset, make a loader, the persistent loader or None)
+        variants = {}
+        for suffix, transform in transforms.items():
+            new_set = TrainClipDataset(videos, sample_transform=transform, **settings)
+            old_set = old.TrainClipDataset(videos, sample_transform=transform, **settings)
+            new_make = lambda d=new_set: make_train_loader(d, batch_size=args.batch_size, num_workers=1, seed=0)  # noqa: E731
+            old_make = lambda d=old_set: old.make_train_loader(d, batch_size=args.batch_size, num_workers=1, seed=0)  # noqa: E731
+            variants["loader" + suffix] = (new_set, new_make, new_make())
+            variants["loader, worker per pass" + suffix] = (new_set, new_make, None)
+            variants["old loader" + suffix] = (old_set, old_make, None)
+        dataset = variants["loader"][0]
         print(
             f"{NUM_VIDEOS} videos {WIDTH}x{HEIGHT}, {NUM_FRAMES} frames (mpeg4/avi); {args.items} clips per pass "
             f"of {FRAMES} frames, stride {STRIDE}, short side {SHORT_SIDE}, crop {CROP}; batch {args.batch_size}, "
-            f"1 worker; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+            f"1 worker, old = {args.old}; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+            flush=True,
         )
-        runs_of: dict[str, list[tuple[float, float]]] = {name: [] for name in ["raw", *datasets]}
+        runs_of: dict[str, list[Pass]] = {name: [] for name in ["raw", *variants]}
         for repetition in range(args.repeats + 1):
-            for d in datasets.values():
+            for d, _, _ in variants.values():
                 d.set_epoch(repetition)
             # The same items in the same order as the loader, with the clip indices drawn
             # from the dataset's own per-item generator (its first draws are the starts).
@@ -161,50 +191,48 @@ def main() -> None:
             shift = repetition % len(names)
             got = {}
             for name in names[shift:] + names[:shift]:
-                got[name] = raw_decode(jobs) if name == "raw" else run_loader(datasets[name], args.batch_size)
-            raw, loader, old = got["raw"], got["new"], got["old"]
+                got[name] = raw_decode(jobs, args.batch_size) if name == "raw" else run_loader(*variants[name])
             label = "warm-up" if repetition == 0 else f"rep {repetition}"
             print(
-                f"{label:>8}: raw decord {raw[0]:6.1f} clips/s ({raw[1]:5.2f} CPU ms/clip)   "
-                f"loader {loader[0]:6.1f} clips/s ({loader[1]:5.2f} CPU ms/clip)   ratio {loader[0] / raw[0]:.3f}   "
-                f"old loader {old[0]:6.1f} clips/s ({old[1]:5.2f}) ratio {old[0] / raw[0]:.3f}"
-                + "".join(f"   {n} {got[n][0]:6.1f} clips/s ({got[n][1]:5.2f})" for n in names if n.startswith("ctp")),
+                f"{label:>8}: "
+                + "; ".join(
+                    f"{n} {p.rate:5.1f} clips/s ({p.cpu_ms:5.2f} CPU ms/clip, first batch {p.first_ms:4.0f} ms)"
+                    + ("" if n == "raw" else f" ratio {p.rate / got['raw'].rate:.3f}")
+                    for n, p in got.items()
+                ),
                 flush=True,
             )
             if repetition > 0:
                 for name, value in got.items():
                     runs_of[name].append(value)
-    raw_runs, loader_runs, old_runs = runs_of["raw"], runs_of["new"], runs_of["old"]
+        for _, _, loader in variants.values():
+            if loader is not None:
+                loader.close()
 
-    raw_rate, raw_cpu = (statistics.median(r[k] for r in raw_runs) for k in (0, 1))
-    loader_rate, loader_cpu = (statistics.median(r[k] for r in loader_runs) for k in (0, 1))
-    ratio = loader_rate / raw_rate
-    old_rate, old_cpu = (statistics.median(r[k] for r in old_runs) for k in (0, 1))
-    per_pass = [loader[0] / raw[0] for raw, loader in zip(raw_runs, loader_runs)]
-    print(f"median raw decord: {raw_rate:.1f} clips/s, {raw_cpu:.2f} CPU ms/clip")
-    print(f"median loader:     {loader_rate:.1f} clips/s, {loader_cpu:.2f} CPU ms/clip (worker + main)")
-    print(f"median old loader: {old_rate:.1f} clips/s, {old_cpu:.2f} CPU ms/clip (normalised in the worker, float32)")
-    print(f"ratio old loader/raw clips/s: {old_rate / raw_rate:.3f}; new/old: {loader_rate / old_rate:.3f}")
-    print(f"CPU-time ratio raw/loader: {raw_cpu / loader_cpu:.3f} (less sensitive to other processes' load)")
+    raw = runs_of["raw"]
+    raw_rate, raw_steady = statistics.median(p.rate for p in raw), statistics.median(p.steady for p in raw)
     print(
-        f"per-pass ratios: {', '.join(f'{r:.3f}' for r in per_pass)} (min {min(per_pass):.3f}, max {max(per_pass):.3f})"
+        f"median raw decord: {raw_rate:.1f} clips/s (steady {raw_steady:.1f}), "
+        f"{statistics.median(p.cpu_ms for p in raw):.2f} CPU ms/clip"
     )
-    print(
-        f"ratio loader/raw clips/s: {ratio:.3f} (target >= {TARGET}) -> {'PASS' if ratio >= TARGET else 'BELOW TARGET'}"
-    )
-    if args.ctp:
-        new_ctp, old_ctp = (runs_of[n] for n in runs_of if n.startswith("ctp"))
-        for name, runs in (("ctp", new_ctp), (f"ctp@{args.old_ref}", old_ctp)):
-            rate, cpu = (statistics.median(r[k] for r in runs) for k in (0, 1))
-            print(
-                f"median loader + CtP ({name}): {rate:.1f} clips/s, {cpu:.2f} CPU ms/clip; ratio to raw {rate / raw_rate:.3f}"
-            )
-        new_rate, old_rate_ctp = (statistics.median(r[0] for r in runs) for runs in (new_ctp, old_ctp))
-        new_cpu, old_cpu_ctp = (statistics.median(r[1] for r in runs) for runs in (new_ctp, old_ctp))
+    for name in variants:
+        runs = runs_of[name]
+        per_pass = [p.rate / r.rate for p, r in zip(runs, raw)]
+        steady = [p.steady / r.steady for p, r in zip(runs, raw)]
         print(
-            f"CtP loader new/old: clips/s {new_rate / old_rate_ctp:.3f}, CPU ms/clip {new_cpu / old_cpu_ctp:.3f} "
-            f"(same samples: the pasting is bit-identical)"
+            f"{name:>31}: {statistics.median(p.rate for p in runs):5.1f} clips/s, "
+            f"{statistics.median(p.cpu_ms for p in runs):5.2f} CPU ms/clip (worker + main), "
+            f"first batch {statistics.median(p.first_ms for p in runs):4.0f} ms; ratio to raw "
+            f"{statistics.median(per_pass):.3f} (per pass {', '.join(f'{r:.3f}' for r in per_pass)}), "
+            f"steady {statistics.median(steady):.3f}"
         )
+    ratio = statistics.median(p.rate / r.rate for p, r in zip(runs_of["loader"], raw))
+    old_ratio = statistics.median(p.rate / r.rate for p, r in zip(runs_of["old loader"], raw))
+    print(f"new/old loader clips/s: {ratio / old_ratio:.3f}")
+    print(
+        f"ratio loader/raw clips/s (median of per-pass ratios): {ratio:.3f} (target >= {TARGET}) -> "
+        f"{'PASS' if ratio >= TARGET else 'BELOW TARGET'}"
+    )
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 

@@ -138,20 +138,67 @@ def _prefault(storage: torch.UntypedStorage) -> None:
     libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_POPULATE_WRITE)
 
 
+# A worker's batch buffers are reused once the training process has let go of them (a
+# ring), instead of a fresh shared-memory file per batch: creating, pre-faulting and
+# unmapping one cost 4.4 ms of worker CPU per 4.8 MB uint8 batch (0.55 ms per clip,
+# perf/RESULTS.md). Each buffer carries a tail after the batch: a marker, then a flag the
+# consumer (ClipLoader) sets to 1 when no tensor of its process refers to the buffer any
+# more; the worker reuses only buffers whose flag is 1, so a batch a consumer keeps is
+# never overwritten (a consumer that never releases gets fresh buffers, as before).
+_RING_MARK = b"FVBR"
+_RING_TAIL = 8  # marker (4 bytes), released flag (1), padding
+_RING_SIZE = 6  # per worker: the batch being filled, prefetched ones, the consumer's, slack
+_ring: list[torch.UntypedStorage] = []  # this worker's buffers, oldest first
+
+
+def _tail(storage: torch.UntypedStorage, batch_bytes: int) -> Tensor:
+    return torch.empty(0, dtype=torch.uint8).set_(storage, batch_bytes, (_RING_TAIL,))
+
+
+def _ring_buffer(batch_bytes: int) -> torch.UntypedStorage:
+    """A shared-memory buffer of ``batch_bytes`` (+ tail) that no consumer uses: a released
+    one of this worker's ring, or a new one (which may push the oldest out of the ring)."""
+    for storage in _ring:
+        if storage.nbytes() == batch_bytes + _RING_TAIL:
+            tail = _tail(storage, batch_bytes)
+            if tail[4] == 1:
+                tail[4] = 0
+                return storage
+    storage = torch.UntypedStorage._new_shared(batch_bytes + _RING_TAIL)
+    _prefault(storage)
+    _tail(storage, batch_bytes).copy_(torch.frombuffer(bytearray(_RING_MARK + bytes(4)), dtype=torch.uint8))
+    _ring.append(storage)
+    del _ring[:-_RING_SIZE]
+    return storage
+
+
+def release_batch_buffer(storage: torch.UntypedStorage) -> bool:
+    """Mark a received batch buffer free for its worker to reuse; the caller must hold the
+    only reference to it. False if ``storage`` is not a worker's ring buffer."""
+    batch_bytes = storage.nbytes() - _RING_TAIL
+    if batch_bytes <= 0 or not storage.is_shared():
+        return False
+    tail = _tail(storage, batch_bytes)
+    if bytes(tail[:4].tolist()) != _RING_MARK:
+        return False
+    tail[4] = 1
+    return True
+
+
 def _new_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """An uninitialised (B, ...) tensor for a whole batch.
 
-    In a DataLoader worker it is allocated in shared memory, as ``default_collate`` would
-    allocate the stacked batch, so the samples are normalised straight into their batch
-    slot and :func:`collate_batch` hands the batch on without another copy.
+    In a DataLoader worker it lives in shared memory (a ring buffer, see above), as
+    ``default_collate`` would allocate the stacked batch, so the samples are written
+    straight into their batch slot and :func:`collate_batch` hands the batch on without
+    another copy.
     """
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     try:  # what default_collate itself uses (a private API, hence the fallback)
-        storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+        storage = _ring_buffer(math.prod(shape) * dtype.itemsize)
     except AttributeError:
         return torch.empty(shape, dtype=dtype).share_memory_()
-    _prefault(storage)
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
@@ -160,7 +207,8 @@ def _whole_batch(tensors: list[Tensor]) -> Tensor | None:
     first = tensors[0]
     storage = first.untyped_storage()
     size = first.numel()
-    if first.storage_offset() != 0 or storage.nbytes() != len(tensors) * size * first.element_size():
+    batch_bytes = len(tensors) * size * first.element_size()
+    if first.storage_offset() != 0 or storage.nbytes() not in (batch_bytes, batch_bytes + _RING_TAIL):
         return None
     for k, tensor in enumerate(tensors):
         if (
@@ -477,7 +525,8 @@ def _recycle_freed_memory() -> None:
     Every sample allocates a few MiB-sized tensors (decoded frames, float clip); with
     glibc's defaults each is a fresh mmap whose pages fault in again, which measured
     ~1.5 ms of CPU per 16-frame clip on the 2-core CI VM (perf/RESULTS.md). Workers
-    are short-lived processes, so holding on to that memory is harmless.
+    live as long as their loader (one client's round, one fine-tuning), so holding on to
+    that memory is harmless.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -495,16 +544,70 @@ def _init_worker(worker_id: int) -> None:
     _recycle_freed_memory()
 
 
-def _loader_kwargs(num_workers: int) -> dict:
+def _loader_kwargs(num_workers: int, persistent: bool = False) -> dict:
     if num_workers < 0:
         raise ValueError(f"num_workers={num_workers}: expected 0 or more")
     return {
         "num_workers": num_workers,
-        "persistent_workers": False,
+        "persistent_workers": persistent and num_workers > 0,
         "pin_memory": torch.cuda.is_available(),
         "worker_init_fn": _init_worker if num_workers > 0 else None,
         "collate_fn": collate_batch,
     }
+
+
+def _only_reference(storage: torch.UntypedStorage) -> bool:
+    """Whether ``storage`` (a Python handle) is the last reference to its memory in this process."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)  # private: without it, nothing is released
+    return use_count is not None and use_count(storage._cdata) == 1
+
+
+class ClipLoader(DataLoader):
+    """A DataLoader that gives its workers' batch buffers back (``release_batch_buffer``)
+    as soon as no tensor of this process refers to a batch's ``"video"`` any more, checked
+    each time the next batch is asked for; the batches themselves are the DataLoader's."""
+
+    def __iter__(self) -> Iterator:
+        batches = super().__iter__()
+        pending: list[torch.UntypedStorage] = []  # storages of the videos handed out, not yet released
+        while True:
+            pending = [
+                storage for storage in pending if not (_only_reference(storage) and release_batch_buffer(storage))
+            ]
+            del pending[: -_RING_SIZE * max(1, self.num_workers)]  # older ones have left every ring
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            video = batch.get("video") if isinstance(batch, dict) else None
+            if isinstance(video, Tensor) and video.is_shared():
+                pending.append(video.untyped_storage())
+            yield batch
+            del batch, video  # this frame's references would keep the batch from being released
+
+
+class TrainLoader(ClipLoader):
+    """A DataLoader whose workers persist from pass to pass (``persistent_workers``) until
+    :meth:`close`, which a ``with`` block calls on exit, error included.
+
+    A persistent worker keeps its process, its decoder caches (``inspect_video``'s
+    per-file header) and its allocator's memory; what it loads is unchanged, because every
+    item key carries its epoch (:class:`EpochBatchSampler`): the worker's copy of the
+    dataset never needs the ``set_epoch`` the main process made after forking it.
+    """
+
+    def close(self) -> None:
+        """Stop the workers now (idempotent; the next pass would start new ones)."""
+        iterator, self._iterator = getattr(self, "_iterator", None), None
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own shutdown path
+        if shutdown is not None:
+            shutdown()
+
+    def __enter__(self) -> TrainLoader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def make_train_loader(
@@ -514,25 +617,27 @@ def make_train_loader(
     seed: int,
     drop_last: bool = False,
     epochs: Sequence[int] | None = None,
-) -> DataLoader:
+) -> TrainLoader:
     """Shuffled loader over ``epochs`` (default: one epoch, the dataset's current one when
     iteration starts, so ``dataset.set_epoch(e)`` before each pass works as usual).
 
     Epoch ``e``'s order and augmentations are a function of ``(seed, e)``
     (:class:`EpochBatchSampler`), so iterating epochs 0..E-1 in one pass gives the batches
     that E passes with ``dataset.set_epoch(e)`` would. Batches are dicts of stacked
-    tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W).
+    tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W). The workers persist
+    across passes: use the loader in a ``with`` block (or call ``close()``) so they stop
+    when training ends or fails.
     """
     if epochs is None:
         epochs = lambda: getattr(dataset, "epoch", 0)  # noqa: E731
-    return DataLoader(
+    return TrainLoader(
         dataset,
         batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, epochs, drop_last),
         generator=torch.Generator().manual_seed(seed),
-        **_loader_kwargs(num_workers),
+        **_loader_kwargs(num_workers, persistent=True),
     )
 
 
-def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> ClipLoader:
     """In-order loader over every item (no shuffling, no dropped batch)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **_loader_kwargs(num_workers))
+    return ClipLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **_loader_kwargs(num_workers))

@@ -18,6 +18,7 @@ BatchNorm's randomness come from the global RNG, which is forked and seeded with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -97,7 +98,7 @@ def finetune(
     epochs = int(ft.epochs)
     if epochs < 1:
         raise ValueError(f"eval.finetune.epochs={epochs}: expected at least 1")
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), contextlib.ExitStack() as stack:
         torch.manual_seed(seed)
         model = ClassifierHead(
             copy.deepcopy(backbone),
@@ -120,7 +121,10 @@ def finetune(
             normalization=clip.normalization,
         )
         clip_norm = ft.grad_clip_norm
-        loader = make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers), seed=seed)
+        # one worker for every epoch (persistent), stopped when the block exits, error or not
+        loader = stack.enter_context(
+            make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers), seed=seed)
+        )
         optimizer = torch.optim.SGD(
             model.parameters(), lr=float(ft.lr), momentum=float(ft.momentum), weight_decay=float(ft.weight_decay)
         )
@@ -151,6 +155,7 @@ def finetune(
             losses.append(total / max(count, 1))
         if task is not None:
             progress.remove_task(task)
+        loader.close()  # free the training worker's core before the test clips' workers start
 
         model.eval()
         source = ClipSource(

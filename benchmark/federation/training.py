@@ -286,7 +286,7 @@ def run_local_training(
     losses: list[float] = []
     processed = 0
     steps = 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), loader:  # the loader's workers stop on exit, error or not
         torch.manual_seed(derive_seed(spec.seed, _TAG_TRAIN, server_round, client_id))
         for batch in loader:
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
