@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -288,6 +290,64 @@ def test_two_workers_give_the_same_batches_as_none(videos):
     assert sorted(order) == list(range(8))
     dataset.set_epoch(5)
     assert torch.cat([b["index"] for b in collect(make_train_loader(dataset, 3, 0, seed=11))]).tolist() != order
+
+
+def _shm_inode(video: torch.Tensor) -> int:
+    fd, _ = video.untyped_storage()._share_fd_cpu_()  # the received buffer's own fd
+    return os.fstat(fd).st_ino
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_persistent_worker_gives_every_pass_a_fresh_loaders_batches(videos):
+    # one worker for all passes, batch buffers reused once released, never while a batch is kept
+    dataset = train_dataset(videos * 2)  # 8 items, batches of 3: a ragged last batch of 2
+    expected = {}
+    for epoch in (0, 1, 2):
+        dataset.set_epoch(epoch)
+        expected[epoch] = collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=5))
+    inodes, pids = set(), set()
+    with make_train_loader(dataset, batch_size=3, num_workers=1, seed=5) as loader:
+        dataset.set_epoch(0)
+        for batch in loader:  # the first batch only: the next pass must start clean
+            assert torch.equal(batch["video"], expected[0][0]["video"])
+            break
+        kept = []
+        for epoch in (0, 1, 2):
+            dataset.set_epoch(epoch)
+            for k, batch in enumerate(loader):
+                pids.update(w.pid for w in loader._iterator._workers)
+                inodes.add(_shm_inode(batch["video"]))
+                assert torch.equal(batch["index"], expected[epoch][k]["index"])
+                assert torch.equal(batch["video"], expected[epoch][k]["video"]), (epoch, k)
+                if epoch == 1:
+                    kept.append(batch["video"])  # held: its buffer must not be reused
+                batch = dataset.normalize_video(batch.pop("video"))  # as training does: the uint8 batch is let go
+        for k, video in enumerate(kept):  # intact after the next pass
+            assert torch.equal(video, expected[1][k]["video"])
+    assert len(pids) == 1
+    assert len(inodes) <= 8  # 10 batches in the released passes, 3 kept ones, from a handful of buffers
+    assert not _alive(pids.pop())
+
+
+def test_training_loader_stops_its_worker_on_error_and_leaks_no_shared_memory(videos):
+    dataset = train_dataset(videos * 2)
+    shm_before = set(os.listdir("/dev/shm"))
+    with pytest.raises(RuntimeError, match="a training step failed"):
+        with make_train_loader(dataset, batch_size=3, num_workers=1, seed=5) as loader:
+            for _ in loader:
+                pid = loader._iterator._workers[0].pid
+                raise RuntimeError("a training step failed")
+    assert not _alive(pid)
+    assert loader._iterator is None
+    loader.close()  # idempotent
+    assert set(os.listdir("/dev/shm")) <= shm_before
 
 
 def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):
