@@ -338,7 +338,11 @@ def test_persistent_worker_gives_every_pass_a_fresh_loaders_batches(videos):
 
 def test_training_loader_stops_its_worker_on_error_and_leaks_no_shared_memory(videos):
     dataset = train_dataset(videos * 2)
-    shm_before = set(os.listdir("/dev/shm"))
+
+    def ours() -> set[str]:  # torch names shared memory torch_<pid>_...; other processes share the machine
+        return {name for name in os.listdir("/dev/shm") if name.startswith(f"torch_{os.getpid()}_")}
+
+    shm_before = ours()
     with pytest.raises(RuntimeError, match="a training step failed"):
         with make_train_loader(dataset, batch_size=3, num_workers=1, seed=5) as loader:
             for _ in loader:
@@ -347,7 +351,8 @@ def test_training_loader_stops_its_worker_on_error_and_leaks_no_shared_memory(vi
     assert not _alive(pid)
     assert loader._iterator is None
     loader.close()  # idempotent
-    assert set(os.listdir("/dev/shm")) <= shm_before
+    assert ours() <= shm_before
+    assert not {name for name in os.listdir("/dev/shm") if name.startswith(f"torch_{pid}_")}
 
 
 def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):

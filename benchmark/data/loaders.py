@@ -565,23 +565,36 @@ def _only_reference(storage: torch.UntypedStorage) -> bool:
 class ClipLoader(DataLoader):
     """A DataLoader that gives its workers' batch buffers back (``release_batch_buffer``)
     as soon as no tensor of this process refers to a batch's ``"video"`` any more, checked
-    each time the next batch is asked for; the batches themselves are the DataLoader's."""
+    each time the next batch is asked for; the batches themselves are the DataLoader's.
+
+    It keeps its own handle on the last few buffers so that a buffer coming back is not
+    mapped again (torch finds the live mapping in its shared-memory cache)."""
 
     def __iter__(self) -> Iterator:
         batches = super().__iter__()
-        pending: list[torch.UntypedStorage] = []  # storages of the videos handed out, not yet released
+        held = self.__dict__.setdefault("_held_buffers", {})  # data_ptr -> our one handle, oldest first
+        pending = self.__dict__.setdefault("_pending_buffers", set())  # handed out, not released yet
+        cap = _RING_SIZE * max(1, self.num_workers)  # more than every worker's ring holds
         while True:
-            pending = [
-                storage for storage in pending if not (_only_reference(storage) and release_batch_buffer(storage))
-            ]
-            del pending[: -_RING_SIZE * max(1, self.num_workers)]  # older ones have left every ring
+            for ptr in [ptr for ptr in pending if _only_reference(held[ptr])]:
+                release_batch_buffer(held[ptr])
+                pending.discard(ptr)
+            for ptr in list(held)[: max(0, len(held) - cap)]:
+                del held[ptr]
+                pending.discard(ptr)
             try:
                 batch = next(batches)
             except StopIteration:
+                if not self.persistent_workers:  # nobody will reuse them: unmap now, not when the loader dies
+                    held.clear()
+                    pending.clear()
                 return
             video = batch.get("video") if isinstance(batch, dict) else None
             if isinstance(video, Tensor) and video.is_shared():
-                pending.append(video.untyped_storage())
+                storage = video.untyped_storage()
+                held.setdefault(storage.data_ptr(), storage)
+                pending.add(storage.data_ptr())
+                del storage
             yield batch
             del batch, video  # this frame's references would keep the batch from being released
 
@@ -599,6 +612,8 @@ class TrainLoader(ClipLoader):
     def close(self) -> None:
         """Stop the workers now (idempotent; the next pass would start new ones)."""
         iterator, self._iterator = getattr(self, "_iterator", None), None
+        self.__dict__.pop("_held_buffers", None)
+        self.__dict__.pop("_pending_buffers", None)
         shutdown = getattr(iterator, "_shutdown_workers", None)  # torch's own shutdown path
         if shutdown is not None:
             shutdown()
