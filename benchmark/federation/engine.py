@@ -2,8 +2,9 @@
 
 Two engines, one ServerApp/ClientApp pair:
 
-- ``simulation`` (default): a SuperLink in simulation mode on a free 127.0.0.1 port,
-  ``flwr run`` with ``num-supernodes`` virtual SuperNodes on the Ray backend (client
+- ``simulation`` (default): a SuperLink in simulation mode on a free 127.0.0.1 port, a
+  run submitted from this process (:mod:`benchmark.federation.control`, what ``flwr run``
+  does) with ``num-supernodes`` virtual SuperNodes on the Ray backend (client
   CPU/GPU resources from ``engine.client_resources``). ``engine.ray_address`` points the
   simulation at an existing Ray cluster (exported as ``RAY_ADDRESS``).
 - ``deployment``: a real ``flower-superlink`` and one ``flower-supernode`` per client
@@ -345,7 +346,7 @@ def run_federation(
     Raises :class:`FederationError` when the ServerApp did not report completion.
 
     In a Hydra sweep (:mod:`benchmark.federation.sweep`) a simulation run submits its
-    ``flwr run`` to the sweep's SuperLink and Ray instead of starting its own.
+    run to the sweep's SuperLink and Ray instead of starting its own.
     """
     from benchmark.federation import control, sweep
 
