@@ -52,11 +52,12 @@ class SubmittedRun:
         return self.finished()
 
     def wait_quiet(self, quiet_s: float, cap_s: float) -> None:
-        """Until the stream ended, or no log arrived for ``quiet_s`` (the ServerApp's last lines,
-        uploaded every 0.2 s and polled every 0.5 s by the SuperLink, are in), at most ``cap_s``."""
-        deadline = time.monotonic() + cap_s
-        while not self.finished() and time.monotonic() < deadline:
-            if time.monotonic() - self.last_output >= quiet_s:
+        """Until the stream ended, or no log arrived for ``quiet_s`` since the call or the last
+        chunk (the ServerApp's last lines, uploaded every 0.2 s and polled every 0.5 s by the
+        SuperLink, are in), at most ``cap_s``."""
+        start = time.monotonic()
+        while not self.finished() and time.monotonic() < start + cap_s:
+            if time.monotonic() - max(self.last_output, start) >= quiet_s:
                 return
             self.wait(0.1)
 
