@@ -16,6 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+#: The ServerApp's last log line (completed or failed): once it has arrived, the log holds
+#: everything the ServerApp logged, and the launcher stops waiting for the stream.
+END_OF_LOG = "fedvid ServerApp: end of log"
+
 
 def import_flower_api() -> None:
     """Import the Flower modules :func:`submit` needs (seconds on a loaded machine): call it in a
@@ -35,9 +39,9 @@ class SubmittedRun:
     def __init__(self, client, run_id: int, log_file: Path, on_line: Callable[[str], None] | None):
         self.client = client
         self.run_id = run_id
-        self.last_output = time.monotonic()
         self.error: str | None = None
         self._log_file = log_file
+        self._tail = ""
         self._on_line = on_line
         self._thread = threading.Thread(target=self._stream, name=f"flower-log-{run_id}", daemon=True)
         self._write(f"Successfully started run {run_id}\n")
@@ -51,15 +55,15 @@ class SubmittedRun:
         self._thread.join(timeout)
         return self.finished()
 
-    def wait_quiet(self, quiet_s: float, cap_s: float) -> None:
-        """Until the stream ended, or no log arrived for ``quiet_s`` since the call or the last
-        chunk (the ServerApp's last lines, uploaded every 0.2 s and polled every 0.5 s by the
-        SuperLink, are in), at most ``cap_s``."""
-        start = time.monotonic()
-        while not self.finished() and time.monotonic() < start + cap_s:
-            if time.monotonic() - max(self.last_output, start) >= quiet_s:
-                return
-            self.wait(0.1)
+    def wait_for(self, text: str, cap_s: float) -> bool:
+        """Until ``text`` arrived in the log (or the stream ended), at most ``cap_s``; whether it arrived."""
+        deadline = time.monotonic() + cap_s
+        while not self.finished() and not self._seen(text) and time.monotonic() < deadline:
+            self.wait(0.05)
+        return self._seen(text)
+
+    def _seen(self, text: str) -> bool:
+        return text in self._tail
 
     def close(self) -> None:
         """Stop streaming (the run itself goes on until its processes are stopped)."""
@@ -74,12 +78,12 @@ class SubmittedRun:
 
         try:
             for res in self.client.StreamLogs(StreamLogsRequest(run_id=self.run_id, after_timestamp=0.0)):
-                self.last_output = time.monotonic()
                 self._write(res.log_output)
         except Exception as exc:  # noqa: BLE001 - a closed client ends the stream this way too
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _write(self, text: str) -> None:
+        self._tail = self._tail[-4096:] + text  # a line split over two chunks is still found
         with open(self._log_file, "a", encoding="utf-8") as f:
             f.write(text)
         if self._on_line is not None:

@@ -632,11 +632,13 @@ class _InProcessRun:
         return self.run.wait(timeout)
 
     def drain(self) -> None:
-        # The ServerApp wrote its files and status; its last log lines arrive within about a
-        # second. The stream itself ends only after the simulation tore Ray down (6-12 s),
-        # which the stop that follows does for a single run, and which a sweep job's
-        # simulation finishes in the background (its own driver, actors and run id).
-        self.run.wait_quiet(quiet_s=1.0, cap_s=3.0)
+        # The ServerApp wrote its files and status; its log ends with END_OF_LOG, which arrives
+        # within about a second. The stream itself ends only after the simulation tore Ray
+        # down (6-12 s), which the stop that follows does for a single run, and which a sweep
+        # job's simulation finishes in the background (its own driver, actors and run id).
+        from benchmark.federation.control import END_OF_LOG
+
+        self.run.wait_for(END_OF_LOG, cap_s=10.0)
 
     def close(self) -> None:
         self.run.close()
