@@ -53,5 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The ``fedvid`` console script: :func:`main`, then an exit without the interpreter's
+    teardown, which with torch loaded takes 1-8 s on the shared 2-core machine (destroying
+    modules and objects; perf/RESULTS.md) and writes nothing: every file the command wrote is
+    closed. The ``atexit`` handlers (logging, a sweep's Flower/Ray stop, temporary
+    directories, multiprocessing) still run. Only for the process's own command line: an
+    in-process ``main()`` (tests) returns normally."""
+    code = main()
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.federation.control import END_OF_LOG
 from benchmark.federation.sweep import SHARED_DIR, SharedKey
 from benchmark.specs import EngineSpec
 
@@ -70,6 +71,11 @@ def test_a_sweep_runs_its_jobs_on_one_superlink_and_ray_each_as_its_own_run(inte
         for job in ("0", "1")
     ]
     assert run_ids[0] != run_ids[1]
+    # ... whose logs are whole: the launcher stopped waiting for the stream once the ServerApp's
+    # last line had arrived (not before: the last round's line precedes it)
+    for job in ("0", "1"):
+        log_text = (sweep / job / "flower.log").read_text()
+        assert log_text.index("round 4/4: loss") < log_text.index(END_OF_LOG), job
     # job 0 equals the killed-and-resumed single run of seed 1 (test_runner), job 1 the single
     # run of seed 3 on an existing Ray cluster (test_ray_cluster), bit for bit
 

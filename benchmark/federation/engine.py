@@ -2,8 +2,9 @@
 
 Two engines, one ServerApp/ClientApp pair:
 
-- ``simulation`` (default): a SuperLink in simulation mode on a free 127.0.0.1 port,
-  ``flwr run`` with ``num-supernodes`` virtual SuperNodes on the Ray backend (client
+- ``simulation`` (default): a SuperLink in simulation mode on a free 127.0.0.1 port, a
+  run submitted from this process (:mod:`benchmark.federation.control`, what ``flwr run``
+  does) with ``num-supernodes`` virtual SuperNodes on the Ray backend (client
   CPU/GPU resources from ``engine.client_resources``). ``engine.ray_address`` points the
   simulation at an existing Ray cluster (exported as ``RAY_ADDRESS``).
 - ``deployment``: a real ``flower-superlink`` and one ``flower-supernode`` per client
@@ -345,10 +346,12 @@ def run_federation(
     Raises :class:`FederationError` when the ServerApp did not report completion.
 
     In a Hydra sweep (:mod:`benchmark.federation.sweep`) a simulation run submits its
-    ``flwr run`` to the sweep's SuperLink and Ray instead of starting its own.
+    run to the sweep's SuperLink and Ray instead of starting its own.
     """
-    from benchmark.federation import sweep
+    from benchmark.federation import control, sweep
 
+    if engine.name == "simulation":  # overlaps the SuperLink's start and health wait
+        threading.Thread(target=control.import_flower_api, name="import-flower", daemon=True).start()
     run_dir = Path(run_dir)
     logs = run_dir / rundir.LOGS
     logs.mkdir(parents=True, exist_ok=True)
@@ -402,22 +405,22 @@ def run_federation(
             if engine.name == "deployment":
                 _start_supernodes(procs, num_clients, dataset_root, run_dir, address, logs, creds)
         rundir.write_status(run_dir, flower=flower)
-        run_cmd = [
-            _bin("flwr"),
-            "run",
-            str(app_dir),
-            CONNECTION_NAME,
-            "--stream",
-            "--run-config",
-            f"config-path='{config_path}'",
-        ]
-        if engine.name == "simulation":
-            run_cmd += ["--federation-config", _simulation_config(engine, num_clients)]
-        flwr_run = procs.spawn("flwr run", run_cmd, None, extra_env, pipe=True)
-        reader = threading.Thread(target=_pump, args=(flwr_run, flower_log, on_line), daemon=True)
-        reader.start()
-        while flwr_run.poll() is None:
-            time.sleep(0.5)
+        if engine.name == "simulation":  # our own SuperLink: submitted from this process
+            flower_run = _InProcessRun(
+                control.submit(
+                    address,
+                    app_dir,
+                    {"config-path": str(config_path)},
+                    _simulation_config(engine, num_clients),
+                    flower_log,
+                    on_line,
+                )
+            )
+        else:  # `flwr run` reads the user's `flwr login` credentials from FLWR_HOME
+            run_cmd = [_bin("flwr"), "run", str(app_dir), CONNECTION_NAME, "--stream"]
+            run_cmd += ["--run-config", f"config-path='{config_path}'"]
+            flower_run = _CliRun(procs.spawn("flwr run", run_cmd, None, extra_env, pipe=True), flower_log, on_line)
+        while not flower_run.wait(0.5):
             peak = max(peak, memory_bytes(procs.tagged() + (shared.tagged() if shared else [])))
             if startup_s is None:
                 status = rundir.read_status(run_dir)
@@ -427,16 +430,13 @@ def run_federation(
                 on_poll()
             status = rundir.read_status(run_dir)
             if status.get("state") in ("completed", "failed"):
-                # the ServerApp is done; give `flwr run` a moment to drain the log stream
-                try:
-                    flwr_run.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    break
-        reader.join(timeout=5)
+                flower_run.drain()  # the ServerApp is done and its files are written
+                break
+        flower_run.close()
         wall = time.perf_counter() - t0
         status = rundir.read_status(run_dir)
         if status.get("state") != "completed":
-            why = status.get("message") or f"`flwr run` exited with code {flwr_run.returncode} before the run completed"
+            why = status.get("message") or f"{flower_run.ended()} before the run completed"
             raise FederationError(
                 f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
                 resumable=bool(status.get("resumable", True)),
@@ -620,6 +620,57 @@ def _simulation_config(engine: EngineSpec, num_clients: int) -> str:
     if engine.ray_num_cpus and not engine.ray_address:
         parts.append(f"init-args-num-cpus={engine.ray_num_cpus}")
     return " ".join(parts)
+
+
+class _InProcessRun:
+    """A run submitted through the Control API from this process (:mod:`benchmark.federation.control`)."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def wait(self, timeout: float) -> bool:
+        return self.run.wait(timeout)
+
+    def drain(self) -> None:
+        # The ServerApp wrote its files and status; its log ends with END_OF_LOG, which arrives
+        # within about a second. The stream itself ends only after the simulation tore Ray
+        # down (6-12 s), which the stop that follows does for a single run, and which a sweep
+        # job's simulation finishes in the background (its own driver, actors and run id).
+        from benchmark.federation.control import END_OF_LOG
+
+        self.run.wait_for(END_OF_LOG, cap_s=10.0)
+
+    def close(self) -> None:
+        self.run.close()
+
+    def ended(self) -> str:
+        why = f" ({self.run.error})" if self.run.error else ""
+        return f"the log stream of Flower run {self.run.run_id} ended{why}"
+
+
+class _CliRun:
+    """``flwr run --stream`` as a process; a thread copies its output to the log."""
+
+    def __init__(self, proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None] | None):
+        self.proc = proc
+        self.reader = threading.Thread(target=_pump, args=(proc, log_file, on_line), daemon=True)
+        self.reader.start()
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def drain(self) -> None:
+        self.wait(15)  # give `flwr run` a moment to drain the log stream
+
+    def close(self) -> None:
+        self.reader.join(timeout=5)
+
+    def ended(self) -> str:
+        return f"`flwr run` exited with code {self.proc.returncode}"
 
 
 def _pump(proc: subprocess.Popen, log_file: Path, on_line: Callable[[str], None] | None) -> None:

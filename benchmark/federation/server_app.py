@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
+from benchmark.federation.control import END_OF_LOG
 from benchmark.federation.guard import float_norm
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import initial_global_state
@@ -67,6 +68,8 @@ def main(grid: Grid, context: Context) -> None:
         )
         log.error("the federation failed:\n%s", traceback.format_exc())
         raise
+    finally:
+        log.info(END_OF_LOG)  # the launcher's log drain waits for this line
 
 
 def _exit_with_launcher() -> None:

@@ -5,7 +5,7 @@ after another in this process. :class:`SharedFlowerCallback` (``hydra.callbacks.
 in ``conf/config.yaml``; it acts on multiruns only) makes a :class:`Sweep` the owner of the
 Flower/Ray processes of the sweep: the first job on the simulation engine starts a
 :class:`SharedFlower` — ``flower-superlink --simulation`` with ``RAY_ADDRESS`` pointing at a
-``ray start --head`` on 127.0.0.1 — and every later job submits its own ``flwr run`` to it
+``ray start --head`` on 127.0.0.1 — and every later job submits its own Flower run to it
 (a new Flower run id, its own run dir, FLWR_HOME, status file and record). Jobs on the
 centralized or deployment engine never ask, so a sweep of them starts nothing.
 
