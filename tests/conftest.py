@@ -111,3 +111,31 @@ def _wait_none_launched_by(pid: int, timeout: float = 15) -> list[str]:
     while (left := launched_by(pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
+
+
+#: Modules whose end-to-end tests start Flower/Ray (their other tests are quick).
+FLOWER_MODULES = {
+    "test_deployment.py",
+    "test_image_track.py",
+    "test_ray_cluster.py",
+    "test_reproduce.py",
+    "test_reproduce_methods.py",
+    "test_runner.py",
+    "test_sweep.py",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs two pytest-xdist workers (``-n 2``; CI has 2 cores): the modules in
+    ``FLOWER_MODULES`` run on one worker, one test at a time (two Flower/Ray instances on 2 cores
+    only slow each other down, and the sweep above is made once), while the other worker runs the
+    other modules, each module on one worker (its module fixtures are made once)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FlowerOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "flower" if module.rsplit("/", 1)[-1] in FLOWER_MODULES else module
+
+    return FlowerOnOneWorker(config, log)
