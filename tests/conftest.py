@@ -113,9 +113,8 @@ def _wait_none_launched_by(pid: int, timeout: float = 15) -> list[str]:
     return left
 
 
-#: Modules whose end-to-end tests start Flower/Ray (their other tests are quick).
-FLOWER_MODULES = {
-    "test_deployment.py",
+#: Modules whose end-to-end tests start Ray (their other tests are quick).
+RAY_MODULES = {
     "test_image_track.py",
     "test_ray_cluster.py",
     "test_reproduce.py",
@@ -123,19 +122,35 @@ FLOWER_MODULES = {
     "test_runner.py",
     "test_sweep.py",
 }
+#: Flower without Ray: may run next to a Ray module.
+DEPLOYMENT_MODULE = "test_deployment.py"
+
+
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return "ray" if module.rsplit("/", 1)[-1] in RAY_MODULES else module
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """``make test`` runs two pytest-xdist workers (``-n 2``; CI has 2 cores): the modules in
-    ``FLOWER_MODULES`` run on one worker, one test at a time (two Flower/Ray instances on 2 cores
-    only slow each other down, and the sweep above is made once), while the other worker runs the
-    other modules, each module on one worker (its module fixtures are made once)."""
+    """``make test`` runs two pytest-xdist workers (``-n 2``; CI has 2 cores). The modules in
+    ``RAY_MODULES`` run on one worker, one test at a time: two Ray instances on 2 cores only slow
+    each other down, and the sweep above is made once. The other worker starts with the deployment
+    tests (the next longest) and then takes every other module, each module on one worker (its
+    module fixtures are made once)."""
     from xdist.scheduler import LoadScopeScheduling
 
-    class FlowerOnOneWorker(LoadScopeScheduling):
+    class RayOnOneWorker(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "flower" if module.rsplit("/", 1)[-1] in FLOWER_MODULES else module
+            return _scope(nodeid)
 
-    return FlowerOnOneWorker(config, log)
+    config.option.loadscopereorder = False  # hand out the scopes in the order the workers collected them
+    return RayOnOneWorker(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker: the Ray modules first, then the deployment tests, then the rest (the order
+    in which the scheduler hands them out); a plain ``pytest`` run keeps the file order."""
+    if hasattr(config, "workerinput"):
+        rank = {"ray": 0, f"tests/{DEPLOYMENT_MODULE}": 1}
+        items.sort(key=lambda item: rank.get(_scope(item.nodeid), 2))  # stable within each rank
