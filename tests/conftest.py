@@ -152,5 +152,9 @@ def pytest_collection_modifyitems(config, items):
     """On an xdist worker: the Ray modules first, then the deployment tests, then the rest (the order
     in which the scheduler hands them out); a plain ``pytest`` run keeps the file order."""
     if hasattr(config, "workerinput"):
-        rank = {"ray": 0, f"tests/{DEPLOYMENT_MODULE}": 1}
-        items.sort(key=lambda item: rank.get(_scope(item.nodeid), 2))  # stable within each rank
+
+        def rank(item) -> int:
+            scope = _scope(item.nodeid)
+            return 0 if scope == "ray" else 1 if scope.rsplit("/", 1)[-1] == DEPLOYMENT_MODULE else 2
+
+        items.sort(key=rank)  # stable within each rank
