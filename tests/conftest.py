@@ -111,3 +111,50 @@ def _wait_none_launched_by(pid: int, timeout: float = 15) -> list[str]:
     while (left := launched_by(pid)) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
+
+
+#: Modules whose end-to-end tests start Ray (their other tests are quick).
+RAY_MODULES = {
+    "test_image_track.py",
+    "test_ray_cluster.py",
+    "test_reproduce.py",
+    "test_reproduce_methods.py",
+    "test_runner.py",
+    "test_sweep.py",
+}
+#: Flower without Ray: may run next to a Ray module.
+DEPLOYMENT_MODULE = "test_deployment.py"
+
+
+def _scope(nodeid: str) -> str:
+    module = nodeid.split("::")[0]
+    return "ray" if module.rsplit("/", 1)[-1] in RAY_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs two pytest-xdist workers (``-n 2``; CI has 2 cores). The modules in
+    ``RAY_MODULES`` run on one worker, one test at a time: two Ray instances on 2 cores only slow
+    each other down, and the sweep above is made once. The other worker starts with the deployment
+    tests (the next longest) and then takes every other module, each module on one worker (its
+    module fixtures are made once)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RayOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _scope(nodeid)
+
+    config.option.loadscopereorder = False  # hand out the scopes in the order the workers collected them
+    return RayOnOneWorker(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker: the Ray modules first, then the deployment tests, then the rest (the order
+    in which the scheduler hands them out); a plain ``pytest`` run keeps the file order."""
+    if hasattr(config, "workerinput"):
+
+        def rank(item) -> int:
+            scope = _scope(item.nodeid)
+            return 0 if scope == "ray" else 1 if scope.rsplit("/", 1)[-1] == DEPLOYMENT_MODULE else 2
+
+        items.sort(key=rank)  # stable within each rank
