@@ -1,6 +1,7 @@
 """The embedded default (`fedvid run`, seed 0) end to end: old code vs new, side by side.
 
     .venv/bin/python perf/bench_demo.py [--old-ref 294c33e] [--repeats 1] [--data-root PATH]
+        [--overrides KEY=VALUE ...] [--old-overrides KEY=VALUE ...]
 
 Runs the complete `fedvid run` (Flower/Ray start-up, 4 rounds x 2 clients x 75 steps,
 evaluation) of the code at ``--old-ref`` (``git archive`` into a temporary directory, its
@@ -9,7 +10,10 @@ run directory under a temporary folder. Prints per run: wall time of the command
 record's Flower/Ray start-up, the sum of client compute, per-round losses and the learning
 result (retrieval Top-1 and linear probe, trained vs random init vs chance, on both
 synthetic sets), then the ratio new / old of the median wall times. Every run computes its
-evaluation features itself (its own ``eval.feature_cache_dir``).
+evaluation features itself (its own ``eval.feature_cache_dir``). ``--overrides`` go to both
+sides (e.g. ``federation.rounds=2 evaluate=false``), ``--old-overrides`` to the old side only:
+``--old-ref HEAD --old-overrides engine.client_resources.num_cpus=2`` compares this tree's
+parallel clients with one client at a time, in one run.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from sides import alternating, old_tree
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_demo(code_dir: Path, run_dir: Path, data_root: str) -> dict:
+def run_demo(code_dir: Path, run_dir: Path, data_root: str, overrides: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir)}
     start = time.perf_counter()
     proc = subprocess.run(
@@ -44,6 +48,7 @@ def run_demo(code_dir: Path, run_dir: Path, data_root: str) -> dict:
             # each run computes its own features: a cache shared under data_root would hand the
             # second run the first one's (same random-init weights, same trained weights on a rerun)
             f"eval.feature_cache_dir={run_dir / 'feature_cache'}",
+            *overrides,
         ],
         cwd=code_dir,
         env=env,
@@ -88,12 +93,15 @@ def main() -> None:
     parser.add_argument("--old-ref", default="294c33e")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data-root", default=os.environ.get("FEDVID_DATA_ROOT", str(ROOT / "data")))
+    parser.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of both sides")
+    parser.add_argument("--old-overrides", nargs="*", default=[], help="Hydra overrides of the old side only")
     args = parser.parse_args()
     walls: dict[str, list[float]] = {"old": [], "new": []}
     with tempfile.TemporaryDirectory(prefix="fedvid-bench-demo-") as tmp, old_tree(args.old_ref) as old:
         for k, name in enumerate(alternating(args.repeats)):
             code = old if name == "old" else ROOT
-            r = run_demo(code, Path(tmp) / f"run_{k}_{name}", args.data_root)
+            extra = args.overrides + (args.old_overrides if name == "old" else [])
+            r = run_demo(code, Path(tmp) / f"run_{k}_{name}", args.data_root, extra)
             walls[name].append(r["wall_s"])
             rec = r["record"]
             compute = sum(c["compute_s"] for rd in r["rounds"] for c in rd["clients"])

@@ -77,12 +77,15 @@ def test_simulation_on_an_existing_ray_cluster_equals_the_sweeps_run_on_its_own_
 ):
     """``engine.ray_address`` and the sweep's Ray head give the same numbers for the same config
     and seed (3: the sweep's job 1, whose round 1 this one-round run repeats; test_runner
-    compares the sweep's job 0 with a single run on its own Ray)."""
+    compares the sweep's job 0 with a single run on its own Ray). This run trains its round's
+    2 clients one at a time (``num_cpus=2`` of the cluster's 2), the sweep's job both at once
+    (``num_cpus=1``, the default): which actor runs a client, and when, changes no weight."""
     address, temp_dir, head = ray_cluster
     run_dir = tmp_path / "run"
     result = fedvid(
-        ["run", f"hydra.run.dir={run_dir}", f"data_root={tiny_data_root}", *FAULTY_RUN, "seed=3"]
-        + ["federation.rounds=1", f"engine.ray_address={address}"],
+        ["run", f"hydra.run.dir={run_dir}", f"data_root={tiny_data_root}", "seed=3"]
+        + [o for o in FAULTY_RUN if not o.startswith("engine.client_resources")]
+        + ["federation.rounds=1", f"engine.ray_address={address}", "engine.client_resources.num_cpus=2"],
         env={**os.environ, **LOOPBACK_RAY},
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -94,6 +94,13 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
+#: Seconds between two samples of the run's memory. A PSS sample walks the page tables of
+#: every process of the run in the kernel (Ray actors map gigabytes): sampled on each 0.5 s
+#: poll, `fedvid run` itself used as much CPU as a training client on the 2-core machine
+#: (perf/RESULTS.md, issue 16 fourth pass C); the peak is a round-scale figure.
+MEMORY_SAMPLE_S = 5.0
+
+
 def memory_bytes(pids: list[int]) -> int:
     """Memory of ``pids`` together (bytes): the sum of their proportional set sizes (PSS),
     which counts shared pages once (plain RSS would count Ray's shared memory per worker)."""
@@ -362,6 +369,7 @@ def run_federation(
     restore = _install_sigterm()
     t0 = time.perf_counter()
     peak = 0
+    next_memory_sample = 0.0
     startup_s = None
     flower_log = run_dir / rundir.FLOWER_LOG
     owner = sweep.active() if engine.name == "simulation" else None
@@ -421,7 +429,9 @@ def run_federation(
             run_cmd += ["--run-config", f"config-path='{config_path}'"]
             flower_run = _CliRun(procs.spawn("flwr run", run_cmd, None, extra_env, pipe=True), flower_log, on_line)
         while not flower_run.wait(0.5):
-            peak = max(peak, memory_bytes(procs.tagged() + (shared.tagged() if shared else [])))
+            if time.monotonic() >= next_memory_sample:
+                peak = max(peak, memory_bytes(procs.tagged() + (shared.tagged() if shared else [])))
+                next_memory_sample = time.monotonic() + MEMORY_SAMPLE_S
             if startup_s is None:
                 status = rundir.read_status(run_dir)
                 if status.get("state") in ("running", "completed", "failed"):
