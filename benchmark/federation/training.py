@@ -214,7 +214,8 @@ def run_local_training(
 ) -> LocalResult:
     """Train one client for one round (``spec.local_steps`` or ``spec.local_epochs``).
 
-    global_state: exchanged tensors received from the server.
+    global_state: exchanged tensors received from the server (possibly read-only views of
+        the message: only read here, or copied for a method that overrides ``start_round``).
     local_state: the client's own tensors from its previous round, or None (first round:
         heads initialised from ``client_init_seed``).
     videos: (path, label) pairs of the client's manifest entry.
@@ -233,6 +234,10 @@ def run_local_training(
     method = build_model(spec.model, client_init_seed(spec.seed, client_id))
     method.set_client_context(client_id, spec.num_clients)
     restored = bool(local_state)
+    if "start_round" in method.overridden_hooks():
+        # the ClientApp passes read-only views of the message: a method's own hook gets
+        # tensors of its own, as before, which it may keep or change
+        global_state = {k: v.clone() for k, v in global_state.items()}
     method.start_round(global_state, local_state or None, server_round)
     method.to(device).train()
     if device.type == "cuda":
