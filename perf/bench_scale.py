@@ -157,6 +157,12 @@ def main() -> None:
         help="per round, the server process's RSS and glibc malloc statistics (in use, free in the heaps, mmap'd)",
     )
     ap.add_argument(
+        "--max-minutes",
+        type=float,
+        help="stop the run after this many minutes (fedvid run terminated) and report the rounds done "
+        "with their fitted trend",
+    )
+    ap.add_argument(
         "--old",
         metavar="COMMIT",
         help="first run the same bench on COMMIT (a temporary `git worktree`, imported through PYTHONPATH), "
@@ -242,8 +248,13 @@ def run_once(args, tree: Path, label: str) -> dict:
         peaks: dict[int, list[int]] = {}
         members: list[tuple[int, str]] = []
         tick = 0
+        stopped = False
         try:
             while proc.poll() is None:
+                if args.max_minutes and time.perf_counter() - t_start > 60 * args.max_minutes and not stopped:
+                    print(f"  --max-minutes {args.max_minutes:g}: stopping after {len(done_at)} rounds", flush=True)
+                    proc.terminate()  # fedvid run stops everything it started
+                    stopped = True
                 current = len(done_at) + 1
                 srv = [0, 0]
                 cli = [0, 0]
@@ -264,9 +275,10 @@ def run_once(args, tree: Path, label: str) -> dict:
             raise
         reader.join(timeout=10)
         total_s = time.perf_counter() - t_start
-        if proc.returncode != 0:
+        if proc.returncode != 0 and not stopped:
             raise SystemExit(f"fedvid run failed (rc {proc.returncode}):\n{''.join(tail)}")
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
+        rounds = [r for r in rounds if r["round"] in done_at]  # a stopped run: the rounds it logged
         summary = report(args, run_dir, rounds, done_at, peaks, total_s)
         if args.phases:
             report_phases(phases_file, args.per_round)

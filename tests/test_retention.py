@@ -104,3 +104,49 @@ def test_evaluate_accepts_a_run_dir_and_names_pruned_rounds(tmp_path):
     with pytest.raises(FileNotFoundError, match="a directory without checkpoints/latest.json"):
         (tmp_path / "empty").mkdir()
         resolve_checkpoint_path(tmp_path / "empty")
+
+
+# ------------------------------------------------------------------ background round writes (fast)
+
+
+def test_round_writes_run_in_order_one_at_a_time_and_surface_failures(tmp_path):
+    import threading
+
+    from benchmark.federation.checkpoint import RoundWrites
+
+    events, release = [], threading.Event()
+
+    def write(r: int, wait: bool = False):
+        def run():
+            events.append(("start", r))
+            if wait:
+                release.wait(5)
+            save_checkpoint(tmp_path, Checkpoint(r, {"w": torch.full((3,), float(r))}))
+            events.append(("end", r))
+
+        return run
+
+    writes = RoundWrites()
+    writes.submit(write(1, wait=True))
+    # round 2's writes wait for round 1's, which the main thread does not (the next round trains)
+    waiter = threading.Thread(target=writes.submit, args=(write(2),))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and events == [("start", 1)] and load_latest(tmp_path) is None
+    release.set()
+    waiter.join(5)
+    writes.join()
+    assert events == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+    assert load_latest(tmp_path).round == 2 and _ckpt_rounds(tmp_path) == [1, 2]
+
+    def broken():
+        raise OSError(28, "No space left on device")
+
+    writes.submit(broken)
+    with pytest.raises(OSError, match="No space left"):  # by the next round's submit ...
+        writes.submit(write(4))
+    assert load_latest(tmp_path).round == 2  # ... which did not start
+    writes.submit(broken)
+    with pytest.raises(OSError, match="No space left"):  # ... or by the run's end
+        writes.join()
+    writes.join()  # raised once

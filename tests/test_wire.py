@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord
+from torch import nn
 
 from baselines.fvssl import FVSSL
 from benchmark.federation.base import ClientUpdate
 from benchmark.federation.guard import CHUNK, float_norm
 from benchmark.federation.strategy import l2_distance
+from benchmark.federation.training import begin_round
 from benchmark.federation.wire import record_from_state, state_from_record
+from benchmark.methods import SSLMethod
 
 
 def _r3d_like(seed: int) -> dict[str, torch.Tensor]:
@@ -171,3 +174,32 @@ def test_update_norm_flags_exactly_the_non_finite_tensors_in_the_norm_pass():
     assert failures[0].error == "non-finite values in backbone.layer0.conv.weight, backbone.layer1.bn.bias"
     assert not is_finite(nan) and is_finite(huge)
     assert norms == {1: float_norm(clean, glob)}
+
+
+class _Keeps(SSLMethod):
+    """A method whose own start_round keeps the global tensors and changes them in place."""
+
+    def start_round(self, global_state, local_state, server_round):
+        self.kept = global_state
+        for t in global_state.values():
+            t.add_(1.0)
+        super().start_round(global_state, local_state, server_round)
+
+
+def test_a_client_loads_the_global_model_from_the_message_without_aliasing_it():
+    glob = {f"backbone.{k}": v for k, v in nn.Linear(300, 200).state_dict().items()}
+    message = record_from_state(glob)
+    sent = bytes(message["backbone.weight"].data)
+
+    plain = SSLMethod(nn.Linear(300, 200))  # the default hook: copies the views into the model
+    begin_round(plain, state_from_record(message), None, 1)
+    assert all(torch.equal(plain.state_dict()[k], glob[k]) for k in glob)
+    with torch.no_grad():
+        plain.backbone.weight.add_(1.0)  # training changes the model, never the message
+    assert bytes(message["backbone.weight"].data) == sent
+
+    own = _Keeps(nn.Linear(300, 200))  # an override gets writable tensors of its own, as before
+    begin_round(own, state_from_record(message), None, 1)
+    assert bytes(message["backbone.weight"].data) == sent
+    assert torch.equal(own.kept["backbone.weight"], glob["backbone.weight"] + 1.0)
+    assert torch.equal(own.backbone.weight, glob["backbone.weight"] + 1.0)

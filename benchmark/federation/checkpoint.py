@@ -13,6 +13,8 @@ checkpoint can never execute code when it is read.
 from __future__ import annotations
 
 import io
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,44 @@ def save_checkpoint(run_dir: str | Path, ckpt: Checkpoint) -> Path:
         {"format": CHECKPOINT_FORMAT, "round": int(ckpt.round), "file": name, "sha256": sha256_bytes(data)},
     )
     return path
+
+
+class RoundWrites:
+    """The end-of-round writes (checkpoint, retention, round log, status) of one round after
+    the other, in a background thread, while the next round's clients train.
+
+    The guarantees of writing them inline stay: each round's writes run in the order its
+    function does them (``latest.json`` and the round log only after the checkpoint is
+    fsynced), round r+1's writes start only after round r's have finished, and an exception
+    in a round's writes is raised by the next :meth:`submit` or by :meth:`join`, which the
+    run's end and every failure path call. A process killed at any moment leaves what the
+    inline writes would have left after their last completed round (every file atomic).
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Wait for the previous round's writes (re-raising their failure), then start ``write``."""
+        self.join()
+        self._thread = threading.Thread(target=self._run, args=(write,), name="fedvid-round-writes")
+        self._thread.start()
+
+    def _run(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BaseException as e:  # noqa: BLE001 - handed to the thread that joins
+            self._error = e
+
+    def join(self) -> None:
+        """Wait for the pending writes; raise their exception, if any (once)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def load_checkpoint_file(path: str | Path) -> Checkpoint:

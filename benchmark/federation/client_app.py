@@ -25,8 +25,9 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, Record
 from flwr.clientapp import ClientApp
 
 from benchmark.federation.training import client_videos, run_local_training
-from benchmark.federation.wire import record_from_state
+from benchmark.federation.wire import record_from_state, state_from_record
 from benchmark.io import atomic_write_bytes, read_json
+from benchmark.memory import trim_heap
 from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, prune_client_state
 from benchmark.specs import LocalTrainingSpec
 
@@ -114,7 +115,9 @@ def _train(msg: Message, context: Context) -> Message:
     server_round = int(conf["server-round"])
     manifest, dataset_root, state_dir = _paths(cfg, context)
 
-    global_state = msg.content["arrays"].to_torch_state_dict()
+    # read-only views of the message's bytes: the model copies them in (a method that
+    # overrides start_round gets a private copy: run_local_training)
+    global_state = state_from_record(msg.content["arrays"])
     local_state = _restore_local_state(state_dir, cid, server_round)
     result = run_local_training(
         spec,
@@ -140,12 +143,16 @@ def _train(msg: Message, context: Context) -> Message:
 
         buf = io.BytesIO()
         torch.save(result.local, buf)
-        atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getvalue())
-        # Round server_round - 1 is checkpointed (the server starts a round after saving the
-        # previous one): of the older files only the newest can still be read by a resume.
+        atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getbuffer())
+        del buf
+        # Round server_round - 2 is checkpointed (the server writes round r's checkpoint while
+        # round r + 1 trains, after round r - 1's: checkpoint.RoundWrites): of the older files
+        # only the newest can still be read by a resume.
         prune_client_state(
-            _local_state_file(state_dir, cid, server_round).parent, server_round - 1, Retention.from_config(cfg)
+            _local_state_file(state_dir, cid, server_round).parent, server_round - 2, Retention.from_config(cfg)
         )
     metrics = {**result.metrics, "num-examples": int(result.num_examples), "client-id": cid}
     content = RecordDict({"arrays": record_from_state(result.exchanged), "metrics": MetricRecord(metrics)})
+    del global_state, result
+    trim_heap()  # the round's model and buffers back to the OS (the actor serves other clients next)
     return Message(content=content, reply_to=msg)

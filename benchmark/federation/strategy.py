@@ -92,8 +92,10 @@ class FedVidStrategy(Strategy):
     spec: seeded sampling, rounds, minimum clients, update guard, learning-rate schedule.
     node_of_client: manifest client id -> Flower node id (from the identity handshake).
     aggregator: an object with ``aggregate(updates, previous, server_round)``.
-    on_round_end: called with (server_round, new global state, round record) after each
-        round (the server app checkpoints and logs there).
+    on_round_end: called with (server_round, new global state, round record function) after
+        each round (the server app checkpoints and logs there); the function returns the
+        round's record (JSON dict), computing its client-to-global L2 spread when called, so
+        the server can do that off the critical path (it holds the round's updates until then).
     previous_update_norms: accepted update norms of the round before ``first_round`` (resume).
     initial_norm: weight norm of the round-0 global model (default: of ``start``'s arrays).
     """
@@ -103,7 +105,7 @@ class FedVidStrategy(Strategy):
         spec: FederationSpec,
         aggregator,
         node_of_client: dict[int, int],
-        on_round_end: Callable[[int, dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
+        on_round_end: Callable[[int, dict[str, torch.Tensor], Callable[[], dict[str, Any]]], None] | None = None,
         previous_update_norms: list[float] | None = None,
         initial_norm: float = 0.0,
     ) -> None:
@@ -118,6 +120,7 @@ class FedVidStrategy(Strategy):
         self.initial_norm = initial_norm  # of the round-0 model: the divergence check's scale
         self.global_state: dict[str, torch.Tensor] = {}
         self._round: dict[str, Any] = {}
+        self._l2_inputs: tuple | None = None
 
     # --- Strategy interface -----------------------------------------------------------
     def summary(self) -> None:
@@ -231,19 +234,26 @@ class FedVidStrategy(Strategy):
                 "bytes_down": self._round["bytes_down_per_client"] * len(sampled),
                 "bytes_up": sum(c["bytes_up"] for c in clients),
                 "global_weight_norm": weight_norm,
-                "l2_to_global": {
-                    "backbone": l2_spread([l2_distance(u.arrays, new_state, backbone_keys) for u in updates]),
-                    # heads travel only with exchange=full; with exchange=backbone they stay local
-                    "heads": l2_spread([l2_distance(u.arrays, new_state, head_keys) for u in updates])
-                    if head_keys
-                    else None,
-                },
             }
         )
+        # the client-to-global L2 spread is a log figure: computed when the record is
+        # (``on_round_end``'s record function, off the round's critical path)
+        self._l2_inputs = ([u.arrays for u in updates], new_state, backbone_keys, head_keys)
         self.previous_update_norms = list(norms.values())
         self.global_state = new_state
         metrics = MetricRecord({"loss": float(loss), "num-clients": len(updates)})
         return record_from_state(new_state), metrics
+
+    @staticmethod
+    def l2_to_global(
+        arrays: list[dict[str, torch.Tensor]], new_state: dict[str, torch.Tensor], backbone_keys, head_keys
+    ) -> dict[str, Any]:
+        """Spread of the accepted updates' L2 distances to the new global model, backbone
+        and heads (heads travel only with exchange=full; with exchange=backbone they stay local)."""
+        return {
+            "backbone": l2_spread([l2_distance(a, new_state, backbone_keys) for a in arrays]),
+            "heads": l2_spread([l2_distance(a, new_state, head_keys) for a in arrays]) if head_keys else None,
+        }
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -278,13 +288,21 @@ class FedVidStrategy(Strategy):
                 timeout=timeout,
             )
             new_arrays, metrics = self.aggregate_train(server_round, replies)
+            del replies  # 5 x 133 MB at R3D-18 scale: not held through the next round
             arrays = new_arrays
             result.arrays = new_arrays
             if metrics is not None:
                 result.train_metrics_clientapp[server_round] = metrics
             fields = dict(self._round)
             fields.pop("bytes_down_per_client", None)
-            record = RoundRecord(**fields, round_wall_s=time.perf_counter() - t0)
+            wall_s = time.perf_counter() - t0
+            pending, self._l2_inputs = [self._l2_inputs], None
+
+            def round_record(fields=fields, wall_s=wall_s, pending=pending) -> dict[str, Any]:
+                # once: the round's updates (5 x 133 MB at R3D-18 scale) are released here
+                l2 = self.l2_to_global(*pending.pop())
+                return RoundRecord(**fields, l2_to_global=l2, round_wall_s=wall_s).to_json()
+
             if self.on_round_end is not None:
-                self.on_round_end(server_round, self.global_state, record.to_json())
+                self.on_round_end(server_round, self.global_state, round_record)
         return result

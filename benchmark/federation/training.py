@@ -203,6 +203,16 @@ def maybe_inject_failure(seed: int, prob: float, server_round: int, client_id: i
         )
 
 
+def begin_round(method, global_state: dict[str, torch.Tensor], local_state, server_round: int) -> None:
+    """``method.start_round(global_state, local_state or None, server_round)``, where
+    ``global_state`` may be read-only views of the server's message (the ClientApp's, no copy):
+    the default hook only copies them into the model; a method that overrides it gets
+    tensors of its own, as it did before, which it may keep or change."""
+    if "start_round" in method.overridden_hooks():
+        global_state = {k: v.clone() for k, v in global_state.items()}
+    method.start_round(global_state, local_state or None, server_round)
+
+
 def run_local_training(
     spec: LocalTrainingSpec,
     client_id: int,
@@ -214,7 +224,8 @@ def run_local_training(
 ) -> LocalResult:
     """Train one client for one round (``spec.local_steps`` or ``spec.local_epochs``).
 
-    global_state: exchanged tensors received from the server.
+    global_state: exchanged tensors received from the server (possibly read-only views of
+        the message: only read here, or copied for a method that overrides ``start_round``).
     local_state: the client's own tensors from its previous round, or None (first round:
         heads initialised from ``client_init_seed``).
     videos: (path, label) pairs of the client's manifest entry.
@@ -233,7 +244,7 @@ def run_local_training(
     method = build_model(spec.model, client_init_seed(spec.seed, client_id))
     method.set_client_context(client_id, spec.num_clients)
     restored = bool(local_state)
-    method.start_round(global_state, local_state or None, server_round)
+    begin_round(method, global_state, local_state, server_round)
     method.to(device).train()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed clip shapes: let cuDNN pick its fastest kernels once
