@@ -27,19 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sides import alternating, old_tree  # noqa: E402
+from sides import TINY_FEDERATION, alternating, old_tree  # noqa: E402
 
 from benchmark.config import TINY_INPUT_OVERRIDES  # noqa: E402
 
 #: the tiny federation of the tests: 3 clients, 2 per round, 1 step, 1 round, no evaluation
-SWEEP = [
-    *TINY_INPUT_OVERRIDES,
-    "partition.num_clients=3",
-    "federation.local_steps=1",
-    "federation.rounds=1",
-    "evaluate=false",
-    "engine.echo_log=false",
-]
+SWEEP = [*TINY_INPUT_OVERRIDES, *TINY_FEDERATION, "engine.echo_log=false"]
 
 
 def run_sweep(code_dir: Path, sweep_dir: Path, data_root: str, seeds: str) -> dict:

@@ -12,6 +12,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: the tests' tiny federation (3 clients, 2 per round, 1 step, 1 round, no evaluation), after
+#: ``benchmark.config.TINY_INPUT_OVERRIDES``: the runs of bench_sweep.py and startup_timeline.py
+TINY_FEDERATION = ["partition.num_clients=3", "federation.local_steps=1", "federation.rounds=1", "evaluate=false"]
+
+
 @contextmanager
 def old_tree(ref: str) -> Iterator[Path]:
     """Commit ``ref`` checked out in a temporary ``git worktree`` (detached), removed afterwards.

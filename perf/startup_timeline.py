@@ -30,16 +30,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sides import TINY_FEDERATION  # noqa: E402
+
 from benchmark.config import TINY_INPUT_OVERRIDES  # noqa: E402
 
-TINY = [
-    *TINY_INPUT_OVERRIDES,
-    "partition.num_clients=3",
-    "federation.local_steps=1",
-    "federation.rounds=1",
-    "evaluate=false",
-    "engine.echo_log=true",
-]
+TINY = [*TINY_INPUT_OVERRIDES, *TINY_FEDERATION, "engine.echo_log=true"]
 
 #: process kind by a substring of its command line (first match wins)
 KINDS = [
