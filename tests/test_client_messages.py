@@ -7,6 +7,8 @@ serializes onto the wire. docs/deployment.md documents the exact contents assert
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -18,6 +20,7 @@ from benchmark.commands.run import prepare_data, prepare_manifest, save_config
 from benchmark.config import to_container
 from benchmark.data.annotations import load_annotations
 from benchmark.federation.client_app import LOCAL_STATE_KEY, app
+from benchmark.federation.payloads import PayloadFiles, unpack
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import build_model, initial_global_state
 from benchmark.methods import EXCHANGE_CHOICES
@@ -53,10 +56,12 @@ def _wire_bytes(msg: Message) -> bytes:
     return message_to_proto(msg).SerializeToString()
 
 
-def _train_message(federation, global_state: dict[str, torch.Tensor], server_round: int) -> Message:
-    """The train Message the server sends to client 0 (built by the real strategy)."""
-    strategy = FedVidStrategy(federation, aggregator=None, node_of_client=NODE_OF_CLIENT)
-    messages = strategy.configure_train(server_round, ArrayRecord(global_state), ConfigRecord(), grid=None)
+def _train_message(federation, global_state: dict[str, torch.Tensor], server_round: int, payloads=None) -> Message:
+    """The train Message the server sends to client 0 (built by the real strategy; its
+    tensors in the message, or in a shared-memory payload file with ``payloads``)."""
+    strategy = FedVidStrategy(federation, aggregator=None, node_of_client=NODE_OF_CLIENT, payloads=payloads)
+    strategy.global_state = global_state
+    messages = strategy.configure_train(server_round, None, ConfigRecord(), grid=None)
     (msg,) = [m for m in messages if m.metadata.dst_node_id == NODE_OF_CLIENT[0]] or [None]
     assert msg is not None, "client 0 must be sampled (clients_per_round = all)"
     msg.metadata.__dict__["_message_id"] = msg.object_id  # what the SuperLink assigns on delivery
@@ -123,13 +128,23 @@ def test_client_reply_holds_only_the_declared_tensors_and_metrics(method, exchan
     videos = [rel for rel, _ in manifest.client_videos(0)]
     private = [str(data_root), str(run_dir), *videos, *(v.rsplit("/", 1)[-1].rsplit(".", 1)[0] for v in videos)]
     global_state = initial_global_state(spec.model, spec.training.seed)
+    # round 2 as in the simulation: the tensors in payload files beside the messages
+    payloads = PayloadFiles(tmp_path / "payloads")
     for server_round in (1, 2):
-        reply = app(_train_message(spec.federation, global_state, server_round), context)
+        files = payloads if server_round == 2 else None
+        reply = app(_train_message(spec.federation, global_state, server_round, files), context)
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         content = reply.content
-        assert set(content.keys()) == {"arrays", "metrics"}
-        assert isinstance(content["arrays"], ArrayRecord) and isinstance(content["metrics"], MetricRecord)
-        sent = content["arrays"].to_torch_state_dict()
+        if files is None:
+            assert set(content.keys()) == {"arrays", "metrics"}
+            assert isinstance(content["arrays"], ArrayRecord) and isinstance(content["metrics"], MetricRecord)
+            sent = content["arrays"].to_torch_state_dict()
+        else:  # the reply's tensors in a new file beside the global model's
+            assert set(content.keys()) == {"arrays-file", "metrics"}
+            assert Path(content["arrays-file"]["path"]).parent == payloads.directory
+            sent = {k: v.clone() for k, v in unpack(content, unlink=True).items()}
+            payloads.end_round(server_round)
+            assert list(payloads.directory.iterdir()) == []
         # exactly the method's declared exchanged tensors, with the model's shapes
         assert set(sent) == declared
         assert all(sent[k].shape == model.state_dict()[k].shape for k in sent)

@@ -94,8 +94,8 @@ def test_a_failed_client_is_logged_with_its_traceback_and_the_round_goes_on(task
         Message(Error(1001, "RuntimeError: boom\nTraceback (most recent call last): ..."), reply_to=m1),
         _ok(m2, 5.0, 3),
     ]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert torch.equal(arrays.to_torch_state_dict()["backbone.w"], torch.full((2,), 4.0))  # (1*1 + 3*5) / 4
+    assert strategy.aggregate_train(1, replies)[0] is None  # the new global model is strategy.global_state
+    assert torch.equal(strategy.global_state["backbone.w"], torch.full((2,), 4.0))  # (1*1 + 3*5) / 4
     record = strategy._round
     assert record["replied_clients"] == [0, 2]
     failure = record["failed_clients"][0]
@@ -123,8 +123,8 @@ def test_fewer_than_min_clients_stops_the_run_with_a_clear_message(task_identity
 def test_the_update_guard_rejects_non_finite_and_outsized_updates_before_aggregation(task_identity):
     strategy, (m0, m1, m2) = _strategy(min_clients=1)
     replies = [_ok(m0, 1.0, 1), _ok(m1, float("nan"), 1), _ok(m2, 1e6, 1)]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert torch.equal(arrays.to_torch_state_dict()["backbone.w"], torch.full((2,), 1.0))  # client 0 alone
+    strategy.aggregate_train(1, replies)
+    assert torch.equal(strategy.global_state["backbone.w"], torch.full((2,), 1.0))  # client 0 alone
     failures = {f.client_id: f for f in strategy._round["failed_clients"]}
     assert failures[1].reason == "non-finite update" and "backbone.w" in failures[1].error
     assert failures[2].reason == "update norm" and "update_norm_factor=10" in failures[2].error

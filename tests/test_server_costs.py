@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from benchmark.federation.guard import float_norm, squared_distance
-from benchmark.federation.strategy import l2_distance, serialized_size
+from benchmark.federation.payloads import exchange_size, pack
+from benchmark.federation.strategy import l2_distance
 
 
 def _state(seed: int) -> dict[str, torch.Tensor]:
@@ -24,20 +25,19 @@ def _state(seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def test_serialized_size_is_the_wire_size_within_10_bytes_per_tensor():
-    for state in (_state(0), {"x": torch.ones(1)}, {}):
-        rd = RecordDict(
-            {
-                "arrays": ArrayRecord(state),
-                "metrics": MetricRecord({"loss": 1.25, "n": 3}),
-                "config": ConfigRecord({"server-round": 4}),
-            }
-        )
+def test_exchange_size_is_the_wire_size_within_10_bytes_per_tensor_for_both_payload_forms(tmp_path):
+    for i, state in enumerate((_state(0), {"x": torch.ones(1)}, {})):
+        others = {"metrics": MetricRecord({"loss": 1.25, "n": 3}), "config": ConfigRecord({"server-round": 4})}
+        rd = RecordDict({"arrays": ArrayRecord(state), **others})
         exact = recorddict_to_proto(rd).ByteSize()
-        counted = serialized_size(rd)
+        counted = exchange_size(rd)
         assert exact - 10 * len(state) <= counted <= exact, (exact, counted)
         data = sum(v.numel() * v.element_size() for v in state.values())
         assert counted >= data
+        # the same tensors in a shared-memory payload file count as the ArrayRecord they replace
+        in_file = RecordDict({**pack(state, files=tmp_path, server_round=i, what="global"), **others})
+        assert set(in_file) == {"arrays-file", "metrics", "config"}
+        assert exchange_size(in_file) == counted
 
 
 def test_norms_match_the_float64_definition():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,57 @@ def test_a_client_loads_the_global_model_from_the_message_without_aliasing_it():
     assert bytes(message["backbone.weight"].data) == sent
     assert torch.equal(own.kept["backbone.weight"], glob["backbone.weight"] + 1.0)
     assert torch.equal(own.backbone.weight, glob["backbone.weight"] + 1.0)
+
+
+def test_payload_files_carry_the_messages_tensors_bit_for_bit_and_leave_nothing_behind(tmp_path, monkeypatch):
+    """The simulation's shared-memory payloads (benchmark.federation.payloads): the same
+    tensors as the in-message ArrayRecord, files removed once read or at the round's end."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    from benchmark.federation import payloads, reaper
+
+    state = {**_r3d_like(0), "empty": torch.zeros(0, 3), "flag": torch.tensor([True, False]), "t": torch.ones(4, 3).t()}
+    files = payloads.PayloadFiles(tmp_path / "run-payloads")
+    content = RecordDict(payloads.pack(state, files=files, server_round=7, what="global"))
+    received = payloads.unpack(content)
+    in_message = state_from_record(record_from_state(state))
+    for k, v in state.items():
+        assert received[k].dtype == v.dtype and received[k].shape == v.shape and torch.equal(received[k], v), k
+        assert torch.equal(received[k], in_message[k])
+    received["backbone.layer1.conv.weight"].add_(1.0)  # copy-on-write: the file (what others read) keeps its bytes
+    assert torch.equal(payloads.unpack(content)["backbone.layer1.conv.weight"], state["backbone.layer1.conv.weight"])
+
+    # a client replies beside the global file; the server unlinks a reply once mapped
+    directory = payloads.reply_directory(content)
+    assert directory == files.directory
+    reply = RecordDict(payloads.pack(state, files=directory, server_round=7, what="client3"))
+    late = RecordDict(payloads.pack(state, files=directory, server_round=6, what="client1"))  # a round-6 straggler
+    kept = RecordDict(payloads.pack(state, files=directory, server_round=8, what="global"))
+    views = payloads.unpack(reply, unlink=True)
+    assert not Path(reply["arrays-file"]["path"]).exists() and torch.equal(
+        views["backbone.layer0.bn.running_var"], state["backbone.layer0.bn.running_var"]
+    )
+    files.end_round(7)  # the round's global file and the straggler's go; round 8's stays
+    assert [p.name for p in files.directory.iterdir()] == [Path(kept["arrays-file"]["path"]).name]
+    del late
+
+    # a file cut short is an error naming it, not wrong tensors
+    path = Path(kept["arrays-file"]["path"])
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(RuntimeError, match=f"payload file {path} has 100 bytes"):
+        payloads.unpack(kept)
+    files.close()
+    assert not files.directory.exists()
+
+    # the run's directory on /dev/shm, removed by the tag whoever ends the run's processes
+    monkeypatch.setattr(reaper, "SHARED_MEMORY", str(tmp_path))
+    monkeypatch.setattr(payloads, "SHARED_MEMORY", tmp_path)
+    run = payloads.PayloadFiles.for_run("tag0", tmp_path / "run", needed_bytes=1)
+    other = payloads.PayloadFiles.for_run("tag1", tmp_path / "run", needed_bytes=1)
+    assert run.directory.parent == tmp_path and run.directory.name.startswith("fedvid-tag0-")
+    run.write({"x": torch.ones(3)}, 1, "global")
+    assert payloads.PayloadFiles.for_run("tag0", tmp_path / "run", needed_bytes=10**18) is None  # too little free
+    reaper.remove_payloads("tag0")
+    assert not run.directory.exists() and other.directory.exists()
+    assert isinstance(ConfigRecord(dict(content["arrays-file"])), ConfigRecord)

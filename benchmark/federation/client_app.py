@@ -9,7 +9,8 @@ Messages:
 - ``query``: reply with the client id, so the server samples clients by manifest id.
 - ``train``: load the global exchanged weights (+ this client's own heads from its
   newest state file when ``exchange=backbone``), train locally, reply with the exchanged
-  weights, ``num-examples`` and metrics. A failure is logged with its traceback and
+  weights (in the message, or in a payload file beside the one the global model came in:
+  :mod:`benchmark.federation.payloads`), ``num-examples`` and metrics. A failure is logged with its traceback and
   returned as an error reply carrying the traceback.
 """
 
@@ -24,8 +25,8 @@ import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from benchmark.federation.payloads import pack, reply_directory, unpack
 from benchmark.federation.training import client_videos, run_local_training
-from benchmark.federation.wire import record_from_state, state_from_record
 from benchmark.io import atomic_write_bytes, read_json
 from benchmark.memory import trim_heap
 from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, prune_client_state
@@ -115,9 +116,9 @@ def _train(msg: Message, context: Context) -> Message:
     server_round = int(conf["server-round"])
     manifest, dataset_root, state_dir = _paths(cfg, context)
 
-    # read-only views of the message's bytes: the model copies them in (a method that
-    # overrides start_round gets a private copy: run_local_training)
-    global_state = state_from_record(msg.content["arrays"])
+    # read-only views of the message's bytes or payload file: the model copies them in (a
+    # method that overrides start_round gets a private copy: run_local_training)
+    global_state = unpack(msg.content)
     local_state = _restore_local_state(state_dir, cid, server_round)
     result = run_local_training(
         spec,
@@ -152,7 +153,9 @@ def _train(msg: Message, context: Context) -> Message:
             _local_state_file(state_dir, cid, server_round).parent, server_round - 2, Retention.from_config(cfg)
         )
     metrics = {**result.metrics, "num-examples": int(result.num_examples), "client-id": cid}
-    content = RecordDict({"arrays": record_from_state(result.exchanged), "metrics": MetricRecord(metrics)})
+    # the reply's tensors travel the way the global model came (benchmark.federation.payloads)
+    arrays = pack(result.exchanged, files=reply_directory(msg.content), server_round=server_round, what=f"client{cid}")
+    content = RecordDict({**arrays, "metrics": MetricRecord(metrics)})
     del global_state, result
     trim_heap()  # the round's model and buffers back to the OS (the actor serves other clients next)
     return Message(content=content, reply_to=msg)

@@ -2,20 +2,34 @@
 
 ``python reaper.py LAUNCHER_PID TAG`` (run by path, so it imports neither the package nor
 torch) waits for ``LAUNCHER_PID`` to exit, then kills every process whose environment holds
-``FEDVID_RUN_TAG=TAG``. :class:`benchmark.federation.engine.Processes` starts it, because a
+``FEDVID_RUN_TAG=TAG`` and removes the run's shared-memory payload directories. :class:`benchmark.federation.engine.Processes` starts it, because a
 SIGKILLed ``fedvid run`` cannot clean up itself and Ray's agents (children of the raylet)
 ignore the parent-death signal.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import select
+import shutil
 import signal
 import sys
 import time
 
 RUN_TAG_ENV = "FEDVID_RUN_TAG"
+#: A run's payload files (benchmark.federation.payloads) live in SHARED_MEMORY/fedvid-<tag>-*.
+SHARED_MEMORY = "/dev/shm"
+
+
+def payload_directories(tag: str) -> list[str]:
+    return glob.glob(os.path.join(SHARED_MEMORY, f"fedvid-{glob.escape(tag)}-*"))
+
+
+def remove_payloads(tag: str) -> None:
+    """Remove the shared-memory payload directories of the run (or sweep) tagged ``tag``."""
+    for path in payload_directories(tag):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def tagged_processes(tag: str) -> list[int]:
@@ -49,12 +63,15 @@ def kill_tagged(tag: str, grace_s: float = 8.0, passes: int = 5) -> list[int]:
     (up to ``passes`` times) while tagged processes remain: one started during a pass (Ray
     spawns workers while its raylet is stopping) escapes that pass's scans.
 
+    Then remove the run's shared-memory payload directories (nothing is left to write them).
+
     Returns the PIDs that needed SIGKILL."""
     killed: list[int] = []
     for _ in range(passes):
         killed += _kill_pass(tag, grace_s)
         if not tagged_processes(tag):
             break
+    remove_payloads(tag)
     return killed
 
 

@@ -22,8 +22,9 @@ from flwr.serverapp import Grid, ServerApp
 from benchmark.federation.checkpoint import Checkpoint, RoundWrites, save_checkpoint
 from benchmark.federation.control import END_OF_LOG
 from benchmark.federation.guard import float_norm
+from benchmark.federation.payloads import PayloadFiles
 from benchmark.federation.strategy import FedVidStrategy
-from benchmark.federation.training import initial_global_state
+from benchmark.federation.training import clients_per_round, initial_global_state
 from benchmark.federation.wire import record_from_state
 from benchmark.io import read_json
 from benchmark.memory import trim_heap
@@ -110,11 +111,12 @@ def _stop_run_processes() -> None:
     import os
     import signal
 
-    from benchmark.federation.reaper import RUN_TAG_ENV, tagged_processes
+    from benchmark.federation.reaper import RUN_TAG_ENV, remove_payloads, tagged_processes
 
     tag = os.environ.get(RUN_TAG_ENV)
     if not tag:
         return
+    remove_payloads(tag)
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
         pids = tagged_processes(tag)
         for p in pids:
@@ -230,6 +232,7 @@ def serve_rounds(
         agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
         writes.submit(lambda: write_round(server_round, new_state, agg_state, round_record))
 
+    payloads = _payload_files(spec, run_dir, global_state)
     previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
     strategy = FedVidStrategy(
         fed,
@@ -238,6 +241,7 @@ def serve_rounds(
         on_round_end=on_round_end,
         previous_update_norms=previous_norms,
         initial_norm=float_norm(initial_state),
+        payloads=payloads,
     )
     if first_round <= num_rounds:
         try:
@@ -257,10 +261,34 @@ def serve_rounds(
                     f"and the previous round's checkpoint write failed: {type(write_exc).__name__}: {write_exc}"
                 )
             raise
+        finally:
+            if payloads is not None:
+                payloads.close()
         writes.join()
     if writer is not None:
         writer.close()
     write_status(run_dir, state="completed", round=num_rounds)
+
+
+def _payload_files(spec: RunSpec, run_dir: Path, global_state) -> PayloadFiles | None:
+    """Shared-memory payload files when every client runs on this machine: the simulation on
+    the Ray instance fedvid starts (tagged with the run's ``FEDVID_RUN_TAG``); otherwise the
+    tensors travel in the messages (benchmark.federation.payloads)."""
+    import os
+
+    from benchmark.federation.reaper import RUN_TAG_ENV
+
+    tag = os.environ.get(RUN_TAG_ENV)
+    if spec.engine.name != "simulation" or spec.engine.ray_address or not tag:
+        return None
+    fed = spec.federation
+    per_round = clients_per_round(fed.clients_per_round, fed.num_clients)
+    state_bytes = sum(t.numel() * t.element_size() for t in global_state.values())
+    # the round's global file + one reply per client, with room for a late reply of the round before
+    payloads = PayloadFiles.for_run(tag, run_dir, (per_round + 2) * state_bytes, log=log)
+    if payloads is not None:
+        log.info("the round's tensors travel through %s (shared memory on this machine)", payloads.directory)
+    return payloads
 
 
 def _tensorboard_writer(run_dir: Path):

@@ -27,15 +27,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_to_proto
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
 from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance
+from benchmark.federation.payloads import PayloadFiles, exchange_size, pack, unpack
 from benchmark.federation.training import round_learning_rate, sample_clients
-from benchmark.federation.wire import record_from_state, state_from_record
 from benchmark.rundir import ClientFailure, RoundRecord
 from benchmark.specs import FederationSpec
 
@@ -53,25 +52,6 @@ class RoundFailed(RuntimeError):
     def __init__(self, message: str, resumable: bool):
         super().__init__(message)
         self.resumable = resumable
-
-
-def serialized_size(content: RecordDict) -> int:
-    """Bytes of a message's records as serialized on the wire (protobuf), without
-    serializing the tensors: their data bytes plus the encoding of everything else (the
-    records with empty tensor data). Smaller than the exact size by the growth of the
-    tensors' length prefixes (at most 10 bytes per tensor: ~1 KB of R3D-18's 133 MB);
-    serializing 133 MB per reply only to count it cost ~0.7 CPU s each (perf/bench_scale.py)."""
-    light = RecordDict()
-    data = 0
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            data += sum(len(a.data) for a in record.values())
-            light[name] = ArrayRecord(
-                {k: Array(dtype=a.dtype, shape=a.shape, stype=a.stype, data=b"") for k, a in record.items()}
-            )
-        else:
-            light[name] = record
-    return data + int(recorddict_to_proto(light).ByteSize())
 
 
 def l2_spread(values: list[float]) -> dict[str, float] | None:
@@ -98,6 +78,12 @@ class FedVidStrategy(Strategy):
         the server can do that off the critical path (it holds the round's updates until then).
     previous_update_norms: accepted update norms of the round before ``first_round`` (resume).
     initial_norm: weight norm of the round-0 global model (default: of ``start``'s arrays).
+    payloads: where the round's tensors travel: None = in the messages; a ``PayloadFiles``
+        directory on this machine's shared memory (the simulation: benchmark.federation.payloads).
+
+    The global model is ``global_state``: ``configure_train`` sends it (the ``arrays``
+    argument of Flower's signature is not used) and ``aggregate_train`` replaces it, so no
+    ``ArrayRecord`` of it is built that nothing sends (133 MB per round at R3D-18 scale).
     """
 
     def __init__(
@@ -108,6 +94,7 @@ class FedVidStrategy(Strategy):
         on_round_end: Callable[[int, dict[str, torch.Tensor], Callable[[], dict[str, Any]]], None] | None = None,
         previous_update_norms: list[float] | None = None,
         initial_norm: float = 0.0,
+        payloads: PayloadFiles | None = None,
     ) -> None:
         self.spec = spec
         self.aggregator = aggregator
@@ -121,6 +108,7 @@ class FedVidStrategy(Strategy):
         self.global_state: dict[str, torch.Tensor] = {}
         self._round: dict[str, Any] = {}
         self._l2_inputs: tuple | None = None
+        self.payloads = payloads
 
     # --- Strategy interface -----------------------------------------------------------
     def summary(self) -> None:
@@ -139,8 +127,10 @@ class FedVidStrategy(Strategy):
         lr = round_learning_rate(self.spec.optimizer, server_round)
         config["server-round"] = server_round
         config["lr"] = lr
-        content = RecordDict({"arrays": arrays, "config": config})
-        down = serialized_size(content)
+        content = RecordDict(
+            {**pack(self.global_state, files=self.payloads, server_round=server_round, what="global"), "config": config}
+        )
+        down = exchange_size(content)
         self._round = {"round": server_round, "sampled_clients": sampled, "lr": lr, "bytes_down_per_client": down}
         log.info("round %d: sampled clients %s", server_round, sampled)
         return [
@@ -148,9 +138,8 @@ class FedVidStrategy(Strategy):
             for cid in sampled
         ]
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[None, MetricRecord | None]:
+        """Screen and aggregate the replies into ``global_state`` (see the class docstring)."""
         replies = list(replies)
         sampled = self._round["sampled_clients"]
         received: dict[int, tuple[dict[str, torch.Tensor], int, dict[str, Any], int]] = {}
@@ -168,10 +157,10 @@ class FedVidStrategy(Strategy):
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
             received[cid] = (
-                state_from_record(msg.content["arrays"]),  # read-only views of the reply's bytes
+                unpack(msg.content, unlink=True),  # read-only views of the reply's bytes (or file)
                 num_examples,
                 metrics,
-                serialized_size(msg.content),
+                exchange_size(msg.content),
             )
         for cid in sampled:
             if cid not in answered:
@@ -242,7 +231,7 @@ class FedVidStrategy(Strategy):
         self.previous_update_norms = list(norms.values())
         self.global_state = new_state
         metrics = MetricRecord({"loss": float(loss), "num-clients": len(updates)})
-        return record_from_state(new_state), metrics
+        return None, metrics
 
     @staticmethod
     def l2_to_global(
@@ -278,19 +267,20 @@ class FedVidStrategy(Strategy):
         """Run rounds ``first_round..num_rounds`` (``first_round > 1`` continues a resumed run)."""
         self.summary()
         result = Result()
-        arrays = initial_arrays
         self.global_state = initial_arrays.to_torch_state_dict()
         self.initial_norm = self.initial_norm or float_norm(self.global_state)
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
             replies = grid.send_and_receive(
-                messages=self.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})), grid),
+                messages=self.configure_train(server_round, None, ConfigRecord(dict(train_config or {})), grid),
                 timeout=timeout,
             )
-            new_arrays, metrics = self.aggregate_train(server_round, replies)
+            try:
+                _, metrics = self.aggregate_train(server_round, replies)
+            finally:
+                if self.payloads is not None:  # the global model's file, replies nobody read
+                    self.payloads.end_round(server_round)
             del replies  # 5 x 133 MB at R3D-18 scale: not held through the next round
-            arrays = new_arrays
-            result.arrays = new_arrays
             if metrics is not None:
                 result.train_metrics_clientapp[server_round] = metrics
             fields = dict(self._round)
