@@ -18,8 +18,12 @@ Measured, in one run:
   read), split into client compute (``compute_s`` of the clients, which includes building
   the model and the one loader batch), aggregation and the rest (Flower messaging,
   serialisation, guard, checkpoint + retention, round log);
-  server overhead per round = cycle - the clients' compute on the critical path
-  (sum of compute_s / Ray actors).
+  server overhead per round = cycle - the time in which at least one client computes (the
+  union of the round's ``run_local_training`` intervals, logged with wall-clock times by
+  perf/scale_plugin's sitecustomize): the part of the round in which no client computes.
+  Also printed, as before 2026-12-02: cycle - sum of compute_s / Ray actors, which counts as
+  overhead the time an actor waits when the clients do not divide evenly among the actors
+  (5 clients on 2 actors: 3 waves, of which sum/actors counts 2.5).
 - memory over rounds: every 1 s the RSS (every 10 s the PSS) of each process of the run (those whose
   FLWR_HOME is the run's), grouped into server (SuperLink, flwr-simulation = ServerApp +
   Ray driver, SuperExec) and clients (Ray workers/actors, raylet, GCS, ...); per round
@@ -178,7 +182,9 @@ def main() -> None:
     print(
         f"== old vs new, {args.rounds} rounds each, one after the other: server overhead median "
         f"{old['overhead']:.2f} -> {new['overhead']:.2f} s/round, new/old {new['overhead'] / old['overhead']:.3f}; "
-        f"cycle {old['cycle']:.2f} -> {new['cycle']:.2f} s/round, new/old {new['cycle'] / old['cycle']:.3f}"
+        f"cycle {old['cycle']:.2f} -> {new['cycle']:.2f} s/round, new/old {new['cycle'] / old['cycle']:.3f}; "
+        f"(cycle - sum of compute / actors: {old['overhead_sum_per_actor']:.2f} -> "
+        f"{new['overhead_sum_per_actor']:.2f} s/round)"
     )
 
 
@@ -196,6 +202,8 @@ def run_once(args, tree: Path, label: str) -> dict:
             env["FEDVID_SCALE_PHASES"] = str(phases_file)
         if args.mallinfo:
             env["FEDVID_SCALE_MALLINFO"] = str(aux / "mallinfo.jsonl")
+        compute_file = aux / "compute.jsonl"
+        env["FEDVID_SCALE_COMPUTE"] = str(compute_file)
         if args.tracemalloc_every:
             env["FEDVID_SCALE_TRACEMALLOC"] = f"{args.tracemalloc_every}:{tmp / 'tracemalloc.txt'}"
         cmd = [
@@ -237,7 +245,7 @@ def run_once(args, tree: Path, label: str) -> dict:
                 del tail[:-60]
                 m = ROUND_LINE.search(line)
                 if m:
-                    done_at[int(m.group(1))] = time.perf_counter()
+                    done_at[int(m.group(1))] = time.time()  # the clients' compute intervals are wall-clock too
                     r = int(m.group(1))
                     if r % 10 == 0:
                         print(f"  round {r} at {time.perf_counter() - t_start:.0f} s", flush=True)
@@ -279,7 +287,7 @@ def run_once(args, tree: Path, label: str) -> dict:
             raise SystemExit(f"fedvid run failed (rc {proc.returncode}):\n{''.join(tail)}")
         rounds = [json.loads(x) for x in (run_dir / "rounds.jsonl").read_text().splitlines()]
         rounds = [r for r in rounds if r["round"] in done_at]  # a stopped run: the rounds it logged
-        summary = report(args, run_dir, rounds, done_at, peaks, total_s)
+        summary = report(args, run_dir, rounds, done_at, peaks, total_s, compute_busy(compute_file))
         if args.phases:
             report_phases(phases_file, args.per_round)
         if args.mallinfo and (aux / "mallinfo.jsonl").exists():
@@ -289,7 +297,27 @@ def run_once(args, tree: Path, label: str) -> dict:
         return summary
 
 
-def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float) -> dict:
+def compute_busy(path: Path) -> dict[int, float]:
+    """Round -> seconds in which at least one of its clients ran ``run_local_training``."""
+    spans: dict[int, list[tuple[float, float]]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            spans.setdefault(int(row["round"]), []).append((row["start"], row["end"]))
+    busy = {}
+    for r, intervals in spans.items():
+        total, end = 0.0, float("-inf")
+        for a, b in sorted(intervals):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        busy[r] = total
+    return busy
+
+
+def report(
+    args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], peaks: dict, total_s: float, busy: dict
+) -> dict:
     n = len(rounds)
     mib = 2**20
     print(
@@ -303,7 +331,7 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         if r not in cycles:
             continue
         compute = [c["compute_s"] for c in rec["clients"]]
-        critical = sum(compute) / args.cpus
+        critical = busy.get(r, sum(compute) / args.cpus)
         rows.append(
             (
                 r,
@@ -314,16 +342,17 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
                 rec["aggregate_s"],
                 cycles[r] - critical,
                 rec["bytes_up"] + rec["bytes_down"],
+                cycles[r] - sum(compute) / args.cpus,
             )
         )
     print(
-        f"{'round':>5} {'cycle s':>8} {'round_wall':>10} {'sum compute':>11} {'critical':>8} {'aggregate':>9} "
-        f"{'overhead':>8} {'MB moved':>9}"
+        f"{'round':>5} {'cycle s':>8} {'round_wall':>10} {'sum compute':>11} {'computing':>9} {'aggregate':>9} "
+        f"{'overhead':>8} {'MB moved':>9} {'cycle-sum/actors':>16}"
     )
     for row in rows[:3] + rows[-3:] if len(rows) > 6 else rows:
         print(
-            f"{row[0]:>5} {row[1]:>8.2f} {row[2]:>10.2f} {row[3]:>11.2f} {row[4]:>8.2f} {row[5]:>9.2f} "
-            f"{row[6]:>8.2f} {row[7] / 1e6:>9.1f}"
+            f"{row[0]:>5} {row[1]:>8.2f} {row[2]:>10.2f} {row[3]:>11.2f} {row[4]:>9.2f} {row[5]:>9.2f} "
+            f"{row[6]:>8.2f} {row[7] / 1e6:>9.1f} {row[8]:>16.2f}"
         )
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     over = [x[6] for x in rows]
@@ -334,6 +363,10 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         f"server overhead per round: median {med(over):.2f} s, mean {sum(over) / len(over):.2f} s, "
         f"max {max(over):.2f} s; trend {s_o * 1000:+.2f} ms/round -> {i_o + s_o * 540:.2f} s at round 540 "
         f"(target <= 2 s)"
+    )
+    print(
+        f"  (the time of the cycle in which no client computes; cycle - sum of compute / {args.cpus} actors, "
+        f"the definition before 2026-12-02: median {med([x[8] for x in rows]):.2f} s)"
     )
     print(f"  share of a {args.gpu_round_s:.0f} s GPU round: {med(over) / (args.gpu_round_s + med(over)) * 100:.2f} %")
     print(
@@ -376,7 +409,7 @@ def report(args, run_dir: Path, rounds: list[dict], done_at: dict[int, float], p
         f"{len(list((run_dir / 'client_state').rglob('*.pt')))} files)"
     )
     print(f"whole run: {total_s:.0f} s for {n} rounds incl. start-up and teardown")
-    return {"overhead": med(over), "cycle": med(cyc)}
+    return {"overhead": med(over), "cycle": med(cyc), "overhead_sum_per_actor": med([x[8] for x in rows])}
 
 
 def report_mallinfo(path: Path) -> None:

@@ -253,6 +253,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     # the reaper's SIGTERM grace + SIGKILL, slower when the machine is loaded
     assert wait_no_flower_processes(killed, timeout=90) == [], "processes survived the SIGKILLed runner"
     time.sleep(2)
+    assert _payload_dirs(killed) == [], "the killed run's shared-memory payload files were left behind"
     latest = json.loads((killed / "checkpoints" / "latest.json").read_text())["round"]
     assert latest <= at_kill + 1, "the federation went on after its launcher was killed"  # one round may be in flight
     # Under CPU load the kill can land a round or two later; resume from round 2 whatever it hit,
@@ -266,6 +267,7 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     result = fedvid(["run", "hydra.run.dir=" + str(killed), f"data_root={data_root}", *RUN, *PRUNED, "resume=true"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert wait_no_flower_processes(killed) == []
+    assert _payload_dirs(killed) == [] and _payload_dirs(full) == []
     a, b = final_weights(full), final_weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((killed / "result.json").read_text())["systems"]["flower"]["shared"] is False  # its own
@@ -294,6 +296,14 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
         r"kept: round_0002.pt, round_0004.pt",
     ):
         resolve_checkpoint_path(killed / "checkpoints" / "round_0003.pt")
+
+
+def _payload_dirs(run_dir) -> list[str]:
+    """The run's shared-memory payload directories still on /dev/shm (benchmark.federation.payloads)."""
+    from benchmark.federation.payloads import SHARED_MEMORY, payload_directory
+
+    run_id = payload_directory("tag", run_dir).name.split("-")[2]
+    return sorted(str(p) for p in SHARED_MEMORY.glob(f"fedvid-*-{run_id}-*"))
 
 
 @pytest.mark.slow

@@ -21,8 +21,12 @@ from __future__ import annotations
 import os
 
 _SINK = os.environ.get("FEDVID_SCALE_PHASES")
+#: With ``FEDVID_SCALE_COMPUTE=<file>``: one JSON line per client round,
+#: ``{"round", "start", "end"}`` (wall clock) of ``run_local_training``, so the bench can
+#: count the time of a round in which no client computes.
+_COMPUTE = os.environ.get("FEDVID_SCALE_COMPUTE")
 
-if _SINK or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ.get("FEDVID_SCALE_MALLINFO"):
+if _SINK or _COMPUTE or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ.get("FEDVID_SCALE_MALLINFO"):
     import functools
     import importlib.abc
     import json
@@ -186,6 +190,20 @@ if _SINK or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ.get("FEDVID
 
         mod._train = _timed("client: ClientApp _train (all of it)", _train, round_of)
         _wrap(mod, "run_local_training", "client: run_local_training")
+        if _COMPUTE:
+            compute = mod.run_local_training
+
+            @functools.wraps(compute)
+            def run_local_training(*args, **kwargs):
+                start = time.time()
+                try:
+                    return compute(*args, **kwargs)
+                finally:
+                    row = {"round": kwargs.get("server_round", -1), "start": start, "end": time.time()}
+                    with _lock, open(_COMPUTE, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+
+            mod.run_local_training = run_local_training
 
     _PATCHES = {
         "benchmark.federation.strategy": _patch_strategy,
