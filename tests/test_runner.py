@@ -139,6 +139,33 @@ def test_the_update_guard_rejects_non_finite_and_outsized_updates_before_aggrega
     assert [f.client_id for f in strategy._round["failed_clients"]] == [1]
 
 
+def test_updates_measured_as_they_arrive_give_the_same_round(task_identity):
+    """The round loop measures each update for the guard while the others still train
+    (FedVidStrategy.exchange): the same aggregate, norms and rejections as measuring them all at the end."""
+    direct, (m0, m1, m2) = _strategy(min_clients=1)
+    values = {0: (1.0, 1), 1: (float("nan"), 1), 2: (3.0, 2)}
+    direct.aggregate_train(1, [_ok(m, *values[i]) for i, m in enumerate((m0, m1, m2))])
+
+    arriving, messages = _strategy(min_clients=1)
+
+    class Grid:  # replies arrive in two pulls, client 1's first
+        pulls = [[1], [], [2, 0]]
+
+        def push_messages(self, msgs):
+            return [m.metadata.message_id for m in msgs]
+
+        def pull_messages(self, ids):
+            return [_ok(messages[i], *values[i]) for i in self.pulls.pop(0)]
+
+    replies = arriving.exchange(Grid(), messages, timeout=60)
+    assert len(replies) == 3 and len(arriving._arrived) == 3  # all measured before aggregation
+    arriving.aggregate_train(1, replies)
+    assert arriving._arrived == {}
+    assert torch.equal(arriving.global_state["backbone.w"], direct.global_state["backbone.w"])
+    for key in ("replied_clients", "clients", "failed_clients"):
+        assert arriving._round[key] == direct._round[key], key
+
+
 def test_a_diverged_global_model_stops_the_run_and_says_resume_would_not_help(task_identity):
     from benchmark.federation.guard import Diverged
 

@@ -120,12 +120,16 @@ def screen_updates(
     global_state: Mapping[str, torch.Tensor],
     previous_norms: list[float],
     spec: GuardSpec,
+    measured: Mapping[int, tuple[float, list[str]]] | None = None,
 ) -> tuple[dict[int, float], list[ClientFailure]]:
-    """Update norms of the clients (client id -> norm) and the rejected clients' failures."""
+    """Update norms of the clients (client id -> norm) and the rejected clients' failures.
+
+    measured: ``update_norm(updates[cid], global_state)`` of clients already measured (the
+    strategy measures each update as it arrives, while the other clients still train)."""
     norms: dict[int, float] = {}
     failures: list[ClientFailure] = []
     for cid, arrays in updates.items():
-        norm, bad = update_norm(arrays, global_state)
+        norm, bad = measured[cid] if measured and cid in measured else update_norm(arrays, global_state)
         if bad:
             failures.append(ClientFailure(cid, "non-finite update", f"non-finite values in {', '.join(bad[:5])}"))
             continue

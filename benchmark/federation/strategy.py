@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
-from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance
+from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance, update_norm
 from benchmark.federation.payloads import PayloadFiles, exchange_size, pack, unpack
 from benchmark.federation.training import round_learning_rate, sample_clients
 from benchmark.rundir import ClientFailure, RoundRecord
@@ -40,6 +40,8 @@ from benchmark.specs import FederationSpec
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
+#: How often the round loop asks the grid for replies (Flower's InMemoryGrid: 0.1 s).
+PULL_INTERVAL_S = 0.05
 
 
 class RoundFailed(RuntimeError):
@@ -109,6 +111,8 @@ class FedVidStrategy(Strategy):
         self._round: dict[str, Any] = {}
         self._l2_inputs: tuple | None = None
         self.payloads = payloads
+        #: id() of a reply the round holds -> (client id, its tensors, guard's update_norm), measured on arrival
+        self._arrived: dict[int, tuple[int, dict[str, torch.Tensor], tuple[float, list[str]]]] = {}
 
     # --- Strategy interface -----------------------------------------------------------
     def summary(self) -> None:
@@ -145,6 +149,7 @@ class FedVidStrategy(Strategy):
         received: dict[int, tuple[dict[str, torch.Tensor], int, dict[str, Any], int]] = {}
         failures: list[ClientFailure] = []
         answered: set[int] = set()
+        measured: dict[int, tuple[float, list[str]]] = {}
         for msg in replies:
             cid = self.client_of_node.get(msg.metadata.src_node_id, -1)
             answered.add(cid)
@@ -153,21 +158,26 @@ class FedVidStrategy(Strategy):
                 log.error("round %d: client %d failed:\n%s", server_round, cid, reason)
                 failures.append(ClientFailure(cid, "error", reason))
                 continue
+            arrived = self._arrived.pop(id(msg), None)
+            try:
+                # read-only views of the reply's bytes (or payload file)
+                arrays = arrived[1] if arrived else unpack(msg.content, unlink=True)
+            except (OSError, RuntimeError, KeyError, ValueError) as exc:
+                log.error("round %d: client %d's update could not be read: %s", server_round, cid, exc)
+                failures.append(ClientFailure(cid, "error", f"its update could not be read: {exc}"))
+                continue
+            if arrived:
+                measured[cid] = arrived[2]
             metrics = dict(msg.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
-            received[cid] = (
-                unpack(msg.content, unlink=True),  # read-only views of the reply's bytes (or file)
-                num_examples,
-                metrics,
-                exchange_size(msg.content),
-            )
+            received[cid] = (arrays, num_examples, metrics, exchange_size(msg.content))
         for cid in sampled:
             if cid not in answered:
                 failures.append(ClientFailure(cid, "timeout", "no reply before the round timeout"))
         # the update guard: non-finite or outsized updates never reach the aggregator
         norms, rejected = screen_updates(
-            {c: r[0] for c, r in received.items()}, self.global_state, self.previous_update_norms, self.guard
+            {c: r[0] for c, r in received.items()}, self.global_state, self.previous_update_norms, self.guard, measured
         )
         for f in rejected:
             log.error("round %d: client %d's update rejected (%s): %s", server_round, f.client_id, f.reason, f.error)
@@ -253,6 +263,33 @@ class FedVidStrategy(Strategy):
         return None
 
     # --- the round loop (resumable) ---------------------------------------------------
+    def exchange(self, grid: Grid, messages: Iterable[Message], timeout: float) -> list[Message]:
+        """``grid.send_and_receive(messages, timeout=timeout)``, measuring each update for the
+        guard as it arrives: of the guard's norms only the last reply's stays on the round's
+        critical path (~0.08 s per R3D-18 update; the other clients are still training)."""
+        pending = set(grid.push_messages(messages))
+        del messages
+        end = time.time() + timeout
+        replies: list[Message] = []
+        while pending and time.time() < end:
+            for msg in grid.pull_messages(pending):
+                pending.discard(msg.metadata.reply_to_message_id)
+                replies.append(msg)
+                self._measure_on_arrival(msg)
+            if pending:
+                time.sleep(PULL_INTERVAL_S)
+        return replies
+
+    def _measure_on_arrival(self, msg: Message) -> None:
+        cid = self.client_of_node.get(msg.metadata.src_node_id, -1)
+        if msg.has_error() or cid < 0:
+            return
+        try:
+            arrays = unpack(msg.content, unlink=True)
+        except Exception:  # noqa: BLE001 - aggregate_train reads it again and reports the client's failure
+            return
+        self._arrived[id(msg)] = (cid, arrays, update_norm(arrays, self.global_state))
+
     def start(  # type: ignore[override]
         self,
         grid: Grid,
@@ -271,13 +308,13 @@ class FedVidStrategy(Strategy):
         self.initial_norm = self.initial_norm or float_norm(self.global_state)
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
-            replies = grid.send_and_receive(
-                messages=self.configure_train(server_round, None, ConfigRecord(dict(train_config or {})), grid),
-                timeout=timeout,
+            replies = self.exchange(
+                grid, self.configure_train(server_round, None, ConfigRecord(dict(train_config or {})), grid), timeout
             )
             try:
                 _, metrics = self.aggregate_train(server_round, replies)
             finally:
+                self._arrived.clear()  # a failed round's measured replies
                 if self.payloads is not None:  # the global model's file, replies nobody read
                     self.payloads.end_round(server_round)
             del replies  # 5 x 133 MB at R3D-18 scale: not held through the next round

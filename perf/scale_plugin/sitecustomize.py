@@ -72,7 +72,11 @@ if _SINK or _COMPUTE or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ
         _wrap(mod, "screen_updates", "server: update guard (norms)")
         _wrap(mod, "check_global", "server: divergence check (global norm)")
         _wrap(mod, "l2_distance", "server: L2 client-to-global")
-        _wrap(mod, "serialized_size", "server: byte counting")
+        _wrap(mod, "serialized_size", "server: byte counting")  # before 2026-12-02
+        _wrap(mod, "exchange_size", "server: byte counting")
+        _wrap(cls, "exchange", "server: exchange (push, Flower + Ray + clients, pull, norms on arrival)")
+        _wrap(mod, "update_norm", "server: guard norm of one update (on arrival)")
+        _wrap(mod, "unpack", "server: replies -> tensors (views)")
         _wrap(mod, "state_from_record", "server: replies -> tensors")
         _wrap(mod, "record_from_state", "server: new global -> ArrayRecord")
 
