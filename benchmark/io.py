@@ -26,10 +26,13 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically (same-directory temp file + ``os.replace``).
 
-    ``mode`` (e.g. ``0o600`` for a private key) is set before any byte is written."""
+    ``mode`` (e.g. ``0o600`` for a private key) is set before any byte is written.
+    ``fsync=False``: the data is not flushed to disk before the rename; the caller makes the
+    file durable later with :func:`make_durable` (a crash of the process still leaves the old
+    or the new file, never a mix; a power loss before ``make_durable`` may leave neither)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -38,7 +41,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -47,6 +51,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
             pass
         raise
     return path
+
+
+def make_durable(paths: list[Path]) -> None:
+    """fsync the files ``paths`` (those that exist) and their directories: what
+    ``atomic_write_bytes(..., fsync=False)`` left to be done."""
+    directories: set[Path] = set()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        directories.add(Path(path).parent)
+    for directory in sorted(directories):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -308,6 +308,11 @@ def prune_checkpoints(run_dir: str | os.PathLike, retention: Retention) -> list[
     return removed
 
 
+def local_state_file(state_dir: str | os.PathLike, client_id: int, server_round: int) -> Path:
+    """A client's own tensors (heads) after ``server_round``: ``<state_dir>/client_XXXX/round_XXXX.pt``."""
+    return Path(state_dir) / f"client_{client_id:04d}" / f"round_{server_round:04d}.pt"
+
+
 def prune_client_state(client_dir: str | os.PathLike, checkpointed_round: int, retention: Retention) -> list[Path]:
     """Delete one client's state files that no resume can read: of its files of rounds <=
     ``checkpointed_round`` only the newest (and milestone rounds) stay; files of later rounds

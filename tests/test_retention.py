@@ -150,3 +150,24 @@ def test_round_writes_run_in_order_one_at_a_time_and_surface_failures(tmp_path):
     with pytest.raises(OSError, match="No space left"):  # ... or by the run's end
         writes.join()
     writes.join()  # raised once
+
+
+def test_a_state_file_left_unsynced_by_a_client_is_synced_with_its_directory_by_make_durable(tmp_path, monkeypatch):
+    """Simulation clients write their state files without fsync; the server's round writes
+    fsync them (and their directories) before checkpointing the round (server_app.write_round)."""
+    import os
+
+    from benchmark.io import atomic_write_bytes, make_durable
+    from benchmark.rundir import local_state_file
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    path = local_state_file(tmp_path, 3, 7)
+    assert path == tmp_path / "client_0003" / "round_0007.pt"
+    atomic_write_bytes(path, b"heads", fsync=False)
+    assert synced == [] and path.read_bytes() == b"heads"
+    make_durable([path, local_state_file(tmp_path, 4, 7)])  # client 4 keeps no state: nothing to sync
+    assert synced == [str(path), str(path.parent)]
+    atomic_write_bytes(path, b"heads 2")  # the default: synced before the rename
+    assert len(synced) == 3 and synced[2].startswith(str(path.parent / ".round_0007.pt."))

@@ -29,7 +29,7 @@ from benchmark.federation.payloads import pack, reply_directory, unpack
 from benchmark.federation.training import client_videos, run_local_training
 from benchmark.io import atomic_write_bytes, read_json
 from benchmark.memory import trim_heap
-from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, prune_client_state
+from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, local_state_file, prune_client_state
 from benchmark.specs import LocalTrainingSpec
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
@@ -67,6 +67,11 @@ def client_identity(node_config: dict, num_clients: int) -> int:
     return cid
 
 
+def run_state_dir(context: Context) -> Path:
+    """The run directory's client-state folder (the server's view of the clients' state files)."""
+    return Path(str(context.run_config["config-path"])).parent / CLIENT_STATE
+
+
 def _paths(cfg, context: Context) -> tuple[str, str, Path]:
     """(manifest, dataset root, client state dir) — the node config overrides the run's paths."""
     nc = context.node_config
@@ -85,7 +90,7 @@ def identify(msg: Message, context: Context) -> Message:
 
 
 def _local_state_file(state_dir: Path, cid: int, server_round: int) -> Path:
-    return state_dir / f"client_{cid:04d}" / f"round_{server_round:04d}.pt"
+    return local_state_file(state_dir, cid, server_round)
 
 
 def _restore_local_state(state_dir: Path, cid: int, server_round: int):
@@ -144,7 +149,11 @@ def _train(msg: Message, context: Context) -> Message:
 
         buf = io.BytesIO()
         torch.save(result.local, buf)
-        atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getbuffer())
+        # In the simulation (payload files: this machine) the server fsyncs the run's state
+        # files of the round before it checkpoints it (server_app: write_round), off the
+        # round's critical path; elsewhere the client does, before it replies.
+        server_syncs = reply_directory(msg.content) is not None and state_dir == run_state_dir(context)
+        atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getbuffer(), fsync=not server_syncs)
         del buf
         # Round server_round - 2 is checkpointed (the server writes round r's checkpoint while
         # round r + 1 trains, after round r - 1's: checkpoint.RoundWrites): of the older files

@@ -26,11 +26,12 @@ from benchmark.federation.payloads import PayloadFiles
 from benchmark.federation.strategy import FedVidStrategy
 from benchmark.federation.training import clients_per_round, initial_global_state
 from benchmark.federation.wire import record_from_state
-from benchmark.io import read_json
+from benchmark.io import make_durable, read_json
 from benchmark.memory import trim_heap
 from benchmark.registry import build_aggregator
 from benchmark.rundir import (
     CLIENT_STATE,
+    local_state_file,
     prune_all_client_state,
     prune_checkpoints,
     resume_point,
@@ -202,8 +203,12 @@ def serve_rounds(
 
     writer = _tensorboard_writer(run_dir) if tensorboard else None
 
+    payloads = _payload_files(spec, run_dir, global_state)
+
     def write_round(server_round: int, new_state, agg_state: dict, round_record) -> None:
         record = round_record()  # first: it releases the round's client updates
+        if payloads is not None:  # the clients left their state files' fsync to us (client_app)
+            make_durable([local_state_file(run_dir / CLIENT_STATE, c, server_round) for c in record["replied_clients"]])
         save_checkpoint(run_dir, Checkpoint(server_round, new_state, agg_state))
         # retention: only after latest.json names the new checkpoint (rundir.Retention)
         prune_checkpoints(run_dir, retention)
@@ -232,7 +237,6 @@ def serve_rounds(
         agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
         writes.submit(lambda: write_round(server_round, new_state, agg_state, round_record))
 
-    payloads = _payload_files(spec, run_dir, global_state)
     previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
     strategy = FedVidStrategy(
         fed,

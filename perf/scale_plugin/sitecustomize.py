@@ -194,6 +194,16 @@ if _SINK or _COMPUTE or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ
 
         mod._train = _timed("client: ClientApp _train (all of it)", _train, round_of)
         _wrap(mod, "run_local_training", "client: run_local_training")
+        for name, phase in (
+            ("unpack", "client: global model from the message (views)"),
+            ("_restore_local_state", "client: own heads from the state file"),
+            ("client_videos", "client: manifest + video paths"),
+            ("atomic_write_bytes", "client: heads -> state file (write, fsync, rename)"),
+            ("prune_client_state", "client: prune own state files"),
+            ("pack", "client: update -> message (or payload file)"),
+            ("trim_heap", "client: malloc_trim"),
+        ):
+            _wrap(mod, name, phase, round_of=lambda *a, **k: _round[0])
         if _COMPUTE:
             compute = mod.run_local_training
 
