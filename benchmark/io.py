@@ -13,8 +13,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def _current_umask() -> int:
@@ -33,13 +34,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = 
     ``fsync=False``: the data is not flushed to disk before the rename; the caller makes the
     file durable later with :func:`make_durable` (a crash of the process still leaves the old
     or the new file, never a mix; a power loss before ``make_durable`` may leave neither)."""
+    return atomic_write_with(path, lambda f: f.write(data), mode=mode, fsync=fsync)
+
+
+def atomic_write_with(
+    path: str | os.PathLike, write: Callable[[BinaryIO], Any], mode: int | None = None, fsync: bool = True
+) -> Path:
+    """:func:`atomic_write_bytes` with ``write(file)`` writing the content (e.g. ``torch.save``
+    straight into the file, without building the bytes in memory first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK if mode is None else mode)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from flwr.clientapp import ClientApp
 
 from benchmark.federation.payloads import pack, reply_directory, unpack
 from benchmark.federation.training import client_videos, run_local_training
-from benchmark.io import atomic_write_bytes, read_json
+from benchmark.io import atomic_write_with, read_json
 from benchmark.memory import trim_heap
 from benchmark.rundir import CLIENT_STATE, MANIFEST, Retention, local_state_file, prune_client_state
 from benchmark.specs import LocalTrainingSpec
@@ -145,16 +145,13 @@ def _train(msg: Message, context: Context) -> Message:
         # file only, which a resumed run (fresh contexts) reads too: in the simulation every
         # client's context lives in one process, and 100 CtP heads of R3D-18 kept there
         # would grow it by 2.8 GB as clients get sampled (perf/bench_scale.py).
-        import io
-
-        buf = io.BytesIO()
-        torch.save(result.local, buf)
         # In the simulation (payload files: this machine) the server fsyncs the run's state
         # files of the round before it checkpoints it (server_app: write_round), off the
         # round's critical path; elsewhere the client does, before it replies.
         server_syncs = reply_directory(msg.content) is not None and state_dir == run_state_dir(context)
-        atomic_write_bytes(_local_state_file(state_dir, cid, server_round), buf.getbuffer(), fsync=not server_syncs)
-        del buf
+        atomic_write_with(
+            _local_state_file(state_dir, cid, server_round), partial(torch.save, result.local), fsync=not server_syncs
+        )
         # Round server_round - 2 is checkpointed (the server writes round r's checkpoint while
         # round r + 1 trains, after round r - 1's: checkpoint.RoundWrites): of the older files
         # only the newest can still be read by a resume.

@@ -198,7 +198,11 @@ if _SINK or _COMPUTE or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ
             ("unpack", "client: global model from the message (views)"),
             ("_restore_local_state", "client: own heads from the state file"),
             ("client_videos", "client: manifest + video paths"),
-            ("atomic_write_bytes", "client: heads -> state file (write, fsync, rename)"),
+            ("atomic_write_bytes", "client: heads -> state file (write, fsync, rename)"),  # before 2026-12-02
+            (
+                "atomic_write_with",
+                "client: heads -> state file (torch.save, write, rename; fsync unless the server does)",
+            ),
             ("prune_client_state", "client: prune own state files"),
             ("pack", "client: update -> message (or payload file)"),
             ("trim_heap", "client: malloc_trim"),
