@@ -166,6 +166,45 @@ def test_updates_measured_as_they_arrive_give_the_same_round(task_identity):
         assert arriving._round[key] == direct._round[key], key
 
 
+def test_a_reply_naming_a_file_the_server_did_not_hand_out_fails_that_client_and_touches_nothing(
+    task_identity, tmp_path
+):
+    """The server maps and unlinks the payload file a reply names (benchmark.federation.payloads):
+    only its own directory's file for that client and round, else the client's failure."""
+    from benchmark.federation.payloads import PayloadFiles, pack
+
+    strategy, (m0, m1, m2) = _strategy(min_clients=1)
+    victim = tmp_path / "checkpoints" / "latest.json"
+    victim.parent.mkdir()
+    victim.write_text("{}")
+
+    def reply(msg, value, directory, what):
+        arrays = pack({"backbone.w": torch.full((2,), value)}, files=directory, server_round=1, what=what)
+        metrics = MetricRecord({"loss": 1.0, "compute_s": 0.5, "num-examples": 1})
+        return Message(RecordDict({**arrays, "metrics": metrics}), reply_to=msg)
+
+    strategy.payloads = PayloadFiles(tmp_path / "payloads")
+    forged = reply(m1, 2.0, strategy.payloads.directory, "client1")
+    forged.content["arrays-file"]["path"] = str(victim)
+    forged.content["arrays-file"]["bytes"] = victim.stat().st_size
+    replies = [
+        reply(m0, 1.0, strategy.payloads.directory, "client0"),
+        forged,
+        reply(m2, 3.0, strategy.payloads.directory, "client0"),  # client 2 naming client 0's file name
+    ]
+    strategy.aggregate_train(1, replies)
+    assert victim.read_text() == "{}"
+    failures = {f.client_id: f.error for f in strategy._round["failed_clients"]}
+    assert set(failures) == {1, 2} and all("could not be read: the reply names" in e for e in failures.values())
+    assert strategy._round["replied_clients"] == [0] and torch.equal(strategy.global_state["backbone.w"], torch.ones(2))
+    # without payload files in this run, a payload reference is refused too
+    strategy.payloads = None
+    strategy.global_state = {"backbone.w": torch.zeros(2)}
+    strategy.aggregate_train(1, [_ok(m0, 1.0, 1), reply(m2, 3.0, tmp_path, "client2")])
+    assert [f.client_id for f in strategy._round["failed_clients"]] == [1, 2]
+    assert "travel in the messages" in strategy._round["failed_clients"][1].error
+
+
 def test_a_diverged_global_model_stops_the_run_and_says_resume_would_not_help(task_identity):
     from benchmark.federation.guard import Diverged
 
@@ -297,7 +336,9 @@ def test_simulation_run_then_kill_and_resume_matches_the_uninterrupted_run(tmp_p
     assert _payload_dirs(killed) == [] and _payload_dirs(full) == []
     a, b = final_weights(full), final_weights(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((killed / "result.json").read_text())["systems"]["flower"]["shared"] is False  # its own
+    flower = json.loads((killed / "result.json").read_text())["systems"]["flower"]
+    assert flower["shared"] is False  # its own SuperLink and Ray
+    assert flower["tensors"] == "shared-memory"  # the payload files beside the messages (benchmark.federation.payloads)
     resumed = [json.loads(line) for line in (killed / "rounds.jsonl").read_text().splitlines()]
     assert [(r["round"], r["sampled_clients"], r["loss"]) for r in resumed] == [
         (r["round"], r["sampled_clients"], r["loss"]) for r in rounds

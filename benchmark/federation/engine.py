@@ -452,6 +452,8 @@ def run_federation(
                 resumable=bool(status.get("resumable", True)),
             )
         completed = True
+        # how the round's tensors travelled (benchmark.federation.payloads): shared-memory | messages
+        flower = {**flower, "tensors": status.get("tensors", "messages")}
         return FederationOutcome(wall, startup_s, peak, flower_log, flower)
     finally:
         leftovers = procs.stop()

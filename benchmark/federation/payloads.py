@@ -16,15 +16,20 @@ dropped). The tensors are the same bytes either way, and :func:`exchange_size` c
 bytes the message would carry in-band, so the round records are identical.
 
 A payload file is raw tensor data at 64-byte-aligned offsets; its layout (names, numpy
-dtypes, shapes, offsets) travels in the ``ConfigRecord``.
+dtypes, shapes, offsets) travels in the ``ConfigRecord``. The server maps only files of its
+own directory named for the replying client and round (``PayloadFiles.check_reply``), never
+a link or a non-regular file; if ``/dev/shm`` fills up during the run, the tensors of that
+message travel in the message instead (logged).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import mmap
 import os
 import shutil
+import stat
 import uuid
 import warnings
 from collections.abc import Mapping
@@ -37,6 +42,8 @@ from flwr.common.serde import recorddict_to_proto
 
 from benchmark.federation import reaper
 from benchmark.federation.wire import record_from_state, state_from_record
+
+log = logging.getLogger("flwr").getChild("fedvid.payloads")
 
 ARRAYS = "arrays"  # ArrayRecord: the tensors in the message
 ARRAYS_FILE = "arrays-file"  # ConfigRecord: the tensors in a payload file on this machine
@@ -64,23 +71,25 @@ def write_payload(path: Path, state: Mapping[str, torch.Tensor]) -> ConfigRecord
     """Write ``state`` (name -> CPU tensor) to the new file ``path``; return the reference
     a message carries. The file must not exist (a name is never reused)."""
     arrays = _as_arrays(state)
-    offsets, offset, wire_bytes = [], 0, 0
+    offsets, offset = [], 0
     for a in arrays.values():
         offset = -(-offset // _ALIGN) * _ALIGN
         offsets.append(offset)
         offset += a.nbytes
-        wire_bytes += _npy_header_size(a.dtype, a.shape) + a.nbytes
-    with open(path, "xb") as f:
-        for a, start in zip(arrays.values(), offsets):
-            f.seek(start)
-            if a.nbytes:
-                f.write(memoryview(a).cast("B"))
-        f.truncate(offset)
+    try:
+        with open(path, "xb") as f:
+            for a, start in zip(arrays.values(), offsets):
+                f.seek(start)
+                if a.nbytes:
+                    f.write(memoryview(a).cast("B"))
+            f.truncate(offset)
+    except BaseException:
+        path.unlink(missing_ok=True)  # no partial file (e.g. /dev/shm full) is left behind
+        raise
     return ConfigRecord(
         {
             "path": str(path),
             "bytes": offset,
-            "wire-bytes": wire_bytes,
             "names": list(arrays),
             "dtypes": [a.dtype.str for a in arrays.values()],
             "shapes": [",".join(map(str, a.shape)) for a in arrays.values()],
@@ -99,17 +108,18 @@ def read_payload(ref: ConfigRecord, *, unlink: bool = False) -> dict[str, torch.
     unlink: remove the file once mapped (the receiver that owns it: the server for
     replies); the views keep the pages until they are dropped."""
     path = Path(str(ref["path"]))
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size != int(ref["bytes"]):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # never a link, never block on a FIFO
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RuntimeError(f"payload file {path} is not a regular file")
+        if info.st_size != int(ref["bytes"]):
             raise RuntimeError(
-                f"payload file {path} has {size} bytes, its message says {ref['bytes']}: it was cut short or "
-                "replaced; the round's tensors are lost (is /dev/shm full? `df -h /dev/shm`)"
+                f"payload file {path} has {info.st_size} bytes, its message says {ref['bytes']}: it was cut short "
+                "or replaced; the round's tensors are lost (is /dev/shm full? `df -h /dev/shm`)"
             )
         # copy-on-write: a stray in-place write changes this process's pages only (never the file)
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else b""
-    if unlink:
-        path.unlink()
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if info.st_size else b""
     state: dict[str, torch.Tensor] = {}
     with warnings.catch_warnings():
         # read-only by contract, as wire.state_from_record's views: PyTorch cannot enforce it
@@ -120,6 +130,8 @@ def read_payload(ref: ConfigRecord, *, unlink: bool = False) -> dict[str, torch.
             count = int(np.prod(dims, dtype=np.int64))
             flat = np.frombuffer(mapped, dtype=np.dtype(str(dtype)), count=count, offset=int(offset))
             state[str(name)] = torch.from_numpy(flat.reshape(dims))
+    if unlink:  # only once its tensors were read: a file that fails keeps its real error
+        path.unlink()
     return state
 
 
@@ -131,13 +143,15 @@ class PayloadFiles:
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=False)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=False)  # the weights: this user's only
 
     @classmethod
     def for_run(cls, tag: str, run_dir: Path, needed_bytes: int, log=None) -> PayloadFiles | None:
         """The run's payload directory under ``/dev/shm``, or None (tensors travel in the
         messages) when ``/dev/shm`` is missing or has less than ``needed_bytes`` free."""
         if not SHARED_MEMORY.is_dir() or not os.access(SHARED_MEMORY, os.W_OK):
+            if log is not None:
+                log.warning("%s is missing or not writable: the tensors travel in the messages (slower)", SHARED_MEMORY)
             return None
         stat = os.statvfs(SHARED_MEMORY)
         free = stat.f_bavail * stat.f_frsize
@@ -154,6 +168,14 @@ class PayloadFiles:
     def write(self, state: Mapping[str, torch.Tensor], server_round: int, what: str) -> ConfigRecord:
         return write_payload(self.directory / payload_name(server_round, what), state)
 
+    def check_reply(self, ref: ConfigRecord, server_round: int, client_id: int) -> None:
+        """Refuse a reply's payload reference that is not client ``client_id``'s file of
+        ``server_round`` in this directory: the server maps and unlinks what a reply names."""
+        path = Path(str(ref["path"]))
+        prefix = f"{_ROUND_PREFIX}{server_round:06d}-client{client_id}-"
+        if path.parent != self.directory or not path.name.startswith(prefix) or path.suffix != ".bin":
+            raise RuntimeError(f"the reply names {path}, not a payload file {self.directory}/{prefix}*.bin")
+
     def end_round(self, server_round: int) -> None:
         """Remove the files of rounds <= ``server_round`` still here (the global model's, and
         replies that came too late to be read)."""
@@ -162,7 +184,10 @@ class PayloadFiles:
                 Path(entry.path).unlink(missing_ok=True)
 
     def close(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        for _ in range(3):  # a late client may still be writing into it
+            shutil.rmtree(self.directory, ignore_errors=True)
+            if not self.directory.exists():
+                return
 
 
 def payload_directory(tag: str, run_dir: Path) -> Path:
@@ -192,9 +217,12 @@ def pack(
     ``{"arrays-file": reference}`` of a new file in ``files`` (a PayloadFiles or a directory)."""
     if files is None:
         return {ARRAYS: record_from_state(state)}
-    if isinstance(files, PayloadFiles):
-        return {ARRAYS_FILE: files.write(state, server_round, what)}
-    return {ARRAYS_FILE: write_payload(Path(files) / payload_name(server_round, what), state)}
+    directory = files.directory if isinstance(files, PayloadFiles) else Path(files)
+    try:
+        return {ARRAYS_FILE: write_payload(directory / payload_name(server_round, what), state)}
+    except OSError as exc:  # /dev/shm filled up since the run started: the message carries them
+        log.warning("round %d: %s in the message (payload file: %s)", server_round, what, exc)
+        return {ARRAYS: record_from_state(state)}
 
 
 def unpack(content: RecordDict, *, unlink: bool = False) -> dict[str, torch.Tensor]:
@@ -222,7 +250,9 @@ def exchange_size(content: RecordDict) -> int:
     data = 0
     for name, record in content.items():
         if name == ARRAYS_FILE:
-            data += int(record["wire-bytes"])
+            for d, sh in zip(record["dtypes"], record["shapes"]):  # the .npy bytes the ArrayRecord would hold
+                dtype, dims = np.dtype(str(d)), _shape(str(sh))
+                data += _npy_header_size(dtype, dims) + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
             light[ARRAYS] = ArrayRecord(
                 {
                     str(k): Array(dtype=np.dtype(str(d)).name, shape=_shape(str(s)), stype="numpy.ndarray", data=b"")

@@ -117,7 +117,6 @@ def _stop_run_processes() -> None:
     tag = os.environ.get(RUN_TAG_ENV)
     if not tag:
         return
-    remove_payloads(tag)
     for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 1.0)):
         pids = tagged_processes(tag)
         for p in pids:
@@ -128,6 +127,7 @@ def _stop_run_processes() -> None:
         deadline = time.monotonic() + wait
         while tagged_processes(tag) and time.monotonic() < deadline:
             time.sleep(0.1)
+    remove_payloads(tag)  # after the kill: no client is left to write into them
 
 
 def identify_clients(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
@@ -203,12 +203,15 @@ def serve_rounds(
 
     writer = _tensorboard_writer(run_dir) if tensorboard else None
 
-    payloads = _payload_files(spec, run_dir, global_state)
+    state_dir = run_dir / CLIENT_STATE
 
     def write_round(server_round: int, new_state, agg_state: dict, round_record) -> None:
         record = round_record()  # first: it releases the round's client updates
-        if payloads is not None:  # the clients left their state files' fsync to us (client_app)
-            make_durable([local_state_file(run_dir / CLIENT_STATE, c, server_round) for c in record["replied_clients"]])
+        if strategy.payloads is not None:
+            # every sampled client's file of this round (a rejected update's too: a resume reads
+            # it) and of the round before (a client that replied too late then), and the folders
+            files = [local_state_file(state_dir, c, r) for r in (server_round - 1, server_round) for c in sampled[r]]
+            make_durable([state_dir, *files])
         save_checkpoint(run_dir, Checkpoint(server_round, new_state, agg_state))
         # retention: only after latest.json names the new checkpoint (rundir.Retention)
         prune_checkpoints(run_dir, retention)
@@ -232,9 +235,12 @@ def serve_rounds(
     # train (~1 s of the R3D-18 round off the critical path); RoundWrites keeps the inline order and guarantees.
     writes = RoundWrites()
 
+    sampled: dict[int, list[int]] = {first_round - 1: []}
+
     def on_round_end(server_round: int, new_state, round_record) -> None:
         # the aggregator's state now: it may change in place in the next round's aggregation
         agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
+        sampled[server_round] = list(strategy.round_sampled_clients)
         writes.submit(lambda: write_round(server_round, new_state, agg_state, round_record))
 
     previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []
@@ -245,10 +251,11 @@ def serve_rounds(
         on_round_end=on_round_end,
         previous_update_norms=previous_norms,
         initial_norm=float_norm(initial_state),
-        payloads=payloads,
     )
     if first_round <= num_rounds:
         try:
+            strategy.payloads = _payload_files(spec, run_dir, global_state)
+            write_status(run_dir, tensors="shared-memory" if strategy.payloads is not None else "messages")
             strategy.start(
                 grid,
                 record_from_state(global_state),
@@ -266,8 +273,8 @@ def serve_rounds(
                 )
             raise
         finally:
-            if payloads is not None:
-                payloads.close()
+            if strategy.payloads is not None:
+                strategy.payloads.close()
         writes.join()
     if writer is not None:
         writer.close()
@@ -283,7 +290,9 @@ def _payload_files(spec: RunSpec, run_dir: Path, global_state) -> PayloadFiles |
     from benchmark.federation.reaper import RUN_TAG_ENV
 
     tag = os.environ.get(RUN_TAG_ENV)
-    if spec.engine.name != "simulation" or spec.engine.ray_address or not tag:
+    # an existing Ray cluster (engine.ray_address, or RAY_ADDRESS from the environment) may
+    # put clients on other machines
+    if spec.engine.name != "simulation" or spec.engine.ray_address or os.environ.get("RAY_ADDRESS") or not tag:
         return None
     fed = spec.federation
     per_round = clients_per_round(fed.clients_per_round, fed.num_clients)

@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from benchmark.federation.base import ClientUpdate
 from benchmark.federation.guard import check_global, float_norm, screen_updates, squared_distance, update_norm
-from benchmark.federation.payloads import PayloadFiles, exchange_size, pack, unpack
+from benchmark.federation.payloads import ARRAYS_FILE, PayloadFiles, exchange_size, pack, unpack
 from benchmark.federation.training import round_learning_rate, sample_clients
 from benchmark.rundir import ClientFailure, RoundRecord
 from benchmark.specs import FederationSpec
@@ -111,8 +111,10 @@ class FedVidStrategy(Strategy):
         self._round: dict[str, Any] = {}
         self._l2_inputs: tuple | None = None
         self.payloads = payloads
-        #: id() of a reply the round holds -> (client id, its tensors, guard's update_norm), measured on arrival
-        self._arrived: dict[int, tuple[int, dict[str, torch.Tensor], tuple[float, list[str]]]] = {}
+        self.round_sampled_clients: list[int] = []  # the current round's, set by configure_train
+        #: id() of a reply the round holds -> its tensors and guard's update_norm (or why it is
+        #: unusable), read on arrival; cleared at the round's end, whatever happened
+        self._arrived: dict[int, Any] = {}
 
     # --- Strategy interface -----------------------------------------------------------
     def summary(self) -> None:
@@ -136,6 +138,7 @@ class FedVidStrategy(Strategy):
         )
         down = exchange_size(content)
         self._round = {"round": server_round, "sampled_clients": sampled, "lr": lr, "bytes_down_per_client": down}
+        self.round_sampled_clients = sampled
         log.info("round %d: sampled clients %s", server_round, sampled)
         return [
             Message(content=content, dst_node_id=self.node_of_client[cid], message_type=MessageType.TRAIN)
@@ -158,16 +161,14 @@ class FedVidStrategy(Strategy):
                 log.error("round %d: client %d failed:\n%s", server_round, cid, reason)
                 failures.append(ClientFailure(cid, "error", reason))
                 continue
-            arrived = self._arrived.pop(id(msg), None)
-            try:
-                # read-only views of the reply's bytes (or payload file)
-                arrays = arrived[1] if arrived else unpack(msg.content, unlink=True)
-            except (OSError, RuntimeError, KeyError, ValueError) as exc:
-                log.error("round %d: client %d's update could not be read: %s", server_round, cid, exc)
-                failures.append(ClientFailure(cid, "error", f"its update could not be read: {exc}"))
+            arrived = self._arrived.pop(id(msg), None) or self._read_update(msg, cid, server_round)
+            if isinstance(arrived, Exception):
+                log.error("round %d: client %d's update could not be read: %s", server_round, cid, arrived)
+                failures.append(ClientFailure(cid, "error", f"its update could not be read: {arrived}"))
                 continue
-            if arrived:
-                measured[cid] = arrived[2]
+            arrays = arrived[0]  # read-only views of the reply's bytes (or payload file)
+            if arrived[1] is not None:
+                measured[cid] = arrived[1]
             metrics = dict(msg.content["metrics"])
             num_examples = int(metrics.pop("num-examples"))
             metrics.pop("client-id", None)
@@ -267,6 +268,9 @@ class FedVidStrategy(Strategy):
         """``grid.send_and_receive(messages, timeout=timeout)``, measuring each update for the
         guard as it arrives: of the guard's norms only the last reply's stays on the round's
         critical path (~0.08 s per R3D-18 update; the other clients are still training)."""
+        # the simulation's in-memory grid answers at once; a deployment grid asks the SuperLink
+        # over the network (Flower's own interval: GrpcGrid/HttpGrid's pull_interval)
+        interval = PULL_INTERVAL_S if self.payloads is not None else float(getattr(grid, "pull_interval", 3.0))
         pending = set(grid.push_messages(messages))
         del messages
         end = time.time() + timeout
@@ -275,20 +279,27 @@ class FedVidStrategy(Strategy):
             for msg in grid.pull_messages(pending):
                 pending.discard(msg.metadata.reply_to_message_id)
                 replies.append(msg)
-                self._measure_on_arrival(msg)
+                cid = self.client_of_node.get(msg.metadata.src_node_id, -1)
+                if not msg.has_error() and cid >= 0:
+                    self._arrived[id(msg)] = self._read_update(msg, cid, self._round["round"], measure=True)
             if pending:
-                time.sleep(PULL_INTERVAL_S)
+                time.sleep(interval)
         return replies
 
-    def _measure_on_arrival(self, msg: Message) -> None:
-        cid = self.client_of_node.get(msg.metadata.src_node_id, -1)
-        if msg.has_error() or cid < 0:
-            return
+    def _read_update(
+        self, msg: Message, cid: int, server_round: int, measure: bool = False
+    ) -> tuple[dict[str, torch.Tensor], tuple[float, list[str]] | None] | Exception:
+        """A reply's tensors (read-only views) and, with ``measure``, the guard's update_norm
+        of them; or the exception that makes the update unusable (the client's failure)."""
         try:
+            if ARRAYS_FILE in msg.content:
+                if self.payloads is None:
+                    raise RuntimeError("it names a payload file, but this run's tensors travel in the messages")
+                self.payloads.check_reply(msg.content[ARRAYS_FILE], server_round, cid)
             arrays = unpack(msg.content, unlink=True)
-        except Exception:  # noqa: BLE001 - aggregate_train reads it again and reports the client's failure
-            return
-        self._arrived[id(msg)] = (cid, arrays, update_norm(arrays, self.global_state))
+            return arrays, update_norm(arrays, self.global_state) if measure else None
+        except Exception as exc:  # noqa: BLE001 - a bad update fails its client, not the run
+            return exc
 
     def start(  # type: ignore[override]
         self,
@@ -308,10 +319,12 @@ class FedVidStrategy(Strategy):
         self.initial_norm = self.initial_norm or float_norm(self.global_state)
         for server_round in range(first_round, num_rounds + 1):
             t0 = time.perf_counter()
-            replies = self.exchange(
-                grid, self.configure_train(server_round, None, ConfigRecord(dict(train_config or {})), grid), timeout
-            )
             try:
+                replies = self.exchange(
+                    grid,
+                    self.configure_train(server_round, None, ConfigRecord(dict(train_config or {})), grid),
+                    timeout,
+                )
                 _, metrics = self.aggregate_train(server_round, replies)
             finally:
                 self._arrived.clear()  # a failed round's measured replies
