@@ -213,7 +213,14 @@ def test_payload_files_carry_the_messages_tensors_bit_for_bit_and_leave_nothing_
 
     from benchmark.federation import payloads, reaper
 
-    state = {**_r3d_like(0), "empty": torch.zeros(0, 3), "flag": torch.tensor([True, False]), "t": torch.ones(4, 3).t()}
+    state = {
+        **_r3d_like(0),  # float32/64/16, 0-dim int64
+        "empty": torch.zeros(0, 3),
+        "flag": torch.tensor([True, False]),
+        "t": torch.ones(4, 3).t(),
+        "u8": torch.arange(5, dtype=torch.uint8),
+        "z": torch.zeros(3, 0),  # a 0-size tensor last: the file ends at the data before it
+    }
     files = payloads.PayloadFiles(tmp_path / "run-payloads")
     content = RecordDict(payloads.pack(state, files=files, server_round=7, what="global"))
     received = payloads.unpack(content)
