@@ -5,7 +5,9 @@ one run, rotating the order repetition by repetition, measures clips/s and CPU m
   (a) "raw decord": ``decord.VideoReader(path).get_batch(indices)`` in this process (open +
       decode at the stored size, nothing else; decord's default threads, one per core):
       the target's reference. "raw decord, 1 thread": the same with ``num_threads=1``, the
-      decoder threads our workers use (is the comparison fair? both are printed);
+      decoder threads our workers use; "raw decord, 1 thread, short side": also decoded at
+      the loader's 170x128 (decord's scaler, as the workers do): the loader's decode alone,
+      so the ratio to it is the pipeline's own cost (every ratio is printed against all three);
   (b) ``TrainClipDataset`` through ``make_train_loader`` with 1 persistent worker process
       (decode at short side 128, 16 frames at stride 2, random 112x112 crop, flip; uint8
       batches of 8), counted two ways:
@@ -18,7 +20,8 @@ one run, rotating the order repetition by repetition, measures clips/s and CPU m
         (ii) "loader + normalise": each batch also normalised here with
              ``dataset.normalize_video`` (uint8 -> float, -mean, /std on this process's one
              thread), the previous passes' figure, kept for continuity;
-      "2 workers": the same with 2 decode workers for one consumer (the GPU-ready layout);
+      "2 workers": (i) with 2 decode workers for one consumer (the GPU-ready layout, whose
+      training side normalises on the GPU);
       "worker per pass": a new loader each pass (one client's round: its worker starts
       with the pass and is counted), (ii) only;
   (c) the same (i)/(ii) with the loader of commit ``--old`` (default b3aa991) loaded from a
@@ -55,6 +58,7 @@ from sides import old_tree  # perf/ is on sys.path when run as a script
 
 import benchmark.data.loaders as new_loaders
 from benchmark.data.clips import train_clip_indices
+from benchmark.data.decoding import scaled_frame_size
 from benchmark.data.loaders import EpochBatchSampler, TrainClipDataset
 
 FRAMES, STRIDE, SHORT_SIDE, CROP = 16, 2, 128, 112
@@ -111,13 +115,14 @@ class Pass:
         self.cpu_ms = cpu / clips * 1000
 
 
-def raw_decode(jobs: list[tuple[str, list[int]]], batch_size: int, threads: int = 0) -> Pass:
+def raw_decode(jobs: list[tuple[str, list[int]]], batch_size: int, threads: int = 0, size=(-1, -1)) -> Pass:
     """Open + decode every job in this process (``threads``: decord's ``num_threads``; 0 is
-    its default, ffmpeg's one thread per core)."""
+    its default, ffmpeg's one thread per core; ``size``: (height, width) to decode at, -1:
+    the stored size)."""
     cpu, start = cpu_s([]), time.perf_counter()
     first = None
     for k, (path, indices) in enumerate(jobs):
-        decord.VideoReader(path, num_threads=threads).get_batch(indices)
+        decord.VideoReader(path, width=size[1], height=size[0], num_threads=threads).get_batch(indices)
         if k == batch_size - 1:
             first = time.perf_counter() - start
     elapsed = time.perf_counter() - start
@@ -151,7 +156,14 @@ def run_loader(dataset, make_loader, persistent_loader=None, normalise: bool = T
 
 #: the figures the summary names: (i) the target's, (ii) the previous passes', 2 workers
 UINT8, NORMALISED, TWO_WORKERS = "loader (uint8)", "loader + normalise", "loader, 2 workers (uint8)"
-RAW, RAW_ONE_THREAD = "raw decord", "raw decord, 1 thread"
+RAW, RAW_ONE_THREAD, RAW_AT_SIZE = "raw decord", "raw decord, 1 thread", "raw decord, 1 thread, short side"
+#: decord's num_threads and decode size of the raw variants: the loader's workers decode on 1
+#: thread at the short side (decord's scaler), so the last one is the loader's decode alone
+RAW_SETTINGS = {
+    RAW: (0, (-1, -1)),
+    RAW_ONE_THREAD: (1, (-1, -1)),
+    RAW_AT_SIZE: (1, scaled_frame_size(HEIGHT, WIDTH, SHORT_SIDE)),
+}
 
 
 def main() -> None:
@@ -188,7 +200,6 @@ def main() -> None:
             UINT8: (new_set, new_one, persistent["new 1"], False),
             NORMALISED: (new_set, new_one, persistent["new 1"], True),
             TWO_WORKERS: (new_set, new_two, persistent["new 2"], False),
-            "loader, 2 workers + normalise": (new_set, new_two, persistent["new 2"], True),
             "loader, worker per pass + normalise": (new_set, new_one, None, True),
             "old loader (uint8)": (old_set, old_one, persistent["old 1"], False),
             "old loader + normalise": (old_set, old_one, persistent["old 1"], True),
@@ -211,7 +222,7 @@ def main() -> None:
             f"old = {args.old}; load average at start {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
             flush=True,
         )
-        runs_of: dict[str, list[Pass]] = {name: [] for name in [RAW, RAW_ONE_THREAD, *variants]}
+        runs_of: dict[str, list[Pass]] = {name: [] for name in [*RAW_SETTINGS, *variants]}
         for repetition in range(args.repeats + 1):
             for d in datasets:
                 d.set_epoch(repetition)
@@ -227,8 +238,8 @@ def main() -> None:
             shift = repetition % len(names)
             got = {}
             for name in names[shift:] + names[:shift]:
-                if name in (RAW, RAW_ONE_THREAD):
-                    got[name] = raw_decode(jobs, args.batch_size, threads=1 if name == RAW_ONE_THREAD else 0)
+                if name in RAW_SETTINGS:
+                    got[name] = raw_decode(jobs, args.batch_size, *RAW_SETTINGS[name])
                 else:
                     got[name] = run_loader(*variants[name])
             label = "warm-up" if repetition == 0 else f"rep {repetition}"
@@ -262,7 +273,8 @@ def main() -> None:
             ratio, per_pass = median_ratio(name)
             line += (
                 f"; of raw {ratio:.3f} (per pass {', '.join(f'{r:.2f}' for r in per_pass)}), "
-                f"steady {median_ratio(name, steady=True)[0]:.3f}, of raw 1 thread {median_ratio(name, RAW_ONE_THREAD)[0]:.3f}"
+                f"steady {median_ratio(name, steady=True)[0]:.3f}, of raw 1 thread {median_ratio(name, RAW_ONE_THREAD)[0]:.3f}, "
+                f"of raw 1 thread at the short side {median_ratio(name, RAW_AT_SIZE)[0]:.3f}"
             )
         print(line)
     for name in (UINT8, NORMALISED):
@@ -272,7 +284,8 @@ def main() -> None:
     print(
         f"(i)  the target's figure, loader (uint8) / raw decord: {target:.3f} (target >= {TARGET}) -> "
         f"{'PASS' if target >= TARGET else 'BELOW TARGET'}; against raw decord on 1 thread (the workers' "
-        f"decoder threads): {median_ratio(UINT8, RAW_ONE_THREAD)[0]:.3f}"
+        f"decoder threads): {median_ratio(UINT8, RAW_ONE_THREAD)[0]:.3f}, and at the short side (the workers' own "
+        f"decode, resize included): {median_ratio(UINT8, RAW_AT_SIZE)[0]:.3f}"
     )
     print(
         f"(ii) with the training side's normalisation on this process's thread: {median_ratio(NORMALISED)[0]:.3f} "
@@ -280,7 +293,8 @@ def main() -> None:
     )
     print(
         f"2 decode workers for one consumer, uint8: {median_ratio(TWO_WORKERS)[0]:.3f} of raw decord, "
-        f"{median_ratio(TWO_WORKERS, RAW_ONE_THREAD)[0]:.3f} of raw on 1 thread"
+        f"{median_ratio(TWO_WORKERS, RAW_ONE_THREAD)[0]:.3f} of raw on 1 thread, "
+        f"{median_ratio(TWO_WORKERS, RAW_AT_SIZE)[0]:.3f} of raw on 1 thread at the short side"
     )
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 

@@ -25,7 +25,10 @@ the worker. Evaluation clips are converted and normalised in the workers, as bef
 For a batch (``__getitems__``, which a DataLoader calls), each sample's video is written
 straight into one (B, ...) tensor, allocated in shared memory inside a worker, and
 :func:`collate_batch` passes that tensor on instead of copying the samples into a new
-one. Items and batches hold the same values.
+one. Items and batches hold the same values; a shipped batch keeps the samples' memory
+layout (:func:`dense_strides_like`: uint8 training clips stay channels-last, memory
+(B, T, H, W, C)), so writing a slot moves pixel rows instead of transposing every byte.
+Loader workers decode with one decord thread each (:func:`_init_worker`).
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
