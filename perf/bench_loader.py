@@ -34,7 +34,7 @@ setting), so the layout is raw: 1 process; loader: 1 (or 2) worker(s) + this con
 the machine's cores (2 in CI). The first repetition is a warm-up (it also starts the
 persistent workers) and is not counted. "steady" excludes each pass's first batch.
 
-    .venv/bin/python perf/bench_loader.py [--items 384] [--repeats 5] [--ctp]   (about 4 minutes; 6 with --ctp)
+    .venv/bin/python perf/bench_loader.py [--items 384] [--repeats 5] [--ctp]   (5-8 minutes; `--items 192 --repeats 3`: 2-3)
 
 Target: loader (uint8) / raw decord >= 0.95 (median of per-pass ratios).
 """
