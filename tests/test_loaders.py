@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import benchmark.data.decoding as decoding
 import benchmark.data.loaders as loaders
 from benchmark.data.clips import train_clip_indices, uniform_clip_indices
 from benchmark.data.decoding import VideoDecodeError, open_video
@@ -399,6 +400,30 @@ def test_batches_equal_the_stacked_items_without_a_collate_copy(videos):
         # Separate items (not slots of one tensor) are stacked as default_collate does.
         separate = loaders.collate_batch([dataset[i] for i in indices])
         assert torch.equal(separate["video"], reference["video"])
+
+
+def _views_and_decode_threads(views, generator):
+    """The default sample_transform plus the decode threads of the process that decoded it."""
+    return {"video": views[0], "decode_threads": torch.tensor(decoding._decode_threads)}
+
+
+def test_workers_decode_on_one_thread_into_channels_last_batches_of_the_same_values(videos):
+    # a worker decodes with 1 decord thread (this process: ffmpeg's default) and ships the
+    # uint8 clips in the decoder's channels-last layout (no transposing copy); values as before
+    dataset = train_dataset(videos * 2, sample_transform=_views_and_decode_threads)
+    with_worker = collect(make_train_loader(dataset, batch_size=4, num_workers=1, seed=6))
+    in_process = collect(make_train_loader(dataset, batch_size=4, num_workers=0, seed=6))
+    assert decoding._decode_threads == 0
+    for a, b in zip(with_worker, in_process, strict=True):
+        assert a["decode_threads"].tolist() == [1] * 4 and b["decode_threads"].tolist() == [0] * 4
+        video = a["video"]
+        assert video.shape == (4, 3, FRAMES, CROP, CROP)
+        assert video.stride() == (3 * FRAMES * CROP * CROP, 1, CROP * CROP * 3, CROP * 3, 3)  # (B, T, H, W, C) memory
+        assert torch.equal(video, b["video"]) and video.stride() == b["video"].stride()
+        expected = torch.stack([dataset[int(i)]["video"].contiguous() for i in a["index"]])
+        assert torch.equal(video, expected)
+        normalised = dataset.normalize_video(video)
+        assert normalised.is_contiguous() and torch.equal(normalised, dataset.normalize_video(expected))
 
 
 def test_worker_batches_equal_the_stacked_items(videos):

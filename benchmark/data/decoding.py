@@ -383,6 +383,23 @@ def _to_rgb(frame, rotation: int, height: int, width: int) -> np.ndarray:
 
 # --- readers ------------------------------------------------------------------------------
 
+#: decord's decode threads for the videos this process opens (0: ffmpeg's default, one per
+#: core); a loader worker sets 1 (:func:`set_decode_threads`).
+_decode_threads = 0
+
+
+def set_decode_threads(threads: int) -> None:
+    """Decode with ``threads`` decord threads in this process from now on (0: ffmpeg's
+    default, one per core). The frames are the same bit for bit whatever the count; only
+    the cost differs. A loader worker is one decode pipeline beside others and the training
+    process, so it uses 1: ffmpeg's frame threads, started anew for every opened clip, cost
+    ~35 % more CPU per 16-frame clip on 2 cores (11.0 vs 15.1 ms) and gave no faster decode
+    (perf/RESULTS.md, "Issue 16, fifth pass, L")."""
+    global _decode_threads
+    if int(threads) < 0:
+        raise ValueError(f"threads={threads}: expected 0 (ffmpeg's default) or a positive count")
+    _decode_threads = int(threads)
+
 
 class _DecordReader(VideoReader):
     backend = "decord"
@@ -406,7 +423,7 @@ class _DecordReader(VideoReader):
         size = (-1, -1) if short_side is None or self._resize_in_torch else (self.height, self.width)
         # decord 0.6 fails now and then on VP9 with its default threads (seen under load in
         # perf/bench_decoding.py); one decode thread is reliable
-        self._threads = 1 if info.codec == "vp9" else 0
+        self._threads = 1 if info.codec == "vp9" else _decode_threads
         try:
             self._reader = decord.VideoReader(path, width=size[1], height=size[0], num_threads=self._threads)
             self.num_frames = len(self._reader)

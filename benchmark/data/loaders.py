@@ -25,7 +25,10 @@ the worker. Evaluation clips are converted and normalised in the workers, as bef
 For a batch (``__getitems__``, which a DataLoader calls), each sample's video is written
 straight into one (B, ...) tensor, allocated in shared memory inside a worker, and
 :func:`collate_batch` passes that tensor on instead of copying the samples into a new
-one. Items and batches hold the same values.
+one. Items and batches hold the same values; a shipped batch keeps the samples' memory
+layout (:func:`dense_strides_like`: uint8 training clips stay channels-last, memory
+(B, T, H, W, C)), so writing a slot moves pixel rows instead of transposing every byte.
+Loader workers decode with one decord thread each (:func:`_init_worker`).
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
@@ -47,7 +50,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from .clips import ctp_train_clip_indices, eval_clip_indices, train_clip_indices
-from .decoding import open_video
+from .decoding import open_video, set_decode_threads
 from .transforms import Normalize, eval_transform, to_unit_float, train_transform
 from .transforms import normalization as make_normalize
 
@@ -185,21 +188,43 @@ def release_batch_buffer(storage: torch.UntypedStorage) -> bool:
     return True
 
 
-def _new_batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """An uninitialised (B, ...) tensor for a whole batch.
+def dense_strides_like(sample: Tensor) -> tuple[int, ...]:
+    """Strides of a dense tensor of ``sample``'s shape whose axes lie in memory in the order
+    of ``sample``'s strides (outermost = largest stride; ties keep the axis order).
+
+    A contiguous sample gives contiguous strides; a training view (C, T, H, W) of decoded
+    channels-last frames (T, H, W, C), cropped or flipped, gives the channels-last strides
+    ``(1, H*W*C, W*C, C)``, into which copying the view moves whole pixel rows instead of
+    transposing every byte (0.02 instead of 0.40 ms per 16 x 112² clip, perf/RESULTS.md).
+    """
+    order = sorted(range(sample.ndim), key=lambda axis: -sample.stride(axis))
+    strides, step = [0] * sample.ndim, 1
+    for axis in reversed(order):
+        strides[axis] = step
+        step *= sample.shape[axis]
+    return tuple(strides)
+
+
+def _new_batch_tensor(
+    sample_shape: tuple[int, ...], sample_strides: tuple[int, ...], dtype: torch.dtype, batch_size: int
+) -> Tensor:
+    """An uninitialised (B, *sample_shape) tensor for a whole batch, each sample's slot
+    dense with ``sample_strides`` (:func:`dense_strides_like`).
 
     In a DataLoader worker it lives in shared memory (a ring buffer, see above), as
     ``default_collate`` would allocate the stacked batch, so the samples are written
     straight into their batch slot and :func:`collate_batch` hands the batch on without
     another copy.
     """
+    shape = (batch_size, *sample_shape)
+    strides = (math.prod(sample_shape), *sample_strides)
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
+        return torch.empty_strided(shape, strides, dtype=dtype)
     try:  # what default_collate itself uses (a private API, hence the fallback)
         storage = _ring_buffer(math.prod(shape) * dtype.itemsize)
     except AttributeError:
-        return torch.empty(shape, dtype=dtype).share_memory_()
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+        return torch.empty_strided(shape, strides, dtype=dtype).share_memory_()
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
 
 
 def _whole_batch(tensors: list[Tensor]) -> Tensor | None:
@@ -216,10 +241,10 @@ def _whole_batch(tensors: list[Tensor]) -> Tensor | None:
             or tensor.storage_offset() != k * size
             or tensor.shape != first.shape
             or tensor.dtype != first.dtype
-            or not tensor.is_contiguous()
+            or tensor.stride() != dense_strides_like(first)  # dense, in the first slot's layout
         ):
             return None
-    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(tensors), *first.shape))
+    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(tensors), *first.shape), (size, *first.stride()))
 
 
 def collate_batch(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -272,7 +297,11 @@ class _ClipDataset(Dataset):
             # what the item ships: normalised float32 (uint8 is converted first) or the video as is
             dtype = torch.float32 if self.normalize_in_worker and video.dtype == torch.uint8 else video.dtype
             if batch_video is None:
-                batch_video = _new_batch_tensor((len(indices), *video.shape), dtype)
+                # shipped as is: slots in the clip's own memory layout (uint8 training clips:
+                # channels-last, so the copy below moves pixel rows); normalised: contiguous
+                layout = torch.empty(video.shape, device="meta") if self.normalize_in_worker else video
+                strides = dense_strides_like(layout)
+                batch_video = _new_batch_tensor(video.shape, strides, dtype, len(indices))
             if video.shape == batch_video.shape[1:] and dtype == batch_video.dtype:
                 slot = batch_video[len(samples)]
                 sample["video"] = self.normalize(video, out=slot) if self.normalize_in_worker else slot.copy_(video)
@@ -538,9 +567,10 @@ def _recycle_freed_memory() -> None:
 
 
 def _init_worker(worker_id: int) -> None:
-    # Each worker is one decode pipeline; torch's intra-op threads would only fight the
-    # other workers (and the training process) for the same cores.
+    # Each worker is one decode pipeline; torch's intra-op threads and ffmpeg's frame
+    # threads would only fight the other workers (and the training process) for the cores.
     torch.set_num_threads(1)
+    set_decode_threads(1)
     _recycle_freed_memory()
 
 
