@@ -387,6 +387,9 @@ def _federate_and_evaluate(
         record_videos["evaluation"] = {
             ds: meta["videos"] for ds, meta in report["datasets"].items() if "videos" in meta
         }
+    leftovers = outcome.wait_stopped()  # the run's Flower/Ray processes, stopping since the federation ended
+    if leftovers and console is not None:
+        console.print(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM", markup=False)
     return write_record(evaluations, outcome)
 
 
