@@ -117,6 +117,48 @@ def test_auto_uses_decord_when_it_works(videos, codec):
         assert video.decoded_by == "decord"
 
 
+@pytest.mark.parametrize("codec", ["mpeg4", "h264"])
+@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+def test_cached_videos_return_the_decoders_frames_bit_for_bit(videos, codec, backend, monkeypatch):
+    import benchmark.data.decoding as decoding
+
+    opened = []
+    real = dict(decoding._READERS)
+    monkeypatch.setitem(decoding._READERS, backend, lambda *a: opened.append(a) or real[backend](*a))
+    requests = [[0, 4, 8, 14], [2, 39, 7, 7], [30, 31, 32]]  # 3 visits x span 15 >= 40 frames
+    with decoding.cached_videos(1 << 30, visits=3) as cache:
+        cached = []
+        for indices in requests:
+            with open_video(videos[codec], backend, short_side=36) as video:
+                assert (video.num_frames, video.height, video.width) == (NUM_FRAMES, 36, 48)
+                cached.append(video.get_frames(indices))
+        cached[0][:] = 0  # a caller's copy: the cache keeps its own frames
+        again = [open_video(videos[codec], backend, short_side=36).get_frames(i) for i in requests[1:]]
+    assert len(opened) == 1 and (cache.misses, cache.hits) == (1, 4)  # decoded whole once
+    assert cache.bytes == NUM_FRAMES * 36 * 48 * 3
+    monkeypatch.setattr(decoding, "_READERS", real)
+    for indices, frames in zip(requests[1:] * 2, cached[1:] + again):
+        with open_video(videos[codec], backend, short_side=36) as video:  # no cache: the decoder itself
+            assert torch.equal(frames, video.get_frames(indices))
+
+
+def test_cached_videos_decode_whole_only_when_it_pays_and_fits(videos):
+    import benchmark.data.decoding as decoding
+
+    frame_bytes = 48 * 64 * 3
+    with decoding.cached_videos(1 << 30, visits=2) as cache:  # 2 visits x span 10 < 40 frames
+        open_video(videos["h264"], "auto").get_frames(list(range(10)))
+    assert (cache.misses, cache.bytes) == (0, 0)
+    with decoding.cached_videos(NUM_FRAMES * frame_bytes - 1, visits=10) as cache:  # does not fit
+        open_video(videos["h264"], "auto").get_frames(list(range(10)))
+    assert cache.misses == 0
+    with decoding.cached_videos(NUM_FRAMES * frame_bytes * 3 // 2, visits=10) as cache:  # room for one video
+        for codec in ("h264", "mpeg4", "h264"):
+            open_video(videos[codec], "auto").get_frames([0, 20])
+    assert (cache.misses, cache.hits, cache.bytes) == (3, 0, NUM_FRAMES * frame_bytes)  # oldest out first
+    assert decoding._ACTIVE_CACHE is None  # dropped on exit
+
+
 @pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
 def test_corrupt_file_raises_video_decode_error_naming_it(corrupt_file, backend):
     with pytest.raises(VideoDecodeError) as caught:

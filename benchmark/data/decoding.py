@@ -34,6 +34,11 @@ converts YUV to RGB, which costs less than converting at full size. Both backend
 swscale's bilinear filter; they agree to a few grey levels, not bit for bit (decord
 bundles an older ffmpeg). Rotated videos are rotated at full size and resized after.
 
+A client's round reads each of its videos once per local epoch: inside
+:func:`cached_videos` (``run_local_training``) a process decodes a video whole on its first
+read, when that costs no more than the clips it saves, and serves later reads from memory —
+the same frames, since frame *i* is the same frame whatever the request.
+
 Why not pytorchvideo's time-based ``EncodedVideo.get_clip``: clip samplers here work in
 frame indices; ``get_clip(start_sec, end_sec)`` maps seconds to frames with ``ceil(fps * t)``
 (off by one at float boundaries) and decodes every frame of the time range. We read by
@@ -43,10 +48,12 @@ index through decord's ``get_batch`` and open PyAV containers directly.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import os
 import re
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -612,6 +619,103 @@ class _AutoReader(VideoReader):
 _READERS = {"decord": _DecordReader, "pyav": _PyAVReader, "auto": _AutoReader}
 
 
+# --- decoded-video cache ------------------------------------------------------------------
+
+
+class DecodedVideoCache:
+    """Whole decoded videos of this process, least recently used out first, at most
+    ``max_bytes`` of uint8 frames; ``visits``: how often each video will be read while the
+    cache is active (e.g. a client's local epochs in one round).
+
+    Keyed by (path, :func:`file_identity`, backend, short_side): a changed file, another
+    backend or size is decoded again. A video is decoded whole only when that costs no more
+    than the clips it saves, ``visits * span >= num_frames`` (span: the first request's
+    last - first frame + 1), and fits ``max_bytes``; otherwise only the requested frames are.
+    The frames are the reader's own for every index (frame *i* means the same frame whatever
+    the request: the module docstring), so a cached clip equals a decoded one bit for bit.
+    """
+
+    def __init__(self, max_bytes: int, visits: int):
+        self.max_bytes, self.visits = int(max_bytes), int(visits)
+        self._videos: OrderedDict[tuple, tuple[torch.Tensor, float]] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> tuple[torch.Tensor, float] | None:
+        found = self._videos.get(key)
+        if found is not None:
+            self._videos.move_to_end(key)
+            self.hits += 1
+        return found
+
+    def worth_decoding_whole(self, num_frames: int, frame_bytes: int, indices: list[int]) -> bool:
+        span = max(indices) - min(indices) + 1
+        return self.visits * span >= num_frames and num_frames * frame_bytes <= self.max_bytes
+
+    def put(self, key: tuple, frames: torch.Tensor, fps: float) -> None:
+        self.misses += 1
+        size = frames.numel() * frames.element_size()
+        while self._videos and self.bytes + size > self.max_bytes:
+            _, (old, _) = self._videos.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        self._videos[key] = (frames, fps)
+        self.bytes += size
+
+
+#: The cache ``open_video`` serves from in this process (None: none). A DataLoader worker
+#: forked while one is active starts with its own (empty) copy.
+_ACTIVE_CACHE: DecodedVideoCache | None = None
+
+
+@contextlib.contextmanager
+def cached_videos(max_bytes: int, visits: int) -> Iterator[DecodedVideoCache]:
+    """Within the block, :func:`open_video` reads whole videos through a
+    :class:`DecodedVideoCache` (this process and DataLoader workers forked in the block);
+    the cache is dropped on exit."""
+    global _ACTIVE_CACHE
+    previous, _ACTIVE_CACHE = _ACTIVE_CACHE, DecodedVideoCache(max_bytes, visits)
+    try:
+        yield _ACTIVE_CACHE
+    finally:
+        _ACTIVE_CACHE = previous
+
+
+class _CachedReader(VideoReader):
+    """A cached video's frames without opening the file, or a reader whose first request
+    may decode the whole video into the cache (:class:`DecodedVideoCache`)."""
+
+    def __init__(self, path: str, backend: str, short_side: int | None, cache: DecodedVideoCache):
+        self.path, self.backend, self._cache = path, backend, cache
+        self._key = (path, file_identity(path), backend, short_side)
+        found = cache.get(self._key)
+        self._reader: VideoReader | None = None
+        if found is None:
+            self._reader = _READERS[backend](path, short_side)
+            self._frames = None
+            self.num_frames, self.fps = self._reader.num_frames, self._reader.fps
+            self.height, self.width = self._reader.height, self._reader.width
+        else:
+            self._frames, self.fps = found
+            self.num_frames, self.height, self.width = self._frames.shape[:3]
+
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        indices = self._check_indices(indices)
+        if self._frames is None:
+            if not self._cache.worth_decoding_whole(self.num_frames, self.height * self.width * 3, indices):
+                return self._reader.get_frames(indices)
+            backend = getattr(self._reader, "decoded_by", None)
+            frames = self._reader.get_frames(range(self.num_frames)).contiguous()
+            if getattr(self._reader, "decoded_by", None) != backend:  # auto fell back to PyAV: not cached,
+                return frames.index_select(0, torch.tensor(indices))  # a later open may get decord's again
+            self._frames = frames
+            self._cache.put(self._key, frames, self.fps)
+        return self._frames.index_select(0, torch.tensor(indices))  # a copy: the cache stays intact
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+
 def open_video(path: str | Path, backend: str = "auto", *, short_side: int | None = None) -> VideoReader:
     """Open ``path`` for index-based frame access (frame semantics: see the module docstring).
 
@@ -619,7 +723,8 @@ def open_video(path: str | Path, backend: str = "auto", *, short_side: int | Non
     files it would decode wrongly), ``"pyav"`` (exact on every file ffmpeg decodes).
     short_side: if given, frames are decoded already resized so that their shorter side
     is ``short_side`` pixels; ``None`` keeps the (upright) stored size.
-    Raises :class:`VideoDecodeError` naming the file when it cannot be opened.
+    Inside :func:`cached_videos` the reader serves whole decoded videos from that cache
+    (the same frames). Raises :class:`VideoDecodeError` naming the file when it cannot be opened.
     """
     if backend not in _READERS:
         raise ValueError(f"video backend {backend!r}: expected one of {BACKENDS}")
@@ -627,4 +732,6 @@ def open_video(path: str | Path, backend: str = "auto", *, short_side: int | Non
     path = str(path)
     if not Path(path).is_file():
         raise VideoDecodeError(path, "no such file")
+    if _ACTIVE_CACHE is not None:
+        return _CachedReader(path, backend, short_side, _ACTIVE_CACHE)
     return _READERS[backend](path, short_side)

@@ -21,7 +21,9 @@ Process hygiene: every process is started in its own session with a parent-death
 environment, which the processes they start (SuperExec, ServerApp/ClientApp, Ray's raylet,
 GCS and workers) inherit. :meth:`Processes.stop` terminates the started sessions and then
 every process still carrying the tag. It runs on success, failure, Ctrl-C, SIGTERM and
-at interpreter exit.
+at interpreter exit; after a completed run with its own SuperLink it runs on a thread
+while the evaluation starts (:attr:`FederationOutcome.wait_stopped`), and the process
+waits for it before it exits.
 """
 
 from __future__ import annotations
@@ -209,6 +211,21 @@ class Processes:
             self._reaper.wait(timeout=5)
         return killed
 
+    def stop_in_background(self) -> Callable[[], list[int]]:
+        """Run :meth:`stop` on a thread (joined at exit, too); returns a wait for it that
+        gives :meth:`stop`'s result."""
+        killed: list[int] = []
+        thread = threading.Thread(target=lambda: killed.extend(self.stop()), name="fedvid-stop")
+        atexit.register(thread.join)
+        thread.start()
+
+        def wait() -> list[int]:
+            thread.join()
+            atexit.unregister(thread.join)
+            return killed
+
+        return wait
+
 
 def _signal_group(pid: int, sig: int) -> None:
     try:
@@ -336,6 +353,8 @@ class FederationOutcome:
     flower_log: Path
     #: the SuperLink (and Ray) the run used: ``{"shared": bool, "superlink": address, ...}``
     flower: dict | None = None
+    #: waits until the run's processes are stopped; returns the PIDs that needed SIGKILL
+    wait_stopped: Callable[[], list[int]] = list
 
 
 def run_federation(
@@ -451,18 +470,24 @@ def run_federation(
                 f"the federation failed: {why}\nFull log: {flower_log} (and {logs}/)",
                 resumable=bool(status.get("resumable", True)),
             )
-        completed = True
         # how the round's tensors travelled (benchmark.federation.payloads): shared-memory | messages
         flower = {**flower, "tensors": status.get("tensors", "messages")}
-        return FederationOutcome(wall, startup_s, peak, flower_log, flower)
+        outcome = FederationOutcome(wall, startup_s, peak, flower_log, flower)
+        completed = True
+        return outcome
     finally:
-        leftovers = procs.stop()
-        if shared is not None and not completed:  # its simulation may still be running
-            leftovers += owner.discard()
         atexit.unregister(procs.stop)
+        if completed and shared is None:
+            # nothing after a completed run needs these processes: the evaluation starts
+            # while they wind down (a few seconds: Ray's actors, the SuperLink)
+            outcome.wait_stopped = procs.stop_in_background()
+        else:
+            leftovers = procs.stop()
+            if shared is not None and not completed:  # its simulation may still be running
+                leftovers += owner.discard()
+            if leftovers and on_line is not None:
+                on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
         restore()
-        if leftovers and on_line is not None:
-            on_line(f"[fedvid] killed {len(leftovers)} process(es) that did not stop on SIGTERM")
 
 
 def spawn_superlink(

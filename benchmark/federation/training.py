@@ -25,6 +25,12 @@ from benchmark.device import resolve_device
 from benchmark.registry import build_backbone, build_method
 from benchmark.specs import LocalTrainingSpec, ModelSpec, OptimizerSpec
 
+#: Decoded frames a client's decode worker (each, or the training process without workers)
+#: may keep during a round (benchmark.data.decoding.cached_videos): a demo client's ~60
+#: synthetic videos at short side 72 take ~60 MiB; a video visited once per round is never
+#: decoded whole.
+TRAIN_VIDEO_CACHE_BYTES = 256 << 20
+
 # Domain tags keep the seed streams of different uses apart.
 _TAG_INIT, _TAG_DATA, _TAG_TRAIN, _TAG_FAULT, _TAG_SAMPLE = 11, 23, 37, 41, 53
 
@@ -230,6 +236,7 @@ def run_local_training(
         heads initialised from ``client_init_seed``).
     videos: (path, label) pairs of the client's manifest entry.
     """
+    from benchmark.data.decoding import cached_videos
     from benchmark.data.images import train_image_dataset
     from benchmark.data.loaders import TrainClipDataset, make_train_loader
 
@@ -297,7 +304,10 @@ def run_local_training(
     losses: list[float] = []
     processed = 0
     steps = 0
-    with torch.random.fork_rng(devices=[]), loader:  # the loader's workers stop on exit, error or not
+    # Each video is read about num_epochs times this round: its decode worker (forked inside
+    # the block) keeps whole decoded videos instead of decoding one clip at a time.
+    videos_cache = cached_videos(TRAIN_VIDEO_CACHE_BYTES, visits=num_epochs)
+    with videos_cache, torch.random.fork_rng(devices=[]), loader:  # the loader's workers stop on exit, error or not
         torch.manual_seed(derive_seed(spec.seed, _TAG_TRAIN, server_round, client_id))
         for batch in loader:
             batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
