@@ -62,7 +62,10 @@ def test_a_sweep_runs_its_jobs_on_one_superlink_and_ray_each_as_its_own_run(inte
     assert flower["flwr_home"] == str(sweep / SHARED_DIR / ".flwr")
     for job in ("0", "1", "2"):
         status = json.loads((sweep / job / "federation_status.json").read_text())
-        assert status["flower"] == flower, job
+        assert status["flower"] == {k: v for k, v in flower.items() if k != "tensors"}, job
+        # the sweep's Ray is an existing cluster to each job: the tensors travel in the messages
+        # (the interrupted job 2 may stop before its ServerApp says so)
+        assert status.get("tensors", "messages") == "messages" == flower["tensors"], job
         assert f'address = "{flower["superlink"]}"' in (sweep / job / ".flwr" / "config.toml").read_text()
     assert second["systems"]["flower"] == flower
     # ... as separate Flower runs
