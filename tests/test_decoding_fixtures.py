@@ -195,3 +195,28 @@ def test_the_memoised_header_check_reads_a_rewritten_file_again(tmp_path):
     assert inspect_video(path).hazard != ""
     with pytest.raises(VideoDecodeError, match="auto or pyav"):  # decord refuses the hazard by name
         open_video(path, "decord")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
+def test_the_round_cache_and_one_decode_thread_give_the_decoders_frames_on_every_hazard(name, backend):
+    """A client's round reads through ``cached_videos`` (whole videos decoded once) in loader
+    workers that decode on one decord thread (``set_decode_threads(1)``): on every real-format
+    fixture, the same frames bit for bit as a plain read on ffmpeg's default threads."""
+    import benchmark.data.decoding as decoding
+
+    numbers, hazard = EXPECTED[name]
+    if backend == "decord" and (hazard or name in DECORD_CANNOT_OPEN):
+        return  # refused by name (test above), cached or not
+    indices = spread(len(numbers))
+    with open_video(FIXTURES / name, backend, short_side=60) as video:
+        plain = video.get_frames(indices)
+    try:
+        decoding.set_decode_threads(1)
+        with decoding.cached_videos(1 << 30, visits=len(numbers)) as cache:
+            first = open_video(FIXTURES / name, backend, short_side=60).get_frames(indices)
+            again = open_video(FIXTURES / name, backend, short_side=60).get_frames(indices[::-1])
+    finally:
+        decoding.set_decode_threads(0)
+    assert (cache.misses, cache.hits) == (1, 1)  # decoded whole once, then served from memory
+    assert torch.equal(first, plain) and torch.equal(again, plain.flip(0))
