@@ -260,7 +260,7 @@ def test_payload_files_carry_the_messages_tensors_bit_for_bit_and_leave_nothing_
     run = payloads.PayloadFiles.for_run("tag0", tmp_path / "run", needed_bytes=1)
     other = payloads.PayloadFiles.for_run("tag1", tmp_path / "run", needed_bytes=1)
     assert run.directory.parent == tmp_path and run.directory.name.startswith("fedvid-tag0-")
-    run.write({"x": torch.ones(3)}, 1, "global")
+    payloads.pack({"x": torch.ones(3)}, files=run, server_round=1, what="global")
     assert payloads.PayloadFiles.for_run("tag0", tmp_path / "run", needed_bytes=10**18) is None  # too little free
     reaper.remove_payloads("tag0")
     assert not run.directory.exists() and other.directory.exists()

@@ -165,9 +165,6 @@ class PayloadFiles:
             return None
         return cls(payload_directory(tag, run_dir))
 
-    def write(self, state: Mapping[str, torch.Tensor], server_round: int, what: str) -> ConfigRecord:
-        return write_payload(self.directory / payload_name(server_round, what), state)
-
     def check_reply(self, ref: ConfigRecord, server_round: int, client_id: int) -> None:
         """Refuse a reply's payload reference that is not client ``client_id``'s file of
         ``server_round`` in this directory: the server maps and unlinks what a reply names."""

@@ -204,14 +204,17 @@ def serve_rounds(
     writer = _tensorboard_writer(run_dir) if tensorboard else None
 
     state_dir = run_dir / CLIENT_STATE
+    sampled_before: list[int] = []  # the previous round's sampled clients (the round writes run in order)
 
     def write_round(server_round: int, new_state, agg_state: dict, round_record) -> None:
         record = round_record()  # first: it releases the round's client updates
         if strategy.payloads is not None:
             # every sampled client's file of this round (a rejected update's too: a resume reads
             # it) and of the round before (a client that replied too late then), and the folders
-            files = [local_state_file(state_dir, c, r) for r in (server_round - 1, server_round) for c in sampled[r]]
+            files = [local_state_file(state_dir, c, server_round) for c in record["sampled_clients"]]
+            files += [local_state_file(state_dir, c, server_round - 1) for c in sampled_before]
             make_durable([state_dir, *files])
+        sampled_before[:] = record["sampled_clients"]
         save_checkpoint(run_dir, Checkpoint(server_round, new_state, agg_state))
         # retention: only after latest.json names the new checkpoint (rundir.Retention)
         prune_checkpoints(run_dir, retention)
@@ -235,12 +238,9 @@ def serve_rounds(
     # train (~1 s of the R3D-18 round off the critical path); RoundWrites keeps the inline order and guarantees.
     writes = RoundWrites()
 
-    sampled: dict[int, list[int]] = {first_round - 1: []}
-
     def on_round_end(server_round: int, new_state, round_record) -> None:
         # the aggregator's state now: it may change in place in the next round's aggregation
         agg_state = aggregator.state_dict() if hasattr(aggregator, "state_dict") else {}
-        sampled[server_round] = list(strategy.round_sampled_clients)
         writes.submit(lambda: write_round(server_round, new_state, agg_state, round_record))
 
     previous_norms = [c["update_norm"] for c in rounds_log[-1]["clients"] if "update_norm" in c] if rounds_log else []

@@ -111,7 +111,6 @@ class FedVidStrategy(Strategy):
         self._round: dict[str, Any] = {}
         self._l2_inputs: tuple | None = None
         self.payloads = payloads
-        self.round_sampled_clients: list[int] = []  # the current round's, set by configure_train
         #: id() of a reply the round holds -> its tensors and guard's update_norm (or why it is
         #: unusable), read on arrival; cleared at the round's end, whatever happened
         self._arrived: dict[int, Any] = {}
@@ -138,7 +137,6 @@ class FedVidStrategy(Strategy):
         )
         down = exchange_size(content)
         self._round = {"round": server_round, "sampled_clients": sampled, "lr": lr, "bytes_down_per_client": down}
-        self.round_sampled_clients = sampled
         log.info("round %d: sampled clients %s", server_round, sampled)
         return [
             Message(content=content, dst_node_id=self.node_of_client[cid], message_type=MessageType.TRAIN)
