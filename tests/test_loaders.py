@@ -293,6 +293,36 @@ def test_two_workers_give_the_same_batches_as_none(videos):
     assert torch.cat([b["index"] for b in collect(make_train_loader(dataset, 3, 0, seed=11))]).tolist() != order
 
 
+def _views_and_targets(views, generator):
+    """The default sample_transform plus targets of several dtypes, one too large to go by value."""
+    draw = torch.randint(0, 100, (3,), generator=generator)
+    return {
+        "video": views[0],
+        "speed": draw[0],
+        "mask": torch.arange(4) < draw[1] % 4,
+        "weights": draw[:2].to(torch.bfloat16),  # numpy has no bfloat16: default_collate ships it
+        "large": torch.full((10000,), float(draw[2])),  # 40 KB x 2 or 3 > 64 KiB: default_collate ships it
+    }
+
+
+def test_small_entries_travel_by_value_and_arrive_as_the_same_tensors(videos):
+    # label, index and small targets come from a worker inside the pickled batch (no
+    # shared-memory file each), and arrive as the tensors default_collate makes in-process
+    dataset = train_dataset(videos * 2, sample_transform=_views_and_targets)
+    with_worker = collect(make_train_loader(dataset, batch_size=3, num_workers=1, seed=4))
+    in_process = collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=4))
+    assert len(with_worker) == len(in_process) == 3  # 3 + 3 + 2 items
+    for a, b in zip(with_worker, in_process, strict=True):
+        assert a.keys() == b.keys() == {"video", "speed", "mask", "weights", "large", "label", "index"}
+        for key in a:
+            assert isinstance(a[key], torch.Tensor), key
+            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+            assert torch.equal(a[key], b[key]), key
+        assert a["label"].dtype == torch.int64 and a["mask"].dtype == torch.bool
+        shared = {key for key in a if a[key].is_shared()}
+        assert shared == {"video", "weights", "large"}
+
+
 def _shm_inode(video: torch.Tensor) -> int:
     fd, _ = video.untyped_storage()._share_fd_cpu_()  # the received buffer's own fd
     return os.fstat(fd).st_ino

@@ -28,6 +28,8 @@ straight into one (B, ...) tensor, allocated in shared memory inside a worker, a
 one. Items and batches hold the same values; a shipped batch keeps the samples' memory
 layout (:func:`dense_strides_like`: uint8 training clips stay channels-last, memory
 (B, T, H, W, C)), so writing a slot moves pixel rows instead of transposing every byte.
+A worker's batch carries its small entries (label, index, a method's targets) by value in
+the pickled message rather than in shared-memory files of their own.
 Loader workers decode with one decord thread each (:func:`_init_worker`).
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
@@ -247,17 +249,54 @@ def _whole_batch(tensors: list[Tensor]) -> Tensor | None:
     return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(tensors), *first.shape), (size, *first.stride()))
 
 
+#: In a worker, a batch's small entries ("label", "index", a method's targets) travel by
+#: value, as numpy arrays inside the pickled batch, instead of as default_collate's new
+#: shared-memory file per entry and batch (created, its descriptor passed over a socket,
+#: mapped, unmapped: 0.16 ms of a 1-worker loader's time per clip, perf/RESULTS.md, "Issue
+#: 16, sixth pass"); :class:`ClipLoader` turns them back into tensors.
+_BY_VALUE_MAX_BYTES = 64 << 10
+
+
+def _stacked_by_value(values: list) -> np.ndarray | None:
+    """``torch.stack(values)`` as a numpy array if the entry is small and numpy holds its
+    dtype, else None (then default_collate ships it)."""
+    first = values[0]
+    if not all(isinstance(v, Tensor) and v.shape == first.shape and v.dtype == first.dtype for v in values):
+        return None
+    if first.device.type != "cpu" or first.requires_grad or len(values) * first.nbytes > _BY_VALUE_MAX_BYTES:
+        return None
+    try:
+        return torch.stack(values).numpy()
+    except TypeError:  # a dtype numpy lacks (bfloat16)
+        return None
+
+
 def collate_batch(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """``default_collate`` for the clip datasets' samples, without copying ``"video"``
     when the samples' videos already are the slots of one batch tensor (as
-    ``__getitems__`` makes them). Same result as ``default_collate``."""
+    ``__getitems__`` makes them). Same result as ``default_collate``; in a DataLoader
+    worker, small entries come out as numpy arrays (:data:`_BY_VALUE_MAX_BYTES`), which
+    :class:`ClipLoader` makes tensors again."""
     if not samples or not isinstance(samples[0], dict):
         return default_collate(samples)
+    in_worker = get_worker_info() is not None
     batch = {}
     for key in samples[0]:
         values = [sample[key] for sample in samples]
-        whole = _whole_batch(values) if key == "video" and isinstance(values[0], Tensor) else None
+        if key == "video" and isinstance(values[0], Tensor):
+            whole = _whole_batch(values)
+        else:
+            whole = _stacked_by_value(values) if in_worker else None
         batch[key] = whole if whole is not None else default_collate(values)
+    return batch
+
+
+def _tensors_again(batch):
+    """A batch from a worker with its by-value entries (numpy arrays) as tensors again."""
+    if isinstance(batch, dict):
+        for key, value in batch.items():
+            if isinstance(value, np.ndarray):  # default_collate never leaves one: ours
+                batch[key] = torch.from_numpy(value)
     return batch
 
 
@@ -613,7 +652,7 @@ class ClipLoader(DataLoader):
                 del held[ptr]
                 pending.discard(ptr)
             try:
-                batch = next(batches)
+                batch = _tensors_again(next(batches))
             except StopIteration:
                 if not self.persistent_workers:  # nobody will reuse them: unmap now, not when the loader dies
                     held.clear()
