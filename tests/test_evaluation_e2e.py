@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from pathlib import Path
 
 import pytest
@@ -253,7 +252,7 @@ def test_trained_backbone_beats_random_init(data_root, tmp_path):
     the unseen test videos), compare with the random-init baseline evaluate_backbone adds."""
     from benchmark.commands.evaluate import compose_eval_dataset, evaluation_spec
     from benchmark.evaluation.features import ClipSettings, ClipSource
-    from benchmark.evaluation.pipeline import load_downstream, precompute_random_init_features
+    from benchmark.evaluation.pipeline import load_downstream
 
     conf = Path(__file__).parents[1] / "conf"
     # the eval budget of eval=default with the cpu protocol's evaluation settings on top
@@ -273,14 +272,7 @@ def test_trained_backbone_beats_random_init(data_root, tmp_path):
     try:
         torch.manual_seed(0)
         backbone = build_backbone("tiny_r3d", width=8)
-        # fedvid run's warm-up, before training: the baseline's features into the cache
         spec = evaluation_spec(cfg)
-        stopped = threading.Event()
-        stopped.set()
-        assert precompute_random_init_features(backbone, spec, stopped) == 0  # stopped: nothing saved
-        assert not (tmp_path / "cache").exists()
-        assert precompute_random_init_features(backbone, spec, threading.Event()) == 2  # train, test
-        warmed = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").iterdir()}
         hmdb = load_downstream(compose_eval_dataset("synthetic_hmdb51", str(data_root)), data_root=data_root)
         source = ClipSource(hmdb.train, ClipSettings(3, 8, 2, 40, 32), batch_size=16, num_workers=0, max_bytes=0)
         batches = list(source)
@@ -290,9 +282,7 @@ def test_trained_backbone_beats_random_init(data_root, tmp_path):
         ev = evaluate_backbone(backbone, spec, tmp_path, progress=False)
     finally:
         torch.set_num_threads(saved_threads)
-    # the evaluation took the baseline's features from the warm-up (same weights whatever the
-    # trained values) and added only the trained model's
-    assert {p: p.stat().st_mtime_ns for p in warmed} == warmed and len(list((tmp_path / "cache").iterdir())) == 4
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # trained and random-init features of train and test
     assert final_loss < 0.8 * math.log(len(hmdb.classes))  # it learned the training videos
     validate_against_result_schema(ev)
     ours, base = ev["retrieval"]["synthetic_hmdb51"], ev["random_init"]["retrieval"]["synthetic_hmdb51"]

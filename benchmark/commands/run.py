@@ -13,11 +13,8 @@ Each run has its own directory (Hydra: ``outputs/<date>/<time>``): ``config.yaml
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -362,7 +359,6 @@ def _federate_and_evaluate(
         if console is not None:
             console.print(f"pretraining already complete ({rounds_planned} rounds); evaluating the saved model")
     else:
-        warmup = start_baseline_warmup(method.backbone, cfg) if do_eval else None
         try:
             outcome = _run_engine(cfg, spec, run_dir, console)
         except Exception as e:
@@ -372,9 +368,6 @@ def _federate_and_evaluate(
                 {"stage": "federation", "message": str(e)},
             )
             raise
-        finally:
-            if warmup is not None:
-                warmup.set()
 
     method.load_partial_state(final_global_state(run_dir))
     evaluations: dict = {}
@@ -480,39 +473,6 @@ def _previous_peak_memory(run_dir: Path) -> int:
         return int(ResultRecord.from_json(read_json(run_dir / rundir.RESULT)).systems["peak_memory_bytes"])
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         return 0
-
-
-def start_baseline_warmup(backbone, cfg: DictConfig) -> threading.Event | None:
-    """Compute the evaluation's random-init baseline features during the federation
-    (``precompute_random_init_features``) on a daemon thread at the lowest CPU priority, so
-    that it uses only cores Flower/Ray's start-up and the rounds leave idle. Returns the
-    event that stops it, or None where it does not apply (the image track, a thread's
-    priority cannot be lowered, the evaluation settings do not compose: the evaluation
-    reports that itself)."""
-    if cfg.dataset.get("modality") == "image" or not hasattr(threading, "get_native_id"):
-        return None
-    from benchmark.commands.evaluate import evaluation_spec
-    from benchmark.evaluation.pipeline import precompute_random_init_features
-
-    try:
-        spec = evaluation_spec(cfg)
-    except Exception:  # noqa: BLE001 - the evaluation reports it, after the federation
-        return None
-    backbone = copy.deepcopy(backbone)  # the caller loads the trained weights into its own later
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # Linux: this thread only
-        except OSError:  # elsewhere it would take CPU from the clients
-            return
-        try:
-            precompute_random_init_features(backbone, spec, stop)
-        except Exception:  # noqa: BLE001 - the evaluation computes what is missing and reports its own errors
-            logging.getLogger(__name__).debug("baseline warm-up stopped", exc_info=True)
-
-    threading.Thread(target=work, name="fedvid-baseline-features", daemon=True).start()
-    return stop
 
 
 def evaluate_global_model(backbone, cfg: DictConfig, run_dir: Path, console=None) -> dict:
