@@ -252,8 +252,8 @@ def _whole_batch(tensors: list[Tensor]) -> Tensor | None:
 #: In a worker, a batch's small entries ("label", "index", a method's targets) travel by
 #: value, as numpy arrays inside the pickled batch, instead of as default_collate's new
 #: shared-memory file per entry and batch (created, its descriptor passed over a socket,
-#: mapped, unmapped: 0.16 ms of a 1-worker loader's time per clip, perf/RESULTS.md, "Issue
-#: 16, sixth pass"); :class:`ClipLoader` turns them back into tensors.
+#: mapped, unmapped: 0.12 ms of a 1-worker loader's time per clip, perf/loader_ipc.py and
+#: perf/RESULTS.md, "Issue 16, sixth pass"); :class:`ClipLoader` turns them back into tensors.
 _BY_VALUE_MAX_BYTES = 64 << 10
 
 
@@ -267,7 +267,7 @@ def _stacked_by_value(values: list) -> np.ndarray | None:
         return None
     try:
         return torch.stack(values).numpy()
-    except TypeError:  # a dtype numpy lacks (bfloat16)
+    except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16), a conjugate or quantized tensor
         return None
 
 
