@@ -309,7 +309,8 @@ def test_small_entries_travel_by_value_and_arrive_as_the_same_tensors(videos):
     # label, index and small targets come from a worker inside the pickled batch (no
     # shared-memory file each), and arrive as the tensors default_collate makes in-process
     dataset = train_dataset(videos * 2, sample_transform=_views_and_targets)
-    with_worker = collect(make_train_loader(dataset, batch_size=3, num_workers=1, seed=4))
+    loader = make_train_loader(dataset, batch_size=3, num_workers=1, seed=4)
+    with_worker = collect(loader)
     in_process = collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=4))
     assert len(with_worker) == len(in_process) == 3  # 3 + 3 + 2 items
     for a, b in zip(with_worker, in_process, strict=True):
@@ -319,8 +320,11 @@ def test_small_entries_travel_by_value_and_arrive_as_the_same_tensors(videos):
             assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
             assert torch.equal(a[key], b[key]), key
         assert a["label"].dtype == torch.int64 and a["mask"].dtype == torch.bool
-        shared = {key for key in a if a[key].is_shared()}
-        assert shared == {"video", "weights", "large"}
+        if loader.pin_memory:  # CUDA: every entry arrives as a pinned copy
+            assert all(a[key].is_pinned() for key in a)
+        else:
+            assert {key for key in a if a[key].is_shared()} == {"video", "weights", "large"}
+    loader.close()
 
 
 def _shm_inode(video: torch.Tensor) -> int:

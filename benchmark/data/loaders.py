@@ -252,7 +252,7 @@ def _whole_batch(tensors: list[Tensor]) -> Tensor | None:
 #: In a worker, a batch's small entries ("label", "index", a method's targets) travel by
 #: value, as numpy arrays inside the pickled batch, instead of as default_collate's new
 #: shared-memory file per entry and batch (created, its descriptor passed over a socket,
-#: mapped, unmapped: 0.12 ms of a 1-worker loader's time per clip, perf/loader_ipc.py and
+#: mapped, unmapped: 0.07-0.12 ms of a 1-worker loader's time per clip, perf/loader_ipc.py and
 #: perf/RESULTS.md, "Issue 16, sixth pass"); :class:`ClipLoader` turns them back into tensors.
 _BY_VALUE_MAX_BYTES = 64 << 10
 
@@ -261,13 +261,16 @@ def _stacked_by_value(values: list) -> np.ndarray | None:
     """``torch.stack(values)`` as a numpy array if the entry is small and numpy holds its
     dtype, else None (then default_collate ships it)."""
     first = values[0]
-    if not all(isinstance(v, Tensor) and v.shape == first.shape and v.dtype == first.dtype for v in values):
+    # plain dense tensors only: default_collate keeps a subclass and words its own errors
+    if not all(type(v) is Tensor and v.layout == torch.strided and not v.is_nested for v in values):
+        return None
+    if not all(v.shape == first.shape and v.dtype == first.dtype for v in values):
         return None
     if first.device.type != "cpu" or first.requires_grad or len(values) * first.nbytes > _BY_VALUE_MAX_BYTES:
         return None
     try:
         return torch.stack(values).numpy()
-    except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16), a conjugate or quantized tensor
+    except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16), a quantized tensor
         return None
 
 
@@ -291,12 +294,14 @@ def collate_batch(samples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return batch
 
 
-def _tensors_again(batch):
-    """A batch from a worker with its by-value entries (numpy arrays) as tensors again."""
+def _tensors_again(batch, pin: bool):
+    """A batch from a worker with its by-value entries (numpy arrays) as tensors again,
+    pinned if the loader pins (its pin-memory thread passed the arrays on as they were)."""
     if isinstance(batch, dict):
         for key, value in batch.items():
             if isinstance(value, np.ndarray):  # default_collate never leaves one: ours
-                batch[key] = torch.from_numpy(value)
+                tensor = torch.from_numpy(value)
+                batch[key] = tensor.pin_memory() if pin else tensor
     return batch
 
 
@@ -652,7 +657,7 @@ class ClipLoader(DataLoader):
                 del held[ptr]
                 pending.discard(ptr)
             try:
-                batch = _tensors_again(next(batches))
+                batch = _tensors_again(next(batches), self.pin_memory)
             except StopIteration:
                 if not self.persistent_workers:  # nobody will reuse them: unmap now, not when the loader dies
                     held.clear()

@@ -58,13 +58,11 @@ def load_downstream(
     data_root: Path,
     synthetic_size: str = "default",
     allow_missing_videos: bool = False,
-    show_progress: bool | None = None,
 ) -> Downstream:
     """Annotations of split ``dataset.split`` of a downstream dataset, mapped to files under its root.
 
     Synthetic sets are generated on first use under ``data_root`` (``ensure_synthetic``, preset
     ``synthetic_size``); missing videos are an error unless ``allow_missing_videos``.
-    ``show_progress``: see ``resolve_videos``.
     """
     from benchmark.data.annotations import load_annotations
     from benchmark.data.resolve import resolve_videos
@@ -76,8 +74,8 @@ def load_downstream(
 
         ensure_synthetic(data_root, size=synthetic_size, seed=0)
     split = load_annotations(ds)
-    train = resolve_videos(split.train, dataset.root, allow_missing=allow_missing_videos, show_progress=show_progress)
-    test = resolve_videos(split.test, dataset.root, allow_missing=allow_missing_videos, show_progress=show_progress)
+    train = resolve_videos(split.train, dataset.root, allow_missing=allow_missing_videos)
+    test = resolve_videos(split.test, dataset.root, allow_missing=allow_missing_videos)
     return Downstream(
         id=dataset.id,
         name=split.dataset,
