@@ -37,23 +37,33 @@ if _SINK or _COMPUTE or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ
     _lock = threading.Lock()
     _round = [0]
 
-    def _emit(phase: str, seconds: float, server_round: int | None = None) -> None:
-        if not _SINK:
-            return
-        line = json.dumps({"pid": os.getpid(), "round": server_round or _round[0], "phase": phase, "s": seconds})
-        with _lock, open(_SINK, "a") as f:
-            f.write(line + "\n")
+    def _append(path: str, row: dict) -> None:
+        with _lock, open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
-    def _timed(phase: str, fn, round_of=None):
+    def _emit(phase: str, seconds: float, server_round: int | None = None) -> None:
+        if _SINK:
+            _append(_SINK, {"pid": os.getpid(), "round": server_round or _round[0], "phase": phase, "s": seconds})
+
+    def _around(fn, after):
+        """``fn``, calling ``after(perf_counter start, wall-clock start, args, kwargs)`` when it
+        returns or raises."""
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            t = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                _emit(phase, time.perf_counter() - t, round_of(*args, **kwargs) if round_of else None)
+                after(started, wall, args, kwargs)
 
         return wrapper
+
+    def _timed(phase: str, fn, round_of=None):
+        def after(started, _wall, args, kwargs):
+            _emit(phase, time.perf_counter() - started, round_of(*args, **kwargs) if round_of else None)
+
+        return _around(fn, after)
 
     def _wrap(obj, name: str, phase: str, round_of=None) -> None:
         if hasattr(obj, name):
@@ -209,19 +219,11 @@ if _SINK or _COMPUTE or os.environ.get("FEDVID_SCALE_TRACEMALLOC") or os.environ
         ):
             _wrap(mod, name, phase, round_of=lambda *a, **k: _round[0])
         if _COMPUTE:
-            compute = mod.run_local_training
 
-            @functools.wraps(compute)
-            def run_local_training(*args, **kwargs):
-                start = time.time()
-                try:
-                    return compute(*args, **kwargs)
-                finally:
-                    row = {"round": kwargs.get("server_round", -1), "start": start, "end": time.time()}
-                    with _lock, open(_COMPUTE, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+            def computed(_started, wall, _args, kwargs):
+                _append(_COMPUTE, {"round": kwargs.get("server_round", -1), "start": wall, "end": time.time()})
 
-            mod.run_local_training = run_local_training
+            mod.run_local_training = _around(mod.run_local_training, computed)
 
     _PATCHES = {
         "benchmark.federation.strategy": _patch_strategy,
