@@ -33,6 +33,10 @@ Measured, in one run:
 Rounds can be fewer than 540 (``--rounds``); the figures are then extrapolated to 540
 rounds with the fitted linear trend.
 
+``--sweep SEEDS`` runs a Hydra sweep of the shape instead (``fedvid run -m seed=SEEDS``: its
+jobs share one SuperLink and Ray head) and prints each job's round wall time and how its
+round's tensors travelled; with ``--old`` the old tree's sweep first.
+
 Modes: ``--old COMMIT`` runs the same bench first on COMMIT (a temporary ``git worktree``
 put first on PYTHONPATH for every process of the run, removed afterwards) and then on this
 tree, one after the other, and prints both server overheads and their ratio;
@@ -48,6 +52,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,7 +177,26 @@ def main() -> None:
         help="first run the same bench on COMMIT (a temporary `git worktree`, imported through PYTHONPATH), "
         "then on this tree, and print the server overhead of both and their ratio",
     )
+    ap.add_argument(
+        "--sweep",
+        metavar="SEEDS",
+        help="instead of one run, a Hydra sweep `fedvid run -m seed=SEEDS` (e.g. 0,1) of the shape on one shared "
+        "SuperLink and Ray head; prints each job's round wall time and how its tensors travelled",
+    )
     args = ap.parse_args()
+    if args.sweep:
+        if not args.old:
+            run_sweep(args, ROOT, "this tree")
+            return
+        with old_tree(args.old) as tree:
+            old = run_sweep(args, tree, f"old: {args.old}")
+        new = run_sweep(args, ROOT, "new: this tree")
+        print(
+            f"== old vs new sweeps, one after the other: round wall median {old['round_wall']:.2f} -> "
+            f"{new['round_wall']:.2f} s, new/old {new['round_wall'] / old['round_wall']:.3f}; whole sweep "
+            f"{old['total']:.1f} -> {new['total']:.1f} s, new/old {new['total'] / old['total']:.3f}"
+        )
+        return
     if not args.old:
         run_once(args, ROOT, "this tree")
         return
@@ -186,6 +210,66 @@ def main() -> None:
         f"(cycle - sum of compute / actors: {old['overhead_sum_per_actor']:.2f} -> "
         f"{new['overhead_sum_per_actor']:.2f} s/round)"
     )
+
+
+def scale_overrides(args) -> list[str]:
+    """The ``fedvid run`` overrides of the FedVSSL shape with near-zero local compute."""
+    return [
+        "evaluate=false",
+        f"data_root={args.data_root}",
+        f"partition.num_clients={args.clients}",
+        f"federation.clients_per_round={args.per_round}",
+        f"federation.rounds={args.rounds}",
+        "federation.local_steps=1",
+        "client.batch_size=1",
+        "client.num_workers=0",
+        "backbone=r3d18",
+        "backbone.name=scale_r3d18",
+        "method.name=scale_noop",
+        "~method.params",
+        "+method.params={}",
+        "method.exchange=backbone",
+        f"engine.ray_num_cpus={args.cpus}",
+        "engine.client_resources.num_cpus=1",
+        "checkpoint.keep_last=2",
+        "checkpoint.keep_every=100",
+    ]
+
+
+def run_sweep(args, tree: Path, label: str) -> dict:
+    """One Hydra sweep (``fedvid run -m seed=<--sweep>``) of the scale shape with the code of
+    ``tree``, its jobs on one shared SuperLink and Ray head; per job: how the round's tensors
+    travelled and the round's wall time (``round_wall_s`` of rounds.jsonl, rounds >= 2)."""
+    print(f"== {label} ({tree}), load average {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="fedvid-scale-sweep-") as tmp_s:
+        tmp = Path(tmp_s)
+        sweep_dir = tmp / "multirun"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), plugin_path(tmp)])}
+        env["FEDVID_SCALE_COMPUTE"] = str(tmp / "compute.jsonl")
+        cmd = [sys.executable, "-m", "benchmark.cli", "run", "-m", f"hydra.sweep.dir={sweep_dir}"]
+        cmd += [*scale_overrides(args), "engine.echo_log=false", f"seed={args.sweep}"]
+        t_start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        total_s = time.perf_counter() - t_start
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"fedvid run -m failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        walls = []
+        for job in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+            record = json.loads((job / "result.json").read_text())
+            rounds = [json.loads(x) for x in (job / "rounds.jsonl").read_text().splitlines()]
+            wall = [r["round_wall_s"] for r in rounds if r["round"] >= 2]
+            walls += wall
+            print(
+                f"  job {job.name}: tensors {record['systems']['flower'].get('tensors', 'messages')}, "
+                f"round wall (rounds 2-{len(rounds)}) median {statistics.median(wall):.2f} s "
+                f"(min {min(wall):.2f}, max {max(wall):.2f}), bytes per round "
+                f"{statistics.median(r['bytes_up'] + r['bytes_down'] for r in rounds) / 1e6:.1f} MB",
+                flush=True,
+            )
+        print(f"  the whole sweep: {total_s:.1f} s", flush=True)
+        return {"round_wall": statistics.median(walls), "total": total_s}
 
 
 def run_once(args, tree: Path, label: str) -> dict:
@@ -206,31 +290,7 @@ def run_once(args, tree: Path, label: str) -> dict:
         env["FEDVID_SCALE_COMPUTE"] = str(compute_file)
         if args.tracemalloc_every:
             env["FEDVID_SCALE_TRACEMALLOC"] = f"{args.tracemalloc_every}:{tmp / 'tracemalloc.txt'}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmark.cli",
-            "run",
-            f"hydra.run.dir={run_dir}",
-            "evaluate=false",
-            f"data_root={args.data_root}",
-            f"partition.num_clients={args.clients}",
-            f"federation.clients_per_round={args.per_round}",
-            f"federation.rounds={args.rounds}",
-            "federation.local_steps=1",
-            "client.batch_size=1",
-            "client.num_workers=0",
-            "backbone=r3d18",
-            "backbone.name=scale_r3d18",
-            "method.name=scale_noop",
-            "~method.params",
-            "+method.params={}",
-            "method.exchange=backbone",
-            f"engine.ray_num_cpus={args.cpus}",
-            "engine.client_resources.num_cpus=1",
-            "checkpoint.keep_last=2",
-            "checkpoint.keep_every=100",
-        ]
+        cmd = [sys.executable, "-m", "benchmark.cli", "run", f"hydra.run.dir={run_dir}", *scale_overrides(args)]
         t_start = time.perf_counter()
         proc = subprocess.Popen(
             cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

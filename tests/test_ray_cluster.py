@@ -8,6 +8,7 @@ instances on the machine are never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -97,6 +98,10 @@ def test_simulation_on_an_existing_ray_cluster_equals_the_sweeps_run_on_its_own_
 
     # round 1 does not depend on the number of rounds (constant learning rate, per-round seeds)
     in_sweep = interrupted_sweep.sweep_dir / "1"
+    # ... nor on how the tensors travelled: in the messages here (a cluster fedvid did not
+    # start), in payload files in the sweep (its own head on this machine)
+    tensors = [json.loads((d / "result.json").read_text())["systems"]["flower"]["tensors"] for d in (run_dir, in_sweep)]
+    assert tensors == ["messages", "shared-memory"]
     first = load_checkpoint_file(in_sweep / "checkpoints" / "round_0001.pt").global_state
     mine = final_weights(run_dir)
     assert first.keys() == mine.keys() and all(torch.equal(first[k], mine[k]) for k in first)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 
 from benchmark.federation.control import END_OF_LOG
+from benchmark.federation.payloads import SHARED_MEMORY
 from benchmark.federation.sweep import SHARED_DIR, SharedKey
 from benchmark.specs import EngineSpec
 
@@ -63,9 +65,9 @@ def test_a_sweep_runs_its_jobs_on_one_superlink_and_ray_each_as_its_own_run(inte
     for job in ("0", "1", "2"):
         status = json.loads((sweep / job / "federation_status.json").read_text())
         assert status["flower"] == {k: v for k, v in flower.items() if k != "tensors"}, job
-        # the sweep's Ray is an existing cluster to each job: the tensors travel in the messages
-        # (the interrupted job 2 may stop before its ServerApp says so)
-        assert status.get("tensors", "messages") == "messages" == flower["tensors"], job
+        # the sweep's Ray head is on this machine: the round's tensors travel in shared-memory
+        # payload files, as in a single run (the interrupted job 2 may stop before it says so)
+        assert status.get("tensors", "shared-memory") == "shared-memory" == flower["tensors"], job
         assert f'address = "{flower["superlink"]}"' in (sweep / job / ".flwr" / "config.toml").read_text()
     assert second["systems"]["flower"] == flower
     # ... as separate Flower runs
@@ -94,6 +96,11 @@ def test_ctrl_c_in_a_later_job_ends_the_sweep_stops_every_process_and_keeps_the_
     for job in ("0", "1"):
         assert (sweep.sweep_dir / job / "result.json").read_bytes() == sweep.records[job]
     assert not (sweep.sweep_dir / "2" / "result.json").exists()
+    # no job's payload directory is left in shared memory, the interrupted job's included
+    # (/dev/shm/fedvid-<tag>-<run dir id>-*, benchmark.federation.payloads.payload_directory)
+    for job in ("0", "1", "2"):
+        run_id = uuid.uuid5(uuid.NAMESPACE_URL, str((sweep.sweep_dir / job).resolve())).hex[:12]
+        assert not list(SHARED_MEMORY.glob(f"fedvid-*-{run_id}-*")), job
     # the Ray head's temporary directory (sockets, session logs) is removed with it
     head_log = (sweep.sweep_dir / SHARED_DIR / "logs" / "ray_head.log").read_text()
     temp_dirs = {Path(d) for d in re.findall(r"saved to: (/tmp/fvray[^/]+)/", head_log)}

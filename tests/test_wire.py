@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -265,3 +266,42 @@ def test_payload_files_carry_the_messages_tensors_bit_for_bit_and_leave_nothing_
     reaper.remove_payloads("tag0")
     assert not run.directory.exists() and other.directory.exists()
     assert isinstance(ConfigRecord(dict(content["arrays-file"])), ConfigRecord)
+
+
+def test_payload_files_only_where_fedvid_started_the_ray_every_client_runs_on(tmp_path, monkeypatch):
+    """A run's own simulation and a sweep's job on the Ray head the sweep started here
+    (``FEDVID_LOCAL_RAY``) use payload files; a Ray cluster fedvid did not start, deployment,
+    or a process without the run tag keep the tensors in the messages."""
+    from types import SimpleNamespace
+
+    from benchmark.federation import reaper
+    from benchmark.federation.server_app import _payload_files
+
+    def spec(engine: str = "simulation", ray_address: str | None = None):
+        return SimpleNamespace(
+            engine=SimpleNamespace(name=engine, ray_address=ray_address),
+            federation=SimpleNamespace(clients_per_round=2, num_clients=3),
+        )
+
+    def transport(spec_, **env) -> str:
+        for key in ("RAY_ADDRESS", reaper.LOCAL_RAY_ENV, reaper.RUN_TAG_ENV):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        files = _payload_files(spec_, tmp_path / "run", {"w": torch.zeros(4)})
+        if files is None:
+            return "messages"
+        assert files.directory.name.startswith(f"fedvid-{env[reaper.RUN_TAG_ENV]}-")
+        files.close()
+        return "shared-memory"
+
+    tag = {reaper.RUN_TAG_ENV: f"t{uuid.uuid4().hex[:8]}"}
+    local = {"RAY_ADDRESS": "127.0.0.1:6390", reaper.LOCAL_RAY_ENV: "127.0.0.1:6390"}
+    assert transport(spec(), **tag) == "shared-memory"  # the run's own Ray
+    assert transport(spec(), **tag, **local) == "shared-memory"  # the sweep's head on this machine
+    assert transport(spec(), **tag, RAY_ADDRESS="10.0.0.5:6379") == "messages"  # someone's cluster
+    assert transport(spec(), **tag, **{**local, "RAY_ADDRESS": "10.0.0.5:6379"}) == "messages"
+    assert transport(spec(ray_address="10.0.0.5:6379"), **tag, **local) == "messages"  # engine.ray_address
+    assert transport(spec(ray_address="10.0.0.5:6379"), **tag) == "messages"
+    assert transport(spec("deployment"), **tag) == "messages"
+    assert transport(spec()) == "messages"  # no run tag: nobody would remove the files

@@ -18,6 +18,9 @@ import sys
 import time
 
 RUN_TAG_ENV = "FEDVID_RUN_TAG"
+#: The address of a Ray head fedvid itself started on this machine (a sweep's,
+#: benchmark.federation.sweep): ``RAY_ADDRESS`` equal to it is no cluster of other machines.
+LOCAL_RAY_ENV = "FEDVID_LOCAL_RAY"
 #: A run's payload files (benchmark.federation.payloads) live in SHARED_MEMORY/fedvid-<tag>-*.
 SHARED_MEMORY = "/dev/shm"
 

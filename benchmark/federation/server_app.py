@@ -283,16 +283,18 @@ def serve_rounds(
 
 def _payload_files(spec: RunSpec, run_dir: Path, global_state) -> PayloadFiles | None:
     """Shared-memory payload files when every client runs on this machine: the simulation on
-    the Ray instance fedvid starts (tagged with the run's ``FEDVID_RUN_TAG``); otherwise the
-    tensors travel in the messages (benchmark.federation.payloads)."""
+    a Ray instance fedvid started (the run's own, or its sweep's head on 127.0.0.1; tagged
+    with ``FEDVID_RUN_TAG``); otherwise the tensors travel in the messages
+    (benchmark.federation.payloads)."""
     import os
 
-    from benchmark.federation.reaper import RUN_TAG_ENV
+    from benchmark.federation.reaper import LOCAL_RAY_ENV, RUN_TAG_ENV
 
     tag = os.environ.get(RUN_TAG_ENV)
     # an existing Ray cluster (engine.ray_address, or RAY_ADDRESS from the environment) may
-    # put clients on other machines
-    if spec.engine.name != "simulation" or spec.engine.ray_address or os.environ.get("RAY_ADDRESS") or not tag:
+    # put clients on other machines; the head a sweep started here does not
+    ray_address = spec.engine.ray_address or os.environ.get("RAY_ADDRESS")
+    if spec.engine.name != "simulation" or not tag or (ray_address and ray_address != os.environ.get(LOCAL_RAY_ENV)):
         return None
     fed = spec.federation
     per_round = clients_per_round(fed.clients_per_round, fed.num_clients)

@@ -24,6 +24,11 @@ Ctrl-C, SIGTERM) stops the instance, since its simulation may still be running; 
 job starts a new one. The sweep's end, an exception leaving Hydra (which then skips
 ``on_multirun_end``), SIGTERM (turned into SystemExit for the sweep) and interpreter exit
 stop it too; a SIGKILLed ``fedvid run`` leaves it to the reaper.
+
+The head started here (not a ``engine.ray_address`` cluster) puts every client on this
+machine, so the jobs' round tensors travel in shared-memory payload files as a single run's
+do (``FEDVID_LOCAL_RAY``, :mod:`benchmark.federation.payloads`); stopping the instance
+removes what a job left there.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from benchmark.federation.engine import (
     spawn_superlink,
     wait_for_health,
 )
+from benchmark.federation.reaper import LOCAL_RAY_ENV
 
 if TYPE_CHECKING:
     from benchmark.specs import EngineSpec
@@ -115,9 +121,10 @@ class SharedFlower:
             head = self._spawn_ray_head(logs / "ray_head.log")
         port = self.key.superlink_port or free_port()
         self.superlink_address = f"127.0.0.1:{port}"
-        superlink = spawn_superlink(
-            self.procs, port, None, True, logs / "superlink.log", {"RAY_ADDRESS": self.ray_address, **RAY_ENV}
-        )
+        env = {"RAY_ADDRESS": self.ray_address, **RAY_ENV}
+        if head is not None:  # ours, on 127.0.0.1: the jobs' tensors may travel in payload files
+            env[LOCAL_RAY_ENV] = self.ray_address
+        superlink = spawn_superlink(self.procs, port, None, True, logs / "superlink.log", env)
         self.superlink_pid = superlink.pid
         if head is not None:
             _wait_for_ray(head, logs / "ray_head.log", timeout_s)
