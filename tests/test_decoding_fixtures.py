@@ -201,8 +201,9 @@ def test_the_memoised_header_check_reads_a_rewritten_file_again(tmp_path):
 @pytest.mark.parametrize("backend", ["auto", "pyav", "decord"])
 def test_the_round_cache_and_one_decode_thread_give_the_decoders_frames_on_every_hazard(name, backend):
     """A client's round reads through ``cached_videos`` (whole videos decoded once) in loader
-    workers that decode on one decord thread (``set_decode_threads(1)``): on every real-format
-    fixture, the same frames bit for bit as a plain read on ffmpeg's default threads."""
+    workers that decode on one ffmpeg thread (``set_decode_threads(1)``, decord and PyAV): on
+    every real-format fixture, the same frames bit for bit as a plain read on ffmpeg's default
+    threads, cached or not."""
     import benchmark.data.decoding as decoding
 
     numbers, hazard = EXPECTED[name]
@@ -213,10 +214,35 @@ def test_the_round_cache_and_one_decode_thread_give_the_decoders_frames_on_every
         plain = video.get_frames(indices)
     try:
         decoding.set_decode_threads(1)
+        with open_video(FIXTURES / name, backend, short_side=60) as video:
+            single = video.get_frames(indices)
         with decoding.cached_videos(1 << 30, visits=len(numbers)) as cache:
             first = open_video(FIXTURES / name, backend, short_side=60).get_frames(indices)
             again = open_video(FIXTURES / name, backend, short_side=60).get_frames(indices[::-1])
     finally:
         decoding.set_decode_threads(0)
     assert (cache.misses, cache.hits) == (1, 1)  # decoded whole once, then served from memory
+    assert torch.equal(single, plain)
     assert torch.equal(first, plain) and torch.equal(again, plain.flip(0))
+
+
+@pytest.mark.parametrize("name", ["packed_xvid.avi", "av1.mp4", "editlist.mp4"])
+def test_pyav_decodes_on_the_threads_the_process_sets(name, monkeypatch):
+    """PyAV's decoder (sequential in an AVI with B-frames, seeking in MP4) gets
+    ``set_decode_threads``' count: ffmpeg's default (0, one per core) here, 1 in a loader worker."""
+    import benchmark.data.decoding as decoding
+
+    counts = []
+    set_threads = decoding._set_threads
+
+    def recording(stream, frame_threads=True):
+        set_threads(stream, frame_threads)
+        counts.append(stream.codec_context.thread_count)
+
+    monkeypatch.setattr(decoding, "_set_threads", recording)
+    for threads in (0, 1):
+        monkeypatch.setattr(decoding, "_decode_threads", threads)
+        counts.clear()
+        with open_video(FIXTURES / name, "pyav", short_side=60) as video:
+            video.get_frames([0, 5])
+        assert counts and set(counts) == {threads}, (threads, counts)

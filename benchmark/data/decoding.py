@@ -329,7 +329,7 @@ def sequential_frames(path: str, frame_threads: bool = True) -> Iterator:
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO" if frame_threads else "SLICE"
+        _set_threads(stream, frame_threads)
         unpack = (
             av.BitStreamFilterContext("mpeg4_unpack_bframes", stream) if stream.codec_context.name == "mpeg4" else None
         )
@@ -390,22 +390,33 @@ def _to_rgb(frame, rotation: int, height: int, width: int) -> np.ndarray:
 
 # --- readers ------------------------------------------------------------------------------
 
-#: decord's decode threads for the videos this process opens (0: ffmpeg's default, one per
-#: core); a loader worker sets 1 (:func:`set_decode_threads`).
+#: ffmpeg's decode threads (decord's and PyAV's) for the videos this process opens (0:
+#: ffmpeg's default, one per core); a loader worker sets 1 (:func:`set_decode_threads`).
 _decode_threads = 0
 
 
 def set_decode_threads(threads: int) -> None:
-    """Decode with ``threads`` decord threads in this process from now on (0: ffmpeg's
-    default, one per core). The frames are the same bit for bit whatever the count; only
-    the cost differs. A loader worker is one decode pipeline beside others and the training
-    process, so it uses 1: ffmpeg's frame threads, started anew for every opened clip, cost
-    ~35 % more CPU per 16-frame clip on 2 cores (11.0 vs 15.1 ms) and gave no faster decode
-    (perf/RESULTS.md, "Issue 16, fifth pass, L")."""
+    """Decode with ``threads`` ffmpeg threads in this process from now on, through decord and
+    PyAV alike (0: ffmpeg's default, one per core). The frames are the same bit for bit
+    whatever the count; only the cost differs. A loader worker is one decode pipeline beside
+    others and the training process, so it uses 1: ffmpeg's frame threads, started anew for
+    every opened clip, cost ~35 % more CPU per 16-frame clip on 2 cores through decord (11.0
+    vs 15.1 ms) and ~13 % through PyAV's sequential decode of B-frames in AVI (16.2 vs 18.6
+    ms), and gave no faster decode (perf/RESULTS.md, "Issue 16, fifth pass, L" and "seventh
+    pass")."""
     global _decode_threads
     if int(threads) < 0:
         raise ValueError(f"threads={threads}: expected 0 (ffmpeg's default) or a positive count")
     _decode_threads = int(threads)
+
+
+def _set_threads(stream, frame_threads: bool = True) -> None:
+    """A PyAV stream's decoder threads, before its first decode: frame and slice threads
+    (``frame_threads``; slice threads only keep ffmpeg's log messages on the calling thread),
+    as many as :func:`set_decode_threads` says (0: one per core)."""
+    stream.thread_type = "AUTO" if frame_threads else "SLICE"
+    if _decode_threads:
+        stream.codec_context.thread_count = _decode_threads
 
 
 class _DecordReader(VideoReader):
@@ -493,7 +504,7 @@ class _PyAVReader(VideoReader):
             try:
                 self._container = av.open(path)
                 self._stream = self._container.streams.video[0]
-                self._stream.thread_type = "AUTO"
+                _set_threads(self._stream)
                 # Frame index -> presentation timestamp, from the packets (no decoding):
                 # exact where the header names no hazard (the check verifies it per file).
                 stamps = []
