@@ -185,10 +185,17 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.sweep:
+        unused = [f for f in ("keep", "phases", "mallinfo", "max_minutes", "tracemalloc_every") if getattr(args, f)]
+        if unused:
+            ap.error("--sweep does not take --" + ", --".join(f.replace("_", "-") for f in unused))
+        if args.rounds < 2:
+            ap.error("--sweep needs --rounds >= 2 (its round wall time leaves round 1 out)")
         if not args.old:
             run_sweep(args, ROOT, "this tree")
             return
         with old_tree(args.old) as tree:
+            # its bytecode compiled first, as this tree's already is: the sweeps' totals compare code
+            subprocess.run([sys.executable, "-m", "compileall", "-q", "benchmark", "baselines"], cwd=tree, check=True)
             old = run_sweep(args, tree, f"old: {args.old}")
         new = run_sweep(args, ROOT, "new: this tree")
         print(

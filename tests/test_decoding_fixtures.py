@@ -228,21 +228,30 @@ def test_the_round_cache_and_one_decode_thread_give_the_decoders_frames_on_every
 
 @pytest.mark.parametrize("name", ["packed_xvid.avi", "av1.mp4", "editlist.mp4"])
 def test_pyav_decodes_on_the_threads_the_process_sets(name, monkeypatch):
-    """PyAV's decoder (sequential in an AVI with B-frames, seeking in MP4) gets
-    ``set_decode_threads``' count: ffmpeg's default (0, one per core) here, 1 in a loader worker."""
+    """PyAV's decoder (sequential in an AVI with B-frames, seeking in MP4) runs on
+    ``set_decode_threads``' count, read from the open decoder: ffmpeg's default here (0: its
+    own choice, as a stream opened without the setting gets), 1 in a loader worker."""
+    import av
+
     import benchmark.data.decoding as decoding
 
-    counts = []
+    with av.open(str(FIXTURES / name)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        next(container.decode(stream))
+        ffmpeg_default = stream.codec_context.thread_count
+    streams = []
     set_threads = decoding._set_threads
 
     def recording(stream, frame_threads=True):
         set_threads(stream, frame_threads)
-        counts.append(stream.codec_context.thread_count)
+        streams.append(stream)
 
     monkeypatch.setattr(decoding, "_set_threads", recording)
-    for threads in (0, 1):
+    for threads, expected in ((0, ffmpeg_default), (1, 1)):
         monkeypatch.setattr(decoding, "_decode_threads", threads)
-        counts.clear()
+        streams.clear()
         with open_video(FIXTURES / name, "pyav", short_side=60) as video:
             video.get_frames([0, 5])
-        assert counts and set(counts) == {threads}, (threads, counts)
+            used = [(s.codec_context.is_open, s.codec_context.thread_count) for s in streams]
+        assert used and set(used) == {(True, expected)}, (threads, used)

@@ -96,8 +96,12 @@ def test_ctrl_c_in_a_later_job_ends_the_sweep_stops_every_process_and_keeps_the_
     for job in ("0", "1"):
         assert (sweep.sweep_dir / job / "result.json").read_bytes() == sweep.records[job]
     assert not (sweep.sweep_dir / "2" / "result.json").exists()
-    # no job's payload directory is left in shared memory, the interrupted job's included
+    # no job's payload directory is left in shared memory, the interrupted job's included:
+    # those the finished jobs' ServerApps logged, and any of the run dirs' names
     # (/dev/shm/fedvid-<tag>-<run dir id>-*, benchmark.federation.payloads.payload_directory)
+    for job in ("0", "1"):
+        logged = re.findall(r"travel through (/dev/shm/\S+) ", (sweep.sweep_dir / job / "flower.log").read_text())
+        assert len(logged) == 1 and not Path(logged[0]).exists(), (job, logged)
     for job in ("0", "1", "2"):
         run_id = uuid.uuid5(uuid.NAMESPACE_URL, str((sweep.sweep_dir / job).resolve())).hex[:12]
         assert not list(SHARED_MEMORY.glob(f"fedvid-*-{run_id}-*")), job

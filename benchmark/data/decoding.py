@@ -401,9 +401,9 @@ def set_decode_threads(threads: int) -> None:
     whatever the count; only the cost differs. A loader worker is one decode pipeline beside
     others and the training process, so it uses 1: ffmpeg's frame threads, started anew for
     every opened clip, cost ~35 % more CPU per 16-frame clip on 2 cores through decord (11.0
-    vs 15.1 ms) and ~13 % through PyAV's sequential decode of B-frames in AVI (16.2 vs 18.6
-    ms), and gave no faster decode (perf/RESULTS.md, "Issue 16, fifth pass, L" and "seventh
-    pass")."""
+    vs 15.1 ms) and ~15 % through PyAV's sequential decode of B-frames in AVI (a loader
+    worker's 16.96 vs 19.73 ms), and gave no faster decode (perf/RESULTS.md, "Issue 16, fifth
+    pass, L" and "seventh pass")."""
     global _decode_threads
     if int(threads) < 0:
         raise ValueError(f"threads={threads}: expected 0 (ffmpeg's default) or a positive count")

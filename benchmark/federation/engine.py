@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmark import PROJECT_ROOT, __version__, rundir
-from benchmark.federation.reaper import RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
+from benchmark.federation.reaper import LOCAL_RAY_ENV, RUN_TAG_ENV, kill_tagged, send_signal, tagged_processes
 from benchmark.federation.security import Layout, make_credentials
 from benchmark.io import atomic_write_text
 
@@ -147,7 +147,8 @@ class Processes:
         )
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = dict(os.environ)
+        # only a sweep's own Ray head is marked local (``extra``), never one from the user's shell
+        env = {k: v for k, v in os.environ.items() if k != LOCAL_RAY_ENV}
         # Flower starts its helpers (flower-superexec, flwr-simulation, ...) by name.
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
