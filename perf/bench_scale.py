@@ -190,26 +190,22 @@ def main() -> None:
             ap.error("--sweep does not take --" + ", --".join(f.replace("_", "-") for f in unused))
         if args.rounds < 2:
             ap.error("--sweep needs --rounds >= 2 (its round wall time leaves round 1 out)")
-        if not args.old:
-            run_sweep(args, ROOT, "this tree")
-            return
-        with old_tree(args.old) as tree:
-            # its bytecode compiled first, as this tree's already is: the sweeps' totals compare code
-            subprocess.run([sys.executable, "-m", "compileall", "-q", "benchmark", "baselines"], cwd=tree, check=True)
-            old = run_sweep(args, tree, f"old: {args.old}")
-        new = run_sweep(args, ROOT, "new: this tree")
+    run = run_sweep if args.sweep else run_once
+    if not args.old:
+        run(args, ROOT, "this tree")
+        return
+    with old_tree(args.old) as tree:
+        # its bytecode compiled first, as this tree's already is: the totals compare code
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "benchmark", "baselines"], cwd=tree, check=True)
+        old = run(args, tree, f"old: {args.old}")
+    new = run(args, ROOT, "new: this tree")
+    if args.sweep:
         print(
             f"== old vs new sweeps, one after the other: round wall median {old['round_wall']:.2f} -> "
             f"{new['round_wall']:.2f} s, new/old {new['round_wall'] / old['round_wall']:.3f}; whole sweep "
             f"{old['total']:.1f} -> {new['total']:.1f} s, new/old {new['total'] / old['total']:.3f}"
         )
         return
-    if not args.old:
-        run_once(args, ROOT, "this tree")
-        return
-    with old_tree(args.old) as tree:
-        old = run_once(args, tree, f"old: {args.old}")
-    new = run_once(args, ROOT, "new: this tree")
     print(
         f"== old vs new, {args.rounds} rounds each, one after the other: server overhead median "
         f"{old['overhead']:.2f} -> {new['overhead']:.2f} s/round, new/old {new['overhead'] / old['overhead']:.3f}; "
