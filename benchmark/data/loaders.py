@@ -30,7 +30,7 @@ layout (:func:`dense_strides_like`: uint8 training clips stay channels-last, mem
 (B, T, H, W, C)), so writing a slot moves pixel rows instead of transposing every byte.
 A worker's batch carries its small entries (label, index, a method's targets) by value in
 the pickled message rather than in shared-memory files of their own.
-Loader workers decode with one decord thread each (:func:`_init_worker`).
+Loader workers decode on one ffmpeg thread each, through decord and PyAV (:func:`_init_worker`).
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
