@@ -61,7 +61,7 @@ def test_decord_and_pyav_decode_the_same_pixels(videos, codec):
 @pytest.mark.parametrize("codec", ["mpeg4", "h264"])
 @pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
 def test_short_side_decodes_resized_frames(videos, codec, backend):
-    # 64x48 -> short side 40: 40 x floor(64 * 40 / 48) = 40 x 53 (ShortSideResize's rule).
+    # 64x48 -> short side 40: 40 x round(64 * 40 / 48) = 40 x 53 (ShortSideResize's rule).
     with open_video(videos[codec], backend, short_side=40) as video:
         assert (video.height, video.width) == (40, 53)
         assert video.num_frames == NUM_FRAMES

@@ -76,9 +76,27 @@ def train_dataset(videos, **overrides):
 
 
 def test_short_side_resize_sizes():
-    assert ShortSideResize(128).output_size(240, 320) == (128, 170)
-    assert ShortSideResize(128).output_size(320, 240) == (170, 128)
+    # CtP's GroupScale(128) and the (171, 128) its recognizers and VCOP's retrieval stretch
+    # UCF101/HMDB51's 320 x 240 frames to (pytorchvideo's floor rule gave 170)
+    assert ShortSideResize(128).output_size(240, 320) == (128, 171)
+    assert ShortSideResize(128).output_size(320, 240) == (171, 128)
+    assert [ShortSideResize(s).output_size(240, 320) for s in (112, 144)] == [(112, 149), (144, 192)]
+    # a half is rounded to even, as Python 3's round in CtP's code: 341 * 0.5 = 170.5 -> 170
+    assert ShortSideResize(128).output_size(256, 341) == (128, 170)
     assert ShortSideResize(40)(torch.rand(3, 2, 48, 64)).shape == (3, 2, 40, 53)
+
+
+def test_short_side_resize_equals_ctp_group_scale_with_an_int():
+    def ctp_out_size(h: int, w: int, scale: int) -> tuple[int, int]:
+        # microsoft/CtP @ 847b8fc, pyvrl/datasets/transforms/scale.py:33-37 (returns (w, h))
+        short_edge = min(h, w)
+        scale_factor = float(scale) / short_edge
+        return (int(round(w * scale_factor)), int(round(h * scale_factor)))
+
+    for h, w in [(240, 320), (320, 240), (256, 341), (720, 1280), (1080, 1920), (480, 640), (360, 480), (226, 400)]:
+        for scale in (64, 72, 112, 128, 144, 171):
+            out_w, out_h = ctp_out_size(h, w, scale)
+            assert ShortSideResize(scale).output_size(h, w) == (out_h, out_w), (h, w, scale)
 
 
 def test_uint8_and_float_paths_agree():

@@ -142,7 +142,7 @@ def test_smoke_variant_keeps_its_name_despite_its_size_overrides():
 
     table = TABLES["fedvssl-k400-noniid"]
     pid = protocol_id(compose([*table.rows[0].overrides, *table.smoke_overrides]))
-    assert pid == {"name": "fedvssl", "version": 1, "variant": "smoke"}
+    assert pid == {"name": "fedvssl", "version": 2, "variant": "smoke"}
 
 
 def test_protocol_owns_the_keys_its_files_set():
@@ -161,12 +161,12 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     plain = protocol_id(compose(["protocol=fedvssl"]))
     avg = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg"]))
     lr = protocol_id(compose(["experiment=fvssl_k400_noniid", "client.optimizer.lr=0.1", "clip.stride=2"]))
-    assert avg == {"name": "fedvssl", "version": 1, "variant": MODIFIED_VARIANT, "overridden": {"eval.pooling": "avg"}}
+    assert avg == {"name": "fedvssl", "version": 2, "variant": MODIFIED_VARIANT, "overridden": {"eval.pooling": "avg"}}
     assert lr["variant"] == MODIFIED_VARIANT and lr["overridden"] == {"client.optimizer.lr": 0.1, "clip.stride": 2}
     assert (
         record_protocol(
             {
-                "protocol": {"name": "fedvssl", "version": 1, "variant": None},
+                "protocol": {"name": "fedvssl", "version": 2, "variant": None},
                 **{
                     k: v
                     for k, v in OmegaConf.to_container(compose(["protocol=fedvssl", "eval.pooling=avg"])).items()
@@ -178,7 +178,7 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     )
     # a variant the config names itself is kept: the run says what it is
     named = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg", "protocol.variant=avgpool"]))
-    assert named == {"name": "fedvssl", "version": 1, "variant": "avgpool"}
+    assert named == {"name": "fedvssl", "version": 2, "variant": "avgpool"}
 
     def record(rid: str, proto: dict) -> dict:
         return {
@@ -202,9 +202,9 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     recs = [record("plain", plain), record("avg", avg), record("lr", lr)]
     labels = [protocol_label(r) for r in recs]
     assert labels == [
-        "fedvssl/v1",
-        "fedvssl/v1+modified[eval.pooling=avg]",
-        "fedvssl/v1+modified[client.optimizer.lr=0.1,clip.stride=2]",
+        "fedvssl/v2",
+        "fedvssl/v2+modified[eval.pooling=avg]",
+        "fedvssl/v2+modified[client.optimizer.lr=0.1,clip.stride=2]",
     ]
     board = build_leaderboard(recs)
     assert sorted((t["protocol"], [e["record_ids"] for e in t["entries"]]) for t in board["tracks"]) == sorted(

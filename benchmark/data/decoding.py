@@ -28,7 +28,7 @@ must not change the answer, so it is used only where the container gives it exac
 comparing random-access frames with the sequential decode.
 
 With ``short_side`` the frames come out already resized so that their shorter side is
-``short_side`` (aspect kept, longer side ``floor(long * short_side / short)`` like
+``short_side`` (aspect kept, both sides ``round(side * short_side / short)`` like
 :class:`benchmark.data.transforms.ShortSideResize`): ffmpeg's swscale scales while it
 converts YUV to RGB, which costs less than converting at full size. Both backends use
 swscale's bilinear filter; they agree to a few grey levels, not bit for bit (decord

@@ -62,7 +62,10 @@ def _require_generator(generator: torch.Generator | None, name: str) -> torch.Ge
 class ShortSideResize:
     """Resize so that the shorter side equals ``size``, keeping the aspect ratio.
 
-    The longer side becomes ``floor(long * size / short)`` (pytorchvideo's rule).
+    Both sides are multiplied by ``size / short`` and rounded with Python's ``round``, as
+    CtP's ``GroupScale`` with an int scale (microsoft/CtP @ 847b8fc,
+    ``pyvrl/datasets/transforms/scale.py``:33-37): 320 x 240 at 128 gives 171 x 128, the
+    size CtP's recognizer configs and VCOP's retrieval script stretch 4:3 frames to.
     (C, T, H, W) -> (C, T, H', W').
     """
 
@@ -72,9 +75,8 @@ class ShortSideResize:
         self.size = size
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        if height <= width:
-            return self.size, int(math.floor(width * self.size / height))
-        return int(math.floor(height * self.size / width)), self.size
+        scale = float(self.size) / min(height, width)  # CtP's expression, operation for operation
+        return int(round(height * scale)), int(round(width * scale))
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_video(video, "ShortSideResize")
