@@ -6,7 +6,7 @@ one run, rotating the order repetition by repetition, measures clips/s and CPU m
       decode at the stored size, nothing else; decord's default threads, one per core):
       the target's reference. "raw decord, 1 thread": the same with ``num_threads=1``, the
       decoder threads our workers use; "raw decord, 1 thread, short side": also decoded at
-      the loader's 170x128 (decord's scaler, as the workers do): the loader's decode alone,
+      the loader's 171x128 (decord's scaler, as the workers do): the loader's decode alone,
       so the ratio to it is the pipeline's own cost (every ratio is printed against all three);
   (b) ``TrainClipDataset`` through ``make_train_loader`` with 1 persistent worker process
       (decode at short side 128, 16 frames at stride 2, random 112x112 crop, flip; uint8

@@ -3,7 +3,7 @@
 On the videos of ``perf/bench_loader.py`` (encoded here), the same clips (16 frames, stride
 2), CPU ms per clip of, in one process, in rotating order repetition by repetition:
   raw decord at 320x240 on ffmpeg's default threads / on 1 thread; raw decord on 1 thread at
-  the loader's short side (170x128, decord's scaler); ``open_video`` + ``get_frames`` (our
+  the loader's short side (171x128, decord's scaler); ``open_video`` + ``get_frames`` (our
   reader, 1 thread); ``TrainClipDataset.__getitems__`` (the item: seed, draws, crop, flip,
   batch slot) on 1 thread and on ffmpeg's default threads;
 and of the persistent 1-worker loader delivering uint8 batches: the worker's CPU (from

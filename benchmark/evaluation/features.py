@@ -282,7 +282,9 @@ def feature_cache_key(
                 "pooling": pooling,
                 "clip": asdict(clip),
                 "videos": listing,
-                "version": 2,
+                # 3: ShortSideResize rounds as CtP (protocols ctp/fedvssl/ssd v2): frames decoded
+                # at the old rounding (170 wide from 320 x 240 at 128) are never served again
+                "version": 3,
             }
         )
     )
