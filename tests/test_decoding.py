@@ -10,6 +10,7 @@ import torchvision.transforms.v2.functional as TF
 
 from benchmark.data.clips import clip_span, train_clip_indices, uniform_clip_indices
 from benchmark.data.decoding import VideoDecodeError, open_video
+from benchmark.data.transforms import ShortSideResize
 
 from _decoding_helpers import encode_numbered_video, frame_number
 
@@ -70,6 +71,17 @@ def test_short_side_decodes_resized_frames(videos, codec, backend):
     assert [frame_number(f) for f in frames] == INDICES
     with open_video(videos[codec], backend) as video:
         assert (video.height, video.width) == (48, 64)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "auto"])
+def test_decoded_size_is_ctp_rounding_and_the_transform_finds_nothing_to_do(videos, backend):
+    # 64x48 at 56: 64 * 56 / 48 = 74.67 -> 75 (CtP's GroupScale rounds; rounding down gave 74)
+    with open_video(videos["mpeg4"], backend, short_side=56) as video:
+        assert (video.height, video.width) == (56, 75)
+        frames = video.get_frames(INDICES)
+    clip = frames.permute(3, 0, 1, 2)
+    assert clip.shape[-2:] == (56, 75)
+    assert ShortSideResize(56)(clip) is clip  # already at size: the loaders' transform is a no-op
 
 
 @pytest.mark.parametrize("codec", ["mpeg4", "h264"])
