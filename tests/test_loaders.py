@@ -124,6 +124,7 @@ def test_random_transforms_reproducible_from_the_generator():
 def test_crops_flip_and_normalize_hand_checked():
     clip = torch.arange(2 * 5 * 6, dtype=torch.float32).view(1, 2, 5, 6)  # C=1, T=2, H=5, W=6
     assert torch.equal(CenterCrop(3)(clip), clip[..., 1:4, 2:5])  # top round(1.0), left round(1.5)=2
+    assert torch.equal(CenterCrop(3, round_down=True)(clip), clip[..., 1:4, 1:4])  # left 3 // 2 = 1
     reference = torch.Generator().manual_seed(0)
     top = int(torch.randint(0, 5 - 3 + 1, (1,), generator=reference))  # draws: top, then left
     left = int(torch.randint(0, 6 - 3 + 1, (1,), generator=reference))
@@ -137,6 +138,18 @@ def test_crops_flip_and_normalize_hand_checked():
     assert torch.allclose(stacked[1, :, 0, 0, 0], (0.5 - torch.tensor(VIDEO_MEAN)) / torch.tensor(VIDEO_STD))
     with pytest.raises(ValueError, match=r"RandomCrop\(64\).*48x64"):
         RandomCrop(64)(torch.rand(3, 2, 48, 64), generator)
+
+
+def test_eval_centre_crop_follows_the_pipeline_the_clips_copy():
+    # 171 x 128 (320 x 240 at short side 128) to 112: CtP's GroupCenterCrop starts at
+    # ((128 - 112) // 2, (171 - 112) // 2) = (8, 29) (pyvrl/datasets/transforms/crop.py:105-107),
+    # torchvision's CenterCrop in VCOP's retrieval script at (8, round(29.5) = 30)
+    clip = torch.arange(171, dtype=torch.float32).expand(3, 2, 128, 171)
+    assert eval_transform(128, 112, "ctp")(clip)[0, 0, 0, 0] == 29
+    assert eval_transform(128, 112, "vcop")(clip)[0, 0, 0, 0] == 30
+    assert eval_transform(128, 112, "uniform")(clip)[0, 0, 0, 0] == 30
+    rows = torch.arange(128, dtype=torch.float32).view(128, 1).expand(3, 2, 128, 171)
+    assert eval_transform(128, 112, "ctp")(rows)[0, 0, 0, 0] == eval_transform(128, 112, "vcop")(rows)[0, 0, 0, 0] == 8
 
 
 def test_eval_transform_is_deterministic():

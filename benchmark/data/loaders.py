@@ -525,7 +525,7 @@ class EvalClipDataset(_ClipDataset):
         self.num_clips, self.frames, self.stride = num_clips, frames, stride
         self.backend = backend
         self.short_side = short_side
-        self.spatial = eval_transform(short_side, crop_size)
+        self.spatial = eval_transform(short_side, crop_size, sampling)
         self.sampling = sampling
         self.normalize = make_normalize(normalization)
 

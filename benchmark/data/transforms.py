@@ -120,16 +120,24 @@ class RandomCrop:
 
 
 class CenterCrop:
-    """Square ``size`` x ``size`` crop at the centre. (C, T, H, W) -> (C, T, size, size)."""
+    """Square ``size`` x ``size`` crop at the centre. (C, T, H, W) -> (C, T, size, size).
 
-    def __init__(self, size: int):
+    The offset ``(side - size) / 2`` is rounded as torchvision's ``CenterCrop`` does (VCOP's
+    retrieval script), or with ``round_down`` rounded down as CtP's ``GroupCenterCrop``
+    (microsoft/CtP @ 847b8fc, ``pyvrl/datasets/transforms/crop.py``:105-107): 171 wide to 112
+    starts at 30 or at 29.
+    """
+
+    def __init__(self, size: int, round_down: bool = False):
         self.size = size
+        self.round_down = round_down
+
+    def _offset(self, side: int) -> int:
+        return (side - self.size) // 2 if self.round_down else int(round((side - self.size) / 2.0))
 
     def __call__(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         height, width = _check_crop(video, self.size, "CenterCrop")
-        top = int(round((height - self.size) / 2.0))
-        left = int(round((width - self.size) / 2.0))
-        return _crop(video, top, left, self.size)
+        return _crop(video, self._offset(height), self._offset(width), self.size)
 
 
 class RandomHorizontalFlip:
@@ -350,9 +358,12 @@ class SimCLRVideoAugment:
         return frames
 
 
-def eval_transform(short_side: int, crop_size: int) -> Compose:
+def eval_transform(short_side: int, crop_size: int, sampling: str = "uniform") -> Compose:
     """Deterministic evaluation view: short-side resize, centre crop.
 
+    ``sampling`` names the evaluation pipeline the clips copy (``benchmark.data.clips``):
+    ``ctp`` centres the crop as CtP's recognizer test pipeline (offset rounded down), the
+    others as torchvision's ``CenterCrop`` (:class:`CenterCrop`).
     (C, T, H, W) -> (C, T, crop_size, crop_size).
     """
-    return Compose([ShortSideResize(short_side), CenterCrop(crop_size)])
+    return Compose([ShortSideResize(short_side), CenterCrop(crop_size, round_down=sampling == "ctp")])

@@ -44,9 +44,11 @@ class ClipSettings:
 
     num_clips: N uniformly spaced clips per video; frames: T frames per clip taken every
     ``stride`` frames; short_side: resize so the short side has this many pixels;
-    crop_size: square centre crop; sampling: where the clips start (``uniform`` | ``ctp``:
-    CtP's UniformFrameSampler | ``vcop``: VCOP's retrieve_clips.py, see
-    :mod:`benchmark.data.clips`); normalization: ``kinetics`` | ``imagenet`` | ``none``.
+    crop_size: square centre crop; sampling: the evaluation pipeline copied, where the clips
+    start and how the centre crop rounds (``uniform`` | ``ctp``: CtP's UniformFrameSampler and
+    GroupCenterCrop | ``vcop``: VCOP's retrieve_clips.py, see :mod:`benchmark.data.clips` and
+    :func:`benchmark.data.transforms.eval_transform`); normalization: ``kinetics`` |
+    ``imagenet`` | ``none``.
     """
 
     num_clips: int
