@@ -77,7 +77,7 @@ def train_dataset(videos, **overrides):
 
 def test_short_side_resize_sizes():
     # CtP's GroupScale(128) and the (171, 128) its recognizers and VCOP's retrieval stretch
-    # UCF101/HMDB51's 320 x 240 frames to (pytorchvideo's floor rule gave 170)
+    # UCF101's 320 x 240 frames to (pytorchvideo's floor rule gave 170)
     assert ShortSideResize(128).output_size(240, 320) == (128, 171)
     assert ShortSideResize(128).output_size(320, 240) == (171, 128)
     assert [ShortSideResize(s).output_size(240, 320) for s in (112, 144)] == [(112, 149), (144, 192)]

@@ -284,8 +284,8 @@ def feature_cache_key(
                 "pooling": pooling,
                 "clip": asdict(clip),
                 "videos": listing,
-                # 3: ShortSideResize rounds as CtP (protocols ctp/fedvssl/ssd v2): frames decoded
-                # at the old rounding (170 wide from 320 x 240 at 128) are never served again
+                # 3: protocols ctp/fedvssl/ssd v2 (ShortSideResize rounds as CtP, `ctp` clips are
+                # centre-cropped as its GroupCenterCrop): features of the old frames never served again
                 "version": 3,
             }
         )
