@@ -114,6 +114,11 @@ class OptimizerSpec:
         )
 
 
+#: ``client.last_batch``: what a client's local epoch does with its ragged last batch
+#: (:func:`benchmark.federation.training.client_last_batch`)
+LAST_BATCH_RULES = ("drop", "pad", "ssd")
+
+
 @dataclass(frozen=True)
 class LocalTrainingSpec:
     """Everything one client's round of local training needs (:func:`run_local_training`).
@@ -121,7 +126,8 @@ class LocalTrainingSpec:
     local_steps: steps per round (None: ``local_epochs`` epochs). num_clients: the size of
     the client context a method sees (``SSLMethod.set_client_context``).
     failure_prob: ``fault.client_failure_prob`` (seeded injected failures).
-    precision: ``client.precision`` (fp32 | bf16 | fp16). image_dataset: the dataset config
+    precision: ``client.precision`` (fp32 | bf16 | fp16). last_batch: ``client.last_batch``
+    (drop | pad | ssd: :func:`benchmark.federation.training.client_last_batch`). image_dataset: the dataset config
     when the run is on the image track (``dataset.modality: image``), else None.
     """
 
@@ -139,6 +145,7 @@ class LocalTrainingSpec:
     grad_clip_norm: float | None = None
     failure_prob: float = 0.0
     precision: str = "fp32"
+    last_batch: str = "drop"
     image_dataset: Mapping[str, Any] | None = None
 
     @classmethod
@@ -146,6 +153,9 @@ class LocalTrainingSpec:
         client, fed = cfg["client"], cfg["federation"]
         local_steps = fed.get("local_steps")
         clip_norm = client.get("grad_clip_norm")
+        last_batch = str(client.get("last_batch", "drop") or "drop")
+        if last_batch not in LAST_BATCH_RULES:
+            raise ValueError(f"client.last_batch={last_batch!r}: expected one of {', '.join(LAST_BATCH_RULES)}")
         return cls(
             seed=int(cfg["seed"]),
             model=ModelSpec.from_config(cfg),
@@ -161,6 +171,7 @@ class LocalTrainingSpec:
             grad_clip_norm=float(clip_norm) if clip_norm else None,
             failure_prob=float((cfg.get("fault") or {}).get("client_failure_prob", 0.0) or 0.0),
             precision=str(client.get("precision", "fp32") or "fp32"),
+            last_batch=last_batch,
             image_dataset=_image_dataset(cfg.get("dataset")),
         )
 

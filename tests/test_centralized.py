@@ -112,6 +112,32 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
         few.metrics["steps"] == client_steps(2, 3, 2, None) == 2 and few.metrics["samples_processed"] == 4
     )  # n <= batch
     assert few.num_examples == 2
+    # client.last_batch=pad (CtP's GroupSampler, the ctp/fedvssl protocols): 5 videos at 3 ->
+    # 2 whole batches per epoch, the second padded with the epoch's first video
+    cfg.client.last_batch = "pad"
+    padded_spec = LocalTrainingSpec.from_config(cfg)
+    padded = run_local_training(padded_spec, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
+    assert padded.metrics["steps"] == client_steps(5, 3, 2, None, "pad") == 4
+    assert padded.metrics["samples_processed"] == 12 and padded.num_examples == 5
+    cfg.client.last_batch = "ragged"
+    with pytest.raises(ValueError, match="client.last_batch='ragged': expected one of drop, pad, ssd"):
+        LocalTrainingSpec.from_config(cfg)
+
+
+def test_epoch_end_rules_hand_examples():
+    from benchmark.federation.training import client_last_batch, epoch_batches
+
+    # a FedVSSL Kinetics-400 client (2,255 videos, batch 4): CtP pads to 564 steps, dropping gave 563
+    assert epoch_batches(2255, 4, "pad") == 564 and epoch_batches(2255, 4, "drop") == 563
+    assert epoch_batches(2256, 4, "pad") == epoch_batches(2256, 4, "drop") == 564
+    # hc-fang/ssd: drop_last with <= 10 clients; with more, keep the ragged batch unless it holds one
+    assert [client_last_batch("ssd", n, 32, 10) for n in (70, 65)] == ["drop", "drop"]
+    assert [client_last_batch("ssd", n, 32, 50) for n in (70, 65, 64)] == ["keep", "drop", "keep"]
+    assert [epoch_batches(n, 32, "ssd", 50) for n in (70, 65, 64)] == [3, 2, 2]
+    assert epoch_batches(70, 32, "ssd", 10) == 2
+    # every rule: a client with at most one batch of videos trains on one batch of all of them
+    assert {client_last_batch(rule, n, 8, 100) for rule in ("drop", "pad", "ssd") for n in (1, 5, 8)} == {"keep"}
+    assert epoch_batches(1, 8, "ssd", 100) == epoch_batches(5, 8, "pad") == 1
 
 
 @pytest.fixture(scope="module")

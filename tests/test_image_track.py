@@ -258,7 +258,7 @@ def _assert_smoke_record(record: dict, table, row_index: int, run_dir, *, engine
 
     _, problems = validate_records([run_dir / "result.json"])
     assert problems == [], [str(p) for p in problems]
-    assert record["protocol"] == {"name": "ssd_image", "version": 1, "variant": "smoke"}
+    assert record["protocol"] == {"name": "ssd_image", "version": 2, "variant": "smoke"}
     assert record["status"] == "reproduced"
     assert record["method"]["name"].startswith(("align_uniform", "ssd")[row_index])
     metrics = ResultRecord.from_json(record).evaluations.metrics()

@@ -425,11 +425,11 @@ def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):
     # run_local_training iterates a round's epochs in one loader pass (workers start once);
     # that must give exactly the batches of the old epoch-by-epoch loop, ragged ends dropped
     dataset = train_dataset(videos * 2)
-    multi = collect(make_train_loader(dataset, batch_size=3, num_workers=1, seed=7, drop_last=True, epochs=[3, 4]))
+    multi = collect(make_train_loader(dataset, batch_size=3, num_workers=1, seed=7, last_batch="drop", epochs=[3, 4]))
     single = []
     for epoch in (3, 4):
         dataset.set_epoch(epoch)
-        single += collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=7, drop_last=True))
+        single += collect(make_train_loader(dataset, batch_size=3, num_workers=0, seed=7, last_batch="drop"))
     assert len(multi) == len(single) == 4  # 8 videos: 2 full batches of 3 per epoch
     for a, b in zip(multi, single, strict=True):
         assert torch.equal(a["index"], b["index"])
@@ -437,7 +437,7 @@ def test_one_pass_over_several_epochs_equals_one_pass_per_epoch(videos):
     first, second = (torch.cat([b["index"] for b in multi[k : k + 2]]).tolist() for k in (0, 2))
     assert len(set(first)) == len(set(second)) == 6 and first != second
     # a loader built once follows set_epoch on every pass (the fine-tuning loop relies on it)
-    reused = make_train_loader(dataset, batch_size=3, num_workers=0, seed=7, drop_last=True)
+    reused = make_train_loader(dataset, batch_size=3, num_workers=0, seed=7, last_batch="drop")
     for epoch, expected in ((3, single[:2]), (4, single[2:])):
         dataset.set_epoch(epoch)
         for a, b in zip(collect(reused), expected, strict=True):

@@ -142,7 +142,7 @@ def test_smoke_variant_keeps_its_name_despite_its_size_overrides():
 
     table = TABLES["fedvssl-k400-noniid"]
     pid = protocol_id(compose([*table.rows[0].overrides, *table.smoke_overrides]))
-    assert pid == {"name": "fedvssl", "version": 2, "variant": "smoke"}
+    assert pid == {"name": "fedvssl", "version": 3, "variant": "smoke"}
 
 
 def test_protocol_owns_the_keys_its_files_set():
@@ -161,12 +161,12 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     plain = protocol_id(compose(["protocol=fedvssl"]))
     avg = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg"]))
     lr = protocol_id(compose(["experiment=fvssl_k400_noniid", "client.optimizer.lr=0.1", "clip.stride=2"]))
-    assert avg == {"name": "fedvssl", "version": 2, "variant": MODIFIED_VARIANT, "overridden": {"eval.pooling": "avg"}}
+    assert avg == {"name": "fedvssl", "version": 3, "variant": MODIFIED_VARIANT, "overridden": {"eval.pooling": "avg"}}
     assert lr["variant"] == MODIFIED_VARIANT and lr["overridden"] == {"client.optimizer.lr": 0.1, "clip.stride": 2}
     assert (
         record_protocol(
             {
-                "protocol": {"name": "fedvssl", "version": 2, "variant": None},
+                "protocol": {"name": "fedvssl", "version": 3, "variant": None},
                 **{
                     k: v
                     for k, v in OmegaConf.to_container(compose(["protocol=fedvssl", "eval.pooling=avg"])).items()
@@ -178,7 +178,7 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     )
     # a variant the config names itself is kept: the run says what it is
     named = protocol_id(compose(["protocol=fedvssl", "eval.pooling=avg", "protocol.variant=avgpool"]))
-    assert named == {"name": "fedvssl", "version": 2, "variant": "avgpool"}
+    assert named == {"name": "fedvssl", "version": 3, "variant": "avgpool"}
 
     def record(rid: str, proto: dict) -> dict:
         return {
@@ -202,9 +202,9 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
     recs = [record("plain", plain), record("avg", avg), record("lr", lr)]
     labels = [protocol_label(r) for r in recs]
     assert labels == [
-        "fedvssl/v2",
-        "fedvssl/v2+modified[eval.pooling=avg]",
-        "fedvssl/v2+modified[client.optimizer.lr=0.1,clip.stride=2]",
+        "fedvssl/v3",
+        "fedvssl/v3+modified[eval.pooling=avg]",
+        "fedvssl/v3+modified[client.optimizer.lr=0.1,clip.stride=2]",
     ]
     board = build_leaderboard(recs)
     assert sorted((t["protocol"], [e["record_ids"] for e in t["entries"]]) for t in board["tracks"]) == sorted(
@@ -421,3 +421,76 @@ def test_evaluate_config_has_the_run_configs_clip_defaults():
         assert OmegaConf.to_container(OmegaConf.select(evaluate, key)) == OmegaConf.to_container(
             OmegaConf.select(run, key)
         ), key
+
+
+def test_ctp_finetune_clip_repeats_a_short_videos_last_frame():
+    from benchmark.data.clips import CtPRandomClip, train_clip_indices
+
+    sampler = CtPRandomClip(16, 2)
+    g = torch.Generator().manual_seed(0)
+    # CtP RandomFrameSampler: 25 frames < span 31 -> start 0, indices clamped to frame 24
+    assert sampler(25, g) == ([[0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 24, 24, 24]], {})
+    assert sampler(31, g) == ([list(range(0, 31, 2))], {})  # total_len >= num_frames: start 0
+    # the loop rule it replaces for fine-tuning (and keeps for everything else)
+    assert train_clip_indices(25, 16, 2, g)[-4:] == [24, 1, 3, 5]
+    for _ in range(20):
+        (clip,), _ = sampler(100, g)
+        assert [b - a for a, b in zip(clip, clip[1:])] == [2] * 15 and 0 <= clip[0] <= 69
+
+
+def test_padded_epoch_repeats_the_first_videos_of_its_order_with_their_own_draws(tiny_videos):
+    from benchmark.data.loaders import EpochBatchSampler, TrainClipDataset
+
+    # CtP group_sampler.py: indice += indice[:extra]; 7 videos, batches of 3 -> 9 items
+    (a, b, c) = list(EpochBatchSampler(7, 3, seed=4, epochs=[2], last_batch="pad"))
+    order = [index for _, index in a + b] + [c[0][1]]
+    assert sorted(order) == list(range(7))
+    assert c[1:] == [(2, order[0], 1), (2, order[1], 1)]
+    assert [len(x) for x in EpochBatchSampler(7, 3, seed=4, epochs=[2], last_batch="keep")] == [3, 3, 1]
+    assert [len(x) for x in EpochBatchSampler(7, 3, seed=4, epochs=[2], last_batch="drop")] == [3, 3]
+    # an epoch shorter than one batch cycles its order (CtP would fail its assert)
+    ((*first, p1, p2, p3),) = list(EpochBatchSampler(2, 5, seed=1, epochs=[0], last_batch="pad"))
+    assert [p1, p2, p3] == [(0, first[0][1], 1), (0, first[1][1], 1), (0, first[0][1], 2)]
+    with pytest.raises(ValueError, match="last_batch='ragged': expected one of keep, drop, pad"):
+        EpochBatchSampler(7, 3, seed=4, epochs=[2], last_batch="ragged")
+    # the copy is the same video with new draws (CtP's sampler visits it again with new
+    # random numbers), not a duplicate of the first visit's clip
+    ds = TrainClipDataset(tiny_videos, frames=4, stride=2, short_side=40, crop_size=32, seed=3)
+    original, copy = ds[(2, 5)], ds[(2, 5, 1)]
+    assert int(original["index"]) == int(copy["index"]) == 5
+    assert not torch.equal(original["video"], copy["video"])
+    assert torch.equal(copy["video"], ds[(2, 5, 1)]["video"])  # reproducible
+    ds.set_epoch(2)  # key (2, 5) is epoch 2's item 5
+    assert torch.equal(original["video"], ds[5]["video"])
+
+
+@pytest.mark.parametrize("sampling, batch_sizes", [("ctp", [3, 3, 3]), ("uniform", [3, 3, 2])])
+def test_finetune_follows_ctps_epoch_padding_only_in_its_pipeline(tiny_videos, monkeypatch, sampling, batch_sizes):
+    import benchmark.data.loaders as loaders
+    from benchmark.evaluation.features import ClipSettings
+    from benchmark.evaluation.finetune import finetune
+    from benchmark.evaluation.pipeline import Downstream
+    from benchmark.evaluation.spec import FinetuneSpec
+
+    seen, made = [], loaders.make_train_loader
+
+    def recording(dataset, **kwargs):
+        loader = made(dataset, **kwargs)
+        seen.append((kwargs["last_batch"], dataset.frame_sampler, [len(b) for b in loader.batch_sampler]))
+        return loader
+
+    monkeypatch.setattr(loaders, "make_train_loader", recording)
+    videos = [(path, k % 2) for k, (path, _) in enumerate(tiny_videos)]  # 8 videos, two classes
+    ds = Downstream("tiny", "tiny", "1", ["a", "b"], videos, videos[:2], {})
+    spec = FinetuneSpec(
+        enabled=True, epochs=1, batch_size=3, num_workers=0, lr=0.01, momentum=0.9, weight_decay=0.0,
+        milestones=(), gamma=0.1, dropout=0.0, seed=0, grad_clip_norm=None, train_short_sides=None,
+        flip_prob=0.5, color=None, head_init_std=0.001,
+    )  # fmt: skip
+    clip = ClipSettings(num_clips=1, frames=4, stride=2, short_side=40, crop_size=32, sampling=sampling)
+    result = finetune(TinyR3D(4), ds, spec, clip, torch.device("cpu"), test_batch_size=2, test_num_workers=0)
+    ((last_batch, frame_sampler, sizes),) = seen
+    assert sizes == batch_sizes  # 8 videos: CtP pads the epoch to 9 (3 x 3), ours keeps 3 + 3 + 2
+    assert last_batch == ("pad" if sampling == "ctp" else "keep")
+    assert (frame_sampler is not None) == (sampling == "ctp")
+    assert len(result["train_loss"]) == 1 and result["train_loss"][0] > 0

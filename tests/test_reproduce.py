@@ -98,7 +98,7 @@ def test_reproduce_smoke_end_to_end(tmp_path, monkeypatch):
     }
     assert record["method"]["name"] == "ctp + fvssl (alpha=0.9, beta=1)"
     # the paper protocol at smoke size: named as such in the record and in every evaluation
-    assert record["protocol"] == {"name": "ctp", "version": 2, "variant": "smoke"}
+    assert record["protocol"] == {"name": "ctp", "version": 3, "variant": "smoke"}
     retrieval = record["evaluations"]["retrieval"]["synthetic_ucf101"]["protocol"]
     assert (retrieval["name"], retrieval["variant"], retrieval["pooling"], retrieval["backbone_layout"]) == (
         "ctp",

@@ -92,6 +92,21 @@ def ctp_train_clip_indices(
     return [min(start + k * stride + jitter[k], num_frames - 1) for k in range(frames)]
 
 
+class CtPRandomClip:
+    """A loader ``frame_sampler`` (``TrainClipDataset``): one training clip as CtP's
+    ``RandomFrameSampler(num_clips=1, clip_len=frames, strides=stride, temporal_jitter=False)``
+    draws it (:func:`ctp_train_clip_indices`): a video shorter than the clip's span starts at
+    frame 0 and repeats its last frame, where :func:`train_clip_indices` loops it. CtP's
+    fine-tuning clips (configs/recognizers/_base_/runtime_ucf101.py:26-32). A class, so
+    loader workers can pickle it. ``(num_frames, generator) -> ([indices], {})``."""
+
+    def __init__(self, frames: int, stride: int):
+        self.frames, self.stride = int(frames), int(stride)
+
+    def __call__(self, num_frames: int, generator: torch.Generator) -> tuple[list[list[int]], dict]:
+        return [ctp_train_clip_indices(num_frames, self.frames, [self.stride], False, generator)], {}
+
+
 def ctp_uniform_clip_indices(num_frames: int, num_clips: int, frames: int, stride: int) -> list[list[int]]:
     """Test clips as CtP's ``UniformFrameSampler`` (no jitter): ``num_clips`` offsets
     ``int(tick / 2 + tick * i)`` with ``tick = (num_frames - frames * stride + 1) / num_clips``

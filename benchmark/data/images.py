@@ -514,8 +514,8 @@ class TrainImageDataset(Dataset):
     training and evaluation use ``ToTensor()`` only. The official flip comes after the crop;
     flipping first gives the same distribution (the crop box is drawn independently of
     the flip and its position distribution is mirror-symmetric).
-    Keys (epoch, index) as :class:`benchmark.data.loaders.EpochBatchSampler` hands them out;
-    draws come from ``item_seed(seed, epoch, index)``.
+    Keys (epoch, index[, repeat]) as :class:`benchmark.data.loaders.EpochBatchSampler` hands
+    them out; draws come from ``item_seed(seed, epoch, index, repeat)``.
     """
 
     def __init__(
@@ -543,11 +543,11 @@ class TrainImageDataset(Dataset):
         (``ToTensor``), floats as they are; no mean/std (the official code has none)."""
         return views.float().div_(255.0) if views.dtype == torch.uint8 else views
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        from benchmark.data.loaders import item_seed
+    def __getitem__(self, key: int | tuple[int, ...]) -> dict[str, torch.Tensor]:
+        from benchmark.data.loaders import item_key, item_seed
 
-        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
-        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, index))
+        epoch, index, repeat = item_key(key, self.epoch)
+        generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, index, repeat))
         position, label = self.items[index]
         image = torch.from_numpy(np.ascontiguousarray(self.images[position])).permute(2, 0, 1)  # (C, H, W) uint8
         views = []

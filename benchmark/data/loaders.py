@@ -72,13 +72,24 @@ def default_sample_transform(views: list[Tensor], generator: torch.Generator) ->
     return {"video": torch.stack(views)}
 
 
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed mixing ``(seed, epoch, index)`` (numpy SeedSequence; no ``hash()``)."""
-    for name, value in (("seed", seed), ("epoch", epoch), ("index", index)):
+def item_seed(seed: int, epoch: int, index: int, repeat: int = 0) -> int:
+    """A 63-bit seed mixing ``(seed, epoch, index)`` (numpy SeedSequence; no ``hash()``);
+    ``repeat`` > 0: the seed of the item's ``repeat``-th extra visit in the epoch (a padded
+    batch's copy, :class:`EpochBatchSampler`), so the copy draws its own clip and augmentation."""
+    for name, value in (("seed", seed), ("epoch", epoch), ("index", index), ("repeat", repeat)):
         if value < 0:
             raise ValueError(f"{name}={value}: expected a non-negative integer")
-    high, low = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    entropy = [seed, epoch, index] + ([repeat] if repeat else [])  # repeat 0: the seeds as before
+    high, low = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return ((int(high) << 32) | int(low)) & ((1 << 63) - 1)
+
+
+def item_key(key: int | tuple[int, ...], epoch: int) -> tuple[int, int, int]:
+    """``(epoch, index, repeat)`` of a dataset key: an index of ``epoch``, or the
+    ``(epoch, index)`` / ``(epoch, index, repeat)`` tuples :class:`EpochBatchSampler` hands out."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1]), int(key[2]) if len(key) > 2 else 0
+    return int(epoch), int(key), 0
 
 
 def _check_clip(frames: int, stride: int, short_side: int, crop_size: int) -> None:
@@ -432,17 +443,19 @@ class TrainClipDataset(_ClipDataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def generator_for(self, index: int, epoch: int | None = None) -> torch.Generator:
+    def generator_for(self, index: int, epoch: int | None = None, repeat: int = 0) -> torch.Generator:
         """The generator item ``index`` draws from in ``epoch`` (default: the current one;
-        first draws: clip starts)."""
-        return torch.Generator().manual_seed(item_seed(self.seed, self.epoch if epoch is None else epoch, index))
+        first draws: clip starts); ``repeat``: its extra visits in a padded epoch."""
+        epoch = self.epoch if epoch is None else epoch
+        return torch.Generator().manual_seed(item_seed(self.seed, epoch, index, repeat))
 
-    def _unit_sample(self, key: int | tuple[int, int]) -> dict[str, Tensor]:
-        # key: an index (of the current epoch) or an (epoch, index) pair, as EpochBatchSampler
-        # hands them out, so one loader pass can span epochs without telling the workers
-        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (None, int(key))
+    def _unit_sample(self, key: int | tuple[int, ...]) -> dict[str, Tensor]:
+        # key: an index (of the current epoch) or an (epoch, index[, repeat]) tuple, as
+        # EpochBatchSampler hands them out, so one loader pass can span epochs without
+        # telling the workers
+        epoch, index, repeat = item_key(key, self.epoch)
         path, label = self.videos[index]
-        generator = self.generator_for(index, epoch)
+        generator = self.generator_for(index, epoch, repeat)
         short_side, spatial = self.short_side, self.spatial
         if len(self.short_sides) > 1:
             short_side = self.short_sides[int(torch.randint(0, len(self.short_sides), (1,), generator=generator))]
@@ -548,6 +561,10 @@ class EvalClipDataset(_ClipDataset):
         }
 
 
+#: what becomes of an epoch's ragged last batch (:class:`EpochBatchSampler`)
+LAST_BATCH = ("keep", "drop", "pad")
+
+
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """Shuffled batches of ``(epoch, index)`` items over several epochs, in one pass.
 
@@ -564,7 +581,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         batch_size: int,
         seed: int,
         epochs: Sequence[int] | Callable[[], int],
-        drop_last: bool = False,
+        last_batch: str = "keep",
     ):
         # epochs: the epochs of every pass, or a callable giving the one epoch of the next
         # pass when it starts (a loader built once and re-iterated after set_epoch)
@@ -572,14 +589,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError(f"batch_size={batch_size}: expected a positive integer")
         self.num_items, self.batch_size, self.seed = int(num_items), int(batch_size), int(seed)
         self.epochs = epochs if callable(epochs) else [int(e) for e in epochs]
-        self.drop_last = bool(drop_last)
+        if last_batch not in LAST_BATCH:
+            raise ValueError(f"last_batch={last_batch!r}: expected one of {', '.join(LAST_BATCH)}")
+        self.last_batch = last_batch
 
     def _pass_epochs(self) -> list[int]:
         return [int(self.epochs())] if callable(self.epochs) else self.epochs
 
     def _batches_per_epoch(self) -> int:
         full, ragged = divmod(self.num_items, self.batch_size)
-        return full + (0 if self.drop_last or ragged == 0 else 1)
+        return full + (0 if self.last_batch == "drop" or ragged == 0 else 1)
 
     def __len__(self) -> int:
         return (1 if callable(self.epochs) else len(self.epochs)) * self._batches_per_epoch()
@@ -588,8 +607,12 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         for epoch in self._pass_epochs():
             generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, 0))
             order = torch.randperm(self.num_items, generator=generator).tolist()
+            items = [(epoch, index) for index in order]
+            if self.last_batch == "pad":  # CtP: indice += indice[:extra] (cycled if the epoch is shorter than a batch)
+                extra = -self.num_items % self.batch_size
+                items += [(epoch, order[k % self.num_items], 1 + k // self.num_items) for k in range(extra)]
             for start in range(0, self._batches_per_epoch() * self.batch_size, self.batch_size):
-                yield [(epoch, index) for index in order[start : start + self.batch_size]]
+                yield items[start : start + self.batch_size]
 
 
 def _recycle_freed_memory() -> None:
@@ -704,7 +727,7 @@ def make_train_loader(
     batch_size: int,
     num_workers: int,
     seed: int,
-    drop_last: bool = False,
+    last_batch: str = "keep",
     epochs: Sequence[int] | None = None,
 ) -> TrainLoader:
     """Shuffled loader over ``epochs`` (default: one epoch, the dataset's current one when
@@ -721,7 +744,7 @@ def make_train_loader(
         epochs = lambda: getattr(dataset, "epoch", 0)  # noqa: E731
     return TrainLoader(
         dataset,
-        batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, epochs, drop_last),
+        batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, epochs, last_batch),
         generator=torch.Generator().manual_seed(seed),
         **_loader_kwargs(num_workers, persistent=True),
     )

@@ -5,7 +5,9 @@ every value in docs/protocols/ctp.md). Model: backbone (in the protocol's layout
 average pool -> dropout -> linear head (weights N(0, head_init_std^2), bias 0, drawn from
 a seeded generator). Training: one random clip per video per step (``TrainClipDataset``:
 random start, short side drawn from ``train_short_sides``, random crop, flip with
-``flip_prob``, then CtP's brightness / contrast / hue-saturation steps), cross-entropy, SGD
+``flip_prob``, then CtP's brightness / contrast / hue-saturation steps; with
+``eval.clip.sampling=ctp`` short videos repeat their last frame and every epoch is padded
+to whole batches, as CtP's sampler and ``GroupSampler``), cross-entropy, SGD
 with momentum and weight decay, gradients clipped to ``grad_clip_norm``, lr multiplied by
 ``gamma`` at each epoch in ``milestones`` (MultiStepLR). Test: N clips per video
 (``eval.clip``); clip-level metrics judge each clip alone, video-level metrics take the
@@ -91,6 +93,7 @@ def finetune(
     Returns clip_/video_ top1, top5, mean_class_accuracy (fractions), ``epochs``,
     ``train_loss`` (mean per epoch) and ``lr`` (per epoch).
     """
+    from benchmark.data.clips import CtPRandomClip
     from benchmark.data.loaders import TrainClipDataset, make_train_loader
 
     seed = int(ft.seed)
@@ -108,6 +111,9 @@ def finetune(
             float(ft.head_init_std),
         ).to(device)
         sides = ft.train_short_sides
+        # CtP's recognizer pipeline (eval.clip.sampling=ctp): its RandomFrameSampler repeats
+        # a short video's last frame, and its sampler pads every epoch to whole batches
+        ctp = clip.sampling == "ctp"
         train_set = TrainClipDataset(
             ds.train,
             frames=clip.frames,
@@ -119,11 +125,18 @@ def finetune(
             flip_prob=float(ft.flip_prob),
             sample_transform=color_transform(ft.color),
             normalization=clip.normalization,
+            frame_sampler=CtPRandomClip(clip.frames, clip.stride) if ctp else None,
         )
         clip_norm = ft.grad_clip_norm
         # one worker for every epoch (persistent), stopped when the block exits, error or not
         loader = stack.enter_context(
-            make_train_loader(train_set, batch_size=int(ft.batch_size), num_workers=int(ft.num_workers), seed=seed)
+            make_train_loader(
+                train_set,
+                batch_size=int(ft.batch_size),
+                num_workers=int(ft.num_workers),
+                seed=seed,
+                last_batch="pad" if ctp else "keep",
+            )
         )
         optimizer = torch.optim.SGD(
             model.parameters(), lr=float(ft.lr), momentum=float(ft.momentum), weight_decay=float(ft.weight_decay)

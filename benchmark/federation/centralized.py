@@ -9,9 +9,10 @@ result record unchanged.
 Step budget. The model makes exactly as many optimizer steps as the federated run with
 the same config would make in total: for round r, Σ over the clients that
 ``sample_clients(seed, r, ...)`` picks of that client's local steps
-(``federation.local_steps``, else ``local_epochs · ⌊n_k / client.batch_size⌋`` — the
-loader drops a ragged last batch — or ``local_epochs`` when ``n_k ≤ batch_size``). :func:`federated_step_budget` computes it from the
-manifest sizes without training.
+(``federation.local_steps``, else ``local_epochs`` times the batches of one epoch:
+``⌊n_k / client.batch_size⌋`` when ``client.last_batch`` drops a ragged last batch,
+``⌈n_k / client.batch_size⌉`` when it keeps or pads it, 1 when ``n_k ≤ batch_size``).
+:func:`federated_step_budget` computes it from the manifest sizes without training.
 
 How it trains. Each federated round becomes one call of
 :func:`~benchmark.federation.training.run_local_training` on the pooled video list with
@@ -67,15 +68,22 @@ from benchmark.rundir import (
 from benchmark.specs import FederationSpec, LocalTrainingSpec, RunSpec
 
 
-def client_steps(num_videos: int, batch_size: int, local_epochs: int, local_steps: int | None) -> int:
+def client_steps(
+    num_videos: int,
+    batch_size: int,
+    local_epochs: int,
+    local_steps: int | None,
+    last_batch: str = "drop",
+    num_clients: int = 1,
+) -> int:
     """Optimizer steps one federated client makes in one round.
 
-    ``local_steps`` when set; else ``local_epochs`` times the batches of one epoch
-    (:func:`~benchmark.federation.training.epoch_batches`).
+    ``local_steps`` when set; else ``local_epochs`` times the batches of one epoch under
+    ``client.last_batch`` (:func:`~benchmark.federation.training.epoch_batches`).
     """
     if local_steps:
         return int(local_steps)
-    return int(local_epochs) * epoch_batches(num_videos, batch_size)
+    return int(local_epochs) * epoch_batches(num_videos, batch_size, last_batch, num_clients)
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,12 @@ def federated_step_budget(
     budget = []
     for server_round in range(1, federation.rounds + 1):
         sampled = sample_clients(federation.seed, server_round, list(range(num_clients)), per_round)
-        steps = {c: client_steps(client_sizes[c], batch_size, training.local_epochs, local_steps) for c in sampled}
+        steps = {
+            c: client_steps(
+                client_sizes[c], batch_size, training.local_epochs, local_steps, training.last_batch, num_clients
+            )
+            for c in sampled
+        }
         budget.append(RoundBudget(server_round, sampled, steps))
     return budget
 

@@ -23,7 +23,7 @@ import torch
 
 from benchmark.device import resolve_device
 from benchmark.registry import build_backbone, build_method
-from benchmark.specs import LocalTrainingSpec, ModelSpec, OptimizerSpec
+from benchmark.specs import LAST_BATCH_RULES, LocalTrainingSpec, ModelSpec, OptimizerSpec
 
 #: Decoded frames a client's decode worker (each, or the training process without workers)
 #: may keep during a round (benchmark.data.decoding.cached_videos): a demo client's ~60
@@ -169,15 +169,35 @@ def client_videos(
     return [(str(path), int(rec.label)) for rec, path in resolved.present]
 
 
-def epoch_batches(num_videos: int, batch_size: int) -> int:
-    """Batches in one local epoch of a client with ``num_videos`` videos.
+def client_last_batch(rule: str, num_videos: int, batch_size: int, num_clients: int) -> str:
+    """The loader's ``last_batch`` (keep | drop | pad) for one client's local epochs.
 
-    The train loader drops the ragged last batch, which can hold a single video that
-    contrastive/uniformity losses cannot use (the official SSD code skips it too), unless
-    it is the only batch: ``⌊n / batch_size⌋``, or 1 when ``n ≤ batch_size``.
+    rule ``drop`` (the benchmark's default): the ragged last batch is dropped (a batch of
+    one video is useless to contrastive and uniformity losses); ``pad``: padded to a whole
+    batch with the epoch's first videos, as CtP's ``GroupSampler`` that FedVSSL's clients
+    train with (microsoft/CtP pyvrl/datasets/dataloader/group_sampler.py:36-39); ``ssd``:
+    hc-fang/ssd's rule, dropped with at most 10 clients (``drop_last=True``,
+    mains/train_fedalignuniform.py:121-125), kept with more (:126-130), except a batch of
+    one video, which its client skips (methods/fedalignuniform/client.py:89-90). Under every
+    rule a client with at most ``batch_size`` videos trains on one batch of all of them.
     """
+    if rule not in LAST_BATCH_RULES:
+        raise ValueError(f"client.last_batch={rule!r}: expected one of {', '.join(LAST_BATCH_RULES)}")
     n, b = int(num_videos), int(batch_size)
-    return n // b if n > b else 1
+    if n <= b:
+        return "keep"
+    if rule == "ssd" and num_clients > 10:
+        return "drop" if n % b == 1 else "keep"
+    return "pad" if rule == "pad" else "drop"
+
+
+def epoch_batches(num_videos: int, batch_size: int, rule: str = "drop", num_clients: int = 1) -> int:
+    """Batches in one local epoch of a client with ``num_videos`` videos under ``client.last_batch``
+    ``rule`` (:func:`client_last_batch`): ``⌊n / batch_size⌋`` when the ragged batch is dropped,
+    ``⌈n / batch_size⌉`` when it is kept or padded."""
+    full, ragged = divmod(int(num_videos), int(batch_size))
+    kept = ragged and client_last_batch(rule, num_videos, batch_size, num_clients) != "drop"
+    return full + (1 if kept else 0)
 
 
 @dataclass
@@ -288,7 +308,9 @@ def run_local_training(
     max_steps = spec.local_steps
     batch_size = spec.batch_size
     num_epochs = (
-        math.ceil(max_steps / epoch_batches(len(videos), batch_size)) if max_steps is not None else spec.local_epochs
+        math.ceil(max_steps / epoch_batches(len(videos), batch_size, spec.last_batch, spec.num_clients))
+        if max_steps is not None
+        else spec.local_epochs
     )
     # epoch ids are unique per (round, epoch), so every round draws new clips and patches
     loader = make_train_loader(
@@ -296,7 +318,7 @@ def run_local_training(
         batch_size=batch_size,
         num_workers=spec.num_workers,
         seed=derive_seed(spec.seed, _TAG_DATA, server_round, client_id),
-        drop_last=len(videos) > batch_size,  # as epoch_batches counts
+        last_batch=client_last_batch(spec.last_batch, len(videos), batch_size, spec.num_clients),
         epochs=[server_round * 1000 + epoch for epoch in range(num_epochs)],
     )
     optimizer = make_optimizer(spec.optimizer, method.parameter_groups(), lr)
