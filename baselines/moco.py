@@ -85,6 +85,7 @@ class MoCo(SSLMethod):
             p.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(out_channels, queue_size), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self._batch_size: int | None = None  # set by the first enqueue (a whole batch)
 
     # --- data ----------------------------------------------------------------------
     def sample_frames(self, num_frames: int, generator: torch.Generator):
@@ -110,14 +111,24 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write (N, D) keys at the queue pointer, wrapping around (``_dequeue_and_enqueue``)."""
+        """Write (N, D) keys at the queue pointer, wrapping around (``_dequeue_and_enqueue``).
+
+        The first batch sets the batch size, which must divide the queue (the official
+        assert). A smaller, ragged last batch of an epoch (``client.last_batch`` keeps it
+        under some protocols; the official loader drops it) is written around the end of
+        the queue, so the queue still holds the newest ``queue_size`` keys."""
         n, ptr = keys.shape[0], int(self.queue_ptr)
-        if self.K % n:
-            raise ValueError(
-                f"method.params.queue_size={self.K} is not a multiple of the batch size {n} "
-                "(as the official code requires); change one of them"
-            )
-        self.queue[:, ptr : ptr + n] = keys.T
+        if self._batch_size is None:
+            if self.K % n:
+                raise ValueError(
+                    f"method.params.queue_size={self.K} is not a multiple of the batch size {n} "
+                    "(as the official code requires); change one of them"
+                )
+            self._batch_size = n
+        if n > self.K:
+            raise ValueError(f"a batch of {n} keys does not fit method.params.queue_size={self.K}")
+        slots = (torch.arange(n, device=self.queue.device) + ptr) % self.K
+        self.queue[:, slots] = keys.T
         self.queue_ptr[0] = (ptr + n) % self.K
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -18,6 +18,10 @@ from benchmark.data.clips import EVAL_SAMPLINGS
 from benchmark.data.transforms import NORMALIZATIONS
 from benchmark.models.backbones import BACKBONE_LAYOUTS
 
+#: ``client.last_batch``: what a client's local epoch does with its ragged last batch
+#: (:func:`benchmark.federation.training.client_last_batch`)
+LAST_BATCH_RULES = ("drop", "keep", "pad", "ssd")
+
 #: A check returns None when the value is fine, else what is allowed ("an integer >= 1").
 Check = Callable[[Any], "str | None"]
 ABSENT = object()
@@ -152,6 +156,7 @@ RUN_RULES: tuple[Rule, ...] = (
     Rule("federation.num_clients", integer(1)),
     Rule("checkpoint.keep_last", integer(1), required=False),
     Rule("client.precision", one_of("fp32", "bf16", "fp16"), required=False),
+    Rule("client.last_batch", one_of(*LAST_BATCH_RULES), required=False),
     Rule("checkpoint.keep_every", integer(0), required=False),
     Rule("federation.clients_per_round", clients_per_round),
     Rule("federation.rounds", integer(0)),  # >= 1 unless engine=centralized (cross-key rule)

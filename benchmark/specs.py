@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.config_check import check_run_config
+from benchmark.config_check import LAST_BATCH_RULES, check_run_config
 from benchmark.federation.guard import GuardSpec
 from benchmark.rundir import Retention
 
@@ -114,11 +114,6 @@ class OptimizerSpec:
         )
 
 
-#: ``client.last_batch``: what a client's local epoch does with its ragged last batch
-#: (:func:`benchmark.federation.training.client_last_batch`)
-LAST_BATCH_RULES = ("drop", "pad", "ssd")
-
-
 @dataclass(frozen=True)
 class LocalTrainingSpec:
     """Everything one client's round of local training needs (:func:`run_local_training`).
@@ -127,7 +122,7 @@ class LocalTrainingSpec:
     the client context a method sees (``SSLMethod.set_client_context``).
     failure_prob: ``fault.client_failure_prob`` (seeded injected failures).
     precision: ``client.precision`` (fp32 | bf16 | fp16). last_batch: ``client.last_batch``
-    (drop | pad | ssd: :func:`benchmark.federation.training.client_last_batch`). image_dataset: the dataset config
+    (drop | keep | pad | ssd: :func:`benchmark.federation.training.client_last_batch`). image_dataset: the dataset config
     when the run is on the image track (``dataset.modality: image``), else None.
     """
 

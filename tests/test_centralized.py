@@ -120,7 +120,7 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     assert padded.metrics["steps"] == client_steps(5, 3, 2, None, "pad") == 4
     assert padded.metrics["samples_processed"] == 12 and padded.num_examples == 5
     cfg.client.last_batch = "ragged"
-    with pytest.raises(ValueError, match="client.last_batch='ragged': expected one of drop, pad, ssd"):
+    with pytest.raises(ValueError, match="client.last_batch='ragged': expected one of drop, keep, pad, ssd"):
         LocalTrainingSpec.from_config(cfg)
 
 
@@ -135,9 +135,22 @@ def test_epoch_end_rules_hand_examples():
     assert [client_last_batch("ssd", n, 32, 50) for n in (70, 65, 64)] == ["keep", "drop", "keep"]
     assert [epoch_batches(n, 32, "ssd", 50) for n in (70, 65, 64)] == [3, 2, 2]
     assert epoch_batches(70, 32, "ssd", 10) == 2
-    # every rule: a client with at most one batch of videos trains on one batch of all of them
-    assert {client_last_batch(rule, n, 8, 100) for rule in ("drop", "pad", "ssd") for n in (1, 5, 8)} == {"keep"}
-    assert epoch_batches(1, 8, "ssd", 100) == epoch_batches(5, 8, "pad") == 1
+    # drop and ssd: a client with at most one batch of videos trains on one batch of all of them;
+    # pad pads it (CtP pads from half a batch up and fails its assert below; ours cycles)
+    assert {client_last_batch(rule, n, 8, 100) for rule in ("drop", "ssd") for n in (1, 5, 8)} == {"keep"}
+    assert client_last_batch("pad", 5, 8, 100) == "pad" and client_last_batch("keep", 70, 32, 5) == "keep"
+    assert epoch_batches(1, 8, "ssd", 100) == epoch_batches(5, 8, "pad") == epoch_batches(5, 8, "keep") == 1
+    # the centralized engine's pooled client keeps the federation's epoch end: ssd_crosssilo's 10
+    # clients drop the ragged batch, although the pooled context counts 11
+    from benchmark.federation.centralized import pooled_training_spec
+
+    spec = LocalTrainingSpec(
+        seed=0, model=None, clip=None, optimizer=None, batch_size=32, num_workers=0, num_clients=1,
+        local_epochs=1, last_batch="ssd",
+    )  # fmt: skip
+    pooled = pooled_training_spec(spec, 330, 10)
+    assert (pooled.num_clients, pooled.last_batch) == (11, "drop")
+    assert pooled_training_spec(spec, 330, 50).last_batch == "keep"
 
 
 @pytest.fixture(scope="module")

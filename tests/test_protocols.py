@@ -494,3 +494,25 @@ def test_finetune_follows_ctps_epoch_padding_only_in_its_pipeline(tiny_videos, m
     assert last_batch == ("pad" if sampling == "ctp" else "keep")
     assert (frame_sampler is not None) == (sampling == "ctp")
     assert len(result["train_loss"]) == 1 and result["train_loss"][0] > 0
+
+
+#: card keys that choose which evaluations and metrics run, not how a number is computed:
+#: changing one leaves every other number as it is, so the run keeps its protocol
+SELECTION_KEYS = {"eval.finetune.enabled", "eval.linear_probe.enabled", "eval.retrieval.ks"}
+
+
+@pytest.mark.parametrize("name", PROTOCOLS)
+def test_protocol_owns_every_key_its_card_lists(name):
+    # a card row whose key the protocol does not own could be overridden without the record
+    # saying "modified": the row would describe a run that did not happen
+    owned = protocol_settings(name)
+    card = parse_card(CARDS / f"{name}.md")
+    keys = {key for _, key, _, scope in card["rows"] if scope is None and not key.startswith("code:")}
+    unowned = {k for k in keys - SELECTION_KEYS if not any(o == k or o.startswith(k + ".") for o in owned)}
+    assert not unowned, f"{name}: card rows with keys conf/protocol/{name}.yaml does not set: {sorted(unowned)}"
+
+
+def test_changing_the_epoch_end_is_a_modified_run():
+    for protocol, other in (("cpu", "pad"), ("fedvssl", "drop"), ("ssd", "pad")):
+        pid = protocol_id(compose([f"protocol={protocol}", f"client.last_batch={other}"]))
+        assert pid["variant"] == MODIFIED_VARIANT and pid["overridden"] == {"client.last_batch": other}

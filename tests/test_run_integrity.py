@@ -153,10 +153,12 @@ def test_a_config_with_several_mistakes_reports_every_one_in_seconds_without_flo
 
 
 def test_check_run_config_raises_one_error_listing_all_problems(default_config):
-    bad = _with(default_config, seed=1.5, client__batch_size=0)
+    bad = _with(default_config, seed=1.5, client__batch_size=0, client__last_batch="ragged")
     with pytest.raises(ConfigError) as info:
         check_run_config(bad)
-    assert len(info.value.problems) == 2 and "seed=1.5" in str(info.value) and "client.batch_size=0" in str(info.value)
+    message = str(info.value)
+    assert len(info.value.problems) == 3 and "seed=1.5" in message and "client.batch_size=0" in message
+    assert "client.last_batch='ragged'" in message and "pad" in message
 
 
 # ------------------------------------------------------------------ run directory: lock (case 2), resume (case 1)

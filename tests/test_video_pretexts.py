@@ -138,8 +138,15 @@ def test_info_nce_momentum_and_queue_hand_computed():
     m.enqueue(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     m.enqueue(torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
     assert int(m.queue_ptr) == 0 and m.queue.T.tolist() == [[1, 0], [0, 1], [2, 0], [0, 2]]
-    with pytest.raises(ValueError, match="queue_size=4 is not a multiple"):
-        m.enqueue(torch.zeros(3, 2))
+    # a ragged last batch (client.last_batch keeps it under some protocols) wraps around the
+    # queue's end: the queue holds the newest 4 keys, oldest overwritten first
+    m.enqueue(torch.tensor([[3.0, 0.0]]))
+    m.enqueue(torch.tensor([[4.0, 0.0], [5.0, 0.0]]))
+    m.enqueue(torch.tensor([[6.0, 0.0], [7.0, 0.0]]))
+    assert int(m.queue_ptr) == 1 and m.queue.T.tolist() == [[7, 0], [4, 0], [5, 0], [6, 0]]
+    # the first batch fixes the batch size, which must divide the queue (the official assert)
+    with pytest.raises(ValueError, match="queue_size=4 is not a multiple of the batch size 3"):
+        MoCo(tiny(), num_frames=4, queue_size=4, out_channels=2, momentum=0.9).enqueue(torch.zeros(3, 2))
 
 
 def test_moco_key_encoder_and_queue_stay_local_and_round_start():

@@ -49,6 +49,7 @@ from benchmark.federation.checkpoint import Checkpoint, save_checkpoint
 from benchmark.federation.engine import FederationOutcome, memory_bytes
 from benchmark.federation.guard import check_global, float_norm
 from benchmark.federation.training import (
+    client_last_batch,
     client_videos,
     epoch_batches,
     initial_global_state,
@@ -66,6 +67,18 @@ from benchmark.rundir import (
     write_status,
 )
 from benchmark.specs import FederationSpec, LocalTrainingSpec, RunSpec
+
+
+def pooled_training_spec(training: LocalTrainingSpec, num_videos: int, num_clients: int) -> LocalTrainingSpec:
+    """The spec the pooled pseudo-client trains with: the run's, with the client context K of
+    K + 1, no injected failures, and the epoch end that the federation's ``num_clients``
+    clients have (``client.last_batch=ssd`` depends on the client count), as a plain rule."""
+    return replace(
+        training,
+        num_clients=num_clients + 1,
+        failure_prob=0.0,
+        last_batch=client_last_batch(training.last_batch, num_videos, training.batch_size, num_clients),
+    )
 
 
 def client_steps(
@@ -203,11 +216,7 @@ def run_centralized(
 
     # Only the step count, the client context and failures differ from a client's round;
     # everything else (optimizer, clipping, clip sampling, method) is the run's.
-    pooled_spec = replace(
-        spec.training,
-        num_clients=num_clients + 1,  # the pseudo-client's context: K of K + 1
-        failure_prob=0.0,
-    )
+    pooled_spec = pooled_training_spec(spec.training, len(pooled), num_clients)
     for plan in budget[first_round - 1 :]:
         r = plan.round
         started = time.perf_counter()

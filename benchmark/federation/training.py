@@ -173,22 +173,26 @@ def client_last_batch(rule: str, num_videos: int, batch_size: int, num_clients: 
     """The loader's ``last_batch`` (keep | drop | pad) for one client's local epochs.
 
     rule ``drop`` (the benchmark's default): the ragged last batch is dropped (a batch of
-    one video is useless to contrastive and uniformity losses); ``pad``: padded to a whole
-    batch with the epoch's first videos, as CtP's ``GroupSampler`` that FedVSSL's clients
-    train with (microsoft/CtP pyvrl/datasets/dataloader/group_sampler.py:36-39); ``ssd``:
+    one video is useless to contrastive and uniformity losses); ``keep``: kept; ``pad``:
+    padded to a whole batch with the epoch's first videos, as CtP's ``GroupSampler`` that
+    FedVSSL's clients train with (microsoft/CtP pyvrl/datasets/dataloader/group_sampler.py:36-39;
+    it fails its assert below half a batch, where ours cycles the order); ``ssd``:
     hc-fang/ssd's rule, dropped with at most 10 clients (``drop_last=True``,
     mains/train_fedalignuniform.py:121-125), kept with more (:126-130), except a batch of
-    one video, which its client skips (methods/fedalignuniform/client.py:89-90). Under every
-    rule a client with at most ``batch_size`` videos trains on one batch of all of them.
+    one video, which its client skips (methods/fedalignuniform/client.py:89-90). Under
+    ``drop`` and ``ssd`` a client with at most ``batch_size`` videos trains on one batch of
+    all of them (the official SSD loader would give it none).
     """
     if rule not in LAST_BATCH_RULES:
         raise ValueError(f"client.last_batch={rule!r}: expected one of {', '.join(LAST_BATCH_RULES)}")
     n, b = int(num_videos), int(batch_size)
+    if rule in ("pad", "keep"):
+        return rule
     if n <= b:
         return "keep"
     if rule == "ssd" and num_clients > 10:
         return "drop" if n % b == 1 else "keep"
-    return "pad" if rule == "pad" else "drop"
+    return "drop"
 
 
 def epoch_batches(num_videos: int, batch_size: int, rule: str = "drop", num_clients: int = 1) -> int:
