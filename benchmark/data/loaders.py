@@ -565,8 +565,9 @@ class EvalClipDataset(_ClipDataset):
 LAST_BATCH = ("keep", "drop", "pad")
 
 
-class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Shuffled batches of ``(epoch, index)`` items over several epochs, in one pass.
+class EpochBatchSampler(Sampler[list[tuple[int, ...]]]):
+    """Shuffled batches of ``(epoch, index)`` items over several epochs, in one pass (a
+    padded batch's copies are ``(epoch, index, repeat)``, :func:`item_seed`).
 
     Epoch ``e`` visits the permutation seeded from ``(seed, e)`` (not from how often the
     loader ran before, so a resumed run sees the same order) in batches of ``batch_size``;
@@ -603,7 +604,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return (1 if callable(self.epochs) else len(self.epochs)) * self._batches_per_epoch()
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         for epoch in self._pass_epochs():
             generator = torch.Generator().manual_seed(item_seed(self.seed, epoch, 0))
             order = torch.randperm(self.num_items, generator=generator).tolist()
