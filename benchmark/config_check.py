@@ -290,7 +290,33 @@ def _registry_problems(cfg: Mapping) -> list[str]:
                 f"{key}={name!r}: not registered; expected one of {', '.join(registry.names())} "
                 "(or register it, docs/adding-a-method.md)"
             )
-    return out + _partition_problems(cfg)
+    return out + _aggregator_param_problems(cfg) + _partition_problems(cfg)
+
+
+def _aggregator_param_problems(cfg: Mapping) -> list[str]:
+    """``aggregator.params`` are the registered aggregator's constructor arguments, and it
+    accepts their values: the server builds it only after Flower has started."""
+    import inspect
+
+    from benchmark.registry import AGGREGATORS
+
+    name, params = select(cfg, "aggregator.name"), select(cfg, "aggregator.params")
+    if not isinstance(name, str) or name not in AGGREGATORS:
+        return []
+    params = dict(params) if isinstance(params, Mapping) else {}
+    cls = AGGREGATORS.get(name)
+    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        return [
+            f"aggregator.params: {', '.join(unknown)} not taken by aggregator={name} (it takes "
+            f"{', '.join(accepted) or 'no parameters'}); remove them, or choose the aggregator they belong to"
+        ]
+    try:
+        cls(**params)
+    except (TypeError, ValueError) as e:
+        return [f"aggregator={name}: {e}"]
+    return []
 
 
 def _partition_problems(cfg: Mapping) -> list[str]:

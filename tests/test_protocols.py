@@ -137,6 +137,30 @@ def test_plain_protocols_and_their_experiments_keep_their_protocol(overrides, cl
     assert (pid["name"], pid["variant"]) == claim and "overridden" not in pid
 
 
+@pytest.mark.parametrize("overrides", [c[0] for c in CLAIMS], ids=lambda v: " ".join(v) or "default")
+def test_every_listed_composition_builds_its_aggregator(overrides):
+    # `experiment=fvssl_k400_noniid aggregator=ldawa` once carried FVSSL's alpha/beta into
+    # L-DAWA's constructor and failed only when the server started
+    from benchmark.config_check import _aggregator_param_problems
+    from benchmark.registry import build_aggregator
+
+    aggregator = OmegaConf.to_container(compose(overrides).aggregator, resolve=True)
+    assert _aggregator_param_problems({"aggregator": aggregator}) == []
+    assert build_aggregator(aggregator["name"], **aggregator.get("params", {})) is not None
+
+
+def test_aggregator_params_are_checked_before_the_run():
+    from benchmark.config_check import _aggregator_param_problems
+
+    stray = {"aggregator": {"name": "ldawa", "params": {"warmup_rounds": 3, "alpha": 0.9, "beta": 1}}}
+    assert _aggregator_param_problems(stray) == [
+        "aggregator.params: alpha, beta not taken by aggregator=ldawa (it takes warmup_rounds); "
+        "remove them, or choose the aggregator they belong to"
+    ]
+    (bad,) = _aggregator_param_problems({"aggregator": {"name": "fvssl", "params": {"alpha": 2, "beta": 1}}})
+    assert bad.startswith("aggregator=fvssl: aggregator.params.alpha=2")
+
+
 def test_smoke_variant_keeps_its_name_despite_its_size_overrides():
     from benchmark.commands.reproduce import TABLES
 
