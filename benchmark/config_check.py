@@ -305,8 +305,10 @@ def _aggregator_param_problems(cfg: Mapping) -> list[str]:
         return []
     params = dict(params) if isinstance(params, Mapping) else {}
     cls = AGGREGATORS.get(name)
-    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
-    unknown = sorted(set(params) - set(accepted))
+    signature = inspect.signature(cls).parameters.values()
+    accepted = [p.name for p in signature if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature)  # an external aggregator's **kwargs
+    unknown = [] if takes_any else sorted(set(params) - set(accepted))
     if unknown:
         return [
             f"aggregator.params: {', '.join(unknown)} not taken by aggregator={name} (it takes "
