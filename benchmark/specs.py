@@ -122,7 +122,10 @@ class LocalTrainingSpec:
     the client context a method sees (``SSLMethod.set_client_context``).
     failure_prob: ``fault.client_failure_prob`` (seeded injected failures).
     precision: ``client.precision`` (fp32 | bf16 | fp16). last_batch: ``client.last_batch``
-    (drop | keep | pad | ssd: :func:`benchmark.federation.training.client_last_batch`). image_dataset: the dataset config
+    (drop | keep | pad | ssd: :func:`benchmark.federation.training.client_last_batch`).
+    loss_log_interval: ``client.loss_log_interval``: None, the client reports the mean loss of
+    its steps; N, the loss of mmcv's text log every N steps, which FedVSSL's client reads back
+    (:func:`benchmark.federation.training.logged_loss`). image_dataset: the dataset config
     when the run is on the image track (``dataset.modality: image``), else None.
     """
 
@@ -141,6 +144,7 @@ class LocalTrainingSpec:
     failure_prob: float = 0.0
     precision: str = "fp32"
     last_batch: str = "drop"
+    loss_log_interval: int | None = None
     image_dataset: Mapping[str, Any] | None = None
 
     @classmethod
@@ -167,6 +171,7 @@ class LocalTrainingSpec:
             failure_prob=float((cfg.get("fault") or {}).get("client_failure_prob", 0.0) or 0.0),
             precision=str(client.get("precision", "fp32") or "fp32"),
             last_batch=last_batch,
+            loss_log_interval=int(client["loss_log_interval"]) if client.get("loss_log_interval") else None,
             image_dataset=_image_dataset(cfg.get("dataset")),
         )
 

@@ -119,9 +119,37 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     padded = run_local_training(padded_spec, 0, 1, state, None, [(str(v), 0) for v in videos], lr=0.01)
     assert padded.metrics["steps"] == client_steps(5, 3, 2, None, "pad") == 4
     assert padded.metrics["samples_processed"] == 12 and padded.num_examples == 5
+    # client.loss_log_interval: the loss mmcv's log reports (what FedVSSL's client reads back);
+    # 2 epochs of 2 steps at interval 2: one entry per epoch, all steps covered
+    cfg.client.loss_log_interval = 2
+    logged = run_local_training(
+        LocalTrainingSpec.from_config(cfg), 0, 1, state, None, [(str(v), 0) for v in videos], 0.01
+    )
+    assert logged.metrics["loss_log_entries"] == 2 and logged.metrics["steps"] == 4
+    assert logged.metrics["loss"] == pytest.approx(logged.metrics["loss_every_step"], abs=1e-5)
+    cfg.client.loss_log_interval = 3  # no complete window of 3 in an epoch of 2 steps: the mean of every step
+    short = run_local_training(
+        LocalTrainingSpec.from_config(cfg), 0, 1, state, None, [(str(v), 0) for v in videos], 0.01
+    )
+    assert short.metrics["loss_log_entries"] == 0 and short.metrics["loss"] == short.metrics["loss_every_step"]
+    cfg.client.loss_log_interval = None
     cfg.client.last_batch = "ragged"
     with pytest.raises(ValueError, match="client.last_batch='ragged': expected one of drop, keep, pad, ssd"):
         LocalTrainingSpec.from_config(cfg)
+
+
+def test_logged_loss_is_mmcvs_text_log_as_fedvssl_reads_it():
+    from benchmark.federation.training import logged_loss
+
+    # two epochs of 7 steps at interval 3: windows (1, 2, 3), (4, 5, 6) | (10, 20, 30), (40, 50, 60);
+    # each epoch's 7th step is left out (ignore_last); entries 2, 5, 20, 50
+    losses = [1.0, 2, 3, 4, 5, 6, 7, 10, 20, 30, 40, 50, 60, 70]
+    assert logged_loss(losses, 7, 3) == (19.25, 4)
+    assert logged_loss([0.123456] * 3, 3, 3) == (0.12346, 1)  # log.json keeps 5 decimals
+    assert logged_loss([1.0, 2.0], 2, 3) == (None, 0)
+    # FedVSSL's Kinetics clients: 564-579 steps at interval 50 leave out 14-29 steps
+    mean, entries = logged_loss([float(k) for k in range(579)], 579, 50)
+    assert entries == 11 and mean == sum(range(550)) / 550
 
 
 def test_epoch_end_rules_hand_examples():

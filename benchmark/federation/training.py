@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -193,6 +194,23 @@ def client_last_batch(rule: str, num_videos: int, batch_size: int, num_clients: 
     if rule == "ssd" and num_clients > 10:
         return "drop" if n % b == 1 else "keep"
     return "drop"
+
+
+def logged_loss(losses: Sequence[float], steps_per_epoch: int, interval: int) -> tuple[float | None, int]:
+    """The loss of a round as mmcv's text log reports it and FedVSSL's client reads it back:
+    per epoch, one entry per complete window of ``interval`` steps, the window's mean loss
+    rounded to 5 decimals (``LoggerHook`` with mmcv's default ``ignore_last=True`` leaves out
+    the last ``steps % interval`` steps of an epoch; ``TextLoggerHook`` writes ``log.json``
+    with 5 decimals); then the plain mean of the entries (yasar-rehman/FEDVSSL
+    reproduce_papers/fedssl/main_cam_st_theta_b_mixed_+SWA_wo_mement.py:185-205). Returns
+    (that mean, the number of entries); (None, 0) when no window is complete, where the
+    official client would divide by zero."""
+    entries = []
+    for start in range(0, len(losses), steps_per_epoch):
+        epoch = losses[start : start + steps_per_epoch]
+        for window in range(0, len(epoch) - interval + 1, interval):
+            entries.append(round(sum(epoch[window : window + interval]) / interval, 5))
+    return (sum(entries) / len(entries), len(entries)) if entries else (None, 0)
 
 
 def epoch_batches(num_videos: int, batch_size: int, rule: str = "drop", num_clients: int = 1) -> int:
@@ -377,8 +395,16 @@ def run_local_training(
             f"({len(videos)} videos, client.batch_size={spec.batch_size})"
         )
     method.cpu()
+    loss = float(np.mean(losses))
+    logged = {}
+    if spec.loss_log_interval:  # the loss the official client reports: mmcv's log (logged_loss)
+        per_epoch = epoch_batches(len(videos), batch_size, spec.last_batch, spec.num_clients)
+        mean_logged, entries = logged_loss(losses, per_epoch, spec.loss_log_interval)
+        logged = {"loss_every_step": loss, "loss_log_entries": float(entries)}
+        loss = mean_logged if mean_logged is not None else loss
     metrics = {
-        "loss": float(np.mean(losses)),
+        "loss": loss,
+        **logged,
         "compute_s": time.perf_counter() - t0,
         # CPU seconds of this process (all torch threads; not the loader workers): the
         # compute a dedicated machine would need, whatever else shares the cores
