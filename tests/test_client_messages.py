@@ -34,6 +34,7 @@ TRAIN_METRICS = {
     "compute_s",
     "cpu_s",
     "steps",
+    "loader_batches",
     "samples_processed",
     "restored_local_state",
     "num-examples",

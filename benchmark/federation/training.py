@@ -196,6 +196,16 @@ def client_last_batch(rule: str, num_videos: int, batch_size: int, num_clients: 
     return "drop"
 
 
+def loader_batches(num_videos: int, batch_size: int, rule: str, num_clients: int) -> int:
+    """The batches one local epoch's loader holds, as the official loader of ``client.last_batch``
+    ``rule`` counts them: :func:`epoch_batches`, plus the one-video batch the ``ssd`` rule skips
+    (hc-fang/ssd's loader holds it and its client skips it: ``len(aug_train_loader)``, which its
+    server weights clients by; methods/fedalignuniform/server.py:132-134)."""
+    n, b = int(num_videos), int(batch_size)
+    skipped = rule == "ssd" and num_clients > 10 and n > b and n % b == 1
+    return epoch_batches(n, b, rule, num_clients) + (1 if skipped else 0)
+
+
 def logged_loss(losses: Sequence[float], steps_per_epoch: int, interval: int) -> tuple[float | None, int]:
     """The loss of a round as mmcv's text log reports it and FedVSSL's client reads it back:
     per epoch, one entry per complete window of ``interval`` steps, the window's mean loss
@@ -410,6 +420,7 @@ def run_local_training(
         # compute a dedicated machine would need, whatever else shares the cores
         "cpu_s": time.process_time() - cpu0,
         "steps": float(steps),
+        "loader_batches": float(loader_batches(len(videos), batch_size, spec.last_batch, spec.num_clients)),
         "samples_processed": float(processed),
         "restored_local_state": float(restored),
     }
