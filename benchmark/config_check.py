@@ -158,6 +158,7 @@ RUN_RULES: tuple[Rule, ...] = (
     Rule("client.precision", one_of("fp32", "bf16", "fp16"), required=False),
     Rule("client.last_batch", one_of(*LAST_BATCH_RULES), required=False),
     Rule("client.loss_log_interval", optional(integer(1)), required=False),
+    Rule("federation.client_weight", one_of("examples", "batches"), required=False),
     Rule("checkpoint.keep_every", integer(0), required=False),
     Rule("federation.clients_per_round", clients_per_round),
     Rule("federation.rounds", integer(0)),  # >= 1 unless engine=centralized (cross-key rule)

@@ -125,7 +125,8 @@ class LocalTrainingSpec:
     (drop | keep | pad | ssd: :func:`benchmark.federation.training.client_last_batch`).
     loss_log_interval: ``client.loss_log_interval``: None, the client reports the mean loss of
     its steps; N, the loss of mmcv's text log every N steps, which FedVSSL's client reads back
-    (:func:`benchmark.federation.training.logged_loss`). image_dataset: the dataset config
+    (:func:`benchmark.federation.training.logged_loss`). client_weight:
+    ``federation.client_weight`` (examples | batches: what ``num_examples`` reports). image_dataset: the dataset config
     when the run is on the image track (``dataset.modality: image``), else None.
     """
 
@@ -145,6 +146,7 @@ class LocalTrainingSpec:
     precision: str = "fp32"
     last_batch: str = "drop"
     loss_log_interval: int | None = None
+    client_weight: str = "examples"
     image_dataset: Mapping[str, Any] | None = None
 
     @classmethod
@@ -172,6 +174,7 @@ class LocalTrainingSpec:
             precision=str(client.get("precision", "fp32") or "fp32"),
             last_batch=last_batch,
             loss_log_interval=int(client["loss_log_interval"]) if client.get("loss_log_interval") else None,
+            client_weight=str(fed.get("client_weight", "examples") or "examples"),
             image_dataset=_image_dataset(cfg.get("dataset")),
         )
 

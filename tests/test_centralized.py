@@ -120,6 +120,13 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     assert padded.metrics["steps"] == client_steps(5, 3, 2, None, "pad") == 4
     assert padded.metrics["samples_processed"] == 12 and padded.num_examples == 5
     assert padded.metrics["loader_batches"] == 2 and result.metrics["loader_batches"] == 1
+    # federation.client_weight=batches (hc-fang/ssd's server): the client's weight is its loader's batches
+    cfg.federation.client_weight = "batches"
+    by_batches = run_local_training(
+        LocalTrainingSpec.from_config(cfg), 0, 1, state, None, [(str(v), 0) for v in videos], 0.01
+    )
+    assert by_batches.num_examples == 2 and by_batches.metrics["samples_processed"] == 12
+    cfg.federation.client_weight = "examples"
     # client.loss_log_interval: the loss mmcv's log reports (what FedVSSL's client reads back);
     # 2 epochs of 2 steps at interval 2: one entry per epoch, all steps covered
     cfg.client.loss_log_interval = 2
@@ -139,9 +146,7 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
         LocalTrainingSpec.from_config(cfg)
 
 
-def test_fedavg_weights_by_loader_batches_as_ssds_server():
-    from baselines.fedavg import FedAvg
-    from benchmark.federation.base import ClientUpdate
+def test_loader_batches_count_as_ssds_loader():
     from benchmark.federation.training import loader_batches
 
     # hc-fang/ssd: len(aug_train_loader); drop_last with <= 10 clients, else every batch,
@@ -149,18 +154,6 @@ def test_fedavg_weights_by_loader_batches_as_ssds_server():
     assert [loader_batches(n, 32, "ssd", 10) for n in (70, 65, 64)] == [2, 2, 2]
     assert [loader_batches(n, 32, "ssd", 50) for n in (70, 65, 64)] == [3, 3, 2]
     assert loader_batches(2255, 4, "pad", 100) == 564 and loader_batches(70, 32, "drop", 5) == 2
-
-    def update(cid, value, examples, batches):
-        arrays = {"w": torch.tensor([value])}
-        return ClientUpdate(arrays=arrays, num_examples=examples, metrics={"loader_batches": batches}, client_id=cid)
-
-    # the smallest CIFAR-10 client (60 images, one batch of 128) next to one of 1,000 (8 batches)
-    updates = [update(0, 1.0, 60, 1.0), update(1, 0.0, 1000, 8.0)]
-    by_examples = FedAvg().aggregate(updates, None, 1)["w"]
-    by_batches = FedAvg(weight="batches").aggregate(updates, None, 1)["w"]
-    assert float(by_examples) == pytest.approx(60 / 1060) and float(by_batches) == pytest.approx(1 / 9)
-    with pytest.raises(ValueError, match="aggregator.params.weight='rows': expected one of examples, batches"):
-        FedAvg(weight="rows")
 
 
 def test_logged_loss_is_mmcvs_text_log_as_fedvssl_reads_it():

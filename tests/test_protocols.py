@@ -194,7 +194,7 @@ def test_overriding_a_protocol_key_changes_the_recorded_protocol_and_the_track()
                 **{
                     k: v
                     for k, v in OmegaConf.to_container(compose(["protocol=fedvssl", "eval.pooling=avg"])).items()
-                    if k in ("clip", "client", "eval")
+                    if k in ("clip", "client", "eval", "federation")
                 },
             }
         )

@@ -51,7 +51,7 @@ def test_the_default_config_is_valid_and_unknown_groups_pass(default_config):
     # Flower has started: it is a problem now
     stray = _with(default_config, aggregator__params={"anything": [1, 2]})
     assert run_config_problems(stray) == [
-        "aggregator.params: anything not taken by aggregator=fedavg (it takes weight); "
+        "aggregator.params: anything not taken by aggregator=fedavg (it takes no parameters); "
         "remove them, or choose the aggregator they belong to"
     ]
 

@@ -40,6 +40,9 @@ from benchmark.specs import FederationSpec
 
 # A child of Flower\'s logger: its lines reach the streamed run log.
 log = logging.getLogger("flwr").getChild("fedvid.server")
+
+#: client metrics a round record keeps when the client sends them
+OPTIONAL_CLIENT_METRICS = ("loss_every_step", "loss_log_entries", "loader_batches")
 #: How often the round loop asks the grid for replies (Flower's InMemoryGrid: 0.1 s).
 PULL_INTERVAL_S = 0.05
 
@@ -199,6 +202,8 @@ class FedVidStrategy(Strategy):
                 "update_norm": norms[u.client_id],
                 "bytes_down": self._round["bytes_down_per_client"],
                 "bytes_up": received[u.client_id][3],
+                # present when the run sets them: client.loss_log_interval's two figures, the loader's batches
+                **{k: float(u.metrics[k]) for k in OPTIONAL_CLIENT_METRICS if k in u.metrics},
             }
             for u in updates
         ]

@@ -200,7 +200,8 @@ def loader_batches(num_videos: int, batch_size: int, rule: str, num_clients: int
     """The batches one local epoch's loader holds, as the official loader of ``client.last_batch``
     ``rule`` counts them: :func:`epoch_batches`, plus the one-video batch the ``ssd`` rule skips
     (hc-fang/ssd's loader holds it and its client skips it: ``len(aug_train_loader)``, which its
-    server weights clients by; methods/fedalignuniform/server.py:132-134)."""
+    server weights clients by, methods/fedalignuniform/server.py:132-134;
+    ``federation.client_weight: batches``)."""
     n, b = int(num_videos), int(batch_size)
     skipped = rule == "ssd" and num_clients > 10 and n > b and n % b == 1
     return epoch_batches(n, b, rule, num_clients) + (1 if skipped else 0)
@@ -238,9 +239,11 @@ class LocalResult:
 
     exchanged: tensors sent to the server (name -> tensor, CPU).
     local: tensors kept by the client (heads when exchange == "backbone"), CPU.
-    num_examples: the client's training-set size (its videos), what FedAvg-style
-        aggregators weight by, as Flower's strategies and FedVSSL do (``len(train_dataset)``);
-        the samples processed this round are ``metrics["samples_processed"]``.
+    num_examples: what FedAvg-style aggregators weight the client by: its training-set size
+        (its videos), as Flower's strategies and FedVSSL do (``len(train_dataset)``), or with
+        ``federation.client_weight: batches`` its loader's batches per epoch, as hc-fang/ssd's
+        server (``len(client.aug_train_loader)``); the samples processed this round are
+        ``metrics["samples_processed"]``.
     metrics: loss (mean over steps), compute_s, steps, ...
     """
 
@@ -424,7 +427,9 @@ def run_local_training(
         "samples_processed": float(processed),
         "restored_local_state": float(restored),
     }
-    return LocalResult(method.exchanged_state(), method.local_state(), len(videos), metrics)
+    # federation.client_weight: what the server's weighted averages weigh this client by
+    weight = int(metrics["loader_batches"]) if spec.client_weight == "batches" else len(videos)
+    return LocalResult(method.exchanged_state(), method.local_state(), weight, metrics)
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
