@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmark.federation.centralized import client_steps, federated_step_budget
-from benchmark.federation.training import initial_global_state, run_local_training, sample_clients
+from benchmark.federation.training import client_last_batch, initial_global_state, run_local_training, sample_clients
 from benchmark.specs import FederationSpec, LocalTrainingSpec, ModelSpec, OptimizerSpec, TrainClipSpec
 
 from _federation_helpers import TINY, fedvid
@@ -141,9 +141,8 @@ def test_client_steps_matches_the_local_training_loop(tmp_path):
     )
     assert short.metrics["loss_log_entries"] == 0 and short.metrics["loss"] == short.metrics["loss_every_step"]
     cfg.client.loss_log_interval = None
-    cfg.client.last_batch = "ragged"
     with pytest.raises(ValueError, match="client.last_batch='ragged': expected one of drop, keep, pad, ssd"):
-        LocalTrainingSpec.from_config(cfg)
+        client_last_batch("ragged", 5, 3, 1)
 
 
 def test_loader_batches_count_as_ssds_loader():

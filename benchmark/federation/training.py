@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmark.config_check import LAST_BATCH_RULES
 from benchmark.device import resolve_device
 from benchmark.registry import build_backbone, build_method
-from benchmark.specs import LAST_BATCH_RULES, LocalTrainingSpec, ModelSpec, OptimizerSpec
+from benchmark.specs import LocalTrainingSpec, ModelSpec, OptimizerSpec
 
 #: Decoded frames a client's decode worker (each, or the training process without workers)
 #: may keep during a round (benchmark.data.decoding.cached_videos): a demo client's ~60
@@ -244,7 +245,8 @@ class LocalResult:
         ``federation.client_weight: batches`` its loader's batches per epoch, as hc-fang/ssd's
         server (``len(client.aug_train_loader)``); the samples processed this round are
         ``metrics["samples_processed"]``.
-    metrics: loss (mean over steps), compute_s, steps, ...
+    metrics: loss (the mean over steps, or mmcv's log entries: ``client.loss_log_interval``),
+        compute_s, steps, loader_batches, ...
     """
 
     exchanged: dict[str, torch.Tensor]
