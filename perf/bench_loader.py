@@ -7,10 +7,13 @@ one run, rotating the order repetition by repetition, measures clips/s and CPU m
       the target's reference. "raw decord, 1 thread": the same with ``num_threads=1``, the
       decoder threads our workers use; "raw decord, 1 thread, short side": also decoded at
       the loader's 171x128 (decord's scaler, as the workers do): the loader's decode alone,
-      so the ratio to it is the pipeline's own cost (every ratio is printed against all three);
+      one clip at a time; "raw decord, 1 thread, short side, 2 at once": the same clips decoded
+      2 at a time on two Python threads, as a loader worker prepares its items
+      (``ITEMS_IN_FLIGHT``): the loader's decode alone at the loader's own parallelism, so the
+      ratio to it is the pipeline's own cost (every ratio is printed against every raw variant);
   (b) ``TrainClipDataset`` through ``make_train_loader`` with 1 persistent worker process
       (decode at short side 128, 16 frames at stride 2, random 112x112 crop, flip; uint8
-      batches of 8), counted two ways:
+      batches of 8; the worker prepares 2 items of a batch at once), counted two ways:
         (i)  "loader (uint8)": the batches as the loader delivers them, uint8 -- **the
              target's figure**: issue 16 defines the loader as shipping uint8 clips from the
              workers, with the normalisation moved to the training side (the method
@@ -34,14 +37,14 @@ setting), so the layout is raw: 1 process; loader: 1 (or 2) worker(s) + this con
 the machine's cores (2 in CI). The first repetition is a warm-up (it also starts the
 persistent workers) and is not counted. "steady" excludes each pass's first batch.
 
-Then ``--triples`` back-to-back passes of raw decord, raw decord on 1 thread at the short side
-and the loader (uint8), in an order rotating triple by triple, on fresh items each: the
-passes above run seconds apart, and the machine's drift between them moved single ratios by
-+-15 %; adjacent passes cancel most of it.
+Then ``--triples`` groups of back-to-back passes of raw decord, raw decord on 1 thread at the
+short side (one at a time, and 2 at once) and the loader (uint8), in an order rotating group by
+group, on fresh items each: the passes above run seconds apart, and the machine's drift between
+them moved single ratios by +-15 %; adjacent passes cancel most of it.
 
     .venv/bin/python perf/bench_loader.py [--items 384] [--repeats 5] [--triples 12] [--ctp]   (6-9 minutes; `--items 192 --repeats 3`: 3)
 
-Target: loader (uint8) / raw decord >= 0.95, the median over the back-to-back triples.
+Target: loader (uint8) / raw decord >= 0.95, the median over the back-to-back groups.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import decord
@@ -64,7 +68,7 @@ from sides import old_tree  # perf/ is on sys.path when run as a script
 import benchmark.data.loaders as new_loaders
 from benchmark.data.clips import train_clip_indices
 from benchmark.data.decoding import scaled_frame_size
-from benchmark.data.loaders import EpochBatchSampler, TrainClipDataset
+from benchmark.data.loaders import ITEMS_IN_FLIGHT, EpochBatchSampler, TrainClipDataset
 
 FRAMES, STRIDE, SHORT_SIDE, CROP = 16, 2, 128, 112
 WIDTH, HEIGHT, NUM_FRAMES, NUM_VIDEOS, FPS = 320, 240, 90, 16, 25
@@ -120,16 +124,25 @@ class Pass:
         self.cpu_ms = cpu / clips * 1000
 
 
-def raw_decode(jobs: list[tuple[str, list[int]]], batch_size: int, threads: int = 0, size=(-1, -1)) -> Pass:
+def raw_decode(
+    jobs: list[tuple[str, list[int]]], batch_size: int, threads: int = 0, size=(-1, -1), at_once: int = 1
+) -> Pass:
     """Open + decode every job in this process (``threads``: decord's ``num_threads``; 0 is
     its default, ffmpeg's one thread per core; ``size``: (height, width) to decode at, -1:
-    the stored size)."""
+    the stored size; ``at_once``: clips decoded at once, on that many Python threads)."""
+
+    def decode(job: tuple[str, list[int]]) -> None:
+        path, indices = job
+        decord.VideoReader(path, width=size[1], height=size[0], num_threads=threads).get_batch(indices)
+
     cpu, start = cpu_s([]), time.perf_counter()
     first = None
-    for k, (path, indices) in enumerate(jobs):
-        decord.VideoReader(path, width=size[1], height=size[0], num_threads=threads).get_batch(indices)
+    pool = ThreadPoolExecutor(at_once) if at_once > 1 else None
+    for k, _ in enumerate(pool.map(decode, jobs) if pool else map(decode, jobs)):
         if k == batch_size - 1:
             first = time.perf_counter() - start
+    if pool:
+        pool.shutdown()
     elapsed = time.perf_counter() - start
     return Pass(len(jobs), elapsed, first, batch_size, cpu_s([]) - cpu)
 
@@ -162,12 +175,15 @@ def run_loader(dataset, make_loader, persistent_loader=None, normalise: bool = T
 #: the figures the summary names: (i) the target's, (ii) the previous passes', 2 workers
 UINT8, NORMALISED, TWO_WORKERS = "loader (uint8)", "loader + normalise", "loader, 2 workers (uint8)"
 RAW, RAW_ONE_THREAD, RAW_AT_SIZE = "raw decord", "raw decord, 1 thread", "raw decord, 1 thread, short side"
-#: decord's num_threads and decode size of the raw variants: the loader's workers decode on 1
-#: thread at the short side (decord's scaler), so the last one is the loader's decode alone
+RAW_AT_ONCE = f"raw decord, 1 thread, short side, {ITEMS_IN_FLIGHT} at once"
+#: decord's num_threads, decode size and clips at once of the raw variants: the loader's worker
+#: decodes on 1 thread at the short side (decord's scaler), ITEMS_IN_FLIGHT clips at once, so
+#: the last one is the loader's decode alone, at the loader's parallelism
 RAW_SETTINGS = {
-    RAW: (0, (-1, -1)),
-    RAW_ONE_THREAD: (1, (-1, -1)),
-    RAW_AT_SIZE: (1, scaled_frame_size(HEIGHT, WIDTH, SHORT_SIDE)),
+    RAW: (0, (-1, -1), 1),
+    RAW_ONE_THREAD: (1, (-1, -1), 1),
+    RAW_AT_SIZE: (1, scaled_frame_size(HEIGHT, WIDTH, SHORT_SIDE), 1),
+    RAW_AT_ONCE: (1, scaled_frame_size(HEIGHT, WIDTH, SHORT_SIDE), ITEMS_IN_FLIGHT),
 }
 
 
@@ -176,7 +192,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=384, help="training items per epoch (videos reused)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--triples", type=int, default=12, help="back-to-back raw / raw short side / loader passes")
+    parser.add_argument(
+        "--triples",
+        type=int,
+        default=12,
+        help="groups of back-to-back raw / raw short side (1, 2 at once) / loader passes",
+    )
     parser.add_argument("--ctp", action="store_true", help="also the loaders with CtP's sample_transform")
     parser.add_argument("--old", default="b3aa991", help="commit whose loader is the 'old' one")
     args = parser.parse_args()
@@ -268,16 +289,16 @@ def main() -> None:
                     runs_of[name].append(value)
         # Back-to-back passes for the target's figure: the variants above run seconds apart,
         # and the machine's drift between them moved per-pass ratios by +-15 %; here the
-        # loader and the two raw decodes run one right after the other on the same items,
-        # in an order that rotates triple by triple.
-        triples: dict[str, list[Pass]] = {RAW: [], RAW_AT_SIZE: [], UINT8: []}
+        # loader and three raw decodes run one right after the other on the same items,
+        # in an order that rotates group by group.
+        triples: dict[str, list[Pass]] = {RAW: [], RAW_AT_SIZE: [], RAW_AT_ONCE: [], UINT8: []}
         for k in range(args.triples):
             epoch = 1000 + k  # items not drawn above
             for d in datasets:
                 d.set_epoch(epoch)
             jobs = jobs_of(epoch)
             names = list(triples)
-            for name in names[k % 3 :] + names[: k % 3]:
+            for name in names[k % len(names) :] + names[: k % len(names)]:
                 if name in RAW_SETTINGS:
                     triples[name].append(raw_decode(jobs, args.batch_size, *RAW_SETTINGS[name]))
                 else:
@@ -303,7 +324,8 @@ def main() -> None:
             line += (
                 f"; of raw {ratio:.3f} (per pass {', '.join(f'{r:.2f}' for r in per_pass)}), "
                 f"steady {median_ratio(name, steady=True)[0]:.3f}, of raw 1 thread {median_ratio(name, RAW_ONE_THREAD)[0]:.3f}, "
-                f"of raw 1 thread at the short side {median_ratio(name, RAW_AT_SIZE)[0]:.3f}"
+                f"of raw 1 thread at the short side {median_ratio(name, RAW_AT_SIZE)[0]:.3f}, "
+                f"of the same {ITEMS_IN_FLIGHT} at once {median_ratio(name, RAW_AT_ONCE)[0]:.3f}"
             )
         print(line)
     for name in (UINT8, NORMALISED):
@@ -314,19 +336,23 @@ def main() -> None:
         ratios = {reference: median_ratio(name, reference)[0] for reference in RAW_SETTINGS}
         return "; ".join(
             f"{ratios[reference]:.3f} of {reference}"
-            + (f" -> {'PASS' if ratios[reference] >= TARGET else 'BELOW TARGET'}" if reference != RAW_AT_SIZE else "")
+            + (
+                f" -> {'PASS' if ratios[reference] >= TARGET else 'BELOW TARGET'}"
+                if reference in (RAW, RAW_ONE_THREAD)
+                else ""
+            )
             for reference in RAW_SETTINGS
         )
 
     print(
         f"target: >= {TARGET} of raw decode (decord's default threads: the issue's reference; on 1 thread: the same decoder threads as the workers)"
     )
-    for reference in (RAW, RAW_AT_SIZE) if args.triples else ():
+    for reference in (RAW, RAW_AT_SIZE, RAW_AT_ONCE) if args.triples else ():
         per_triple = sorted(p.rate / r.rate for p, r in zip(triples[UINT8], triples[reference]))
         quartiles = statistics.quantiles(per_triple, n=4) if len(per_triple) > 1 else per_triple * 3
         ok = "" if reference != RAW else f" -> {'PASS' if statistics.median(per_triple) >= TARGET else 'BELOW TARGET'}"
         print(
-            f"(i)  back to back ({len(per_triple)} triples of {args.items} clips): {UINT8} / {reference}: median "
+            f"(i)  back to back ({len(per_triple)} groups of {args.items} clips): {UINT8} / {reference}: median "
             f"{statistics.median(per_triple):.3f} (quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}){ok}"
         )
     print(f"(i)  the target's figure, {UINT8}, in the rotation above: {verdict(UINT8)}")

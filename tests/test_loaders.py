@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 
 import pytest
 import torch
@@ -497,6 +500,63 @@ def test_worker_batches_equal_the_stacked_items(videos):
     for batch in batches:
         expected = torch.stack([dataset[int(i)]["video"] for i in batch["index"]])
         assert torch.equal(batch["video"], expected)
+
+
+class _ItemsAtOnce:
+    """The default sample_transform, holding each item 50 ms and recording how many items
+    of its process were inside it at once (a worker's items in flight)."""
+
+    def __init__(self):
+        self.inside, self.lock = 0, threading.Lock()
+
+    def __call__(self, views, generator):
+        with self.lock:
+            self.inside += 1
+            seen = self.inside
+        time.sleep(0.05)
+        with self.lock:
+            seen = max(seen, self.inside)
+            self.inside -= 1
+        return {"video": views[0], "items_at_once": torch.tensor(seen)}
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_worker_prepares_its_items_in_flight_at_once_and_they_equal_the_serial_ones(videos, in_flight):
+    # a batch's items are made on `items_in_flight` threads of the worker; each draws from
+    # its own generator, so the batches equal the in-process ones; also with the decoded-video
+    # cache on and one video twice in a batch (both threads may decode it whole at once)
+    dataset = train_dataset(videos * 3, sample_transform=_ItemsAtOnce())
+    in_process = collect(make_train_loader(dataset, batch_size=6, num_workers=0, seed=6))
+    assert torch.cat([b["items_at_once"] for b in in_process]).max() == 1
+    for cache in (False, True):
+        with decoding.cached_videos(1 << 30, visits=3) if cache else contextlib.nullcontext():
+            loader = make_train_loader(dataset, batch_size=6, num_workers=1, seed=6, items_in_flight=in_flight)
+            with loader:
+                with_worker = collect(loader)
+        assert torch.cat([b["items_at_once"] for b in with_worker]).max() == in_flight
+        for a, b in zip(with_worker, in_process, strict=True):
+            assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+    with pytest.raises(ValueError, match="items_in_flight=0"):
+        make_train_loader(dataset, batch_size=6, num_workers=1, seed=6, items_in_flight=0)
+
+
+def test_the_decoded_video_cache_counts_a_video_stored_twice_once():
+    cache = decoding.DecodedVideoCache(max_bytes=1000, visits=2)
+    frames = torch.zeros(4, 5, 5, 3, dtype=torch.uint8)  # 300 bytes
+    cache.put(("a",), frames, 25.0)
+    cache.put(("a",), frames.clone(), 25.0)  # two threads decoded it at once
+    cache.put(("b",), frames, 25.0)
+    assert cache.bytes == 600 and cache.get(("a",)) is not None
+    cache.put(("c",), frames, 25.0)
+    cache.put(("d",), frames, 25.0)  # 1200 > 1000: the least recently used ("b") goes
+    assert cache.bytes == 900 and cache.get(("b",)) is None
+
+
+def test_an_undecodable_file_among_items_in_flight_names_that_file(videos, corrupt_file):
+    dataset = train_dataset([videos[0], (corrupt_file, 0), videos[1], videos[2]])
+    with pytest.raises(VideoDecodeError, match="v_Corrupt_g02_c03.avi") as caught:
+        collect(make_train_loader(dataset, batch_size=4, num_workers=1, seed=0, items_in_flight=2))
+    assert caught.value.path == str(corrupt_file)
 
 
 def test_undecodable_file_in_a_worker_raises_video_decode_error(videos, corrupt_file):

@@ -53,6 +53,7 @@ import functools
 import os
 import re
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -651,26 +652,34 @@ class DecodedVideoCache:
         self._videos: OrderedDict[tuple, tuple[torch.Tensor, float]] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
+        self._lock = threading.Lock()  # a loader worker prepares items on several threads
 
     def get(self, key: tuple) -> tuple[torch.Tensor, float] | None:
-        found = self._videos.get(key)
-        if found is not None:
-            self._videos.move_to_end(key)
-            self.hits += 1
-        return found
+        with self._lock:
+            found = self._videos.get(key)
+            if found is not None:
+                self._videos.move_to_end(key)
+                self.hits += 1
+            return found
 
     def worth_decoding_whole(self, num_frames: int, frame_bytes: int, indices: list[int]) -> bool:
         span = max(indices) - min(indices) + 1
         return self.visits * span >= num_frames and num_frames * frame_bytes <= self.max_bytes
 
     def put(self, key: tuple, frames: torch.Tensor, fps: float) -> None:
-        self.misses += 1
-        size = frames.numel() * frames.element_size()
-        while self._videos and self.bytes + size > self.max_bytes:
-            _, (old, _) = self._videos.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
-        self._videos[key] = (frames, fps)
-        self.bytes += size
+        def nbytes(t: torch.Tensor) -> int:
+            return t.numel() * t.element_size()
+
+        with self._lock:
+            self.misses += 1
+            if key in self._videos:  # two threads decoded it at once: the same frames, counted once
+                self.bytes -= nbytes(self._videos.pop(key)[0])
+            size = nbytes(frames)
+            while self._videos and self.bytes + size > self.max_bytes:
+                _, (old, _) = self._videos.popitem(last=False)
+                self.bytes -= nbytes(old)
+            self._videos[key] = (frames, fps)
+            self.bytes += size
 
 
 #: The cache ``open_video`` serves from in this process (None: none). A DataLoader worker

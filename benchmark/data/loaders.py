@@ -30,7 +30,9 @@ layout (:func:`dense_strides_like`: uint8 training clips stay channels-last, mem
 (B, T, H, W, C)), so writing a slot moves pixel rows instead of transposing every byte.
 A worker's batch carries its small entries (label, index, a method's targets) by value in
 the pickled message rather than in shared-memory files of their own.
-Loader workers decode on one ffmpeg thread each, through decord and PyAV (:func:`_init_worker`).
+Loader workers decode on one ffmpeg thread each, through decord and PyAV (:func:`_init_worker`),
+and prepare ``items_in_flight`` items of a batch at once on threads of their own (default 2:
+one item keeps about one core busy, its Python and the decoder's thread taking turns).
 
 Why not ``pytorchvideo.data.LabeledVideoDataset``: it is an ``IterableDataset`` with
 time-based clip samplers and global-RNG shuffling, so its samples depend on the worker
@@ -44,6 +46,7 @@ import ctypes
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -346,8 +349,7 @@ class _ClipDataset(Dataset):
         :func:`collate_batch`)."""
         samples: list[dict[str, Tensor]] = []
         batch_video: Tensor | None = None
-        for index in indices:
-            sample = self._unit_sample(index)
+        for sample in _in_flight(self._unit_sample, indices):
             video = sample["video"]
             # what the item ships: normalised float32 (uint8 is converted first) or the video as is
             dtype = torch.float32 if self.normalize_in_worker and video.dtype == torch.uint8 else video.dtype
@@ -634,22 +636,49 @@ def _recycle_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 64 << 20)
 
 
-def _init_worker(worker_id: int) -> None:
+#: Items of a batch each loader worker prepares at once by default (``items_in_flight``).
+ITEMS_IN_FLIGHT = 2
+#: This process's count (:func:`_in_flight`): a worker's init sets it, the training process keeps 1.
+_items_in_flight = 1
+_item_threads: ThreadPoolExecutor | None = None  # created in the worker, on its first batch
+
+
+def _in_flight(make_item: Callable[[int], dict], keys: Sequence) -> Iterator[dict]:
+    """``make_item(key)`` for ``keys``, in order, up to ``_items_in_flight`` at once.
+
+    One item alternates between its thread (opening the file, Python, the crop) and the
+    decoder's own thread, so one item in flight keeps about one core busy; two keep two
+    busy: one worker delivered 1.4-1.7x the clips/s of one item at a time (perf/RESULTS.md,
+    issue 16 tenth pass). Every item draws from its own generator, so the items are the
+    same whatever runs at once; the batch keeps the keys' order."""
+    global _item_threads
+    if _items_in_flight <= 1 or len(keys) <= 1:
+        return map(make_item, keys)
+    if _item_threads is None:
+        _item_threads = ThreadPoolExecutor(_items_in_flight, thread_name_prefix="fedvid-item")
+    return _item_threads.map(make_item, keys)
+
+
+def _init_worker(worker_id: int, items_in_flight: int = 1) -> None:
     # Each worker is one decode pipeline; torch's intra-op threads and ffmpeg's frame
     # threads would only fight the other workers (and the training process) for the cores.
+    global _items_in_flight
     torch.set_num_threads(1)
     set_decode_threads(1)
     _recycle_freed_memory()
+    _items_in_flight = items_in_flight
 
 
-def _loader_kwargs(num_workers: int, persistent: bool = False) -> dict:
+def _loader_kwargs(num_workers: int, persistent: bool = False, items_in_flight: int = ITEMS_IN_FLIGHT) -> dict:
     if num_workers < 0:
         raise ValueError(f"num_workers={num_workers}: expected 0 or more")
+    if items_in_flight < 1:
+        raise ValueError(f"items_in_flight={items_in_flight}: expected 1 or more")
     return {
         "num_workers": num_workers,
         "persistent_workers": persistent and num_workers > 0,
         "pin_memory": torch.cuda.is_available(),
-        "worker_init_fn": _init_worker if num_workers > 0 else None,
+        "worker_init_fn": functools.partial(_init_worker, items_in_flight=items_in_flight) if num_workers > 0 else None,
         "collate_fn": collate_batch,
     }
 
@@ -730,6 +759,7 @@ def make_train_loader(
     seed: int,
     last_batch: str = "keep",
     epochs: Sequence[int] | None = None,
+    items_in_flight: int = ITEMS_IN_FLIGHT,
 ) -> TrainLoader:
     """Shuffled loader over ``epochs`` (default: one epoch, the dataset's current one when
     iteration starts, so ``dataset.set_epoch(e)`` before each pass works as usual).
@@ -739,7 +769,8 @@ def make_train_loader(
     that E passes with ``dataset.set_epoch(e)`` would. Batches are dicts of stacked
     tensors, e.g. ``"video"`` (B, C, T, H, W) or (B, V, C, T, H, W). The workers persist
     across passes: use the loader in a ``with`` block (or call ``close()``) so they stop
-    when training ends or fails.
+    when training ends or fails. Each worker prepares ``items_in_flight`` items of a batch
+    at once (threads; the values do not depend on it).
     """
     if epochs is None:
         epochs = lambda: getattr(dataset, "epoch", 0)  # noqa: E731
@@ -747,10 +778,18 @@ def make_train_loader(
         dataset,
         batch_sampler=EpochBatchSampler(len(dataset), batch_size, seed, epochs, last_batch),
         generator=torch.Generator().manual_seed(seed),
-        **_loader_kwargs(num_workers, persistent=True),
+        **_loader_kwargs(num_workers, persistent=True, items_in_flight=items_in_flight),
     )
 
 
-def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> ClipLoader:
+def make_eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, items_in_flight: int = ITEMS_IN_FLIGHT
+) -> ClipLoader:
     """In-order loader over every item (no shuffling, no dropped batch)."""
-    return ClipLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, **_loader_kwargs(num_workers))
+    return ClipLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        **_loader_kwargs(num_workers, items_in_flight=items_in_flight),
+    )
