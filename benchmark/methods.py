@@ -89,7 +89,8 @@ class SSLMethod(nn.Module):
         split manifest (0 ≤ client_id < num_clients). Default: nothing; methods whose loss
         depends on the client (e.g. SSD's per-client scaled dimensions) override it."""
 
-    # --- data side (runs in DataLoader workers) -------------------------------------
+    # --- data side (runs in DataLoader workers, two items at once on threads that share
+    # this object: keep no per-item state on self; `fedvid check-method` compares) ------
     def sample_frames(
         self, num_frames: int, generator: torch.Generator
     ) -> tuple[list[list[int]], dict[str, torch.Tensor]] | None:

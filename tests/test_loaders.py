@@ -540,6 +540,47 @@ def test_a_worker_prepares_its_items_in_flight_at_once_and_they_equal_the_serial
         make_train_loader(dataset, batch_size=6, num_workers=1, seed=6, items_in_flight=0)
 
 
+def test_items_in_flight_do_not_run_ahead_of_a_slow_item(monkeypatch):
+    # the next item starts when the oldest is taken: while item 0 takes long, the other
+    # thread makes item 1 and waits, instead of making (and holding) the whole batch
+    monkeypatch.setattr(loaders, "_items_in_flight", 2)
+    monkeypatch.setattr(loaders, "_item_threads", None)
+    started = []
+
+    def make(key):
+        started.append(key)
+        time.sleep(0.3 if key == 0 else 0.01)
+        return {"key": key}
+
+    alive = []  # items started and not taken before this one, when each is taken
+    try:
+        for taken, item in enumerate(loaders._in_flight(make, list(range(8)))):
+            assert item["key"] == taken
+            alive.append(len(started) - taken)
+    finally:
+        loaders._item_threads.shutdown()
+    assert sorted(started) == list(range(8))
+    assert max(alive) <= 3  # the one taken, the one made meanwhile, the next one started (unbounded: 8)
+
+
+class _ScratchOnSelf:
+    """A sample_transform that keeps its per-item result on itself: right one item at a
+    time, wrong when two items run at once."""
+
+    def __call__(self, views, generator):
+        self.scratch = views[0].clone()
+        time.sleep(0.02)
+        return {"video": self.scratch}
+
+
+def test_check_method_finds_a_hook_that_is_wrong_when_two_items_run_at_once(videos):
+    from benchmark.commands.check_method import items_differ_at_once
+
+    assert items_differ_at_once(train_dataset(videos), [0, 1, 2, 3]) is None
+    differs = items_differ_at_once(train_dataset(videos, sample_transform=_ScratchOnSelf()), [0, 1, 2, 3])
+    assert differs in {f"item {k}'s 'video'" for k in range(4)}  # whichever thread lost the race
+
+
 def test_the_decoded_video_cache_counts_a_video_stored_twice_once():
     cache = decoding.DecodedVideoCache(max_bytes=1000, visits=2)
     frames = torch.zeros(4, 5, 5, 3, dtype=torch.uint8)  # 300 bytes

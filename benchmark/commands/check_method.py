@@ -208,6 +208,27 @@ def run_check(cfg, run_dir: Path, console) -> list[str]:
     return problems
 
 
+def items_differ_at_once(dataset, keys: list[int], repeats: int = 3) -> str | None:
+    """Make ``dataset[key]`` for ``keys`` one at a time, then ``repeats`` times on as many
+    threads as a loader worker uses (``ITEMS_IN_FLIGHT``); the first entry that differs
+    (``"item 1's 'video'"``), or None."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from benchmark.data.loaders import ITEMS_IN_FLIGHT
+
+    serial = [dataset[key] for key in keys]
+    with ThreadPoolExecutor(ITEMS_IN_FLIGHT) as pool:
+        for _ in range(repeats):
+            for key, alone, at_once in zip(keys, serial, pool.map(dataset.__getitem__, keys), strict=True):
+                for name, value in alone.items():
+                    other = at_once.get(name)
+                    if not isinstance(other, torch.Tensor) or not torch.equal(value, other):
+                        return f"item {key}'s {name!r}"
+    return None
+
+
 def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
     """Call every hook the method overrides (benchmark.methods.HOOKS) directly on client 0's
     first two videos and check what each returns; (problems, hooks exercised)."""
@@ -265,6 +286,13 @@ def exercise_hooks(cfg, run_dir: Path) -> tuple[list[str], list[str]]:
         if planned is None:
             problems.append("sample_frames is overridden but returned None (the loader's own sampling)")
     samples = [dataset[i % len(dataset)] for i in range(2)]  # validates plans and sample_transform
+    if {"sample_frames", "sample_transform"} & set(hooks):
+        differs = items_differ_at_once(dataset, [i % len(dataset) for i in range(4)])
+        if differs:
+            problems.append(
+                f"sample_frames/sample_transform gave other values for {differs} when two items ran at once: a loader "
+                "worker prepares two items of a batch at once (threads), so keep no per-item state on the method"
+            )
     if "sample_frames" in hooks and planned is not None:
         missing = [k for k in planned[1] if k not in samples[0]]
         if missing:

@@ -42,8 +42,10 @@ count and cannot be seeded per item. Decoding is frame-exact through
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -644,19 +646,35 @@ _item_threads: ThreadPoolExecutor | None = None  # created in the worker, on its
 
 
 def _in_flight(make_item: Callable[[int], dict], keys: Sequence) -> Iterator[dict]:
-    """``make_item(key)`` for ``keys``, in order, up to ``_items_in_flight`` at once.
+    """``make_item(key)`` for ``keys``, in order, at most ``_items_in_flight`` made or held
+    at once (the next is started when the oldest is taken, so a slow item does not let the
+    others run ahead and pile up).
 
     One item alternates between its thread (opening the file, Python, the crop) and the
     decoder's own thread, so one item in flight keeps about one core busy; two keep two
     busy: one worker delivered 1.4-1.7x the clips/s of one item at a time (perf/RESULTS.md,
     issue 16 tenth pass). Every item draws from its own generator, so the items are the
-    same whatever runs at once; the batch keeps the keys' order."""
+    same whatever runs at once (the methods' per-sample hooks must not share mutable state:
+    ``SSLMethod.sample_transform``); the batch keeps the keys' order."""
     global _item_threads
     if _items_in_flight <= 1 or len(keys) <= 1:
-        return map(make_item, keys)
+        yield from map(make_item, keys)
+        return
     if _item_threads is None:
         _item_threads = ThreadPoolExecutor(_items_in_flight, thread_name_prefix="fedvid-item")
-    return _item_threads.map(make_item, keys)
+    remaining = iter(keys)
+    pending = collections.deque(
+        _item_threads.submit(make_item, k) for k in itertools.islice(remaining, _items_in_flight)
+    )
+    try:
+        while pending:
+            item = pending.popleft().result()
+            for key in itertools.islice(remaining, 1):
+                pending.append(_item_threads.submit(make_item, key))
+            yield item
+    finally:
+        for future in pending:  # an item failed or the batch was abandoned: start no more
+            future.cancel()
 
 
 def _init_worker(worker_id: int, items_in_flight: int = 1) -> None:
