@@ -652,7 +652,7 @@ def _in_flight(make_item: Callable[[int], dict], keys: Sequence) -> Iterator[dic
 
     One item alternates between its thread (opening the file, Python, the crop) and the
     decoder's own thread, so one item in flight keeps about one core busy; two keep two
-    busy: one worker delivered 1.4-1.7x the clips/s of one item at a time (perf/RESULTS.md,
+    busy: one worker delivered 1.6-1.9x the clips/s of one item at a time (perf/RESULTS.md,
     issue 16 tenth pass). Every item draws from its own generator, so the items are the
     same whatever runs at once (the methods' per-sample hooks must not share mutable state:
     ``SSLMethod.sample_transform``); the batch keeps the keys' order."""
