@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -579,6 +580,47 @@ def test_check_method_finds_a_hook_that_is_wrong_when_two_items_run_at_once(vide
     assert items_differ_at_once(train_dataset(videos), [0, 1, 2, 3]) is None
     differs = items_differ_at_once(train_dataset(videos, sample_transform=_ScratchOnSelf()), [0, 1, 2, 3])
     assert differs in {f"item {k}'s 'video'" for k in range(4)}  # whichever thread lost the race
+
+
+def test_decord_readers_open_one_at_a_time_and_decode_at_once(videos, monkeypatch):
+    # decord's FFmpeg 4.1 builds the MPEG-4 decoder's static tables on the first open without
+    # a lock (two opens at once aborted ~1 % of fresh processes): opens take turns, decodes not
+    import decord
+
+    inside = {"open": 0, "decode": 0}
+    most = {"open": 0, "decode": 0}
+    lock = threading.Lock()
+
+    def timed(kind, call):
+        with lock:
+            inside[kind] += 1
+            most[kind] = max(most[kind], inside[kind])
+        time.sleep(0.05)
+        try:
+            return call()
+        finally:
+            with lock:
+                inside[kind] -= 1
+
+    class SlowReader(decord.VideoReader):
+        def __init__(self, *args, **kwargs):
+            timed("open", lambda: super(SlowReader, self).__init__(*args, **kwargs))
+
+        def get_batch(self, indices):
+            return timed("decode", lambda: super(SlowReader, self).get_batch(indices))
+
+    monkeypatch.setattr(decord, "VideoReader", SlowReader)
+
+    def read(path):
+        with open_video(path, "decord", short_side=SHORT_SIDE) as video:
+            return video.get_frames([0, 1])
+
+    with ThreadPoolExecutor(2) as pool:
+        frames = list(pool.map(read, [path for path, _ in videos]))
+    assert most == {"open": 1, "decode": 2}
+    monkeypatch.undo()
+    for (path, _), got in zip(videos, frames, strict=True):
+        assert torch.equal(got, read(path))
 
 
 def test_the_decoded_video_cache_counts_a_video_stored_twice_once():

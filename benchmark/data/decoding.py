@@ -420,6 +420,14 @@ def _set_threads(stream, frame_threads: bool = True) -> None:
         stream.codec_context.thread_count = _decode_threads
 
 
+#: decord bundles FFmpeg 4.1, whose MPEG-4 decoder builds static tables on its first open
+#: without a lock: two readers opened at once in a fresh process aborted the process
+#: ("incorrect codes", libavcodec/bitstream.c:346) in about 1 % of processes (perf/RESULTS.md,
+#: issue 16 tenth pass). A loader worker prepares items on two threads, so opens take turns;
+#: decoding does not.
+_DECORD_OPEN = threading.Lock()
+
+
 class _DecordReader(VideoReader):
     backend = "decord"
 
@@ -444,7 +452,8 @@ class _DecordReader(VideoReader):
         # perf/bench_decoding.py); one decode thread is reliable
         self._threads = 1 if info.codec == "vp9" else _decode_threads
         try:
-            self._reader = decord.VideoReader(path, width=size[1], height=size[0], num_threads=self._threads)
+            with _DECORD_OPEN:
+                self._reader = decord.VideoReader(path, width=size[1], height=size[0], num_threads=self._threads)
             self.num_frames = len(self._reader)
             self.fps = float(self._reader.get_avg_fps())
         except Exception as e:
@@ -476,7 +485,8 @@ class _DecordReader(VideoReader):
         import decord
 
         try:
-            return decord.VideoReader(self.path, num_threads=self._threads)
+            with _DECORD_OPEN:
+                return decord.VideoReader(self.path, num_threads=self._threads)
         except Exception as e:
             raise VideoDecodeError(self.path, f"decord could not open it ({type(e).__name__}: {e})") from e
 
