@@ -623,6 +623,28 @@ def test_decord_readers_open_one_at_a_time_and_decode_at_once(videos, monkeypatc
         assert torch.equal(got, read(path))
 
 
+def test_a_process_forked_while_a_thread_opens_a_decord_reader_can_open_readers():
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with decoding._DECORD_OPEN:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the holder thread does not exist here
+            os._exit(0 if decoding._DECORD_OPEN.acquire(timeout=5) else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_the_decoded_video_cache_counts_a_video_stored_twice_once():
     cache = decoding.DecodedVideoCache(max_bytes=1000, visits=2)
     frames = torch.zeros(4, 5, 5, 3, dtype=torch.uint8)  # 300 bytes

@@ -428,6 +428,15 @@ def _set_threads(stream, frame_threads: bool = True) -> None:
 _DECORD_OPEN = threading.Lock()
 
 
+def _new_decord_open_lock() -> None:
+    # a process forked while another of its threads held the lock would never get it back
+    global _DECORD_OPEN
+    _DECORD_OPEN = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_decord_open_lock)
+
+
 class _DecordReader(VideoReader):
     backend = "decord"
 
